@@ -1,0 +1,174 @@
+"""The one seam between tokenguard and its HTTP client library.
+
+Everything that talks to an issuer goes through here, so moving from ``httpx`` to ``httpx2`` is a
+change to this module alone. Foreign exceptions are translated once, at this boundary, into
+``FetchError`` (httpx ``map_httpcore_exceptions`` style); callers turn that into a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+#: What a user may pass as ``http_client``: a client used as given, or a factory called per event loop.
+HttpClientOption = httpx.AsyncClient | Callable[[], httpx.AsyncClient] | None
+
+_USER_AGENT = "tokenguard"
+
+
+class FetchError(Exception):
+    """An upstream call failed; the message names the URL and the cause, never a token."""
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """A fully read, size-bounded response."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json_object(self, url: str) -> dict[str, Any]:
+        """Parse the body as a JSON object, or raise ``FetchError``."""
+        try:
+            document = json.loads(self.body)
+        except (ValueError, RecursionError) as exc:
+            raise FetchError(f"{url} returned a body that is not JSON") from exc
+        if not isinstance(document, dict):
+            raise FetchError(f"{url} returned JSON that is not an object")
+        return document
+
+
+class HttpClientPool:
+    """Hands out one ``httpx.AsyncClient`` per running event loop, created lazily.
+
+    One app may be driven by several loops in turn (DESIGN.md §2 "Event loops"); a client, its
+    connection pool and its locks belong to the loop that made them, so none is built at import or
+    construction. A client the user supplied is used as given; a factory is called once per loop.
+    """
+
+    def __init__(self, client: HttpClientOption = None, *, timeout: float = 5.0) -> None:
+        self._given = client if isinstance(client, httpx.AsyncClient) else None
+        self._factory = None if isinstance(client, httpx.AsyncClient) else client
+        self._timeout = timeout
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def client(self) -> httpx.AsyncClient:
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = self._factory() if self._factory is not None else self._new_client()
+            self._clients[loop] = client
+        return client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self._timeout,
+            follow_redirects=False,
+            headers={"User-Agent": _USER_AGENT},
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+
+    async def aclose(self) -> None:
+        """Close the client of the running loop (user-supplied clients are left to their owner)."""
+        if self._given is not None:
+            return
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    async def get(self, url: str, *, timeout: float, max_bytes: int) -> HttpResult:
+        return await self._send("GET", url, timeout=timeout, max_bytes=max_bytes)
+
+    async def post_form(
+        self,
+        url: str,
+        form: Mapping[str, str],
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+        max_bytes: int,
+    ) -> HttpResult:
+        return await self._send("POST", url, timeout=timeout, max_bytes=max_bytes, form=form, headers=headers)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: float,
+        max_bytes: int,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResult:
+        request_headers = {"Accept": "application/json", **(headers or {})}
+        try:
+            async with (
+                _deadline(timeout),
+                self.client().stream(method, url, data=form, headers=request_headers, timeout=timeout) as response,
+            ):
+                body = await _read_bounded(response, max_bytes, url)
+                return HttpResult(response.status_code, dict(response.headers), body)
+        except FetchError:
+            raise
+        except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as exc:
+            raise FetchError(f"{method} {url} timed out after {timeout:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{method} {url} failed: {type(exc).__name__}") from exc
+        except (OSError, ValueError, RuntimeError) as exc:
+            # Transports (ASGI, mocks) may raise plain errors; they are failures to fetch all the same.
+            raise FetchError(f"{method} {url} failed: {type(exc).__name__}") from exc
+
+
+async def _read_bounded(response: httpx.Response, max_bytes: int, url: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise FetchError(f"{url} returned more than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Timeout:
+    """``asyncio.timeout`` for Python 3.10, which lacks it."""
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._expired = False
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(self._delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._expired and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout
+else:  # pragma: no cover - exercised on Python 3.10 only
+    _deadline = _Timeout

@@ -1,0 +1,84 @@
+"""The only place that knows the ``WWW-Authenticate`` wire format and the error bodies (RFC 6750 §3)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from tokenguard.errors import (
+    AuthError,
+    InsufficientScope,
+    InsufficientUserAuthentication,
+    TokenGuardError,
+    UnavailableError,
+)
+
+# RFC 6750 §3: error, error_description and scope values exclude '"' and '\'; realm is a
+# quoted-string. Anything outside printable ASCII (CR/LF first of all) is dropped: no header injection.
+_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A refusal ready to send: status, headers (ASGI byte pairs) and a JSON body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    error_code: str | None
+    reason: str
+
+
+def _quoted(value: str) -> str:
+    return '"' + _UNSAFE.sub("", value) + '"'
+
+
+def challenge(error: AuthError, *, realm: str, resource_metadata: str | None = None) -> str:
+    """The ``WWW-Authenticate`` value for a refusal: a bare challenge when there was no token."""
+    params = [f"realm={_quoted(realm)}"]
+    if error.error_code is not None:
+        params.append(f"error={_quoted(error.error_code)}")
+        params.append(f"error_description={_quoted(error.description)}")
+    if isinstance(error, InsufficientScope) and error.required:
+        # RFC 6750 §3: the scope attribute lists the scopes necessary to access the resource.
+        params.append(f"scope={_quoted(' '.join(error.required))}")
+    if isinstance(error, InsufficientUserAuthentication):
+        # RFC 9470 §3: acr_values (space-separated) and max_age tell the client how to step up.
+        if error.acr_values:
+            params.append(f"acr_values={_quoted(' '.join(error.acr_values))}")
+        if error.max_age is not None:
+            params.append(f'max_age="{int(error.max_age)}"')
+    if resource_metadata is not None:
+        # RFC 9728 §5.1: where the client finds the protected resource's metadata.
+        params.append(f"resource_metadata={_quoted(resource_metadata)}")
+    return "Bearer " + ", ".join(params)
+
+
+def render(error: TokenGuardError, *, realm: str, resource_metadata: str | None = None) -> Denial:
+    """Turn any refusal into the response that says it; the single error-to-HTTP mapping."""
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"cache-control", b"no-store"),
+    ]
+    body: dict[str, str] = {}
+    if isinstance(error, AuthError):
+        value = challenge(error, realm=realm, resource_metadata=resource_metadata)
+        headers.append((b"www-authenticate", value.encode("ascii")))
+        if error.error_code is not None:
+            body["error"] = error.error_code
+        body["error_description"] = error.description
+        if isinstance(error, InsufficientScope):
+            body["scope"] = " ".join(error.required)
+        status, code = error.status_code, error.error_code
+    elif isinstance(error, UnavailableError):
+        # "We could not check" is never "the token is bad": 503 with Retry-After (RFC 9110 §10.2.3).
+        headers.append((b"retry-after", str(max(1, int(error.retry_after))).encode("ascii")))
+        body = {"error": "temporarily_unavailable", "error_description": error.description}
+        status, code = 503, "temporarily_unavailable"
+    else:
+        body = {"error": "server_error", "error_description": "The request could not be authorized."}
+        status, code = 500, "server_error"
+    payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    headers.append((b"content-length", str(len(payload)).encode("ascii")))
+    return Denial(status, tuple(headers), payload, code, error.reason)

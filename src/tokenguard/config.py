@@ -1,0 +1,201 @@
+"""Validated, frozen configuration for a guard.
+
+Every option is checked when the configuration is built, and a wrong one raises
+``ConfigurationError`` naming the field, so a mistake never surfaces as a 500 on the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from tokenguard.errors import ConfigurationError
+
+#: Asymmetric algorithms allowed by default (RFC 8725 §3.1: an explicit allow-list, never ``none``).
+DEFAULT_ALGORITHMS: tuple[str, ...] = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+#: Symmetric algorithms: only usable when a ``shared_secret`` is configured.
+HMAC_ALGORITHMS: tuple[str, ...] = ("HS256", "HS384", "HS512")
+_KNOWN_ALGORITHMS = frozenset(DEFAULT_ALGORITHMS + HMAC_ALGORITHMS)
+
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+DefaultPolicy = Literal["authenticated", "public"]
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ::1."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(name: str, url: str) -> str:
+    """Refuse anything but an absolute https URL, or http on loopback (RFC 8414 §2, RFC 6749 §3.1)."""
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(f"{name} must be a non-empty URL string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(f"{name} must be an absolute https:// URL, got {url!r}")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigurationError(f"{name} must use https:// (plain http is only allowed on loopback), got {url!r}")
+    if parts.fragment:
+        raise ConfigurationError(f"{name} must not have a fragment, got {url!r}")
+    return url
+
+
+def _as_tuple(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ConfigurationError(f"{name} must be a non-empty string or a non-empty list of strings")
+    return items
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "greater than or equal to 0" if allow_zero else "greater than 0"
+        raise ConfigurationError(f"{name} must be {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class JWKSOptions:
+    """How keys are fetched and kept (DESIGN.md §3)."""
+
+    default_ttl: float = 3600.0
+    min_ttl: float = 300.0
+    max_ttl: float = 86400.0
+    refetch_cooldown: float = 30.0
+    stale_ttl: float = 86400.0
+    refresh_ahead: float = 0.2
+    max_keys: int = 100
+    max_bytes: int = 512 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("default_ttl", "min_ttl", "max_ttl", "stale_ttl"):
+            _positive(f"jwks.{name}", getattr(self, name))
+        _positive("jwks.refetch_cooldown", self.refetch_cooldown, allow_zero=True)
+        if not self.min_ttl <= self.max_ttl:
+            raise ConfigurationError("jwks.min_ttl must not exceed jwks.max_ttl")
+        if not 0 <= self.refresh_ahead < 1:
+            raise ConfigurationError("jwks.refresh_ahead must be in [0, 1)")
+        for name in ("max_keys", "max_bytes"):
+            _positive(f"jwks.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class IntrospectionOptions:
+    """How RFC 7662 introspection is called, cached and protected by a breaker."""
+
+    endpoint: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    auth_method: ClientAuthMethod = "client_secret_basic"
+    cache_ttl: float = 30.0
+    negative_cache_ttl: float = 5.0
+    cache_size: int = 10_000
+    timeout: float = 3.0
+    require_aud: bool = True
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None:
+            check_url("introspection_endpoint", self.endpoint)
+        if self.auth_method not in ("client_secret_basic", "client_secret_post"):
+            raise ConfigurationError("introspection_auth_method must be 'client_secret_basic' or 'client_secret_post'")
+        if (self.client_id is None) != (self.client_secret is None):
+            raise ConfigurationError("client_id and client_secret must be given together")
+        _positive("introspection_cache_ttl", self.cache_ttl, allow_zero=True)
+        _positive("introspection_negative_cache_ttl", self.negative_cache_ttl, allow_zero=True)
+        _positive("introspection_cache_size", self.cache_size, allow_zero=True)
+        _positive("introspection_timeout", self.timeout)
+        _positive("breaker_threshold", self.breaker_threshold)
+        _positive("breaker_cooldown", self.breaker_cooldown, allow_zero=True)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.client_id is not None and self.client_secret is not None
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Everything one guard needs to decide about a token; immutable once built."""
+
+    issuer: str
+    audience: tuple[str, ...]
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway: float = 30.0
+    shared_secret: bytes | None = field(default=None, repr=False)
+    strict_rfc9068: bool = False
+    max_token_bytes: int = 16 * 1024
+    realm: str | None = None
+    default: DefaultPolicy = "authenticated"
+    http_timeout: float = 5.0
+    retry_after: int = 5
+    verified_cache_size: int = 10_000
+    jwks: JWKSOptions = field(default_factory=JWKSOptions)
+    introspection: IntrospectionOptions = field(default_factory=IntrospectionOptions)
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_url("issuer", self.issuer)
+        object.__setattr__(self, "audience", _as_tuple("audience", self.audience))
+        if self.jwks_uri is not None:
+            check_url("jwks_uri", self.jwks_uri)
+        self._check_algorithms()
+        _positive("leeway", self.leeway, allow_zero=True)
+        if self.leeway > 600:
+            raise ConfigurationError(f"leeway must be at most 600 seconds, got {self.leeway!r}")
+        _positive("max_token_bytes", self.max_token_bytes)
+        _positive("http_timeout", self.http_timeout)
+        _positive("retry_after", self.retry_after)
+        _positive("verified_cache_size", self.verified_cache_size, allow_zero=True)
+        if self.default not in ("authenticated", "public"):
+            raise ConfigurationError(f"default must be 'authenticated' or 'public', got {self.default!r}")
+        if self.realm is not None and (not isinstance(self.realm, str) or '"' in self.realm):
+            raise ConfigurationError("realm must be a string without double quotes")
+        if not callable(self.clock):
+            raise ConfigurationError("clock must be a callable returning seconds since the epoch")
+
+    def _check_algorithms(self) -> None:
+        algorithms = _as_tuple("algorithms", self.algorithms)
+        unknown = [alg for alg in algorithms if alg not in _KNOWN_ALGORITHMS]
+        if unknown:
+            # RFC 8725 §3.1: "none" and anything unrecognised never enter the allow-list.
+            raise ConfigurationError(f"algorithms contains unsupported or unsafe values: {unknown}")
+        hmac = [alg for alg in algorithms if alg in HMAC_ALGORITHMS]
+        if hmac and self.shared_secret is None:
+            raise ConfigurationError(f"algorithms {hmac} need a shared_secret")
+        if self.shared_secret is not None:
+            if not isinstance(self.shared_secret, bytes) or len(self.shared_secret) < 32:
+                # RFC 7518 §3.2: the key must be at least as long as the hash output (256 bits).
+                raise ConfigurationError("shared_secret must be at least 32 bytes")
+            if not hmac:
+                raise ConfigurationError("shared_secret is set but algorithms lists no HS256/384/512")
+        object.__setattr__(self, "algorithms", algorithms)
+
+    @property
+    def effective_realm(self) -> str:
+        return self.realm if self.realm is not None else self.audience[0]

@@ -1,0 +1,176 @@
+"""The one exception hierarchy of tokenguard.
+
+Every refusal is an exception that carries, as class attributes, the HTTP status it maps to and
+the RFC 6750 §3.1 error code; ``challenge.py`` turns them into responses in one place.
+No message ever contains a token: descriptions are short fixed sentences.
+
+    TokenGuardError                   base class of everything tokenguard raises
+    ├── ConfigurationError            an option is wrong; raised when the option is built
+    ├── AuthError                     the request is refused (status 400/401/403)
+    │   ├── InvalidRequest            400 invalid_request: malformed Authorization header
+    │   ├── MissingToken              401, bare challenge: no bearer token at all
+    │   ├── InvalidToken              401 invalid_token: the token is not acceptable
+    │   ├── InsufficientScope         403 insufficient_scope: valid token, missing scope
+    │   └── InsufficientUserAuthentication
+    │                                 401 insufficient_user_authentication (RFC 9470 step-up)
+    └── UnavailableError              503: the token could not be checked (fail closed)
+        ├── KeysUnavailable           the issuer's metadata or JWKS cannot be had
+        └── IntrospectionUnavailable  the introspection endpoint failed or its breaker is open
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TokenGuardError(Exception):
+    """Base class of every exception tokenguard raises."""
+
+    status_code: int = 500
+    error_code: str | None = None
+    reason: str = "error"
+
+
+class ConfigurationError(TokenGuardError, ValueError):
+    """An option is missing or wrong; the message names the field."""
+
+
+class AuthError(TokenGuardError):
+    """The request is refused; ``reason`` is a code from the closed set in ``REASONS``."""
+
+    status_code = 401
+    error_code: str | None = "invalid_token"
+    description = "The access token is invalid."
+
+    def __init__(self, reason: str | None = None, description: str | None = None) -> None:
+        if reason is not None:
+            self.reason = reason
+        if description is not None:
+            self.description = description
+        super().__init__(self.description)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(reason={self.reason!r}, description={self.description!r})"
+
+
+class InvalidRequest(AuthError):
+    """400 invalid_request: the Authorization header is malformed (RFC 6750 §3.1)."""
+
+    status_code = 400
+    error_code = "invalid_request"
+    reason = "malformed_header"
+    description = "The Authorization header is malformed."
+
+
+class MissingToken(AuthError):
+    """401 with a bare challenge: the request carries no bearer token (RFC 6750 §3.1)."""
+
+    status_code = 401
+    error_code = None
+    reason = "missing_token"
+    description = "A bearer access token is required."
+
+
+class InvalidToken(AuthError):
+    """401 invalid_token: expired, forged, revoked, or otherwise unacceptable (RFC 6750 §3.1)."""
+
+    status_code = 401
+    error_code = "invalid_token"
+    reason = "invalid_token"
+    description = "The access token is invalid."
+
+
+class InsufficientScope(AuthError):
+    """403 insufficient_scope: the token lacks a scope the route needs (RFC 6750 §3.1)."""
+
+    status_code = 403
+    error_code = "insufficient_scope"
+    reason = "insufficient_scope"
+    description = "The access token does not grant the scope this resource requires."
+
+    def __init__(self, required: Iterable[str], description: str | None = None) -> None:
+        self.required: tuple[str, ...] = tuple(sorted(required))
+        super().__init__(None, description)
+
+
+class InsufficientUserAuthentication(AuthError):
+    """401 insufficient_user_authentication: step-up needed (RFC 9470 §3)."""
+
+    status_code = 401
+    error_code = "insufficient_user_authentication"
+    reason = "insufficient_user_authentication"
+    description = "A stronger or more recent authentication is required."
+
+    def __init__(
+        self,
+        *,
+        acr_values: Iterable[str] = (),
+        max_age: int | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.acr_values: tuple[str, ...] = tuple(acr_values)
+        self.max_age = max_age
+        super().__init__(None, description)
+
+
+class UnavailableError(TokenGuardError):
+    """503: the token could not be checked; it may be fine, so this is never a 401."""
+
+    status_code = 503
+    error_code = "temporarily_unavailable"
+    reason = "issuer_unavailable"
+    description = "The access token could not be checked right now; retry later."
+
+    def __init__(self, cause: str, retry_after: int = 5) -> None:
+        # ``cause`` is for logs (it names what failed: a URL, a status); it never holds a token.
+        self.cause = cause
+        self.retry_after = retry_after
+        super().__init__(cause)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cause={self.cause!r}, retry_after={self.retry_after})"
+
+
+class KeysUnavailable(UnavailableError):
+    """503: the issuer's metadata or JWKS could not be fetched and nothing usable is cached."""
+
+    reason = "issuer_unavailable"
+
+
+class IntrospectionUnavailable(UnavailableError):
+    """503: the introspection endpoint failed, timed out, or its circuit breaker is open."""
+
+    reason = "introspection_unavailable"
+
+
+#: The closed set of reason codes carried by refusals (and by decision events).
+REASONS: frozenset[str] = frozenset(
+    {
+        "ok",
+        "public",
+        "missing_token",
+        "malformed_header",
+        "token_too_large",
+        "malformed_token",
+        "unsupported_token",
+        "disallowed_alg",
+        "bad_typ",
+        "bad_header",
+        "unknown_kid",
+        "key_mismatch",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "wrong_issuer",
+        "wrong_audience",
+        "missing_claim",
+        "bad_claim",
+        "no_identity",
+        "inactive",
+        "opaque_not_supported",
+        "insufficient_scope",
+        "insufficient_user_authentication",
+        "issuer_unavailable",
+        "introspection_unavailable",
+    }
+)

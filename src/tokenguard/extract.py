@@ -1,0 +1,45 @@
+"""Bearer token extraction from request headers (RFC 6750 §2.1).
+
+Only the ``Authorization`` request header is a credential. RFC 6750 §2.2 (form body) and §2.3
+(URI query) methods are never read: tokens in URLs end up in logs and caches.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from tokenguard.errors import InvalidRequest, InvalidToken, MissingToken
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+_AUTHORIZATION = b"authorization"
+
+
+def extract_bearer(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> str:
+    """Return the bearer token of an ASGI header list, or raise the RFC 6750 refusal."""
+    values = [value for name, value in headers if name.lower() == _AUTHORIZATION]
+    if not values:
+        raise MissingToken()
+    if len(values) > 1:
+        # RFC 6750 §3.1 invalid_request: "...uses more than one method for including an access token".
+        raise InvalidRequest(description="More than one Authorization header was sent.")
+    return parse_authorization(values[0], max_bytes)
+
+
+def parse_authorization(value: bytes, max_bytes: int) -> str:
+    """Parse one ``Authorization`` field value; another scheme counts as no token at all."""
+    value = value.strip(b" \t")
+    scheme, sep, credentials = value.partition(b" ")
+    if scheme.lower() != b"bearer":
+        # RFC 6750 §3.1: a request without bearer credentials gets a challenge with no error code.
+        raise MissingToken()
+    if not sep or not credentials:
+        raise InvalidRequest(description="The bearer token is empty.")
+    if len(credentials) > max_bytes:
+        # Size cap before any parsing: bounds the work an attacker can ask of us.
+        raise InvalidToken("token_too_large", "The access token is too large.")
+    if _B64TOKEN.fullmatch(credentials) is None:
+        # Catches extra spaces, a second word, control bytes and non-ASCII: not a b64token.
+        raise InvalidRequest(description="The bearer token is malformed.")
+    return credentials.decode("ascii")

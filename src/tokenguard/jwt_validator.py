@@ -1,0 +1,313 @@
+"""Local validation of one JWT access token (RFC 7515, RFC 7519, RFC 8725, RFC 9068).
+
+The compact serialization is parsed here, strictly: canonical unpadded base64url only, JSON objects
+only, no duplicate member names, finite numbers only. PyJWT supplies the keys and the signature
+algorithms; claims are checked here, in the order that keeps an attacker from making us fetch keys
+(issuer and lifetime before any key lookup, so a stale or foreign token never triggers a refetch).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+from cachetools import LRUCache
+
+from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
+from tokenguard.errors import InvalidToken
+from tokenguard.jwks import JWKSCache, KeySet
+from tokenguard.models import AccessToken
+
+TokenKind = Literal["jws", "jwe", "opaque"]
+
+# RFC 7515 §2 / RFC 4648 §5: base64url without padding. Three segments, non-empty signature.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# The last character of a canonical encoding has its unused low bits set to zero (RFC 4648 §3.5).
+_CANONICAL_LAST = {
+    2: frozenset("AQgw"),
+    3: frozenset("AEIMQUYcgkosw048"),
+}
+_ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+_RFC9068_TYP = frozenset({"at+jwt", "application/at+jwt"})
+_ALGORITHMS = jwt.algorithms.get_default_algorithms()
+
+
+def _b64decode(segment: str) -> bytes:
+    """Strict base64url: rejects padding, stray characters and non-canonical trailing bits."""
+    remainder = len(segment) % 4
+    if remainder == 1 or (remainder and segment[-1] not in _CANONICAL_LAST[remainder]):
+        raise InvalidToken("malformed_token", "The access token is malformed.")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidToken("malformed_token", "The access token is malformed.") from exc
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7515 §5.2 / RFC 8725 §3.2: duplicate member names are rejected, never "last one wins".
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _reject_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_strict_object, parse_float=_finite_float, parse_constant=_reject_constant
+)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = _DECODER.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise InvalidToken("malformed_token", "The access token is malformed.") from exc
+    if not isinstance(value, dict):
+        raise InvalidToken("malformed_token", "The access token is malformed.")
+    return value
+
+
+def classify(token: str) -> TokenKind:
+    """JWS (three segments), refused JOSE (a JSON header with another shape, e.g. JWE), or opaque."""
+    if token.count(".") == 2:
+        return "jws"
+    head = token.split(".", 1)[0]
+    try:
+        _json_object(_b64decode(head))
+    except InvalidToken:
+        return "opaque"
+    return "jwe"
+
+
+@dataclass(frozen=True)
+class ParsedJWS:
+    """A compact JWS split and decoded, not yet trusted."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def parse_jws(token: str) -> ParsedJWS:
+    """Split and decode a compact JWS strictly (RFC 7515 §7.1)."""
+    if _COMPACT_JWS.fullmatch(token) is None:
+        raise InvalidToken("malformed_token", "The access token is malformed.")
+    head, body, signature = token.split(".")
+    return ParsedJWS(
+        header=_json_object(_b64decode(head)),
+        claims=_json_object(_b64decode(body)),
+        signing_input=f"{head}.{body}".encode("ascii"),
+        signature=_b64decode(signature),
+    )
+
+
+def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        if required or name in claims:
+            raise InvalidToken("missing_claim", "The access token lacks a required claim.")
+        return None
+    # RFC 7519 §2 NumericDate is a JSON number: "1700000000" (a string) and true are refused.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
+    return float(value)
+
+
+def _string(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
+    return value
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from ``scope`` (RFC 8693 §4.2 / RFC 9068 §2.2.3, space-separated) or ``scp``."""
+    value = claims.get("scope", claims.get("scp"))
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(value)
+    raise InvalidToken("bad_claim", "The access token has a malformed scope claim.")
+
+
+def check_lifetime(claims: Mapping[str, Any], now: float, leeway: float, *, require_exp: bool) -> float | None:
+    """``exp``, ``nbf``, ``iat`` against the clock with leeway (RFC 7519 §4.1.4, §4.1.5, §4.1.6)."""
+    exp = _number(claims, "exp", required=require_exp)
+    nbf = _number(claims, "nbf", required=False)
+    iat = _number(claims, "iat", required=False)
+    # RFC 7519 §4.1.4: "the current date/time MUST be before the expiration date/time".
+    if exp is not None and now >= exp + leeway:
+        raise InvalidToken("expired", "The access token has expired.")
+    # RFC 7519 §4.1.5: "the current date/time MUST be after or equal to the not-before date/time".
+    if nbf is not None and now + leeway < nbf:
+        raise InvalidToken("not_yet_valid", "The access token is not valid yet.")
+    if iat is not None and now + leeway < iat:
+        raise InvalidToken("not_yet_valid", "The access token was issued in the future.")
+    return exp
+
+
+def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, required: bool = True) -> None:
+    """RFC 7519 §4.1.3: the recipient MUST identify itself with a value in ``aud``, else reject."""
+    aud = claims.get("aud")
+    if aud is None:
+        if required:
+            raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
+        return
+    values = [aud] if isinstance(aud, str) else aud
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise InvalidToken("bad_claim", "The access token has a malformed audience claim.")
+    if not any(value in audiences for value in values):
+        raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
+
+
+def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``sub`` and ``client_id``; a token with neither names nobody and is refused."""
+    subject, client_id = _string(claims, "sub"), _string(claims, "client_id")
+    if not subject and not client_id:
+        raise InvalidToken("no_identity", "The access token names no subject or client.")
+    return subject or None, client_id or None
+
+
+def token_digest(token: str) -> bytes:
+    """The cache key of a token: its SHA-256, so no cache ever holds the token itself."""
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+class JWTValidator:
+    """Validates JWT access tokens of one issuer against its cached JWKS."""
+
+    def __init__(self, config: GuardConfig, jwks: JWKSCache) -> None:
+        self._config = config
+        self._jwks = jwks
+        self._algorithms = frozenset(config.algorithms)
+        self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
+        self._verified: LRUCache[bytes, AccessToken] | None = (
+            LRUCache(maxsize=config.verified_cache_size) if config.verified_cache_size else None
+        )
+        jwks.subscribe(self._forget_keys)
+
+    async def validate(self, token: str) -> AccessToken:
+        """Return the validated token, or raise ``InvalidToken`` / ``KeysUnavailable``."""
+        digest = token_digest(token) if self._verified is not None else b""
+        cached = self._verified.get(digest) if self._verified is not None else None
+        if cached is not None:
+            # A cache hit skips the signature, never the clock: exp and nbf are checked again.
+            check_lifetime(cached.claims, self._config.clock(), self._config.leeway, require_exp=True)
+            return cached
+        parsed = parse_jws(token)
+        alg, kid = self._check_header(parsed.header)
+        self._check_issuer_and_lifetime(parsed.claims)
+        await self._verify_signature(parsed, alg, kid)
+        access_token = self._access_token(parsed.claims, kid)
+        if self._verified is not None:
+            self._verified[digest] = access_token
+        return access_token
+
+    @property
+    def verified_cache_size(self) -> int:
+        return len(self._verified) if self._verified is not None else 0
+
+    def _check_header(self, header: Mapping[str, Any]) -> tuple[str, str | None]:
+        alg = header.get("alg")
+        # RFC 8725 §3.1: only algorithms on the allow-list; "none" and its casings are never on it.
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise InvalidToken("disallowed_alg", "The access token uses a disallowed algorithm.")
+        # RFC 7515 §4.1.11: extensions listed in "crit" must be understood; we understand none.
+        if "crit" in header:
+            raise InvalidToken("bad_header", "The access token has an unsupported critical header.")
+        # RFC 7797 §3: an unencoded payload is an extension we do not support.
+        if header.get("b64", True) is not True:
+            raise InvalidToken("bad_header", "The access token has an unsupported header.")
+        typ = header.get("typ")
+        # RFC 9068 §4 and RFC 8725 §3.11: explicit typing keeps other JWT kinds out.
+        if typ is None:
+            if self._config.strict_rfc9068:
+                raise InvalidToken("bad_typ", "The access token has the wrong type.")
+        elif not isinstance(typ, str) or typ.lower() not in self._accepted_typ:
+            raise InvalidToken("bad_typ", "The access token has the wrong type.")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("bad_header", "The access token has a malformed key id.")
+        # jku, x5u, x5c and jwk are never read: keys come from the configured issuer only (RFC 8725 §3.10).
+        return alg, kid
+
+    def _check_issuer_and_lifetime(self, claims: Mapping[str, Any]) -> None:
+        # RFC 7519 §4.1.1 / RFC 9068 §4: "iss" MUST exactly match the issuer; no normalisation.
+        if claims.get("iss") != self._config.issuer:
+            raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+        check_lifetime(claims, self._config.clock(), self._config.leeway, require_exp=True)
+
+    async def _verify_signature(self, parsed: ParsedJWS, alg: str, kid: str | None) -> None:
+        algorithm = _ALGORITHMS[alg]
+        if alg in HMAC_ALGORITHMS:
+            assert self._config.shared_secret is not None  # config refuses HS* without a secret
+            candidates: tuple[Any, ...] = (self._config.shared_secret,)
+        else:
+            keys = await self._keys_for(kid)
+            matching = keys.candidates(kid, alg)
+            if not matching:
+                # The key the token names cannot do this alg (RFC 8725 §3.1: alg/key confusion).
+                raise InvalidToken("key_mismatch", "The access token's algorithm does not fit its key.")
+            candidates = tuple(key.key for key in matching)
+        for key in candidates:
+            try:
+                if algorithm.verify(parsed.signing_input, key, parsed.signature):
+                    return
+            except (ValueError, TypeError) as exc:
+                raise InvalidToken("bad_signature", "The access token's signature is invalid.") from exc
+        raise InvalidToken("bad_signature", "The access token's signature is invalid.")
+
+    async def _keys_for(self, kid: str | None) -> KeySet:
+        keys = self._jwks.current() or await self._jwks.keys()
+        if kid is not None and not keys.knows(kid):
+            keys = await self._jwks.refetch_for(kid)
+        return keys
+
+    def _access_token(self, claims: dict[str, Any], kid: str | None) -> AccessToken:
+        check_audience(claims, self._config.audience)
+        if self._config.strict_rfc9068:
+            # RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat and jti are REQUIRED.
+            for name in ("sub", "client_id", "iat", "jti"):
+                if claims.get(name) is None:
+                    raise InvalidToken("missing_claim", "The access token lacks a required claim.")
+        subject, client_id = identity_of(claims)
+        return AccessToken(
+            subject=subject,
+            client_id=client_id,
+            scopes=scopes_of(claims),
+            claims=claims,
+            expires_at=float(claims["exp"]),
+            source="jwt",
+            issuer=self._config.issuer,
+            token_id=_string(claims, "jti"),
+            key_id=kid,
+        )
+
+    def _forget_keys(self, removed: frozenset[str]) -> None:
+        """Drop verified tokens signed by keys the issuer no longer publishes."""
+        if self._verified is None:
+            return
+        for digest, token in list(self._verified.items()):
+            if token.key_id in removed:
+                self._verified.pop(digest, None)

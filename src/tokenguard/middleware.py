@@ -1,0 +1,255 @@
+"""``TokenGuard``: the pure-ASGI middleware that guards every HTTP and WebSocket request. [adapter]
+
+Shape after Starlette's own authentication middleware: pass other scope types through first,
+answer a refusal with one ASGI response and return, put the results in ``scope``. Never
+``BaseHTTPMiddleware``: it skips WebSockets and breaks contextvars.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenguard._http import HttpClientOption
+from tokenguard.authenticator import Authenticator
+from tokenguard.challenge import Denial, render
+from tokenguard.config import (
+    DEFAULT_ALGORITHMS,
+    ClientAuthMethod,
+    DefaultPolicy,
+    GuardConfig,
+    IntrospectionOptions,
+    JWKSOptions,
+)
+from tokenguard.errors import TokenGuardError, UnavailableError
+from tokenguard.models import AccessToken
+from tokenguard.policy import AUTHENTICATED, PUBLIC, Rule
+from tokenguard.routing import RouteResolver
+
+logger = logging.getLogger("tokenguard")
+
+
+class TokenCredentials(AuthCredentials):
+    """``request.auth``: the granted scopes, the claims, and what decided (``"jwt"``/``"introspection"``)."""
+
+    def __init__(self, token: AccessToken) -> None:
+        super().__init__(sorted(token.scopes))
+        self.token = token
+        self.claims: dict[str, Any] = dict(token.claims)
+        self.source = token.source
+
+    def __repr__(self) -> str:
+        return f"TokenCredentials(scopes={self.scopes!r}, source={self.source!r})"
+
+
+class TokenUser(BaseUser):
+    """``request.user``: ``identity`` is ``sub``, or ``client_id`` for a client-credentials token."""
+
+    def __init__(self, token: AccessToken) -> None:
+        self.token = token
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.token.identity
+
+    @property
+    def identity(self) -> str:
+        return self.token.identity
+
+    @property
+    def subject(self) -> str | None:
+        return self.token.subject
+
+    @property
+    def client_id(self) -> str | None:
+        return self.token.client_id
+
+    def __repr__(self) -> str:
+        return f"TokenUser(identity={self.identity!r})"
+
+
+def _is_preflight(scope: Scope) -> bool:
+    """A CORS preflight (Fetch standard §3.2.2) carries no credentials and must pass untouched."""
+    if scope.get("method") != "OPTIONS":
+        return False
+    names = {name.lower() for name, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names
+
+
+class TokenGuard:
+    """Requires a valid OAuth 2.0 bearer access token on every route that is not ``@public``.
+
+    ``app.add_middleware(TokenGuard, issuer=..., audience=...)`` is all an app needs: keys come
+    from the issuer's metadata (RFC 8414, then OpenID discovery). See README for every option.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        issuer: str,
+        audience: str | Sequence[str],
+        jwks_uri: str | None = None,
+        introspection_endpoint: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        introspection_auth_method: ClientAuthMethod = "client_secret_basic",
+        algorithms: Sequence[str] | None = None,
+        leeway: float = 30.0,
+        introspection_cache_ttl: float = 30.0,
+        introspection_negative_cache_ttl: float = 5.0,
+        introspection_cache_size: int = 10_000,
+        introspection_timeout: float = 3.0,
+        introspection_requires_aud: bool = True,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 10.0,
+        default: DefaultPolicy = "authenticated",
+        rules: Iterable[Rule] = (),
+        http_client: HttpClientOption = None,
+        shared_secret: bytes | None = None,
+        strict_rfc9068: bool = False,
+        max_token_bytes: int = 16 * 1024,
+        realm: str | None = None,
+        http_timeout: float = 5.0,
+        retry_after: int = 5,
+        verified_cache_size: int = 10_000,
+        jwks_cache_ttl: float = 3600.0,
+        jwks_min_ttl: float = 300.0,
+        jwks_max_ttl: float = 86400.0,
+        jwks_refetch_cooldown: float = 30.0,
+        jwks_stale_ttl: float = 86400.0,
+        route_cache_size: int = 4096,
+        prefetch: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.config = GuardConfig(
+            issuer=issuer,
+            audience=audience if isinstance(audience, str) else tuple(audience),  # type: ignore[arg-type]
+            jwks_uri=jwks_uri,
+            algorithms=tuple(algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
+            leeway=leeway,
+            shared_secret=shared_secret,
+            strict_rfc9068=strict_rfc9068,
+            max_token_bytes=max_token_bytes,
+            realm=realm,
+            default=default,
+            http_timeout=http_timeout,
+            retry_after=retry_after,
+            verified_cache_size=verified_cache_size,
+            jwks=JWKSOptions(
+                default_ttl=jwks_cache_ttl,
+                min_ttl=jwks_min_ttl,
+                max_ttl=jwks_max_ttl,
+                refetch_cooldown=jwks_refetch_cooldown,
+                stale_ttl=jwks_stale_ttl,
+            ),
+            introspection=IntrospectionOptions(
+                endpoint=introspection_endpoint,
+                client_id=client_id,
+                client_secret=client_secret,
+                auth_method=introspection_auth_method,
+                cache_ttl=introspection_cache_ttl,
+                negative_cache_ttl=introspection_negative_cache_ttl,
+                cache_size=introspection_cache_size,
+                timeout=introspection_timeout,
+                require_aud=introspection_requires_aud,
+                breaker_threshold=breaker_threshold,
+                breaker_cooldown=breaker_cooldown,
+            ),
+            clock=clock,
+        )
+        self.authenticator = Authenticator(self.config, http_client=http_client)
+        default_requirement = PUBLIC if default == "public" else AUTHENTICATED
+        self.routes = RouteResolver(tuple(rules), default_requirement, cache_size=route_cache_size)
+        self._prefetch = prefetch
+        self._realm = self.config.effective_realm
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+            return
+        if scope["type"] not in ("http", "websocket") or _is_preflight(scope):
+            await self.app(scope, receive, send)
+            return
+        scope["tokenguard"] = self
+        requirement = self.routes.requirement(scope, self.app)
+        if requirement.public:
+            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
+            await self.app(scope, receive, send)
+            return
+        try:
+            token = await self.authenticator.authenticate(scope.get("headers", ()), requirement)
+        except TokenGuardError as exc:
+            await self._deny(scope, receive, send, exc)
+            return
+        except Exception as exc:  # a bug must still fail closed, without a traceback to the client
+            logger.error("tokenguard: internal error while checking a token: %s", type(exc).__name__)
+            await self._deny(scope, receive, send, UnavailableError(f"internal error: {type(exc).__name__}"))
+            return
+        scope["auth"], scope["user"] = TokenCredentials(token), TokenUser(token)
+        await self.app(scope, receive, send)
+
+    @property
+    def realm(self) -> str:
+        return self._realm
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for health endpoints: keys known, last fetch, stale or not, caches, breaker."""
+        return self.authenticator.status()
+
+    def ready(self) -> bool:
+        """True when keys are usable now, without waiting on the issuer."""
+        return bool(self.authenticator.jwks.status()["usable"])
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, error: TokenGuardError) -> None:
+        denial = render(error, realm=self._realm)
+        logger.info(
+            "tokenguard: refused %s %s: %s (%d)",
+            scope.get("method", "WEBSOCKET"),
+            scope.get("path", ""),
+            error.reason,
+            denial.status,
+            extra={"decision": "deny", "reason": error.reason, "status": denial.status},
+        )
+        if scope["type"] == "websocket":
+            await _deny_websocket(scope, receive, send, denial)
+            return
+        await send({"type": "http.response.start", "status": denial.status, "headers": list(denial.headers)})
+        await send({"type": "http.response.body", "body": denial.body})
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and self._prefetch:
+                try:
+                    await self.authenticator.prefetch()
+                except UnavailableError as exc:
+                    logger.warning("tokenguard: could not prefetch keys at startup: %s", exc.cause)
+            elif message["type"] == "lifespan.shutdown":
+                await self.authenticator.aclose()
+            return message
+
+        return wrapped
+
+
+async def _deny_websocket(scope: Scope, receive: Receive, send: Send, denial: Denial) -> None:
+    """Refuse before accept: an HTTP denial response where supported, else close with 1008."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": denial.status, "headers": list(denial.headers)})
+        await send({"type": "websocket.http.response.body", "body": denial.body})
+        return
+    # RFC 6455 §7.4.1: 1008 "policy violation".
+    await send({"type": "websocket.close", "code": 1008, "reason": denial.reason})

@@ -1,0 +1,35 @@
+"""The validated access token handed to the application."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TokenSource = Literal["jwt", "introspection"]
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An access token that passed every check; it never holds the raw token string."""
+
+    subject: str | None
+    client_id: str | None
+    scopes: frozenset[str]
+    claims: Mapping[str, Any] = field(repr=False)
+    expires_at: float | None
+    source: TokenSource
+    issuer: str | None = None
+    token_id: str | None = None
+    key_id: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """``sub``, or ``client_id`` for a client-credentials token without a subject."""
+        identity = self.subject if self.subject is not None else self.client_id
+        assert identity is not None  # the validators refuse tokens with neither
+        return identity
+
+    def has_scopes(self, *scopes: str) -> bool:
+        """True when every scope given is granted (exact string match)."""
+        return all(scope in self.scopes for scope in scopes)

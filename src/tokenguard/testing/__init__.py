@@ -1,0 +1,1 @@
+"""Development identity provider and pytest plugin (see issue 4)."""

@@ -1,0 +1,199 @@
+"""Shared test helpers: real keys, real signed tokens, a real JWKS served through respx, a fake clock."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import respx
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+ISSUER = "https://idp.example.com"
+AUDIENCE = "https://api.example.com"
+METADATA_URL = f"{ISSUER}/.well-known/oauth-authorization-server"
+OPENID_URL = f"{ISSUER}/.well-known/openid-configuration"
+JWKS_URL = f"{ISSUER}/jwks"
+INTROSPECTION_URL = f"{ISSUER}/introspect"
+T0 = 1_800_000_000.0
+
+
+class FakeClock:
+    """An injectable clock: tests move time instead of sleeping."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class SigningKey:
+    """A private key with its kid and algorithm, able to publish its public JWK."""
+
+    kid: str | None
+    alg: str
+    private: Any
+    jwk_extra: dict[str, Any] = field(default_factory=dict)
+
+    def public_jwk(self) -> dict[str, Any]:
+        public = self.private.public_key()
+        if self.alg.startswith(("RS", "PS")):
+            jwk = json.loads(RSAAlgorithm.to_jwk(public))
+        elif self.alg.startswith("ES"):
+            jwk = json.loads(ECAlgorithm.to_jwk(public))
+        else:
+            jwk = json.loads(OKPAlgorithm.to_jwk(public))
+        if self.kid is not None:
+            jwk["kid"] = self.kid
+        jwk["use"] = "sig"
+        jwk.update(self.jwk_extra)
+        return jwk
+
+
+_KEY_CACHE: dict[str, Any] = {}
+
+
+def private_key(kind: str, slot: int = 0) -> Any:
+    """Keys are expensive to make (RSA); each kind/slot is generated once per test session."""
+    name = f"{kind}-{slot}"
+    if name not in _KEY_CACHE:
+        if kind == "rsa":
+            _KEY_CACHE[name] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif kind == "ec256":
+            _KEY_CACHE[name] = ec.generate_private_key(ec.SECP256R1())
+        elif kind == "ec384":
+            _KEY_CACHE[name] = ec.generate_private_key(ec.SECP384R1())
+        elif kind == "ed25519":
+            _KEY_CACHE[name] = ed25519.Ed25519PrivateKey.generate()
+        else:
+            raise ValueError(kind)
+    return _KEY_CACHE[name]
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class Issuer:
+    """A real authorization server's signing side: keys, JWKS, metadata, minted tokens."""
+
+    def __init__(self, clock: FakeClock, issuer: str = ISSUER) -> None:
+        self.clock = clock
+        self.issuer = issuer
+        self.keys: list[SigningKey] = [
+            SigningKey("rsa-1", "RS256", private_key("rsa")),
+            SigningKey("ec-1", "ES256", private_key("ec256")),
+            SigningKey("ed-1", "EdDSA", private_key("ed25519")),
+        ]
+        self.jwks_headers: dict[str, str] = {"Cache-Control": "max-age=3600"}
+        self.jwks_calls = 0
+        self.metadata_calls = 0
+        self.down = False
+        self.jwks_override: Any = None
+
+    def key(self, kid: str) -> SigningKey:
+        return next(k for k in self.keys if k.kid == kid)
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.public_jwk() for k in self.keys]}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": JWKS_URL,
+            "introspection_endpoint": INTROSPECTION_URL,
+            "token_endpoint": f"{self.issuer}/token",
+        }
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": AUDIENCE,
+            "sub": "alice",
+            "client_id": "photos-app",
+            "scope": "read:photos",
+            "iat": now,
+            "exp": now + 300,
+            "jti": uuid.uuid4().hex,
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(
+        self,
+        kid: str | None = "rsa-1",
+        *,
+        alg: str | None = None,
+        headers: dict[str, Any] | None = None,
+        key: Any = None,
+        **claims: Any,
+    ) -> str:
+        """A token signed by one of the issuer's keys (or ``key``); claims override the defaults."""
+        signing = self.key(kid) if kid is not None and key is None else None
+        algorithm = alg or (signing.alg if signing else "RS256")
+        header: dict[str, Any] = {"typ": "at+jwt"}
+        if kid is not None:
+            header["kid"] = kid
+        header.update(headers or {})
+        header = {k: v for k, v in header.items() if v is not None}
+        private = key if key is not None else (signing.private if signing else private_key("rsa"))
+        return jwt.encode(self.claims(**claims), private, algorithm=algorithm, headers=header)
+
+    def raw_token(self, header: dict[str, Any], claims: dict[str, Any], kid: str = "rsa-1") -> str:
+        """A JWS over exactly these JSON objects, signed with the key ``kid`` (for malformed-claim tests)."""
+        signing = self.key(kid)
+        head = b64url(json.dumps(header).encode())
+        body = b64url(json.dumps(claims).encode())
+        algorithm = jwt.get_algorithm_by_name(signing.alg)
+        signature = algorithm.sign(f"{head}.{body}".encode(), signing.private)
+        return f"{head}.{body}.{b64url(signature)}"
+
+    def install(self, router: respx.MockRouter) -> None:
+        """Serve metadata and JWKS through respx; ``down`` makes them fail like a dead host."""
+
+        def metadata(request: httpx.Request) -> httpx.Response:
+            self.metadata_calls += 1
+            if self.down:
+                raise httpx.ConnectError("connection refused", request=request)
+            return httpx.Response(200, json=self.metadata())
+
+        def jwks(request: httpx.Request) -> httpx.Response:
+            self.jwks_calls += 1
+            if self.down:
+                raise httpx.ConnectError("connection refused", request=request)
+            if self.jwks_override is not None:
+                return self.jwks_override  # type: ignore[no-any-return]
+            return httpx.Response(200, json=self.jwks(), headers=self.jwks_headers)
+
+        router.get(METADATA_URL).mock(side_effect=metadata)
+        router.get(JWKS_URL).mock(side_effect=jwks)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def idp(clock: FakeClock, respx_mock: respx.MockRouter) -> Iterator[Issuer]:
+    issuer = Issuer(clock)
+    issuer.install(respx_mock)
+    yield issuer
+
+
+def now() -> float:
+    return time.time()
