@@ -101,6 +101,7 @@ class Issuer:
         self.jwks_headers: dict[str, str] = {"Cache-Control": "max-age=3600"}
         self.jwks_calls = 0
         self.metadata_calls = 0
+        self.openid_calls = 0
         self.down = False
         self.jwks_override: Any = None
 
@@ -179,7 +180,14 @@ class Issuer:
                 return self.jwks_override  # type: ignore[no-any-return]
             return httpx.Response(200, json=self.jwks(), headers=self.jwks_headers)
 
+        def openid(request: httpx.Request) -> httpx.Response:
+            self.openid_calls += 1
+            if self.down:
+                raise httpx.ConnectError("connection refused", request=request)
+            return httpx.Response(404)
+
         router.get(METADATA_URL).mock(side_effect=metadata)
+        router.get(OPENID_URL).mock(side_effect=openid)
         router.get(JWKS_URL).mock(side_effect=jwks)
 
 

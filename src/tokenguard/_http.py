@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -25,6 +26,21 @@ _USER_AGENT = "tokenguard"
 
 class FetchError(Exception):
     """An upstream call failed; the message names the URL and the cause, never a token."""
+
+
+def safe_url(url: str) -> str:
+    """``url`` fit for a message: userinfo and query dropped, since either may hold a credential."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    query = "?..." if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + query
 
 
 @dataclass(frozen=True)
@@ -40,9 +56,9 @@ class HttpResult:
         try:
             document = json.loads(self.body)
         except (ValueError, RecursionError) as exc:
-            raise FetchError(f"{url} returned a body that is not JSON") from exc
+            raise FetchError(f"{safe_url(url)} returned a body that is not JSON") from exc
         if not isinstance(document, dict):
-            raise FetchError(f"{url} returned JSON that is not an object")
+            raise FetchError(f"{safe_url(url)} returned JSON that is not an object")
         return document
 
 
@@ -68,9 +84,16 @@ class HttpClientPool:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None or client.is_closed:
+            self._drop_dead_loops()
             client = self._factory() if self._factory is not None else self._new_client()
             self._clients[loop] = client
         return client
+
+    def _drop_dead_loops(self) -> None:
+        # A client's connections belong to its loop; once that loop is closed the client is useless
+        # (and cannot be closed from another loop), so it is only forgotten.
+        for loop in [loop for loop in list(self._clients) if loop.is_closed()]:
+            self._clients.pop(loop, None)
 
     def _new_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -113,31 +136,37 @@ class HttpClientPool:
         headers: Mapping[str, str] | None = None,
     ) -> HttpResult:
         request_headers = {"Accept": "application/json", **(headers or {})}
+        # Messages name the URL without userinfo or query, and never the form (it holds the token).
+        where = f"{method} {safe_url(url)}"
         try:
             async with (
                 _deadline(timeout),
                 self.client().stream(method, url, data=form, headers=request_headers, timeout=timeout) as response,
             ):
-                body = await _read_bounded(response, max_bytes, url)
+                body = await _read_bounded(response, max_bytes, where)
                 return HttpResult(response.status_code, dict(response.headers), body)
         except FetchError:
             raise
         except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException) as exc:
-            raise FetchError(f"{method} {url} timed out after {timeout:g}s") from exc
-        except httpx.HTTPError as exc:
-            raise FetchError(f"{method} {url} failed: {type(exc).__name__}") from exc
+            raise FetchError(f"{where} timed out after {timeout:g}s") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise FetchError(f"{where} failed: {type(exc).__name__}") from exc
         except (OSError, ValueError, RuntimeError) as exc:
             # Transports (ASGI, mocks) may raise plain errors; they are failures to fetch all the same.
-            raise FetchError(f"{method} {url} failed: {type(exc).__name__}") from exc
+            raise FetchError(f"{where} failed: {type(exc).__name__}") from exc
 
 
-async def _read_bounded(response: httpx.Response, max_bytes: int, url: str) -> bytes:
+async def _read_bounded(response: httpx.Response, max_bytes: int, where: str) -> bytes:
+    """The body, refused as soon as it (or its announced length) passes ``max_bytes``."""
+    declared = response.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
+        raise FetchError(f"{where} announced {declared} bytes, more than the {max_bytes} allowed")
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise FetchError(f"{url} returned more than {max_bytes} bytes")
+            raise FetchError(f"{where} returned more than {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

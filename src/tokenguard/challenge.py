@@ -68,7 +68,7 @@ def render(error: TokenGuardError, *, realm: str, resource_metadata: str | None 
         if error.error_code is not None:
             body["error"] = error.error_code
         body["error_description"] = error.description
-        if isinstance(error, InsufficientScope):
+        if isinstance(error, InsufficientScope) and error.required:
             body["scope"] = " ".join(error.required)
         status, code = error.status_code, error.error_code
     elif isinstance(error, UnavailableError):

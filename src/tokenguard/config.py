@@ -53,10 +53,14 @@ def check_url(name: str, url: str) -> str:
     """Refuse anything but an absolute https URL, or http on loopback (RFC 8414 §2, RFC 6749 §3.1)."""
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"{name} must be a non-empty URL string")
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # e.g. "https://[::1" (an unclosed IPv6 literal)
+        raise ConfigurationError(f"{name} is not a valid URL, got {url!r}") from exc
+    if parts.scheme not in ("https", "http") or not hostname:
         raise ConfigurationError(f"{name} must be an absolute https:// URL, got {url!r}")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(hostname):
         raise ConfigurationError(f"{name} must use https:// (plain http is only allowed on loopback), got {url!r}")
     if parts.fragment:
         raise ConfigurationError(f"{name} must not have a fragment, got {url!r}")
@@ -68,6 +72,13 @@ def _as_tuple(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
     if not items or not all(isinstance(item, str) and item for item in items):
         raise ConfigurationError(f"{name} must be a non-empty string or a non-empty list of strings")
     return items
+
+
+def _count(name: str, value: int, *, allow_zero: bool = False) -> None:
+    """A whole number of items, bytes or seconds: ``1.5`` is as wrong as ``-1``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    _positive(name, value, allow_zero=allow_zero)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -100,7 +111,7 @@ class JWKSOptions:
         if not 0 <= self.refresh_ahead < 1:
             raise ConfigurationError("jwks.refresh_ahead must be in [0, 1)")
         for name in ("max_keys", "max_bytes"):
-            _positive(f"jwks.{name}", getattr(self, name))
+            _count(f"jwks.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ class IntrospectionOptions:
 
     endpoint: str | None = None
     client_id: str | None = None
-    client_secret: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
     auth_method: ClientAuthMethod = "client_secret_basic"
     cache_ttl: float = 30.0
     negative_cache_ttl: float = 5.0
@@ -128,9 +139,9 @@ class IntrospectionOptions:
             raise ConfigurationError("client_id and client_secret must be given together")
         _positive("introspection_cache_ttl", self.cache_ttl, allow_zero=True)
         _positive("introspection_negative_cache_ttl", self.negative_cache_ttl, allow_zero=True)
-        _positive("introspection_cache_size", self.cache_size, allow_zero=True)
+        _count("introspection_cache_size", self.cache_size, allow_zero=True)
         _positive("introspection_timeout", self.timeout)
-        _positive("breaker_threshold", self.breaker_threshold)
+        _count("breaker_threshold", self.breaker_threshold)
         _positive("breaker_cooldown", self.breaker_cooldown, allow_zero=True)
 
     @property
@@ -161,6 +172,9 @@ class GuardConfig:
 
     def __post_init__(self) -> None:
         check_url("issuer", self.issuer)
+        if urlsplit(self.issuer).query:
+            # RFC 8414 §2: the issuer identifier "has no query or fragment components".
+            raise ConfigurationError(f"issuer must not have a query, got {self.issuer!r}")
         object.__setattr__(self, "audience", _as_tuple("audience", self.audience))
         if self.jwks_uri is not None:
             check_url("jwks_uri", self.jwks_uri)
@@ -168,10 +182,10 @@ class GuardConfig:
         _positive("leeway", self.leeway, allow_zero=True)
         if self.leeway > 600:
             raise ConfigurationError(f"leeway must be at most 600 seconds, got {self.leeway!r}")
-        _positive("max_token_bytes", self.max_token_bytes)
+        _count("max_token_bytes", self.max_token_bytes)
         _positive("http_timeout", self.http_timeout)
-        _positive("retry_after", self.retry_after)
-        _positive("verified_cache_size", self.verified_cache_size, allow_zero=True)
+        _count("retry_after", self.retry_after)
+        _count("verified_cache_size", self.verified_cache_size, allow_zero=True)
         if self.default not in ("authenticated", "public"):
             raise ConfigurationError(f"default must be 'authenticated' or 'public', got {self.default!r}")
         if self.realm is not None and (not isinstance(self.realm, str) or '"' in self.realm):
@@ -189,7 +203,9 @@ class GuardConfig:
         if hmac and self.shared_secret is None:
             raise ConfigurationError(f"algorithms {hmac} need a shared_secret")
         if self.shared_secret is not None:
-            if not isinstance(self.shared_secret, bytes) or len(self.shared_secret) < 32:
+            if not isinstance(self.shared_secret, bytes):
+                raise ConfigurationError("shared_secret must be bytes (e.g. secret.encode())")
+            if len(self.shared_secret) < 32:
                 # RFC 7518 §3.2: the key must be at least as long as the hash output (256 bits).
                 raise ConfigurationError("shared_secret must be at least 32 bytes")
             if not hmac:

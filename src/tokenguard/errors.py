@@ -40,6 +40,7 @@ class AuthError(TokenGuardError):
 
     status_code = 401
     error_code: str | None = "invalid_token"
+    reason = "invalid_token"
     description = "The access token is invalid."
 
     def __init__(self, reason: str | None = None, description: str | None = None) -> None:
@@ -151,6 +152,7 @@ REASONS: frozenset[str] = frozenset(
         "missing_token",
         "malformed_header",
         "token_too_large",
+        "invalid_token",
         "malformed_token",
         "unsupported_token",
         "disallowed_alg",

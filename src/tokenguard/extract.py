@@ -14,6 +14,8 @@ from tokenguard.errors import InvalidRequest, InvalidToken, MissingToken
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _AUTHORIZATION = b"authorization"
+# auth-scheme, then the whitespace that separates it from the credentials (RFC 9110 §11.4).
+_SCHEME = re.compile(rb"([^ \t]*)([ \t]*)(.*)", re.DOTALL)
 
 
 def extract_bearer(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> str:
@@ -30,16 +32,20 @@ def extract_bearer(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> st
 def parse_authorization(value: bytes, max_bytes: int) -> str:
     """Parse one ``Authorization`` field value; another scheme counts as no token at all."""
     value = value.strip(b" \t")
-    scheme, sep, credentials = value.partition(b" ")
+    # The scheme ends at the first space or tab, so "Bearer<TAB>token" is a malformed bearer credential.
+    match = _SCHEME.fullmatch(value)
+    assert match is not None  # every byte string matches: the pattern has no required part
+    scheme, sep, credentials = match.groups()
     if scheme.lower() != b"bearer":
         # RFC 6750 §3.1: a request without bearer credentials gets a challenge with no error code.
         raise MissingToken()
-    if not sep or not credentials:
+    if not credentials:
         raise InvalidRequest(description="The bearer token is empty.")
     if len(credentials) > max_bytes:
         # Size cap before any parsing: bounds the work an attacker can ask of us.
         raise InvalidToken("token_too_large", "The access token is too large.")
-    if _B64TOKEN.fullmatch(credentials) is None:
-        # Catches extra spaces, a second word, control bytes and non-ASCII: not a b64token.
+    if sep != b" " or _B64TOKEN.fullmatch(credentials) is None:
+        # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token. We take exactly one SP (what clients send),
+        # and refuse tabs, extra spaces, a second word, control bytes and non-ASCII.
         raise InvalidRequest(description="The bearer token is malformed.")
     return credentials.decode("ascii")

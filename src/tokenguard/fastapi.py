@@ -8,21 +8,33 @@ offer FastAPI's ``Security(...)`` style as an alternative to the decorators::
 
     @app.post("/photos")
     async def upload(token: AccessToken = Security(scopes, scopes=["write:photos"])): ...
+
+Both depend on ``bearer_scheme``, so routes that use them show the bearer security scheme (and the
+scopes they need) in FastAPI's OpenAPI document, and Swagger UI offers an "Authorize" button. The
+scheme never reads the token itself: the middleware has decided before any dependency runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException, Request
-from fastapi.security import SecurityScopes
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 
 from tokenguard.challenge import challenge
 from tokenguard.errors import AuthError, InsufficientScope, MissingToken
 from tokenguard.middleware import TokenCredentials
 from tokenguard.models import AccessToken
 
-__all__ = ["current_token", "require", "scopes"]
+__all__ = ["bearer_scheme", "current_token", "require", "scopes"]
+
+#: The OpenAPI security scheme of routes using these dependencies (RFC 6750 bearer tokens).
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="BearerToken",
+    bearerFormat="JWT",
+    description="An OAuth 2.0 access token from the issuer, sent as `Authorization: Bearer <token>`.",
+)
 
 
 def _refuse(request: Request, error: AuthError) -> HTTPException:
@@ -38,17 +50,28 @@ def _refuse(request: Request, error: AuthError) -> HTTPException:
     )
 
 
-def current_token(request: Request) -> AccessToken:
-    """The validated access token of this request (401 on a route the guard left public)."""
+def _token_of(request: Request) -> AccessToken:
     auth = request.scope.get("auth")
     if not isinstance(auth, TokenCredentials):
         raise _refuse(request, MissingToken())
     return auth.token
 
 
-def scopes(security_scopes: SecurityScopes, request: Request) -> AccessToken:
+def current_token(
+    request: Request,
+    _scheme: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
+) -> AccessToken:
+    """The validated access token of this request (401 on a route the guard left public)."""
+    return _token_of(request)
+
+
+def scopes(
+    security_scopes: SecurityScopes,
+    request: Request,
+    _scheme: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
+) -> AccessToken:
     """``Security(scopes, scopes=[...])``: the token must grant every listed scope, else 403."""
-    token = current_token(request)
+    token = _token_of(request)
     missing = [name for name in security_scopes.scopes if name not in token.scopes]
     if missing:
         raise _refuse(request, InsufficientScope(security_scopes.scopes))

@@ -3,16 +3,20 @@
 One ``JWKSCache`` per issuer, shared by every request of the process (DESIGN.md §3):
 
 - fetched at first use, kept for the issuer's ``Cache-Control: max-age`` clamped to sane bounds,
-  refreshed in the background before it expires;
+  refreshed in the background before it expires (from 80% of that time on, by default);
 - refetched when a token names an unknown ``kid``, at most once per cool-down, one fetch in flight;
+  the cool-down is started by those refetches only, never by the first fetch or a refresh;
 - when the issuer is down, the last good keys keep working for a bounded stale period, and a failed
-  fetch (or a garbage document) never empties the cache.
+  fetch (or a garbage document) never empties the cache; while the issuer is up, keys past their
+  max-age are fetched again before use;
+- after a failed fetch the next attempt waits ``retry_after`` seconds, doubling per consecutive
+  failure up to a minute; meanwhile requests use the stale keys or fail at once with 503.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,14 +26,17 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tokenguard._flight import SingleFlight
-from tokenguard._http import FetchError, HttpClientPool
-from tokenguard.config import GuardConfig, check_url
+from tokenguard._http import FetchError, HttpClientPool, safe_url
+from tokenguard.config import GuardConfig, JWKSOptions, check_url
 from tokenguard.errors import ConfigurationError, InvalidToken, KeysUnavailable
 
 logger = logging.getLogger("tokenguard")
 
-_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
 _METADATA_MAX_BYTES = 256 * 1024
+#: The longest wait between attempts against a failing issuer (unless ``retry_after`` is longer):
+#: an issuer that comes back is used again within this many seconds.
+_RETRY_CAP = 60.0
+_DELTA_SECONDS_MAX = 2**31
 
 #: Which JWS ``alg`` values each key type can verify (RFC 7518 §3.1, RFC 8037 §3.1).
 _RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -84,8 +91,11 @@ def parse_jwks(document: object, *, max_keys: int) -> KeySet:
     """Turn a JWKS document into a ``KeySet``; raise ``ValueError`` when it has no usable key."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("the JWKS is not an object with a 'keys' list")
+    entries: list[Any] = document["keys"]
+    if len(entries) > max_keys:
+        logger.warning("tokenguard: the JWKS lists %d keys; only the first %d are read", len(entries), max_keys)
     keys: list[VerificationKey] = []
-    for entry in document["keys"][:max_keys]:
+    for entry in entries[:max_keys]:
         key = parse_jwk(entry)
         if key is not None:
             keys.append(key)
@@ -101,9 +111,10 @@ def parse_jwk(entry: object) -> VerificationKey | None:
     kid, kty, key_alg = entry.get("kid"), entry.get("kty"), entry.get("alg")
     if kid is not None and not isinstance(kid, str):
         return None
-    # RFC 7517 §4.2/§4.3: a key meant for encryption, or not for verification, is not used.
+    # RFC 7517 §4.2: a key whose "use" is not "sig" (e.g. "enc") is not for verifying signatures.
     if entry.get("use", "sig") != "sig":
         return None
+    # RFC 7517 §4.3: a key with "key_ops" may only do what it lists; "verify" must be there.
     key_ops = entry.get("key_ops")
     if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
         return None
@@ -112,13 +123,15 @@ def parse_jwk(entry: object) -> VerificationKey | None:
         # Includes kty "oct": symmetric keys are never taken from a JWKS (RFC 8725 §2.1, alg confusion).
         return None
     if key_alg is not None:
-        if key_alg not in algorithms:
+        # RFC 7517 §4.4: a key that names its "alg" is used with that algorithm only.
+        if not isinstance(key_alg, str) or key_alg not in algorithms:
             return None
         algorithms = frozenset({key_alg})
+    # Private members are dropped before loading: a private key published by mistake still only verifies.
     public = {name: value for name, value in entry.items() if name not in _PRIVATE_MEMBERS}
     try:
         parsed = jwt.PyJWK(public, algorithm=sorted(algorithms)[0]).key
-    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError) as exc:
         logger.warning("tokenguard: skipping a JWKS key that cannot be loaded (kid=%r): %s", kid, exc)
         return None
     if isinstance(parsed, rsa.RSAPublicKey) and parsed.key_size < 2048:
@@ -126,7 +139,7 @@ def parse_jwk(entry: object) -> VerificationKey | None:
         logger.warning("tokenguard: skipping an RSA key shorter than 2048 bits (kid=%r)", kid)
         return None
     if not hasattr(parsed, "verify"):
-        return None  # a private key slipped in a public JWKS: never use it
+        return None  # not a public key: never use it
     return VerificationKey(kid=kid, kty=str(kty), algorithms=algorithms, key=parsed)
 
 
@@ -136,7 +149,9 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 def _algorithms_for(kty: object, crv: object) -> frozenset[str]:
     if kty == "RSA":
         return _RSA_ALGS
-    if kty == "EC" and isinstance(crv, str) and crv in _EC_ALGS:
+    if not isinstance(crv, str):
+        return frozenset()
+    if kty == "EC" and crv in _EC_ALGS:
         return frozenset({_EC_ALGS[crv]})
     if kty == "OKP" and crv in _OKP_CURVES:
         return frozenset({"EdDSA"})
@@ -144,13 +159,35 @@ def _algorithms_for(kty: object, crv: object) -> frozenset[str]:
 
 
 def max_age(headers: Mapping[str, str], *, default: float, low: float, high: float) -> float:
-    """Seconds to keep a document: ``Cache-Control: max-age`` clamped to [low, high]."""
-    cache_control = next((v for k, v in headers.items() if k.lower() == "cache-control"), "")
-    if "no-store" in cache_control.lower() or "no-cache" in cache_control.lower():
+    """Seconds to keep a document: ``Cache-Control: max-age`` (RFC 9111 §5.2.2.1) clamped to [low, high].
+
+    ``default`` when the issuer says nothing; ``low`` for ``no-store`` / ``no-cache``, which forbid
+    keeping (or using without revalidation) what was sent.
+    """
+    value = next((v for k, v in headers.items() if k.lower() == "cache-control"), "")
+    directives = _cache_directives(value)
+    if "no-store" in directives or "no-cache" in directives:
         return low
-    match = _MAX_AGE.search(cache_control)
-    seconds = float(match.group(1)) if match else default
-    return min(max(seconds, low), high)
+    seconds = _delta_seconds(directives.get("max-age"))
+    return min(max(default if seconds is None else seconds, low), high)
+
+
+def _cache_directives(value: str) -> dict[str, str | None]:
+    directives: dict[str, str | None] = {}
+    for part in value.split(","):
+        name, sep, argument = part.partition("=")
+        name = name.strip().lower()
+        if name:
+            # RFC 9111 §4.2.1: of several values for one directive, the first occurrence is used.
+            directives.setdefault(name, argument.strip().strip('"') if sep else None)
+    return directives
+
+
+def _delta_seconds(argument: str | None) -> float | None:
+    # RFC 9111 §1.2.2: delta-seconds is 1*DIGIT; a value too large to hold counts as 2**31.
+    if argument is None or not argument.isascii() or not argument.isdigit():
+        return None
+    return float(_DELTA_SECONDS_MAX if len(argument) > 10 else min(int(argument), _DELTA_SECONDS_MAX))
 
 
 def well_known_urls(issuer: str) -> tuple[str, str]:
@@ -162,8 +199,13 @@ def well_known_urls(issuer: str) -> tuple[str, str]:
     return rfc8414, openid
 
 
-class _Document:
-    """A fetched document with its fresh/stale deadlines."""
+class _Freshness:
+    """When a cached document was fetched, how long it may be used, and when to try again after a failure.
+
+    Fresh until its max-age ends (refreshed in the background from ``refresh_at`` on); after that it
+    is used only while the issuer is failing, and only until the stale period ends. After a failed
+    fetch, the next attempt waits ``retry_after`` seconds, doubling with each consecutive failure.
+    """
 
     def __init__(self) -> None:
         self.fetched_at: float | None = None
@@ -171,19 +213,40 @@ class _Document:
         self.fresh_until = 0.0
         self.stale_until = 0.0
         self.retry_at = 0.0  # after a failed fetch, when the next attempt may start
-        self.failures = 0
+        self.failures = 0  # consecutive failed fetches
 
-    def accept(self, now: float, ttl: float, refresh_ahead: float, stale: float) -> None:
+    def accept(self, now: float, ttl: float, options: JWKSOptions) -> None:
         self.fetched_at = now
-        self.refresh_at = now + ttl * (1 - refresh_ahead)
+        self.refresh_at = now + ttl * (1 - options.refresh_ahead)
         self.fresh_until = now + ttl
-        self.stale_until = now + ttl + stale
+        self.stale_until = now + ttl + options.stale_ttl
         self.retry_at = 0.0
         self.failures = 0
 
-    def reject(self, now: float, backoff: float) -> None:
+    def reject(self, now: float, base: float) -> float:
+        """Record a failed fetch; return the seconds until the next attempt may start."""
         self.failures += 1
-        self.retry_at = now + min(backoff * self.failures, 300.0)
+        delay = min(base * 2.0 ** min(self.failures - 1, 16), max(base, _RETRY_CAP))
+        self.retry_at = now + delay
+        return delay
+
+    def usable(self, now: float) -> bool:
+        """Whether the document may be used now without waiting for a fetch."""
+        if self.fetched_at is None:
+            return False
+        if now < self.fresh_until:
+            return True
+        # Past its max-age, the last good copy stands in only while the issuer is failing.
+        return self.failures > 0 and now < self.stale_until
+
+    def within_stale_period(self, now: float) -> bool:
+        return self.fetched_at is not None and now < self.stale_until
+
+    def refresh_due(self, now: float) -> bool:
+        return now >= self.refresh_at and now >= self.retry_at
+
+    def retry_in(self, now: float) -> int:
+        return max(1, math.ceil(self.retry_at - now))
 
 
 class IssuerMetadata:
@@ -193,34 +256,36 @@ class IssuerMetadata:
         self._config = config
         self._http = http
         self._document: dict[str, Any] | None = None
-        self._state = _Document()
+        self._state = _Freshness()
         self._flight: SingleFlight[str, dict[str, Any]] = SingleFlight()
+        self.fetches = 0
 
     @property
     def cached(self) -> dict[str, Any] | None:
         return self._document
 
     async def get(self) -> dict[str, Any]:
-        now = self._config.clock()
-        state = self._state
-        if self._document is not None and now < state.fresh_until:
-            return self._document
-        if self._document is not None and (now < state.stale_until or now < state.retry_at):
-            if now >= state.retry_at:
-                self._flight.start("metadata", self._fetch_quietly)
+        """The metadata document: cached, refreshed in the background, or fetched (one fetch in flight)."""
+        now, state = self._config.clock(), self._state
+        if self._document is not None and state.usable(now):
+            if state.refresh_due(now):
+                self._flight.start("metadata", self._fetch)
             return self._document
         if now < state.retry_at:
-            raise KeysUnavailable(f"metadata for {self._config.issuer} unavailable (retrying later)")
+            # Discovery failed a moment ago: answer 503 at once instead of piling onto a failing issuer.
+            retry = state.retry_in(now)
+            raise KeysUnavailable(f"metadata of {self._config.issuer} unavailable (next attempt in {retry}s)", retry)
         return await self._flight.run("metadata", self._fetch)
 
-    async def _fetch_quietly(self) -> dict[str, Any]:
-        try:
-            return await self._fetch()
-        except KeysUnavailable:
-            return self._document or {}
+    async def endpoint(self, name: str) -> str | None:
+        document = await self.get()
+        value = document.get(name)
+        return value if isinstance(value, str) else None
 
     async def _fetch(self) -> dict[str, Any]:
+        self.fetches += 1
         causes: list[str] = []
+        # RFC 8414 §3.1 first, then OpenID Connect Discovery 1.0 §4 (DESIGN.md §1).
         for url in well_known_urls(self._config.issuer):
             try:
                 document, ttl = await self._fetch_one(url)
@@ -228,36 +293,45 @@ class IssuerMetadata:
                 causes.append(str(exc))
                 continue
             self._document = document
-            jwks = self._config.jwks
-            self._state.accept(self._config.clock(), ttl, jwks.refresh_ahead, jwks.stale_ttl)
+            self._state.accept(self._config.clock(), ttl, self._config.jwks)
             return document
-        self._state.reject(self._config.clock(), self._config.jwks.refetch_cooldown or 1.0)
-        cause = "; ".join(causes)
+        return self._failed("; ".join(causes))
+
+    def _failed(self, cause: str) -> dict[str, Any]:
+        now = self._config.clock()
+        delay = self._state.reject(now, self._config.retry_after)
+        if self._document is not None and self._state.within_stale_period(now):
+            logger.warning("tokenguard: issuer metadata refresh failed, keeping the last good copy: %s", cause)
+            return self._document
         logger.error("tokenguard: issuer metadata unavailable: %s", cause)
-        raise KeysUnavailable(f"issuer metadata unavailable: {cause}", self._config.retry_after)
+        raise KeysUnavailable(f"issuer metadata unavailable: {cause}", math.ceil(delay))
 
     async def _fetch_one(self, url: str) -> tuple[dict[str, Any], float]:
         result = await self._http.get(url, timeout=self._config.http_timeout, max_bytes=_METADATA_MAX_BYTES)
         if result.status != 200:
-            raise FetchError(f"GET {url} answered {result.status}")
+            raise FetchError(f"GET {safe_url(url)} answered {result.status}")
         document = result.json_object(url)
-        # RFC 8414 §3.3: the "issuer" value returned MUST be identical to the issuer identifier.
-        if document.get("issuer") != self._config.issuer:
-            raise FetchError(f"{url} names issuer {document.get('issuer')!r}, not {self._config.issuer!r}")
+        # RFC 8414 §3.3: the "issuer" value returned MUST be identical to the issuer identifier,
+        # else the metadata MUST NOT be used (it stops an impersonating issuer's keys being trusted).
+        named = document.get("issuer")
+        if named != self._config.issuer:
+            raise FetchError(f"{safe_url(url)} names issuer {_shorten(repr(named))}, not {self._config.issuer!r}")
         for name in ("jwks_uri", "introspection_endpoint"):
             value = document.get(name)
             if value is not None:
                 try:
+                    # RFC 7662 §4 requires TLS to the introspection endpoint, and keys fetched over plain
+                    # http could be swapped in transit: https only (http on loopback, for development).
                     check_url(name, value)
                 except ConfigurationError as exc:
-                    raise FetchError(f"{url}: {exc}") from exc
+                    raise FetchError(f"{safe_url(url)}: {_shorten(str(exc))}") from exc
         jwks = self._config.jwks
         return document, max_age(result.headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl)
 
-    async def endpoint(self, name: str) -> str | None:
-        document = await self.get()
-        value = document.get(name)
-        return value if isinstance(value, str) else None
+
+def _shorten(text: str, limit: int = 200) -> str:
+    """Issuer-controlled text in a log line is bounded."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 KeysListener = Callable[[frozenset[str]], None]
@@ -271,7 +345,7 @@ class JWKSCache:
         self._http = http
         self._metadata = metadata
         self._keys: KeySet | None = None
-        self._state = _Document()
+        self._state = _Freshness()
         self._flight: SingleFlight[str, KeySet] = SingleFlight()
         self._last_refetch = float("-inf")
         self._listeners: list[KeysListener] = []
@@ -284,20 +358,22 @@ class JWKSCache:
     def current(self) -> KeySet | None:
         """Keys usable right now without waiting, scheduling a background refresh when due."""
         keys, now, state = self._keys, self._config.clock(), self._state
-        if keys is None or now >= state.stale_until:
+        if keys is None or not state.usable(now):
             return None
-        if now >= state.refresh_at and now >= state.retry_at:
+        if state.refresh_due(now):
             self._start_background_refresh()
         return keys
 
     async def keys(self) -> KeySet:
-        """Usable keys, fetching them first when there are none (cold cache or past the stale period)."""
+        """Usable keys, fetching them first when there are none (cold cache, or past their max-age)."""
         keys = self.current()
         if keys is not None:
             return keys
-        if self._config.clock() < self._state.retry_at:
-            # A fetch failed a moment ago: answer 503 at once instead of piling onto a dead issuer.
-            raise KeysUnavailable(f"JWKS of {self._config.issuer} unavailable (retrying later)")
+        now = self._config.clock()
+        if now < self._state.retry_at:
+            # A fetch failed a moment ago: answer 503 at once instead of piling onto a failing issuer.
+            retry = self._state.retry_in(now)
+            raise KeysUnavailable(f"JWKS of {self._config.issuer} unavailable (next attempt in {retry}s)", retry)
         return await self._flight.run("jwks", self._fetch)
 
     async def refetch_for(self, kid: str) -> KeySet:
@@ -305,18 +381,19 @@ class JWKSCache:
         keys = await self.keys()
         if keys.knows(kid):
             return keys
+        now = self._config.clock()
         if self._flight.in_flight("jwks"):
             keys = await self._flight.run("jwks", self._fetch)  # join the fetch already under way
-        elif self._config.clock() - self._last_refetch >= self._config.jwks.refetch_cooldown:
+        elif now >= self._state.retry_at and now - self._last_refetch >= self._config.jwks.refetch_cooldown:
             # The cool-down is started by unknown-kid refetches only (DESIGN.md §3).
-            self._last_refetch = self._config.clock()
+            self._last_refetch = now
             keys = await self._flight.run("jwks", self._fetch)
-            if not self._last_fetch_ok and not keys.knows(kid):
-                # The key may well exist (rotation during an outage): "could not check", not 401.
-                raise KeysUnavailable("JWKS refetch for an unknown kid failed", self._config.retry_after)
-        if not keys.knows(kid):
-            raise InvalidToken("unknown_kid", "The access token is signed with an unknown key.")
-        return keys
+        if keys.knows(kid):
+            return keys
+        if not self._last_fetch_ok:
+            # The last fetch failed, so the key may well exist (rotation during an outage): 503, not 401.
+            raise KeysUnavailable("the JWKS could not be fetched to look up an unknown kid", self._retry_after())
+        raise InvalidToken("unknown_kid", "The access token is signed with an unknown key.")
 
     def subscribe(self, listener: KeysListener) -> None:
         """Call ``listener(removed_kids)`` whenever a refresh drops keys."""
@@ -334,25 +411,33 @@ class JWKSCache:
             "last_fetch": fetched,
             "fresh": self._keys is not None and now < self._state.fresh_until,
             "stale": self._keys is not None and self._state.fresh_until <= now < self._state.stale_until,
-            "usable": self._keys is not None and now < self._state.stale_until,
+            # Usable: a request can be checked with these keys, at once or after one fetch attempt.
+            "usable": self._keys is not None and self._state.within_stale_period(now),
             "fetches": self.fetches,
             "failures": self.failures,
         }
 
     # -- fetching -----------------------------------------------------------------------------
 
+    def _retry_after(self) -> int:
+        now = self._config.clock()
+        return self._state.retry_in(now) if now < self._state.retry_at else self._config.retry_after
+
     def _start_background_refresh(self) -> None:
         try:
-            self._flight.start("jwks", self._refresh_quietly)
+            self._flight.start("jwks", self._refresh)
         except RuntimeError:  # no running loop: refreshed on the next request instead
             return
 
-    async def _refresh_quietly(self) -> KeySet:
+    async def _refresh(self) -> KeySet:
+        """A scheduled refresh: nobody waits on it, so an unexpected error is logged here."""
         try:
             return await self._fetch()
         except KeysUnavailable:
-            assert self._keys is not None
-            return self._keys
+            raise  # already logged by _failed
+        except Exception:
+            logger.exception("tokenguard: unexpected error while refreshing the JWKS")
+            raise
 
     async def _fetch(self) -> KeySet:
         self.fetches += 1
@@ -361,22 +446,20 @@ class JWKSCache:
             url = await self._jwks_uri()
             result = await self._http.get(url, timeout=self._config.http_timeout, max_bytes=jwks.max_bytes)
             if result.status != 200:
-                raise FetchError(f"GET {url} answered {result.status}")
+                raise FetchError(f"GET {safe_url(url)} answered {result.status}")
             try:
                 keys = parse_jwks(result.json_object(url), max_keys=jwks.max_keys)
             except ValueError as exc:
-                raise FetchError(f"{url}: {exc}") from exc
+                raise FetchError(f"{safe_url(url)}: {exc}") from exc
         except (FetchError, KeysUnavailable) as exc:
             return self._failed(exc)
-        ttl = max_age(result.headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl)
-        self._accept(keys, ttl)
-        self._last_fetch_ok = True
+        self._accept(keys, max_age(result.headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl))
         return keys
 
     def _accept(self, keys: KeySet, ttl: float) -> None:
         previous, self._keys = self._keys, keys
-        jwks = self._config.jwks
-        self._state.accept(self._config.clock(), ttl, jwks.refresh_ahead, jwks.stale_ttl)
+        self._last_fetch_ok = True
+        self._state.accept(self._config.clock(), ttl, self._config.jwks)
         removed = previous.kids - keys.kids if previous is not None else frozenset()
         if removed:
             logger.info("tokenguard: JWKS refresh removed keys %s", sorted(removed))
@@ -384,20 +467,21 @@ class JWKSCache:
                 listener(removed)
 
     def _failed(self, exc: Exception) -> KeySet:
+        now = self._config.clock()
         self._last_fetch_ok = False
         self.failures += 1
-        self._state.reject(self._config.clock(), self._config.jwks.refetch_cooldown or 1.0)
+        delay = self._state.reject(now, self._config.retry_after)
         cause = exc.cause if isinstance(exc, KeysUnavailable) else str(exc)
-        if self._keys is not None and self._config.clock() < self._state.stale_until:
-            # A failed fetch never empties the cache: the last good keys keep working.
+        if self._keys is not None and self._state.within_stale_period(now):
+            # A failed fetch never empties the cache: the last good keys keep working for the stale period.
             logger.warning("tokenguard: JWKS refresh failed, keeping the last good keys: %s", cause)
             return self._keys
         logger.error("tokenguard: JWKS unavailable: %s", cause)
-        raise KeysUnavailable(f"JWKS unavailable: {cause}", self._config.retry_after) from exc
+        raise KeysUnavailable(f"JWKS unavailable: {cause}", math.ceil(delay)) from exc
 
     async def _jwks_uri(self) -> str:
         if self._config.jwks_uri is not None:
-            return self._config.jwks_uri
+            return self._config.jwks_uri  # an explicit jwks_uri skips discovery
         uri = await self._metadata.endpoint("jwks_uri")
         if uri is None:
             raise FetchError(f"the metadata of {self._config.issuer} has no jwks_uri")

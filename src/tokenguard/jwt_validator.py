@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,12 +67,30 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_MAX_FLOAT_INT = int(sys.float_info.max)
+_MAX_INT_CHARS = len(str(_MAX_FLOAT_INT)) + 1  # digits and a sign
+
+
+def _finite_int(text: str) -> int:
+    # RFC 7493 §2.2 (I-JSON): a number no IEEE double can hold is refused, as 1e400 is, so a later
+    # float() never raises OverflowError. The length bound comes first: it caps the parsing work.
+    if len(text) > _MAX_INT_CHARS:
+        raise ValueError("number out of range")
+    value = int(text)
+    if abs(value) > _MAX_FLOAT_INT:
+        raise ValueError("number out of range")
+    return value
+
+
 def _reject_constant(text: str) -> Any:
     raise ValueError(f"{text} is not JSON")
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_strict_object, parse_float=_finite_float, parse_constant=_reject_constant
+    object_pairs_hook=_strict_object,
+    parse_float=_finite_float,
+    parse_int=_finite_int,
+    parse_constant=_reject_constant,
 )
 
 
@@ -129,7 +148,15 @@ def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | 
     # RFC 7519 §2 NumericDate is a JSON number: "1700000000" (a string) and true are refused.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidToken("bad_claim", "The access token has a malformed claim.")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.") from exc
+    # NaN compares false with everything, so an "exp" of NaN (lenient JSON, e.g. an introspection
+    # answer) would never expire; infinities are refused with it.
+    if not math.isfinite(number):
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
+    return number
 
 
 def _string(claims: Mapping[str, Any], name: str) -> str | None:
@@ -191,7 +218,8 @@ def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
 
 def token_digest(token: str) -> bytes:
     """The cache key of a token: its SHA-256, so no cache ever holds the token itself."""
-    return hashlib.sha256(token.encode("ascii")).digest()
+    # Any str hashes (a caller may hand us non-ASCII); such a token is refused later, never a crash here.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class JWTValidator:
@@ -202,7 +230,9 @@ class JWTValidator:
         self._jwks = jwks
         self._algorithms = frozenset(config.algorithms)
         self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
-        self._verified: LRUCache[bytes, AccessToken] | None = (
+        # digest -> (token, its own copy of exp/nbf/iat): an app that mutates ``token.claims`` cannot
+        # stretch the life of a cached token.
+        self._verified: LRUCache[bytes, tuple[AccessToken, dict[str, Any]]] | None = (
             LRUCache(maxsize=config.verified_cache_size) if config.verified_cache_size else None
         )
         jwks.subscribe(self._forget_keys)
@@ -213,15 +243,18 @@ class JWTValidator:
         cached = self._verified.get(digest) if self._verified is not None else None
         if cached is not None:
             # A cache hit skips the signature, never the clock: exp and nbf are checked again.
-            check_lifetime(cached.claims, self._config.clock(), self._config.leeway, require_exp=True)
-            return cached
+            check_lifetime(cached[1], self._config.clock(), self._config.leeway, require_exp=True)
+            return cached[0]
         parsed = parse_jws(token)
         alg, kid = self._check_header(parsed.header)
         self._check_issuer_and_lifetime(parsed.claims)
-        await self._verify_signature(parsed, alg, kid)
-        access_token = self._access_token(parsed.claims, kid)
+        key_id = await self._verify_signature(parsed, alg, kid)
+        access_token = self._access_token(parsed.claims, key_id)
         if self._verified is not None:
-            self._verified[digest] = access_token
+            lifetime: dict[str, Any] = {
+                name: parsed.claims[name] for name in ("exp", "nbf", "iat") if name in parsed.claims
+            }
+            self._verified[digest] = (access_token, lifetime)
         return access_token
 
     @property
@@ -239,15 +272,16 @@ class JWTValidator:
         # RFC 7797 §3: an unencoded payload is an extension we do not support.
         if header.get("b64", True) is not True:
             raise InvalidToken("bad_header", "The access token has an unsupported header.")
-        typ = header.get("typ")
-        # RFC 9068 §4 and RFC 8725 §3.11: explicit typing keeps other JWT kinds out.
-        if typ is None:
+        # RFC 9068 §4 and RFC 8725 §3.11: explicit typing keeps other JWT kinds out. A present "typ"
+        # must be a string (RFC 7515 §4.1.9): null is not "absent".
+        if "typ" not in header:
             if self._config.strict_rfc9068:
                 raise InvalidToken("bad_typ", "The access token has the wrong type.")
-        elif not isinstance(typ, str) or typ.lower() not in self._accepted_typ:
+        elif not isinstance(header["typ"], str) or header["typ"].lower() not in self._accepted_typ:
             raise InvalidToken("bad_typ", "The access token has the wrong type.")
+        # RFC 7515 §4.1.4: "kid" is a string; a null kid must not turn into "try every key".
         kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
+        if "kid" in header and not isinstance(kid, str):
             raise InvalidToken("bad_header", "The access token has a malformed key id.")
         # jku, x5u, x5c and jwk are never read: keys come from the configured issuer only (RFC 8725 §3.10).
         return alg, kid
@@ -258,22 +292,25 @@ class JWTValidator:
             raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
         check_lifetime(claims, self._config.clock(), self._config.leeway, require_exp=True)
 
-    async def _verify_signature(self, parsed: ParsedJWS, alg: str, kid: str | None) -> None:
+    async def _verify_signature(self, parsed: ParsedJWS, alg: str, kid: str | None) -> str | None:
+        """Check the signature; return the ``kid`` of the JWKS key that verified it (None for HMAC)."""
         algorithm = _ALGORITHMS[alg]
         if alg in HMAC_ALGORITHMS:
             assert self._config.shared_secret is not None  # config refuses HS* without a secret
-            candidates: tuple[Any, ...] = (self._config.shared_secret,)
+            candidates: tuple[tuple[str | None, Any], ...] = ((None, self._config.shared_secret),)
         else:
             keys = await self._keys_for(kid)
             matching = keys.candidates(kid, alg)
             if not matching:
                 # The key the token names cannot do this alg (RFC 8725 §3.1: alg/key confusion).
                 raise InvalidToken("key_mismatch", "The access token's algorithm does not fit its key.")
-            candidates = tuple(key.key for key in matching)
-        for key in candidates:
+            candidates = tuple((key.kid, key.key) for key in matching)
+        for key_id, key in candidates:
             try:
                 if algorithm.verify(parsed.signing_input, key, parsed.signature):
-                    return
+                    # A token without "kid" is remembered under the key that verified it, so removing
+                    # that key from the JWKS also drops the token from the verified cache.
+                    return key_id
             except (ValueError, TypeError) as exc:
                 raise InvalidToken("bad_signature", "The access token's signature is invalid.") from exc
         raise InvalidToken("bad_signature", "The access token's signature is invalid.")
@@ -308,6 +345,6 @@ class JWTValidator:
         """Drop verified tokens signed by keys the issuer no longer publishes."""
         if self._verified is None:
             return
-        for digest, token in list(self._verified.items()):
+        for digest, (token, _) in list(self._verified.items()):
             if token.key_id in removed:
                 self._verified.pop(digest, None)

@@ -29,7 +29,7 @@ from tokenguard.config import (
 from tokenguard.errors import TokenGuardError, UnavailableError
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, Rule
-from tokenguard.routing import RouteResolver
+from tokenguard.routing import RouteResolver, declared_requirements
 
 logger = logging.getLogger("tokenguard")
 
@@ -170,19 +170,21 @@ class TokenGuard:
         )
         self.authenticator = Authenticator(self.config, http_client=http_client)
         default_requirement = PUBLIC if default == "public" else AUTHENTICATED
-        self.routes = RouteResolver(tuple(rules), default_requirement, cache_size=route_cache_size)
+        self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=route_cache_size)
         self._prefetch = prefetch
         self._realm = self.config.effective_realm
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
+            await self.app(scope, self._lifespan_receive(receive, scope.get("app")), send)
             return
-        if scope["type"] not in ("http", "websocket") or _is_preflight(scope):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         scope["tokenguard"] = self
-        requirement = self.routes.requirement(scope, self.app)
+        # A preflight never carries credentials (Fetch §3.2.2), so it is not refused; like a public
+        # route it goes on as anonymous, so an OPTIONS handler behind it never sees a user.
+        requirement = PUBLIC if _is_preflight(scope) else self.resolver.requirement(scope, self.app)
         if requirement.public:
             scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
             await self.app(scope, receive, send)
@@ -205,7 +207,9 @@ class TokenGuard:
 
     def status(self) -> dict[str, Any]:
         """A snapshot for health endpoints: keys known, last fetch, stale or not, caches, breaker."""
-        return self.authenticator.status()
+        snapshot = self.authenticator.status()
+        snapshot["route_cache_entries"] = self.resolver.cache_entries
+        return snapshot
 
     def ready(self) -> bool:
         """True when keys are usable now, without waiting on the issuer."""
@@ -227,14 +231,25 @@ class TokenGuard:
         await send({"type": "http.response.start", "status": denial.status, "headers": list(denial.headers)})
         await send({"type": "http.response.body", "body": denial.body})
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
+    async def _startup(self, app: Any) -> None:
+        """Warm the keys when asked, and report at once a sensitive route that cannot be introspected."""
+        if self._prefetch:
+            try:
+                await self.authenticator.prefetch()
+            except UnavailableError as exc:
+                logger.warning("tokenguard: could not prefetch keys at startup: %s", exc.cause)
+        declared = declared_requirements(app or self.app)
+        if self.resolver.has_sensitive_rules or any(requirement.sensitive for requirement in declared):
+            if self._prefetch:
+                await self.authenticator.check_introspection()
+            elif (problem := self.authenticator.introspection_problem()) is not None:
+                logger.error("tokenguard: sensitive routes cannot be introspected: %s", problem)
+
+    def _lifespan_receive(self, receive: Receive, scope_app: Any = None) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.startup" and self._prefetch:
-                try:
-                    await self.authenticator.prefetch()
-                except UnavailableError as exc:
-                    logger.warning("tokenguard: could not prefetch keys at startup: %s", exc.cause)
+            if message["type"] == "lifespan.startup":
+                await self._startup(scope_app)
             elif message["type"] == "lifespan.shutdown":
                 await self.authenticator.aclose()
             return message

@@ -21,6 +21,7 @@ class AccessToken:
     source: TokenSource
     issuer: str | None = None
     token_id: str | None = None
+    #: ``kid`` of the JWKS key that verified the signature (also for a token whose header names none).
     key_id: str | None = None
 
     @property

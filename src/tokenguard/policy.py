@@ -7,6 +7,7 @@ once, at decoration time, into frozensets (Starlette ``requires`` style).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -67,15 +68,33 @@ AUTHENTICATED = Requirement()
 PUBLIC = Requirement(public=True)
 
 
-def _scope_set(scopes: Iterable[str], decorator: str) -> frozenset[str]:
-    names = frozenset(scopes)
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ): printable ASCII but SP, '"' and '\\'.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+ScopesArg = str | Iterable[str]
+
+
+def _flatten(scopes: Iterable[ScopesArg]) -> list[object]:
+    """``("a", "b")``, ``(["a", "b"],)`` and ``("a", ("b",))`` all name the scopes a and b."""
+    names: list[object] = []
+    for item in scopes:
+        if isinstance(item, str) or not isinstance(item, Iterable):
+            names.append(item)
+        else:
+            names.extend(item)
+    return names
+
+
+def _scope_set(scopes: Iterable[ScopesArg], decorator: str) -> frozenset[str]:
+    names = _flatten(scopes)
     if not names:
         raise ConfigurationError(f"@{decorator} needs at least one scope")
+    checked: set[str] = set()
     for name in names:
-        # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-        if not isinstance(name, str) or not name or any(c in name for c in ' "\\') or not name.isprintable():
+        if not isinstance(name, str) or _SCOPE_TOKEN.fullmatch(name) is None:
             raise ConfigurationError(f"@{decorator}: {name!r} is not a valid scope token")
-    return names
+        checked.add(name)
+    return frozenset(checked)
 
 
 def _mark(func: F, requirement: Requirement) -> F:
@@ -88,13 +107,13 @@ def _mark(func: F, requirement: Requirement) -> F:
     return func
 
 
-def require_scopes(*scopes: str) -> Callable[[F], F]:
+def require_scopes(*scopes: ScopesArg) -> Callable[[F], F]:
     """The route needs a valid token granting every one of ``scopes``."""
     names = _scope_set(scopes, "require_scopes")
     return lambda func: _mark(func, Requirement(all_scopes=names))
 
 
-def require_any_scope(*scopes: str) -> Callable[[F], F]:
+def require_any_scope(*scopes: ScopesArg) -> Callable[[F], F]:
     """The route needs a valid token granting at least one of ``scopes``."""
     names = _scope_set(scopes, "require_any_scope")
     return lambda func: _mark(func, Requirement(any_scopes=(names,)))
@@ -141,29 +160,32 @@ class Rule:
         self,
         path: str,
         *,
-        methods: Iterable[str] | None = None,
+        methods: str | Iterable[str] | None = None,
         public: bool = False,
-        scopes: Iterable[str] = (),
-        any_scopes: Iterable[str] = (),
+        scopes: ScopesArg = (),
+        any_scopes: ScopesArg = (),
         sensitive: bool = False,
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigurationError(f"Rule path must start with '/', got {path!r}")
         object.__setattr__(self, "path", path.rstrip("/") or "/")
+        # A single string is one method or one scope, never its characters: scopes="read" is {"read"}.
+        methods = (methods,) if isinstance(methods, str) else methods
         object.__setattr__(self, "methods", frozenset(m.upper() for m in methods) if methods else None)
         object.__setattr__(self, "public", public)
-        object.__setattr__(self, "scopes", frozenset(scopes))
-        object.__setattr__(self, "any_scopes", frozenset(any_scopes))
+        for name, value in (("scopes", scopes), ("any_scopes", any_scopes)):
+            object.__setattr__(self, name, _scope_set((value,), "Rule") if value else frozenset())
         object.__setattr__(self, "sensitive", sensitive)
         self.requirement  # noqa: B018 - validate now, not on the first request
 
     @property
     def requirement(self) -> Requirement:
         requirement = Requirement(public=self.public)
+        # The scope sets were checked in __init__.
         if self.scopes:
-            requirement = requirement.merge(Requirement(all_scopes=_scope_set(self.scopes, "Rule")))
+            requirement = requirement.merge(Requirement(all_scopes=self.scopes))
         if self.any_scopes:
-            requirement = requirement.merge(Requirement(any_scopes=(_scope_set(self.any_scopes, "Rule"),)))
+            requirement = requirement.merge(Requirement(any_scopes=(self.any_scopes,)))
         if self.sensitive:
             requirement = requirement.merge(Requirement(sensitive=True))
         return requirement

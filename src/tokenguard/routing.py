@@ -3,7 +3,7 @@
 The request is matched against the app's own routes (``scope["app"].routes``), recursing into
 ``Mount``/``Host`` and FastAPI's included routers, the way the router itself will match it. The
 endpoint's marks decide; then the ``rules``; then the default. Results are memoised in a bounded
-LRU keyed by (type, method, root_path, path).
+LRU keyed by everything the routers look at: type, method, root_path, path and Host header.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ logger = logging.getLogger("tokenguard")
 _MAX_DEPTH = 16
 _FASTAPI_DOC_ATTRS = ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
 
+_CacheKey = tuple[str, str, str, str, bytes, int, int]
+
 
 class _Found:
     """What matching found: an endpoint (and the route that holds it), or a mounted app."""
@@ -37,23 +39,36 @@ class RouteResolver:
     def __init__(self, rules: Sequence[Rule], default: Requirement, *, cache_size: int = 4096) -> None:
         self._rules = tuple(rules)
         self._default = default
-        self._cache: LRUCache[tuple[str, str, str, str, int], Requirement] = LRUCache(maxsize=cache_size)
+        self._cache: LRUCache[_CacheKey, Requirement] = LRUCache(maxsize=cache_size)
+
+    @property
+    def has_sensitive_rules(self) -> bool:
+        return any(rule.requirement.sensitive for rule in self._rules)
+
+    @property
+    def cache_entries(self) -> int:
+        """How many (request shape → policy) results are memoised now; never above ``cache_size``."""
+        return len(self._cache)
 
     def requirement(self, scope: MutableMapping[str, Any], fallback_app: Any = None) -> Requirement:
-        app = scope.get("app")
-        if getattr(app, "routes", None) is None:
-            app = fallback_app
+        app = routed_app(scope.get("app"))
+        if app is None:
+            app = routed_app(fallback_app)
+        routes = _routes(app)
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
-        key = (scope["type"], method, scope.get("root_path", ""), scope["path"], id(app))
+        # The Host header is part of the key: ``Host`` routes send one path to different endpoints.
+        host = next((value for name, value in scope.get("headers", ()) if name.lower() == b"host"), b"")
+        # The number of top-level routes too: a route added after the first requests is seen.
+        size = len(routes) if routes is not None else -1
+        key = (scope["type"], method, scope.get("root_path", ""), scope["path"], host, id(app), size)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._resolve(scope, app)
+            cached = self._resolve(scope, app, routes)
             self._cache[key] = cached
         return cached
 
-    def _resolve(self, scope: MutableMapping[str, Any], app: Any) -> Requirement:
+    def _resolve(self, scope: MutableMapping[str, Any], app: Any, routes: Sequence[Any] | None) -> Requirement:
         found = None
-        routes = getattr(app, "routes", None)
         if routes is not None:
             try:
                 found = _find(routes, _probe_scope(scope), 0)
@@ -69,6 +84,22 @@ class RouteResolver:
         return rule if rule is not None else self._default
 
 
+def _routes(app: Any) -> Sequence[Any] | None:
+    routes = getattr(app, "routes", None)
+    if isinstance(routes, Sequence) and not isinstance(routes, (str, bytes)):
+        return routes
+    return None
+
+
+def routed_app(app: Any) -> Any:
+    """The first app with a route table, looking through middleware (``.app`` attributes)."""
+    for _ in range(_MAX_DEPTH):
+        if app is None or _routes(app) is not None:
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
 def _probe_scope(scope: MutableMapping[str, Any]) -> dict[str, Any]:
     """A copy safe to hand to ``route.matches``: routers may write into the scope they match."""
     probe = dict(scope)
@@ -78,6 +109,7 @@ def _probe_scope(scope: MutableMapping[str, Any]) -> dict[str, Any]:
 
 
 def _find(routes: Sequence[Any], scope: dict[str, Any], depth: int) -> _Found | None:
+    """The first full match, else the first partial one (Starlette answers 405), as the router does."""
     if depth > _MAX_DEPTH:
         return None
     partial: _Found | None = None
@@ -89,39 +121,48 @@ def _find(routes: Sequence[Any], scope: dict[str, Any], depth: int) -> _Found | 
         if match is Match.FULL:
             return found
         if partial is None:
-            partial = found  # e.g. the path matches but not the method: Starlette answers 405
+            partial = found
     return partial
 
 
 def _descend(route: Any, scope: dict[str, Any], child: dict[str, Any], depth: int) -> _Found:
+    if hasattr(route, "routes"):
+        # Mount and Host: their child scope names the mounted app as "endpoint"; look inside it.
+        sub_routes = _routes(route) or _routes(routed_app(child.get("endpoint")))
+        found = _find(sub_routes, scope, depth + 1) if sub_routes else None
+        return found if found is not None else _Found()  # a mounted app without routes: rules decide
     if "endpoint" in child:
         return _Found(child["endpoint"], child.get("route", route))
     inner_match = getattr(route, "_match", None)
     if callable(inner_match):
         # FastAPI's included routers (not flattened in recent releases) pick their route in ``_match``.
-        result = inner_match(dict(scope))
-        if isinstance(result, tuple) and len(result) == 4 and result[0] is not Match.NONE:
-            inner_route = result[2]
-            inner_scope = {**scope, **result[1]}
-            if hasattr(inner_route, "endpoint"):
-                return _Found(inner_route.endpoint, inner_route)
-            if inner_route is not None:
-                found = _find([inner_route], inner_scope, depth + 1)
-                if found is not None:
-                    return found
+        return _descend_included(inner_match, scope, depth)
+    return _Found()
+
+
+def _descend_included(inner_match: Any, scope: dict[str, Any], depth: int) -> _Found:
+    if depth > _MAX_DEPTH:
         return _Found()
-    sub_routes = getattr(route, "routes", None)
-    if sub_routes:
-        found = _find(sub_routes, scope, depth + 1)
-        if found is not None:
-            return found
-    return _Found()  # a mounted app with no routes to read: rules and default decide
+    try:
+        result = inner_match(dict(scope))
+    except TypeError:  # another private ``_match`` signature: treat it as an opaque mounted app
+        return _Found()
+    if not (isinstance(result, tuple) and len(result) == 4) or result[0] is Match.NONE or result[2] is None:
+        return _Found()
+    # ``_match`` returns (match, child scope, route, context): the route has matched already, so
+    # descend into it with its child scope rather than matching it a second time.
+    inner_route, child = result[2], result[1]
+    if hasattr(inner_route, "endpoint") and not hasattr(inner_route, "routes"):
+        return _Found(inner_route.endpoint, inner_route)
+    return _descend(inner_route, {**scope, **child}, child, depth + 1)
 
 
 def _mark_of(endpoint: Any, scope: MutableMapping[str, Any]) -> Requirement | None:
     """Marks on the endpoint; for class-based endpoints, on the method handler first."""
     if isinstance(endpoint, type):
-        name = scope.get("method", "GET").lower() if scope["type"] == "http" else "websocket_connect"
+        # HTTPEndpoint dispatches to the method's name (HEAD falls back to get); WebSocketEndpoint
+        # accepts in ``on_connect``.
+        name = scope.get("method", "GET").lower() if scope["type"] == "http" else "on_connect"
         handler = getattr(endpoint, name, None)
         if name == "head" and handler is None:
             handler = getattr(endpoint, "get", None)
@@ -132,8 +173,45 @@ def _mark_of(endpoint: Any, scope: MutableMapping[str, Any]) -> Requirement | No
 
 
 def _is_fastapi_doc_route(app: Any, route: Any) -> bool:
-    """FastAPI's own documentation routes are public unless the user decides otherwise."""
+    """FastAPI's own documentation routes are public unless the user decides otherwise.
+
+    Only the app's own top-level routes qualify: a route at ``/docs`` inside a mounted app is not
+    FastAPI's documentation and keeps the default policy.
+    """
     path = getattr(route, "path", None)
-    if path is None:
+    routes = _routes(app)
+    if path is None or routes is None or not any(candidate is route for candidate in routes):
         return False
     return any(getattr(app, attr, None) == path for attr in _FASTAPI_DOC_ATTRS)
+
+
+def declared_requirements(app: Any) -> list[Requirement]:
+    """Every mark declared on the app's endpoints (recursing into mounts and included routers).
+
+    Used at startup (are there sensitive routes?) and for RFC 9728 ``scopes_supported``.
+    """
+    found: list[Requirement] = []
+    _collect(_routes(routed_app(app)) or (), found, 0)
+    return found
+
+
+def _collect(routes: Sequence[Any], found: list[Requirement], depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        return
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router
+        sub_routes = _routes(included) if included is not None else _routes(route)
+        if sub_routes is None and hasattr(route, "app") and not hasattr(route, "endpoint"):
+            sub_routes = _routes(routed_app(route.app))
+        if sub_routes is not None:
+            _collect(sub_routes, found, depth + 1)
+            continue
+        endpoint = getattr(route, "endpoint", None)
+        handlers = [getattr(endpoint, name, None) for name in _HANDLER_NAMES] if isinstance(endpoint, type) else []
+        for candidate in (endpoint, *handlers):
+            mark = requirement_of(candidate) if candidate is not None else None
+            if mark is not None:
+                found.append(mark)
+
+
+_HANDLER_NAMES = ("get", "head", "post", "put", "patch", "delete", "options", "on_connect")

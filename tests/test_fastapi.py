@@ -1,0 +1,311 @@
+"""TokenGuard on FastAPI apps, and ``tokenguard.fastapi``'s dependencies (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Query, Security
+from fastapi.testclient import TestClient
+from starlette.endpoints import HTTPEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from tokenguard import AccessToken, TokenGuard, public, require_any_scope, require_scopes
+from tokenguard.fastapi import bearer_scheme, current_token, require, scopes
+
+pytestmark = pytest.mark.respx(assert_all_called=False)
+
+REALM = AUDIENCE
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def pagination(limit: int = Query(10, le=100)) -> dict[str, int]:
+    return {"limit": limit}
+
+
+def build_app() -> FastAPI:
+    app = FastAPI()
+
+    @require_scopes("read:photos")  # above the route decorator
+    @app.get("/above/{photo_id}")
+    async def above(photo_id: int, q: str = "none") -> dict[str, Any]:
+        return {"photo_id": photo_id, "q": q}
+
+    @app.get("/below/{photo_id}")
+    @require_scopes("read:photos")  # below the route decorator
+    async def below(photo_id: int, page: Annotated[dict[str, int], Depends(pagination)]) -> dict[str, Any]:
+        return {"photo_id": photo_id, **page}
+
+    @app.post("/any")
+    @require_any_scope("write:photos", "admin")
+    async def any_scope(request: Request) -> dict[str, Any]:
+        return {"identity": request.user.identity, "scopes": request.auth.scopes}
+
+    @app.get("/health")
+    @public
+    def health(request: Request) -> dict[str, bool]:  # a sync path function
+        return {"authenticated": request.user.is_authenticated}
+
+    @app.get("/plain")
+    async def plain() -> dict[str, str]:
+        return {"plain": "yes"}
+
+    @app.get("/me")
+    async def me(token: Annotated[AccessToken, Depends(current_token)]) -> dict[str, Any]:
+        return {"identity": token.identity, "scopes": sorted(token.scopes), "source": token.source}
+
+    @app.get("/maybe")
+    @public
+    async def maybe(token: Annotated[AccessToken, Depends(current_token)]) -> dict[str, str]:
+        return {"identity": token.identity}
+
+    @app.post("/photos")
+    async def upload(token: Annotated[AccessToken, Security(scopes, scopes=["write:photos"])]) -> dict[str, str]:
+        return {"uploader": token.identity}
+
+    @app.delete("/photos/{photo_id}")
+    async def delete(
+        photo_id: int, token: Annotated[AccessToken, Security(require, scopes=["write:photos", "admin"])]
+    ) -> dict[str, Any]:
+        return {"deleted": photo_id}
+
+    return app
+
+
+def guarded(app: Any, clock: FakeClock, **options: Any) -> TestClient:
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
+    return TestClient(app)
+
+
+@pytest.fixture
+def client(idp: Issuer, clock: FakeClock) -> TestClient:
+    return guarded(build_app(), clock)
+
+
+# -- decorator order and FastAPI's signature handling ------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["above", "below"])
+def test_require_scopes_in_either_order(client: TestClient, idp: Issuer, where: str) -> None:
+    """@require_scopes above or below @app.get guards the route: 401, 403, then 200."""
+    assert client.get(f"/{where}/1").status_code == 401
+    assert client.get(f"/{where}/1", headers=bearer(idp.token(scope="other"))).status_code == 403
+    assert client.get(f"/{where}/1", headers=bearer(idp.token())).status_code == 200
+
+
+def test_fastapi_sees_the_original_signature(client: TestClient, idp: Issuer) -> None:
+    """Path params, query params and Depends work on decorated path functions (nothing wrapped)."""
+    headers = bearer(idp.token())
+    assert client.get("/above/5", params={"q": "cats"}, headers=headers).json() == {"photo_id": 5, "q": "cats"}
+    assert client.get("/below/6", params={"limit": 3}, headers=headers).json() == {"photo_id": 6, "limit": 3}
+    assert client.get("/below/6", params={"limit": 1000}, headers=headers).status_code == 422
+    assert client.get("/above/not-an-int", headers=headers).status_code == 422
+
+
+def test_openapi_shows_the_original_parameters(client: TestClient) -> None:
+    """The generated OpenAPI document lists the real parameters of decorated functions."""
+    document = client.get("/openapi.json").json()
+    above = {p["name"] for p in document["paths"]["/above/{photo_id}"]["get"]["parameters"]}
+    below = {p["name"] for p in document["paths"]["/below/{photo_id}"]["get"]["parameters"]}
+    assert above == {"photo_id", "q"}
+    assert below == {"photo_id", "limit"}
+
+
+def test_require_any_scope_and_request_auth(client: TestClient, idp: Issuer) -> None:
+    """request.user / request.auth are there for FastAPI path functions too."""
+    response = client.post("/any", headers=bearer(idp.token(scope="admin", sub="carol")))
+    assert response.json() == {"identity": "carol", "scopes": ["admin"]}
+    assert client.post("/any", headers=bearer(idp.token(scope="read:photos"))).status_code == 403
+
+
+def test_public_sync_path_function(client: TestClient) -> None:
+    """@public works on a sync path function, with an unauthenticated user."""
+    assert client.get("/health").json() == {"authenticated": False}
+
+
+def test_undecorated_fastapi_route_is_guarded(client: TestClient, idp: Issuer) -> None:
+    """Secure by default on FastAPI too."""
+    assert client.get("/plain").status_code == 401
+    assert client.get("/plain", headers=bearer(idp.token(scope=""))).json() == {"plain": "yes"}
+
+
+def test_functools_wraps_wrapper_on_fastapi(idp: Issuer, clock: FakeClock) -> None:
+    """A functools.wraps wrapper between the mark and @app.get keeps both the mark and the signature."""
+    app = FastAPI()
+
+    def audited(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await func(*args, **kwargs)
+
+        return wrapper
+
+    @app.get("/wrapped/{n}")
+    @audited
+    @require_scopes("admin")
+    async def wrapped(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    client = guarded(app, clock)
+    assert client.get("/wrapped/3", headers=bearer(idp.token(scope="x"))).status_code == 403
+    assert client.get("/wrapped/3", headers=bearer(idp.token(scope="admin"))).json() == {"n": 3}
+
+
+def test_class_based_endpoint_in_fastapi(idp: Issuer, clock: FakeClock) -> None:
+    """A Starlette HTTPEndpoint added to a FastAPI app keeps its per-method marks."""
+
+    class Photos(HTTPEndpoint):
+        @public
+        async def get(self, request: Request) -> JSONResponse:
+            return JSONResponse({"list": []})
+
+        @require_scopes("write:photos")
+        async def put(self, request: Request) -> JSONResponse:
+            return JSONResponse({"ok": True})
+
+    app = FastAPI()
+    app.add_route("/photos", Photos)
+    client = guarded(app, clock)
+    assert client.get("/photos").status_code == 200
+    assert client.put("/photos", headers=bearer(idp.token())).status_code == 403
+    assert client.put("/photos", headers=bearer(idp.token(scope="write:photos"))).status_code == 200
+
+
+def test_marks_on_router_path_functions_in_either_order(idp: Issuer, clock: FakeClock) -> None:
+    """Marks above @router.get work for routes of an included router too."""
+    router = APIRouter()
+
+    @require_scopes("admin")
+    @router.get("/x")
+    async def x() -> dict[str, str]:
+        return {"x": "y"}
+
+    @public
+    @router.get("/y")
+    async def y() -> dict[str, str]:
+        return {"y": "z"}
+
+    app = FastAPI()
+    app.include_router(router, prefix="/r")
+    client = guarded(app, clock)
+    assert client.get("/r/y").status_code == 200
+    assert client.get("/r/x", headers=bearer(idp.token(scope="x"))).status_code == 403
+
+
+# -- tokenguard.fastapi dependencies ----------------------------------------------------------------------
+
+
+def test_current_token_returns_the_access_token(client: TestClient, idp: Issuer) -> None:
+    """Depends(current_token) hands the validated AccessToken to the path function."""
+    body = client.get("/me", headers=bearer(idp.token(sub="dave", scope="b a"))).json()
+    assert body == {"identity": "dave", "scopes": ["a", "b"], "source": "jwt"}
+
+
+def test_current_token_on_a_public_route_is_401(client: TestClient) -> None:
+    """On a route the guard left open, current_token has no token: 401 with a bare challenge."""
+    response = client.get("/maybe")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}"'
+
+
+def test_security_scopes_grants_with_every_scope(client: TestClient, idp: Issuer) -> None:
+    """Security(scopes, scopes=[...]) lets a token with the scopes through."""
+    response = client.post("/photos", headers=bearer(idp.token(scope="write:photos")))
+    assert response.json() == {"uploader": "alice"}
+
+
+def test_security_scopes_missing_is_403_with_challenge(client: TestClient, idp: Issuer) -> None:
+    """A missing scope is 403 with WWW-Authenticate insufficient_scope naming the scopes."""
+    response = client.post("/photos", headers=bearer(idp.token(scope="read:photos")))
+    assert response.status_code == 403
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith(f'Bearer realm="{REALM}"')
+    assert 'error="insufficient_scope"' in challenge
+    assert 'scope="write:photos"' in challenge
+    assert response.json()["detail"]["error"] == "insufficient_scope"
+
+
+def test_require_alias_needs_every_scope(client: TestClient, idp: Issuer) -> None:
+    """``require`` is ``scopes``: all listed scopes are needed."""
+    assert client.delete("/photos/1", headers=bearer(idp.token(scope="write:photos"))).status_code == 403
+    ok = client.delete("/photos/1", headers=bearer(idp.token(scope="write:photos admin")))
+    assert ok.json() == {"deleted": 1}
+    refused = client.delete("/photos/1", headers=bearer(idp.token(scope="admin")))
+    assert 'scope="admin write:photos"' in refused.headers["www-authenticate"]
+
+
+def test_security_scopes_accumulate_from_router_dependencies(idp: Issuer, clock: FakeClock) -> None:
+    """Scopes from a router-level Security and a route-level one are both required."""
+    router = APIRouter(dependencies=[Security(scopes, scopes=["tenant"])])
+
+    @router.get("/reports")
+    async def reports(token: Annotated[AccessToken, Security(scopes, scopes=["reports"])]) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    app = FastAPI()
+    app.include_router(router)
+    client = guarded(app, clock)
+    assert client.get("/reports", headers=bearer(idp.token(scope="reports"))).status_code == 403
+    assert client.get("/reports", headers=bearer(idp.token(scope="tenant"))).status_code == 403
+    assert client.get("/reports", headers=bearer(idp.token(scope="tenant reports"))).status_code == 200
+
+
+def test_forged_token_never_reaches_the_dependency(client: TestClient, idp: Issuer) -> None:
+    """The middleware refuses a bad token first: 401 invalid_token, never the dependency's 403."""
+    response = client.post("/photos", headers=bearer(idp.token(aud="https://other.example", scope="x")))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+def test_dependencies_without_the_guard_refuse(idp: Issuer) -> None:
+    """Without the middleware nothing was validated: current_token refuses with 401, never trusts the header."""
+    client = TestClient(build_app())
+    response = client.get("/me", headers=bearer(idp.token()))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer realm=")
+
+
+# -- OpenAPI ----------------------------------------------------------------------------------------------
+
+
+def test_openapi_generation_works(client: TestClient) -> None:
+    """FastAPI's OpenAPI document is generated without error and lists every route."""
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/above/{photo_id}", "/below/{photo_id}", "/me", "/photos", "/photos/{photo_id}"} <= set(paths)
+
+
+def test_openapi_declares_the_bearer_scheme_and_scopes(client: TestClient) -> None:
+    """Routes using the dependencies carry the bearer security scheme; Security lists its scopes."""
+    document = client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes[bearer_scheme.scheme_name] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": bearer_scheme.model.description,
+    }
+    assert document["paths"]["/me"]["get"]["security"] == [{bearer_scheme.scheme_name: []}]
+    assert document["paths"]["/photos"]["post"]["security"] == [{bearer_scheme.scheme_name: ["write:photos"]}]
+    assert "security" not in document["paths"]["/plain"]["get"]
+
+
+def test_bearer_scheme_does_not_refuse_on_its_own(idp: Issuer, clock: FakeClock) -> None:
+    """The scheme is documentation only: on a public route with a Basic header the path function still runs."""
+    app = FastAPI()
+
+    @app.get("/open")
+    @public
+    async def open_route(creds: Annotated[Any, Depends(bearer_scheme)]) -> dict[str, bool]:
+        return {"none": creds is None}
+
+    client = guarded(app, clock)
+    assert client.get("/open", headers={"Authorization": "Basic YTpi"}).json() == {"none": True}
