@@ -1,1 +1,68 @@
-"""Development identity provider and pytest plugin (see issue 4)."""
+"""Development identity provider and pytest plugin: tokens to test with, without running Keycloak.
+
+``DevIdP`` is a real OAuth 2.0 authorization server (RSA and EC keys, a JWKS, RFC 8414 metadata,
+authorization code + PKCE, client credentials, refresh-token rotation with replay detection, RFC 7662
+introspection, RFC 7009 revocation) that runs in-process as an ASGI app or on a port::
+
+    from tokenguard.testing import DevIdP, RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET
+
+    idp = DevIdP()
+    app.add_middleware(TokenGuard, issuer=idp.issuer, audience=idp.default_audience,
+                       http_client=idp.http_client,     # a factory: one client per event loop
+                       client_id=RESOURCE_CLIENT_ID, client_secret=RESOURCE_CLIENT_SECRET)
+    token = idp.issue_token(scopes=["read"])
+
+It is for development and tests only: it approves every authorization request it is sent.
+The pytest fixtures (``dev_idp``, ``issue_token``, ``guarded_app``) are in ``pytest_plugin``.
+"""
+
+from tokenguard.testing._clock import ManualClock
+from tokenguard.testing._idp import (
+    DEFAULT_AUDIENCE,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_ISSUER,
+    DEFAULT_REDIRECT_URIS,
+    DEFAULT_SCOPES,
+    DEFAULT_USER,
+    RESOURCE_CLIENT_ID,
+    RESOURCE_CLIENT_SECRET,
+    DevIdP,
+)
+from tokenguard.testing._keys import KeyRing, SigningKey
+from tokenguard.testing._model import (
+    DEV_USER_GRANT,
+    AccessState,
+    Audience,
+    Client,
+    Event,
+    Grant,
+    OAuthError,
+    RefreshState,
+    TokenSet,
+)
+
+__all__ = [
+    "DEFAULT_AUDIENCE",
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_ISSUER",
+    "DEFAULT_REDIRECT_URIS",
+    "DEFAULT_SCOPES",
+    "DEFAULT_USER",
+    "DEV_USER_GRANT",
+    "RESOURCE_CLIENT_ID",
+    "RESOURCE_CLIENT_SECRET",
+    "AccessState",
+    "Audience",
+    "Client",
+    "DevIdP",
+    "Event",
+    "Grant",
+    "KeyRing",
+    "ManualClock",
+    "OAuthError",
+    "RefreshState",
+    "SigningKey",
+    "TokenSet",
+]

@@ -1,1 +1,108 @@
-"""pytest plugin: fixtures for the development identity provider."""
+"""pytest plugin: a development identity provider and one-call tokens for your own tests.
+
+Installing tokenguard registers this plugin (entry point ``pytest11: tokenguard``); its fixtures
+are then available in every test, with nothing to import:
+
+``dev_idp``
+    A fresh ``tokenguard.testing.DevIdP`` per test, at ``https://idp.tokenguard.test``, whose
+    clock is a ``ManualClock`` (``dev_idp.clock.advance(301)`` expires a 5-minute token, no sleep).
+    Clients ``dev-client``/``dev-client-secret`` and ``dev-api``/``dev-api-secret`` (a resource
+    server allowed to introspect) are registered; tokens go to ``https://api.tokenguard.test``.
+``issue_token``
+    ``issue_token(scopes=["read:photos"], **claims) -> str``: a signed RFC 9068 access token from
+    ``dev_idp`` (``subject="alice"`` by default; ``subject=None`` for a client token; also
+    ``audience=``, ``client_id=``, ``expires_in=``, ``token_format="opaque"``, ``alg="ES256"``).
+``guarded_app``
+    ``guarded_app(app, audience=None, **options) -> app``: installs ``TokenGuard`` on a Starlette
+    or FastAPI app, pointed at ``dev_idp`` in-process (``http_client=dev_idp.http_client``), with
+    the introspection credentials of ``dev-api`` and ``dev_idp``'s clock; ``options`` go to
+    ``TokenGuard`` and override these. Any other ASGI app comes back wrapped in a ``TokenGuard``.
+``dev_idp_keys``
+    Session-scoped signing keys shared by every ``dev_idp`` (RSA keys are slow to generate).
+
+Example::
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+    from tokenguard import require_scopes
+
+    @require_scopes("read:photos")
+    async def photos(request):
+        return JSONResponse({"owner": request.user.identity})
+
+    def test_photos_need_a_scope(guarded_app, issue_token):
+        app = guarded_app(Starlette(routes=[Route("/photos", photos)]))
+        with TestClient(app) as client:
+            ok = client.get("/photos", headers={"Authorization": f"Bearer {issue_token(scopes=['read:photos'])}"})
+            assert ok.json() == {"owner": "alice"}
+            assert client.get("/photos", headers={"Authorization": f"Bearer {issue_token()}"}).status_code == 403
+
+Revocation on ``@sensitive`` routes: the guard caches introspection answers (30 s by default, as in
+production); pass ``introspection_cache_ttl=0`` to ``guarded_app`` or advance ``dev_idp.clock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import pytest
+
+if TYPE_CHECKING:
+    from tokenguard.testing import DevIdP, KeyRing
+
+A = TypeVar("A")
+
+
+class GuardedAppFactory(Protocol):
+    """The ``guarded_app`` fixture: install a guard pointed at ``dev_idp`` and return the app."""
+
+    def __call__(self, app: A, *, audience: str | None = None, **options: Any) -> A: ...
+
+
+@pytest.fixture(scope="session")
+def dev_idp_keys() -> KeyRing:
+    """Signing keys (RSA 2048 + EC P-256) made once per test session."""
+    from tokenguard.testing import KeyRing
+
+    return KeyRing.generate()
+
+
+@pytest.fixture
+def dev_idp(dev_idp_keys: KeyRing) -> DevIdP:
+    """A fresh development identity provider with a controllable clock (``dev_idp.clock``)."""
+    from tokenguard.testing import DevIdP, ManualClock
+
+    return DevIdP(keys=dev_idp_keys, clock=ManualClock())
+
+
+@pytest.fixture
+def issue_token(dev_idp: DevIdP) -> Callable[..., str]:
+    """``issue_token(scopes=[...], **claims) -> str``: an access token signed by ``dev_idp``."""
+    return dev_idp.issue_token
+
+
+@pytest.fixture
+def guarded_app(dev_idp: DevIdP) -> GuardedAppFactory:
+    """``guarded_app(app, audience=None, **options)``: the app, guarded by a TokenGuard trusting ``dev_idp``."""
+    from tokenguard import TokenGuard
+    from tokenguard.testing import RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET
+
+    def install(app: Any, *, audience: str | None = None, **options: Any) -> Any:
+        settings: dict[str, Any] = {
+            "issuer": dev_idp.issuer,
+            "audience": audience or dev_idp.default_audience,
+            "http_client": dev_idp.http_client,
+            "client_id": RESOURCE_CLIENT_ID,
+            "client_secret": RESOURCE_CLIENT_SECRET,
+            "clock": dev_idp.clock,
+            **options,
+        }
+        if hasattr(app, "add_middleware"):
+            app.add_middleware(TokenGuard, **settings)
+            return app
+        return TokenGuard(app, **settings)
+
+    return install

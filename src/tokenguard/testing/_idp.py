@@ -1,0 +1,724 @@
+"""``DevIdP``: a real OAuth 2.0 authorization server for development and tests.
+
+What it implements, and where:
+
+- RFC 6749 grants ``authorization_code`` (with RFC 7636 PKCE S256 required), ``client_credentials``
+  and ``refresh_token``, plus a development-only grant (``DEV_USER_GRANT``) that issues a user's
+  access + refresh pair without a browser;
+- refresh-token rotation with replay detection (OAuth 2.1 §4.3.1, RFC 9700 §4.14.2): a used refresh
+  token presented again revokes its whole grant, refresh and access tokens alike;
+- RFC 9068 JWT access tokens or opaque ones, chosen per audience;
+- RFC 7662 introspection and RFC 7009 revocation;
+- RFC 8414 metadata and a JWKS (served by ``_endpoints``, which is the HTTP side of this class).
+
+State lives in memory, in bounded stores whose entries expire by the injected ``clock``.
+Every method is safe to call from the test thread while the ASGI app serves on another.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from tokenguard.config import check_url, is_loopback_host
+from tokenguard.errors import ConfigurationError
+from tokenguard.testing._keys import SIGNING_ALGORITHMS, KeyRing
+from tokenguard.testing._ledger import Ledger, digest, new_id
+from tokenguard.testing._model import (
+    DEV_USER_GRANT,
+    GRANT_TYPES,
+    SCOPE_TOKEN,
+    Audience,
+    Client,
+    CodeState,
+    Event,
+    Grant,
+    OAuthError,
+    RefreshState,
+    TokenFormat,
+    TokenSet,
+    scope_set,
+    scope_string,
+)
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+DEFAULT_ISSUER = "https://idp.tokenguard.test"
+DEFAULT_AUDIENCE = "https://api.tokenguard.test"
+DEFAULT_SCOPES: tuple[str, ...] = ("read", "write", "admin")
+DEFAULT_USER = "alice"
+#: The confidential client registered out of the box (every grant type, every supported scope).
+DEFAULT_CLIENT_ID = "dev-client"
+DEFAULT_CLIENT_SECRET = "dev-client-secret"
+#: Loopback redirect URIs: any port matches (RFC 8252 §7.3), so a local test callback just works.
+DEFAULT_REDIRECT_URIS: tuple[str, ...] = ("http://127.0.0.1/callback", "http://localhost/callback")
+#: The resource-server client registered out of the box: it may introspect any token, and get none.
+RESOURCE_CLIENT_ID = "dev-api"
+RESOURCE_CLIENT_SECRET = "dev-api-secret"
+
+# RFC 7636 §4.1: code-verifier = 43*128unreserved; §4.2: an S256 challenge is 43 base64url characters.
+_CODE_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+_S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+_USERNAME = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number greater than 0, got {value!r}")
+    return value
+
+
+def redirect_uri_matches(registered: str, given: str) -> bool:
+    """Exact string match (RFC 9700 §4.1.3), except the port of a loopback IP literal (RFC 8252 §7.3)."""
+    if hmac.compare_digest(registered.encode(), given.encode()):
+        return True
+    mine, theirs = urlsplit(registered), urlsplit(given)
+    if mine.scheme != "http" or theirs.scheme != "http" or not is_loopback_host(mine.hostname):
+        return False
+    try:
+        theirs.port  # noqa: B018 - a malformed port raises here
+    except ValueError:
+        return False
+    same_host = mine.hostname == theirs.hostname and theirs.username is None and theirs.password is None
+    return same_host and (mine.path, mine.query, theirs.fragment) == (theirs.path, theirs.query, "")
+
+
+def _with_query(uri: str, params: Mapping[str, str]) -> str:
+    """Append parameters to a redirect URI, keeping its own query (RFC 6749 §3.1.2)."""
+    parts = urlsplit(uri)
+    query = "&".join(part for part in (parts.query, urlencode(params)) if part)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+class DevIdP:
+    """A development identity provider: a real authorization server that runs in-process or on a port.
+
+    ``idp.app`` is its ASGI app and ``idp.http_client`` a factory of ``httpx.AsyncClient`` bound to
+    it, so ``TokenGuard(app, issuer=idp.issuer, audience=..., http_client=idp.http_client,
+    client_id=RESOURCE_CLIENT_ID, client_secret=RESOURCE_CLIENT_SECRET)`` talks to it without a
+    network. ``idp.issue_token(scopes=[...])`` mints an access token in one call.
+
+    Registered out of the box (``default_clients=True``): ``dev-client`` / ``dev-client-secret``,
+    a confidential client allowed every grant type and every supported scope, whose redirect URIs
+    are ``http://127.0.0.1/callback`` and ``http://localhost/callback`` (any port); and ``dev-api``
+    / ``dev-api-secret``, a resource server that may introspect every token.
+    """
+
+    def __init__(
+        self,
+        issuer: str = DEFAULT_ISSUER,
+        *,
+        keys: KeyRing | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        default_audience: str = DEFAULT_AUDIENCE,
+        token_format: TokenFormat = "jwt",
+        signing_alg: str = "RS256",
+        scopes: str | Iterable[str] = DEFAULT_SCOPES,
+        users: Iterable[str] | None = None,
+        access_token_ttl: float = 300,
+        refresh_token_ttl: float = 86_400,
+        code_ttl: float = 60,
+        max_entries: int = 10_000,
+        max_events: int = 1_000,
+        default_clients: bool = True,
+    ) -> None:
+        self.issuer = check_url("issuer", issuer)
+        if urlsplit(issuer).query:
+            # RFC 8414 §2: the issuer "has no query or fragment components".
+            raise ConfigurationError(f"issuer must not have a query, got {issuer!r}")
+        if not callable(clock):
+            raise ConfigurationError("clock must be a callable returning seconds since the epoch")
+        self.clock = clock
+        self.keys = self._key_ring(keys, key_file)
+        self.access_token_ttl = int(_positive("access_token_ttl", access_token_ttl))
+        self.refresh_token_ttl = _positive("refresh_token_ttl", refresh_token_ttl)
+        self.code_ttl = _positive("code_ttl", code_ttl)
+        self.max_entries = int(_positive("max_entries", max_entries))
+        self.default_audience = default_audience
+        self.users = frozenset(users) if users is not None else None
+        self._lock = threading.RLock()
+        self._scopes: set[str] = set(scope_set(scopes))
+        self._audiences: dict[str, Audience] = {}
+        self._clients: dict[str, Client] = {}
+        self._ledger = Ledger(self, max_entries=self.max_entries, max_events=int(_positive("max_events", max_events)))
+        self._app: Starlette | None = None
+        self.add_audience(default_audience, format=token_format, alg=signing_alg)
+        if default_clients:
+            self.register_client(
+                DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, redirect_uris=DEFAULT_REDIRECT_URIS, audience=default_audience
+            )
+            self.register_client(
+                RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, scopes=(), grant_types=(), introspection=True
+            )
+
+    @classmethod
+    def local(cls, port: int = 9000, host: str = "127.0.0.1", **options: Any) -> DevIdP:
+        """A DevIdP whose issuer is ``http://HOST:PORT``, ready for ``serve()`` (http only on loopback)."""
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return cls(f"http://{netloc}", **options)
+
+    @staticmethod
+    def _key_ring(keys: KeyRing | None, key_file: str | os.PathLike[str] | None) -> KeyRing:
+        if keys is not None and key_file is not None:
+            raise ConfigurationError("give keys or key_file, not both")
+        if keys is not None:
+            return keys
+        if key_file is None:
+            return KeyRing.generate()
+        if os.path.exists(key_file):
+            return KeyRing.load(key_file)
+        ring = KeyRing.generate()
+        ring.save(key_file)  # the next start loads these, so tokens and caches survive a restart
+        return ring
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def register_client(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        scopes: str | Iterable[str] | None = None,
+        redirect_uris: Iterable[str] = (),
+        audience: str | None = None,
+        grant_types: Iterable[str] | None = None,
+        introspection: bool = False,
+    ) -> Client:
+        """Register (or replace) a confidential client.
+
+        ``scopes``: what it may ask for (``None``: every scope the DevIdP supports); the scopes
+        named are added to the supported ones. ``grant_types`` defaults to all four.
+        ``introspection=True`` lets it introspect any token (a resource server); other clients
+        may introspect their own tokens only.
+        """
+        if not isinstance(client_id, str) or not client_id.isprintable() or not client_id:
+            raise ConfigurationError(f"client_id must be a non-empty printable string, got {client_id!r}")
+        if not isinstance(client_secret, str) or not client_secret:
+            raise ConfigurationError("client_secret must be a non-empty string")
+        allowed = scope_set(scopes) if scopes is not None else None
+        kinds = frozenset(GRANT_TYPES if grant_types is None else grant_types)
+        if not kinds <= set(GRANT_TYPES):
+            raise ConfigurationError(f"grant_types must be among {list(GRANT_TYPES)}, got {sorted(kinds)}")
+        uris = tuple(redirect_uris)
+        for uri in uris:
+            self._check_redirect_uri(uri)
+        client = Client(
+            client_id=client_id,
+            client_secret=client_secret,
+            scopes=allowed,
+            redirect_uris=uris,
+            audience=audience or self.default_audience,
+            grant_types=kinds,
+            introspection=introspection,
+        )
+        with self._lock:
+            if allowed:
+                self._scopes |= allowed
+            if client.audience not in self._audiences:
+                self.add_audience(client.audience)
+            self._clients[client_id] = client
+        return client
+
+    @staticmethod
+    def _check_redirect_uri(uri: str) -> None:
+        parts = urlsplit(uri) if isinstance(uri, str) else None
+        # RFC 6749 §3.1.2: an absolute URI without a fragment.
+        if parts is None or not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
+            raise ConfigurationError(f"redirect_uris must be absolute URIs without a fragment, got {uri!r}")
+
+    def add_audience(self, audience: str, *, format: TokenFormat = "jwt", alg: str = "RS256") -> None:
+        """Issue access tokens for ``audience`` as RFC 9068 JWTs signed with ``alg``, or opaque strings."""
+        if not isinstance(audience, str) or not audience:
+            raise ConfigurationError("audience must be a non-empty string")
+        if format not in ("jwt", "opaque"):
+            raise ConfigurationError(f"format must be 'jwt' or 'opaque', got {format!r}")
+        if alg not in SIGNING_ALGORITHMS:
+            raise ConfigurationError(f"alg must be one of {list(SIGNING_ALGORITHMS)}, got {alg!r}")
+        self.keys.key_for(alg)
+        with self._lock:
+            self._audiences[audience] = Audience(audience, format, alg)
+
+    def add_scopes(self, *scopes: str) -> None:
+        """Add scopes to ``scopes_supported`` (and so to clients registered with ``scopes=None``)."""
+        names = scope_set(scopes)
+        with self._lock:
+            self._scopes |= names
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return frozenset(self._scopes)
+
+    @property
+    def clients(self) -> Mapping[str, Client]:
+        return dict(self._clients)
+
+    @property
+    def audiences(self) -> Mapping[str, Audience]:
+        return dict(self._audiences)
+
+    def allowed_scopes(self, client: Client) -> frozenset[str]:
+        return client.scopes if client.scopes is not None else frozenset(self._scopes)
+
+    # -- HTTP surface ------------------------------------------------------------------------
+
+    def endpoint(self, name: str) -> str:
+        """The URL of an endpoint: ``authorize``, ``token``, ``introspect``, ``revoke`` or ``jwks``."""
+        return f"{self.issuer.rstrip('/')}/{name}"
+
+    def metadata(self) -> dict[str, Any]:
+        """The RFC 8414 §2 authorization server metadata document."""
+        auth_methods = ["client_secret_basic", "client_secret_post"]
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.endpoint("authorize"),
+            "token_endpoint": self.endpoint("token"),
+            "jwks_uri": self.endpoint("jwks"),
+            "introspection_endpoint": self.endpoint("introspect"),
+            "revocation_endpoint": self.endpoint("revoke"),
+            "scopes_supported": sorted(self._scopes),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": list(GRANT_TYPES),
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": auth_methods,
+            "introspection_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_methods_supported": auth_methods,
+            "authorization_response_iss_parameter_supported": True,
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWKS (RFC 7517 §5): one RSA and one EC key, each with ``kid``, ``alg`` and ``use``."""
+        return self.keys.to_jwks()
+
+    @property
+    def app(self) -> Starlette:
+        """The ASGI app serving metadata, JWKS, /authorize, /token, /introspect and /revoke."""
+        if self._app is None:
+            from tokenguard.testing._endpoints import build_app
+
+            self._app = build_app(self)
+        return self._app
+
+    def http_client(self) -> httpx.AsyncClient:
+        """A new ``httpx.AsyncClient`` that reaches this DevIdP in-process (pass the method as a factory)."""
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=self.issuer)
+
+    def server(self, host: str | None = None, port: int | None = None, **options: Any) -> uvicorn.Server:
+        """A ``uvicorn.Server`` for this DevIdP, not yet started; host and port default to the issuer's."""
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise ConfigurationError(
+                "serving the DevIdP on a port needs uvicorn: pip install 'tokenguard[server]'"
+            ) from exc
+        if self.issuer == DEFAULT_ISSUER:
+            # Tokens and metadata would name an issuer that no client can reach at this address.
+            raise ConfigurationError(
+                "the in-process issuer cannot be served on a port: use DevIdP.local(port) (issuer http://127.0.0.1:PORT)"
+            )
+        parts = urlsplit(self.issuer)
+        host = host or parts.hostname or "127.0.0.1"
+        port = port if port is not None else parts.port or (443 if parts.scheme == "https" else 80)
+        options.setdefault("log_level", "info")
+        return uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, **options))
+
+    def serve(self, host: str | None = None, port: int | None = None, **options: Any) -> None:
+        """Serve on a port until interrupted (blocking). See ``DevIdP.local`` for a loopback issuer."""
+        self.server(host, port, **options).run()
+
+    def save_keys(self, path: str | os.PathLike[str]) -> None:
+        """Write the private signing keys to ``path`` (mode 0600), for ``DevIdP(key_file=path)``."""
+        self.keys.save(path)
+
+    # -- events and state, for tests and the demo ---------------------------------------------
+
+    @property
+    def events(self) -> list[Event]:
+        """What happened, oldest first (bounded): issued, rotated, replay_detected, chain_revoked, ..."""
+        with self._lock:
+            return list(self._ledger.events)
+
+    def clear_events(self) -> None:
+        with self._lock:
+            self._ledger.events.clear()
+
+    def grant_of(self, token: str) -> Grant | None:
+        """The grant an access or refresh token was issued from (``None`` if unknown or expired).
+
+        A live view, for reading: ``revoked``, ``revoked_reason``, ``chain``, ``refresh_tokens``
+        (each ``used``/``active``/``revoked`` with its ``successor``) and ``access_tokens``.
+        """
+        with self._lock:
+            return self._ledger.grant_of(self._ledger.find(token))
+
+    def grant(self, grant_id: str) -> Grant | None:
+        with self._lock:
+            return self._ledger.grants.get(grant_id)
+
+    @property
+    def revoked_jtis(self) -> frozenset[str]:
+        """The ``jti`` of every revoked JWT access token that has not expired yet."""
+        with self._lock:
+            self._ledger.revoked_jtis.expire()
+            return frozenset(self._ledger.revoked_jtis.keys())
+
+    def stored(self) -> dict[str, int]:
+        """How many entries each bounded store holds now (expired ones dropped first)."""
+        with self._lock:
+            return self._ledger.counts()
+
+    # -- issuing, from Python ------------------------------------------------------------------
+
+    def issue_token(
+        self,
+        scopes: str | Iterable[str] = (),
+        *,
+        subject: str | None = DEFAULT_USER,
+        audience: str | None = None,
+        client_id: str = DEFAULT_CLIENT_ID,
+        expires_in: float | None = None,
+        token_format: TokenFormat | None = None,
+        alg: str | None = None,
+        **claims: Any,
+    ) -> str:
+        """Mint one access token and return it: the one-call minter for tests.
+
+        ``subject=None`` makes a client token (``sub`` is the client id, no ``username``). Scopes
+        are not checked against any client: the caller is the test author. Extra ``claims`` are
+        added last, so they may also override standard ones to build wrong tokens on purpose.
+        The format (JWT or opaque) comes from the audience unless ``token_format`` says otherwise.
+        """
+        with self._lock:
+            grant = self._new_grant("direct", client_id, subject, scope_set(scopes), audience)
+            token, state = self._ledger.mint_access(
+                grant, grant.scopes, expires_in=expires_in, token_format=token_format, alg=alg, extra=claims
+            )
+            self._ledger.emit("issued", grant, grant_type="direct", access_token=state.id, format=state.format)
+            self._ledger.keep(grant)
+            return token
+
+    def issue_user_tokens(
+        self,
+        user: str = DEFAULT_USER,
+        scopes: str | Iterable[str] = (),
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        audience: str | None = None,
+        **claims: Any,
+    ) -> TokenSet:
+        """A user's access + refresh pair, as the development grant issues it (scopes unchecked)."""
+        with self._lock:
+            grant = self._new_grant(DEV_USER_GRANT, client_id, user, scope_set(scopes), audience, claims)
+            return self._ledger.issue(grant, grant.scopes, refresh=True)
+
+    def refresh(
+        self, refresh_token: str, *, client_id: str = DEFAULT_CLIENT_ID, scopes: str | Iterable[str] | None = None
+    ) -> TokenSet:
+        """Use a refresh token as ``client_id`` would at the token endpoint; ``OAuthError`` on refusal."""
+        with self._lock:
+            client = self._client(client_id)
+            requested = scope_set(scopes) if scopes is not None else None
+            return self._refresh_grant(client, refresh_token, requested)
+
+    # -- the token endpoint (RFC 6749 §4, §6) ----------------------------------------------------
+
+    def authenticate_client(self, client_id: str, client_secret: str) -> Client:
+        """The client these credentials name; ``invalid_client`` (401) otherwise (RFC 6749 §5.2)."""
+        client = self._clients.get(client_id)
+        expected = client.client_secret if client is not None else secrets.token_urlsafe(16)
+        # Compared in constant time, and a secret is compared even for an unknown client id.
+        matches = hmac.compare_digest(client_secret.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
+        if client is None or not matches:
+            raise OAuthError("invalid_client", "Client authentication failed.", status_code=401)
+        return client
+
+    def token_request(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+        """Answer a token request from an authenticated client (RFC 6749 §3.2)."""
+        grant_type = form.get("grant_type")
+        if not grant_type:
+            raise OAuthError("invalid_request", "The grant_type parameter is missing.")
+        handlers: dict[str, Callable[[Client, Mapping[str, str]], TokenSet]] = {
+            "authorization_code": self._code_grant,
+            "client_credentials": self._client_credentials_grant,
+            "refresh_token": self._refresh_token_grant,
+            DEV_USER_GRANT: self._dev_user_grant,
+        }
+        handler = handlers.get(grant_type)
+        if handler is None:
+            raise OAuthError("unsupported_grant_type", "This grant type is not supported.")
+        if grant_type not in client.grant_types:
+            raise OAuthError("unauthorized_client", "This client may not use this grant type.")
+        with self._lock:
+            return handler(client, form)
+
+    def _requested_scopes(self, client: Client, value: str | None) -> frozenset[str]:
+        """RFC 6749 §3.3: unknown or disallowed scopes are ``invalid_scope``; none asked means the default."""
+        allowed = self.allowed_scopes(client)
+        if value is None:
+            return allowed
+        requested = value.split(" ")
+        if any(SCOPE_TOKEN.fullmatch(item) is None for item in requested):
+            raise OAuthError("invalid_scope", "The scope parameter is malformed.")
+        unknown = set(requested) - self._scopes
+        if unknown:
+            raise OAuthError("invalid_scope", f"Unknown scope: {scope_string(unknown)}.")
+        if not set(requested) <= allowed:
+            refused = scope_string(set(requested) - allowed)
+            raise OAuthError("invalid_scope", f"Scope not allowed for this client: {refused}.")
+        return frozenset(requested)
+
+    def _client_credentials_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+        scopes = self._requested_scopes(client, form.get("scope"))
+        grant = self._new_grant("client_credentials", client.client_id, None, scopes, client.audience)
+        # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
+        return self._ledger.issue(grant, scopes, refresh=False)
+
+    def _dev_user_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+        username = form.get("username")
+        if not username:
+            raise OAuthError("invalid_request", "The username parameter is missing.")
+        # RFC 6749 §5.2: invalid resource-owner credentials are "invalid_grant" at the token endpoint.
+        self._check_user(username, refusal="invalid_grant")
+        scopes = self._requested_scopes(client, form.get("scope"))
+        grant = self._new_grant(DEV_USER_GRANT, client.client_id, username, scopes, client.audience)
+        return self._ledger.issue(grant, scopes, refresh="refresh_token" in client.grant_types)
+
+    def _check_user(self, username: str, *, refusal: str = "access_denied") -> None:
+        if _USERNAME.fullmatch(username) is None:
+            raise OAuthError("invalid_request", "The user name is malformed.")
+        if self.users is not None and username not in self.users:
+            raise OAuthError(refusal, "This user may not sign in here.")
+
+    def _refresh_token_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+        token = form.get("refresh_token")
+        if not token:
+            raise OAuthError("invalid_request", "The refresh_token parameter is missing.")
+        scope = form.get("scope")
+        requested = self._scope_subset(scope) if scope is not None else None
+        return self._refresh_grant(client, token, requested)
+
+    @staticmethod
+    def _scope_subset(value: str) -> frozenset[str]:
+        items = value.split(" ")
+        if any(SCOPE_TOKEN.fullmatch(item) is None for item in items):
+            raise OAuthError("invalid_scope", "The scope parameter is malformed.")
+        return frozenset(items)
+
+    def _refresh_grant(self, client: Client, token: str, requested: frozenset[str] | None) -> TokenSet:
+        state = self._ledger.refresh.get(digest(token))
+        grant = self._ledger.grants.get(state.grant_id) if state is not None else None
+        if state is None or grant is None:
+            raise OAuthError("invalid_grant", "The refresh token is invalid or expired.")
+        # RFC 6749 §6: the refresh token must have been issued to the authenticated client.
+        if grant.client_id != client.client_id:
+            raise OAuthError("invalid_grant", "The refresh token was issued to another client.")
+        if state.status == "used":
+            # OAuth 2.1 §4.3.1 / RFC 9700 §4.14.2: a rotated-away refresh token came back. Either the
+            # legitimate client or an attacker holds a copy; the server cannot tell which, so the
+            # whole grant goes: every refresh token and every access token issued from it.
+            self._ledger.emit("replay_detected", grant, refresh_token=state.id, successor=state.successor)
+            self._ledger.revoke_grant(grant, "refresh_token_replay")
+            raise OAuthError("invalid_grant", "The refresh token was already used; the grant is revoked.")
+        if state.status == "revoked" or grant.revoked:
+            raise OAuthError("invalid_grant", "The refresh token has been revoked.")
+        scopes = grant.scopes if requested is None else requested
+        # RFC 6749 §6: the requested scope "MUST NOT include any scope not originally granted".
+        if not scopes <= grant.scopes:
+            raise OAuthError("invalid_scope", "The scope exceeds what was originally granted.")
+        return self._ledger.issue(grant, scopes, refresh=True, parent=state)
+
+    def _code_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+        code, verifier = form.get("code"), form.get("code_verifier")
+        if not code:
+            raise OAuthError("invalid_request", "The code parameter is missing.")
+        state = self._ledger.codes.get(digest(code))
+        # RFC 6749 §4.1.3: the code must have been issued to this client.
+        if state is None or state.client_id != client.client_id:
+            raise OAuthError("invalid_grant", "The authorization code is invalid or expired.")
+        if state.used:
+            # RFC 6749 §4.1.2: a code used twice is refused, and what it issued SHOULD be revoked.
+            grant = self._ledger.grants.get(state.grant_id) if state.grant_id else None
+            self._ledger.emit("code_reuse_detected", grant, code=state.id, client_id=client.client_id)
+            if grant is not None:
+                self._ledger.revoke_grant(grant, "authorization_code_reuse")
+            raise OAuthError("invalid_grant", "The authorization code was already used.")
+        # RFC 6749 §4.1.3: redirect_uri must be identical to the one in the authorization request.
+        if state.redirect_uri_given and form.get("redirect_uri") != state.redirect_uri:
+            raise OAuthError("invalid_grant", "The redirect_uri does not match the authorization request.")
+        if not verifier:
+            raise OAuthError("invalid_request", "The code_verifier parameter is missing (PKCE is required).")
+        if _CODE_VERIFIER.fullmatch(verifier) is None:
+            raise OAuthError("invalid_request", "The code_verifier is malformed (RFC 7636 §4.1).")
+        state.used = True  # one attempt per code: a wrong verifier burns it (a code injection attempt)
+        # RFC 7636 §4.6: BASE64URL-ENCODE(SHA256(ASCII(code_verifier))) == code_challenge.
+        computed = _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+        if not hmac.compare_digest(computed, state.code_challenge):
+            raise OAuthError("invalid_grant", "The code_verifier does not match the code_challenge.")
+        grant = self._new_grant("authorization_code", client.client_id, state.subject, state.scopes, client.audience)
+        state.grant_id = grant.id
+        return self._ledger.issue(grant, state.scopes, refresh="refresh_token" in client.grant_types)
+
+    # -- the authorization endpoint (RFC 6749 §4.1.1, RFC 7636 §4.3) ----------------------------
+
+    def authorize(self, params: Mapping[str, str]) -> str:
+        """Auto-approve an authorization request and return the redirect URL (with code or error).
+
+        Raises ``OAuthError`` only when the client or redirect URI is invalid: then the user must
+        not be sent anywhere (RFC 6749 §4.1.2.1). The user is ``login_hint`` (default ``alice``).
+        """
+        with self._lock:
+            client = self._clients.get(params.get("client_id") or "")
+            if client is None:
+                raise OAuthError("invalid_request", "Unknown or missing client_id.")
+            redirect_uri = self._redirect_uri(client, params.get("redirect_uri"))
+            answer: dict[str, str]
+            try:
+                answer = {"code": self._new_code(client, redirect_uri, params)}
+            except OAuthError as exc:
+                answer = exc.as_dict()
+            if params.get("state"):
+                answer["state"] = params["state"]
+            # RFC 9207 §2: the issuer identifies itself in the authorization response (mix-up defence).
+            answer["iss"] = self.issuer
+            return _with_query(redirect_uri, answer)
+
+    def _redirect_uri(self, client: Client, given: str | None) -> str:
+        if given is None:
+            # RFC 6749 §3.1.2.3: may be omitted only when exactly one is registered.
+            if len(client.redirect_uris) != 1:
+                raise OAuthError("invalid_request", "The redirect_uri parameter is required for this client.")
+            return client.redirect_uris[0]
+        if not any(redirect_uri_matches(registered, given) for registered in client.redirect_uris):
+            raise OAuthError("invalid_request", "The redirect_uri is not registered for this client.")
+        return given
+
+    def _new_code(self, client: Client, redirect_uri: str, params: Mapping[str, str]) -> str:
+        response_type = params.get("response_type")
+        if not response_type:
+            raise OAuthError("invalid_request", "The response_type parameter is missing.")
+        if response_type != "code":
+            raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
+        if "authorization_code" not in client.grant_types:
+            raise OAuthError("unauthorized_client", "This client may not use the authorization code grant.")
+        challenge, method = params.get("code_challenge"), params.get("code_challenge_method")
+        # RFC 7636 §4.4.1 and OAuth 2.1 §4.1.1: PKCE is required here, and only with S256.
+        if not challenge:
+            raise OAuthError("invalid_request", "PKCE is required: code_challenge is missing.")
+        if method != "S256":
+            raise OAuthError("invalid_request", "Only code_challenge_method=S256 is supported.")
+        if _S256_CHALLENGE.fullmatch(challenge) is None:
+            raise OAuthError("invalid_request", "The code_challenge is malformed.")
+        scopes = self._requested_scopes(client, params.get("scope"))
+        user = params.get("login_hint") or DEFAULT_USER
+        self._check_user(user)
+        code = secrets.token_urlsafe(32)
+        state = CodeState(
+            id=new_id("code_"),
+            client_id=client.client_id,
+            redirect_uri=redirect_uri,
+            redirect_uri_given="redirect_uri" in params,
+            subject=user,
+            scopes=scopes,
+            code_challenge=challenge,
+            expires_at=self.clock() + self.code_ttl,
+        )
+        self._ledger.codes[digest(code)] = state
+        scope = scope_string(scopes)
+        self._ledger.emit("code_issued", None, client_id=client.client_id, code=state.id, user=user, scope=scope)
+        return code
+
+    # -- introspection (RFC 7662) and revocation (RFC 7009) -------------------------------------
+
+    def introspect(
+        self, token: str, *, token_type_hint: str | None = None, client_id: str | None = None
+    ) -> dict[str, Any]:
+        """The RFC 7662 §2.2 answer for ``token``, as seen by ``client_id`` (``None``: any token)."""
+        with self._lock:
+            found = self._ledger.find(token, token_type_hint)
+            caller = self._clients.get(client_id) if client_id is not None else None
+            answer: dict[str, Any] = {"active": False}
+            if found is not None and self._ledger.is_active(found):
+                grant = self._ledger.grants.get(found.grant_id)
+                # RFC 7662 §2.2: a client not allowed to see this token gets {"active": false}.
+                visible = client_id is None or (caller is not None and caller.introspection)
+                if grant is not None and (visible or grant.client_id == client_id):
+                    answer = self._ledger.describe(found, grant)
+            self._ledger.emit(
+                "introspected",
+                self._ledger.grants.get(found.grant_id) if found is not None else None,
+                token=found.id if found is not None else None,
+                active=answer["active"],
+                by=client_id,
+            )
+            return answer
+
+    def revoke(self, token: str, *, token_type_hint: str | None = None, client_id: str | None = None) -> bool:
+        """Revoke ``token`` (RFC 7009 §2.1); a refresh token takes its whole grant with it.
+
+        ``client_id``: the client asking, which may revoke its own tokens only (``None``: any).
+        Returns whether something was revoked; the endpoint answers 200 either way.
+        """
+        with self._lock:
+            found = self._ledger.find(token, token_type_hint)
+            grant = self._ledger.grants.get(found.grant_id) if found is not None else None
+            if found is None or grant is None or (client_id is not None and grant.client_id != client_id):
+                return False
+            if isinstance(found, RefreshState):
+                # RFC 7009 §2.1: revoking a refresh token SHOULD invalidate the access tokens of its grant.
+                self._ledger.emit("revoked", grant, token_type="refresh_token", token=found.id)
+                self._ledger.revoke_grant(grant, "refresh_token_revoked")
+            else:
+                self._ledger.emit("revoked", grant, token_type="access_token", token=found.id)
+                self._ledger.revoke_access(found)
+            return True
+
+    def revoke_grant(self, grant_id: str, reason: str = "revoked") -> bool:
+        """Revoke a whole grant by id; ``False`` when it is unknown or expired."""
+        with self._lock:
+            grant = self._ledger.grants.get(grant_id)
+            if grant is None:
+                return False
+            self._ledger.revoke_grant(grant, reason)
+            return True
+
+    # -- the machinery -------------------------------------------------------------------------
+
+    def _client(self, client_id: str) -> Client:
+        client = self._clients.get(client_id)
+        if client is None:
+            raise ConfigurationError(f"no client {client_id!r} is registered")
+        return client
+
+    def _new_grant(
+        self,
+        kind: str,
+        client_id: str,
+        subject: str | None,
+        scopes: frozenset[str],
+        audience: str | None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> Grant:
+        client = self._clients.get(client_id)
+        audience = audience or (client.audience if client is not None else self.default_audience)
+        return self._ledger.new_grant(kind, client_id, subject, scopes, audience, claims)
+
+    def __repr__(self) -> str:
+        return f"DevIdP(issuer={self.issuer!r}, clients={sorted(self._clients)!r})"

@@ -1,0 +1,297 @@
+"""What a DevIdP has issued: grants, codes, access and refresh tokens, revoked ``jti`` s, and events.
+
+Every store is bounded (``max_entries``) and drops an entry when the injected clock passes its
+expiry (``cachetools.TLRUCache``); when a store is full, the least recently used entry goes.
+Entries are keyed by the token's SHA-256, never by the token itself. The protocol rules (who may
+do what) live in ``_idp``; this module only records and answers, under the DevIdP's lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import jwt
+from cachetools import TLRUCache
+
+from tokenguard.errors import ConfigurationError
+from tokenguard.testing._model import (
+    AccessState,
+    Audience,
+    CodeState,
+    Event,
+    EventKind,
+    Grant,
+    RefreshState,
+    TokenFormat,
+    TokenSet,
+    scope_string,
+)
+
+if TYPE_CHECKING:
+    from tokenguard.testing._idp import DevIdP
+
+V = TypeVar("V")
+S = TypeVar("S", AccessState, RefreshState)
+TokenState = AccessState | RefreshState
+
+
+def digest(token: str) -> bytes:
+    """The store key of a token: its SHA-256, so no store ever holds a token itself."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_id(prefix: str) -> str:
+    """A public, non-secret identifier for events and reprs."""
+    return f"{prefix}{secrets.token_hex(8)}"
+
+
+def _store(maxsize: int, clock: Callable[[], float], expires: Callable[[V], float]) -> TLRUCache[Any, V]:
+    return TLRUCache(maxsize=maxsize, ttu=lambda _key, value, _now: expires(value), timer=clock)
+
+
+class Ledger:
+    """The bounded, expiring record of everything one DevIdP issued, and its event log."""
+
+    def __init__(self, idp: DevIdP, *, max_entries: int, max_events: int) -> None:
+        self._idp = idp
+        self.max_entries = max_entries
+        clock = idp.clock
+        self.codes: TLRUCache[bytes, CodeState] = _store(max_entries, clock, lambda s: s.expires_at)
+        self.access: TLRUCache[bytes, AccessState] = _store(max_entries, clock, lambda s: s.expires_at)
+        self.refresh: TLRUCache[bytes, RefreshState] = _store(max_entries, clock, lambda s: s.expires_at)
+        self.grants: TLRUCache[str, Grant] = _store(max_entries, clock, lambda g: g.expires_at)
+        # Revoked JWTs cannot be recalled: they stay listed by jti until they would have expired anyway.
+        self.revoked_jtis: TLRUCache[str, float] = _store(max_entries, clock, lambda exp: exp)
+        self.events: deque[Event] = deque(maxlen=max_events)
+
+    def now(self) -> float:
+        return self._idp.clock()
+
+    def emit(self, kind: EventKind, grant: Grant | None = None, **detail: Any) -> None:
+        """Record an event; ``detail`` holds ids, never tokens."""
+        client_id = grant.client_id if grant else detail.pop("client_id", None)
+        self.events.append(
+            Event(
+                kind=kind,
+                at=self.now(),
+                grant_id=grant.id if grant else None,
+                client_id=client_id,
+                subject=grant.subject if grant else None,
+                detail=detail,
+            )
+        )
+
+    def counts(self) -> dict[str, int]:
+        stores: dict[str, TLRUCache[Any, Any]] = {
+            "codes": self.codes,
+            "access_tokens": self.access,
+            "refresh_tokens": self.refresh,
+            "grants": self.grants,
+            "revoked_jtis": self.revoked_jtis,
+        }
+        for store in stores.values():
+            store.expire()
+        return {name: len(store) for name, store in stores.items()}
+
+    # -- finding -------------------------------------------------------------------------------
+
+    def find(self, token: str, hint: str | None = None) -> TokenState | None:
+        # RFC 7009 §2.1 / RFC 7662 §2.1: the hint only orders the search; both stores are tried.
+        key = digest(token)
+        lookups: list[Callable[[], TokenState | None]] = [lambda: self.access.get(key), lambda: self.refresh.get(key)]
+        if hint == "refresh_token":
+            lookups.reverse()
+        return next((found for lookup in lookups if (found := lookup()) is not None), None)
+
+    def grant_of(self, state: TokenState | None) -> Grant | None:
+        return self.grants.get(state.grant_id) if state is not None else None
+
+    def is_active(self, state: TokenState) -> bool:
+        grant = self.grants.get(state.grant_id)
+        if grant is None or grant.revoked or self.now() >= state.expires_at:
+            return False
+        if isinstance(state, RefreshState):
+            return state.status == "active"
+        return not state.revoked and state.id not in self.revoked_jtis
+
+    def describe(self, state: TokenState, grant: Grant) -> dict[str, Any]:
+        """The RFC 7662 §2.2 members of an active token."""
+        if isinstance(state, AccessState):
+            answer: dict[str, Any] = {**state.claims, "active": True, "token_type": "access_token"}
+        else:
+            answer = {
+                "active": True,
+                "token_type": "refresh_token",
+                "iss": self._idp.issuer,
+                "client_id": grant.client_id,
+                "iat": int(state.issued_at),
+                "exp": int(state.expires_at),
+                "jti": state.id,
+            }
+            if grant.scopes:
+                answer["scope"] = scope_string(grant.scopes)
+            if grant.subject is not None:
+                answer["sub"] = grant.subject
+        if grant.subject is not None:
+            answer["username"] = grant.subject
+        return answer
+
+    # -- issuing -------------------------------------------------------------------------------
+
+    def new_grant(
+        self,
+        kind: str,
+        client_id: str,
+        subject: str | None,
+        scopes: frozenset[str],
+        audience: str,
+        claims: Mapping[str, Any] | None = None,
+    ) -> Grant:
+        return Grant(
+            id=new_id("grant_"),
+            kind=kind,
+            client_id=client_id,
+            subject=subject,
+            scopes=scopes,
+            audience=audience,
+            created_at=self.now(),
+            claims=dict(claims or {}),
+        )
+
+    def issue(
+        self, grant: Grant, scopes: frozenset[str], *, refresh: bool, parent: RefreshState | None = None
+    ) -> TokenSet:
+        """An access token (and a refresh token if asked) from ``grant``; rotates ``parent`` if given."""
+        access, access_state = self.mint_access(grant, scopes, parent=parent)
+        refresh_token, refresh_state = self._mint_refresh(grant, parent) if refresh else (None, None)
+        if parent is not None and refresh_state is not None:
+            # OAuth 2.1 §4.3.1: the old refresh token is used up, and points at its successor.
+            parent.status, parent.successor, parent.used_at = "used", refresh_state.id, self.now()
+            self.emit("rotated", grant, used=parent.id, refresh_token=refresh_state.id, access_token=access_state.id)
+        else:
+            self.emit(
+                "issued",
+                grant,
+                grant_type=grant.kind,
+                access_token=access_state.id,
+                refresh_token=refresh_state.id if refresh_state else None,
+                format=access_state.format,
+                scope=scope_string(scopes),
+            )
+        self.keep(grant)
+        return TokenSet(
+            access_token=access,
+            expires_in=max(0, int(access_state.expires_at - access_state.issued_at)),
+            scope=scope_string(scopes),
+            grant_id=grant.id,
+            refresh_token=refresh_token,
+        )
+
+    def mint_access(
+        self,
+        grant: Grant,
+        scopes: frozenset[str],
+        *,
+        expires_in: float | None = None,
+        token_format: TokenFormat | None = None,
+        alg: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        parent: RefreshState | None = None,
+    ) -> tuple[str, AccessState]:
+        idp = self._idp
+        iat = int(self.now())
+        lifetime = idp.access_token_ttl if expires_in is None else int(expires_in)
+        # RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat and jti are required; scope when granted.
+        claims: dict[str, Any] = {
+            "iss": idp.issuer,
+            "aud": grant.audience,
+            "sub": grant.subject if grant.subject is not None else grant.client_id,
+            "client_id": grant.client_id,
+            "iat": iat,
+            "exp": iat + lifetime,
+            "jti": secrets.token_hex(16),
+        }
+        if scopes:
+            claims["scope"] = scope_string(scopes)
+        claims.update(grant.claims)
+        claims.update(extra or {})
+        audience = idp.audiences.get(grant.audience) or Audience(grant.audience)
+        fmt = token_format or audience.format
+        if fmt == "jwt":
+            key = idp.keys.key_for(alg or audience.alg)
+            # RFC 9068 §2.1: the header's typ is "at+jwt"; the kid names the key in the JWKS.
+            token = jwt.encode(claims, key.private, algorithm=key.alg, headers={"typ": "at+jwt", "kid": key.kid})
+        elif fmt == "opaque":
+            token = secrets.token_urlsafe(32)
+        else:
+            raise ConfigurationError(f"token_format must be 'jwt' or 'opaque', got {fmt!r}")
+        exp = claims.get("exp")
+        state = AccessState(
+            id=str(claims.get("jti") or new_id("at_")),
+            grant_id=grant.id,
+            format=fmt,
+            claims=claims,
+            issued_at=float(iat),
+            expires_at=float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else iat + lifetime,
+            from_refresh=parent.id if parent is not None else None,
+            revoked=grant.revoked,
+        )
+        self.access[digest(token)] = state
+        grant.access_tokens = [*self._live(grant.access_tokens), state]
+        return token, state
+
+    def _mint_refresh(self, grant: Grant, parent: RefreshState | None) -> tuple[str, RefreshState]:
+        now = self.now()
+        token = secrets.token_urlsafe(32)
+        state = RefreshState(
+            id=new_id("rt_"),
+            grant_id=grant.id,
+            issued_at=now,
+            expires_at=now + self._idp.refresh_token_ttl,
+            parent=parent.id if parent is not None else None,
+        )
+        self.refresh[digest(token)] = state
+        grant.refresh_tokens = [*self._live(grant.refresh_tokens), state]
+        return token, state
+
+    def _live(self, states: list[S]) -> list[S]:
+        """A grant's token list without expired entries, capped: grants stay bounded too."""
+        now = self.now()
+        live = [state for state in states if state.expires_at > now]
+        return live[-(self.max_entries - 1) :] if len(live) >= self.max_entries else live
+
+    def keep(self, grant: Grant) -> None:
+        """(Re)store a grant until its last token expires."""
+        expiries = [state.expires_at for state in grant.access_tokens]
+        expiries += [state.expires_at for state in grant.refresh_tokens]
+        grant.expires_at = max(expiries, default=grant.created_at)
+        self.grants[grant.id] = grant
+
+    # -- revoking ------------------------------------------------------------------------------
+
+    def revoke_grant(self, grant: Grant, reason: str) -> None:
+        """Revoke every refresh and access token of ``grant`` (once)."""
+        if grant.revoked:
+            return
+        grant.revoked_at, grant.revoked_reason = self.now(), reason
+        for refresh in grant.refresh_tokens:
+            if refresh.status == "active":
+                refresh.status = "revoked"
+        for access in grant.access_tokens:
+            self.revoke_access(access)
+        self.emit(
+            "chain_revoked",
+            grant,
+            reason=reason,
+            refresh_tokens=grant.chain,
+            access_tokens=[access.id for access in grant.access_tokens],
+        )
+
+    def revoke_access(self, state: AccessState) -> None:
+        state.revoked = True
+        if state.format == "jwt" and state.expires_at > self.now():
+            self.revoked_jtis[state.id] = state.expires_at
