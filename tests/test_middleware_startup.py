@@ -72,3 +72,34 @@ def test_configured_credentials_log_nothing_at_startup(
         pass
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert idp.jwks_calls == 1
+
+
+@public
+async def ready(request: Request) -> JSONResponse:
+    guard = request.scope["tokenguard"]
+    is_ready = guard.ready()
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+def test_ready_warms_the_keys_in_the_background(idp: Issuer, clock: FakeClock) -> None:
+    """ready() is false on a cold cache but starts a fetch, so the next call is true."""
+    app = Starlette(routes=[Route("/ready", ready)])
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    with TestClient(app) as client:
+        assert client.get("/ready").json() == {"ready": False}
+        for _ in range(3):  # the background fetch completes on the client's loop between requests
+            if client.get("/ready").json() == {"ready": True}:
+                break
+        assert client.get("/ready").json() == {"ready": True}
+    assert idp.jwks_calls == 1
+
+
+def test_ready_turns_false_after_the_stale_period(idp: Issuer, clock: FakeClock) -> None:
+    """Keys older than the stale period with the issuer down: not ready (and no 500)."""
+    app = Starlette(routes=[Route("/ready", ready)])
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, prefetch=True)
+    with TestClient(app) as client:
+        assert client.get("/ready").json() == {"ready": True}
+        idp.down = True
+        clock.advance(3600 + 86400 + 1)
+        assert client.get("/ready").status_code == 503

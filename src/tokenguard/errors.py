@@ -174,5 +174,6 @@ REASONS: frozenset[str] = frozenset(
         "insufficient_user_authentication",
         "issuer_unavailable",
         "introspection_unavailable",
+        "internal_error",
     }
 )

@@ -402,6 +402,13 @@ class JWKSCache:
     async def prefetch(self) -> None:
         await self.keys()
 
+    def warm(self) -> None:
+        """Start a background fetch when keys are missing or due, so an idle process becomes ready again."""
+        now = self._config.clock()
+        due = self._keys is None or not self._state.usable(now) or self._state.refresh_due(now)
+        if due and now >= self._state.retry_at:
+            self._start_background_refresh()
+
     def status(self) -> dict[str, Any]:
         now = self._config.clock()
         fetched = self._state.fetched_at

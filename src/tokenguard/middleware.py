@@ -26,10 +26,11 @@ from tokenguard.config import (
     IntrospectionOptions,
     JWKSOptions,
 )
-from tokenguard.errors import TokenGuardError, UnavailableError
+from tokenguard.errors import ConfigurationError, TokenGuardError, UnavailableError
+from tokenguard.events import DecisionEvent, DecisionHook, Metrics, Outcome, emit, subject_hash
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, Rule
-from tokenguard.routing import RouteResolver, declared_requirements
+from tokenguard.routing import RouteDecision, RouteResolver, declared_requirements
 
 logger = logging.getLogger("tokenguard")
 
@@ -129,6 +130,7 @@ class TokenGuard:
         jwks_stale_ttl: float = 86400.0,
         route_cache_size: int = 4096,
         prefetch: bool = False,
+        on_decision: DecisionHook | Sequence[DecisionHook] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -173,6 +175,15 @@ class TokenGuard:
         self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=route_cache_size)
         self._prefetch = prefetch
         self._realm = self.config.effective_realm
+        if on_decision is None:
+            self._hooks: tuple[DecisionHook, ...] = ()
+        elif callable(on_decision):
+            self._hooks = (on_decision,)
+        else:
+            self._hooks = tuple(on_decision)
+        if not all(callable(hook) for hook in self._hooks):
+            raise ConfigurationError("on_decision must be a callable or a list of callables")
+        self.metrics = Metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -182,24 +193,64 @@ class TokenGuard:
             await self.app(scope, receive, send)
             return
         scope["tokenguard"] = self
+        started = time.perf_counter()
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused; like a public
         # route it goes on as anonymous, so an OPTIONS handler behind it never sees a user.
-        requirement = PUBLIC if _is_preflight(scope) else self.resolver.requirement(scope, self.app)
+        decision = RouteDecision(PUBLIC, None) if _is_preflight(scope) else self.resolver.decide(scope, self.app)
+        requirement = decision.requirement
         if requirement.public:
             scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
+            self._decided(scope, decision, started, "allow", "public", 200, None)
             await self.app(scope, receive, send)
             return
         try:
             token = await self.authenticator.authenticate(scope.get("headers", ()), requirement)
         except TokenGuardError as exc:
-            await self._deny(scope, receive, send, exc)
+            denial = render(exc, realm=self._realm)
+            outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
+            self._decided(scope, decision, started, outcome, exc.reason, denial.status, None)
+            await _send_denial(scope, receive, send, denial)
             return
         except Exception as exc:  # a bug must still fail closed, without a traceback to the client
             logger.error("tokenguard: internal error while checking a token: %s", type(exc).__name__)
-            await self._deny(scope, receive, send, UnavailableError(f"internal error: {type(exc).__name__}"))
+            error = UnavailableError(f"internal error: {type(exc).__name__}")
+            self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
+            await _send_denial(scope, receive, send, render(error, realm=self._realm))
             return
         scope["auth"], scope["user"] = TokenCredentials(token), TokenUser(token)
+        self._decided(scope, decision, started, "allow", "ok", 200, token)
         await self.app(scope, receive, send)
+
+    def _decided(
+        self,
+        scope: Scope,
+        decision: RouteDecision,
+        started: float,
+        outcome: Outcome,
+        reason: str,
+        status: int,
+        token: AccessToken | None,
+    ) -> None:
+        """Count the decision; build an event only when someone listens (hooks or the logger)."""
+        level = logging.DEBUG if outcome == "allow" else logging.INFO
+        if not self._hooks and not logger.isEnabledFor(level):
+            self.metrics.count(outcome, reason)
+            return
+        event = DecisionEvent(
+            outcome=outcome,
+            reason=reason,
+            status=status,
+            method=scope.get("method", "WEBSOCKET") if scope["type"] == "http" else "WEBSOCKET",
+            route=decision.template or "<unmatched>",
+            latency=time.perf_counter() - started,
+            source=token.source if token is not None else None,
+            issuer=token.issuer if token is not None else None,
+            kid=token.key_id if token is not None else None,
+            client_id=token.client_id if token is not None else None,
+            subject_hash=subject_hash(token.subject) if token is not None else None,
+            scopes=tuple(sorted(token.scopes)) if token is not None else (),
+        )
+        emit(event, self.metrics, self._hooks)
 
     @property
     def realm(self) -> str:
@@ -209,27 +260,32 @@ class TokenGuard:
         """A snapshot for health endpoints: keys known, last fetch, stale or not, caches, breaker."""
         snapshot = self.authenticator.status()
         snapshot["route_cache_entries"] = self.resolver.cache_entries
+        snapshot["ready"] = bool(snapshot["jwks"]["usable"])
         return snapshot
 
-    def ready(self) -> bool:
-        """True when keys are usable now, without waiting on the issuer."""
-        return bool(self.authenticator.jwks.status()["usable"])
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Counters as a plain dict: decisions by outcome and reason, JWKS fetches and failures,
+        introspection calls, cache hits and misses, the breaker state."""
+        status = self.authenticator.status()
+        return {
+            **self.metrics.snapshot(),
+            "jwks_fetches": status["jwks"]["fetches"],
+            "jwks_failures": status["jwks"]["failures"],
+            "introspection_calls": status["introspection"]["calls"],
+            "introspection_cache_hits": status["introspection"]["cache_hits"],
+            "introspection_cache_misses": status["introspection"]["cache_misses"],
+            "breaker_state": status["introspection"]["breaker"],
+            "verified_cache_entries": status["verified_cache_entries"],
+        }
 
-    async def _deny(self, scope: Scope, receive: Receive, send: Send, error: TokenGuardError) -> None:
-        denial = render(error, realm=self._realm)
-        logger.info(
-            "tokenguard: refused %s %s: %s (%d)",
-            scope.get("method", "WEBSOCKET"),
-            scope.get("path", ""),
-            error.reason,
-            denial.status,
-            extra={"decision": "deny", "reason": error.reason, "status": denial.status},
-        )
-        if scope["type"] == "websocket":
-            await _deny_websocket(scope, receive, send, denial)
-            return
-        await send({"type": "http.response.start", "status": denial.status, "headers": list(denial.headers)})
-        await send({"type": "http.response.body", "body": denial.body})
+    def ready(self) -> bool:
+        """True when keys are usable now, without waiting on the issuer.
+
+        Called from a running app (a health endpoint), it also starts a background fetch when the keys
+        are missing or due, so a process idle past the stale period becomes ready again by itself.
+        """
+        self.authenticator.jwks.warm()
+        return bool(self.authenticator.jwks.status()["usable"])
 
     async def _startup(self, app: Any) -> None:
         """Warm the keys when asked, and report at once a sensitive route that cannot be introspected."""
@@ -255,6 +311,14 @@ class TokenGuard:
             return message
 
         return wrapped
+
+
+async def _send_denial(scope: Scope, receive: Receive, send: Send, denial: Denial) -> None:
+    if scope["type"] == "websocket":
+        await _deny_websocket(scope, receive, send, denial)
+        return
+    await send({"type": "http.response.start", "status": denial.status, "headers": list(denial.headers)})
+    await send({"type": "http.response.body", "body": denial.body})
 
 
 async def _deny_websocket(scope: Scope, receive: Receive, send: Send, denial: Denial) -> None:

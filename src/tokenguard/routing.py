@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 from starlette.routing import Match
@@ -28,9 +28,17 @@ _CacheKey = tuple[str, str, str, str, bytes, int, int]
 class _Found:
     """What matching found: an endpoint (and the route that holds it), or a mounted app."""
 
-    def __init__(self, endpoint: Any = None, route: Any = None) -> None:
+    def __init__(self, endpoint: Any = None, route: Any = None, template: str | None = None) -> None:
         self.endpoint = endpoint
         self.route = route
+        self.template = template
+
+
+class RouteDecision(NamedTuple):
+    """A route's policy and its path template (a low-cardinality label for logs and metrics)."""
+
+    requirement: Requirement
+    template: str | None
 
 
 class RouteResolver:
@@ -39,7 +47,7 @@ class RouteResolver:
     def __init__(self, rules: Sequence[Rule], default: Requirement, *, cache_size: int = 4096) -> None:
         self._rules = tuple(rules)
         self._default = default
-        self._cache: LRUCache[_CacheKey, Requirement] = LRUCache(maxsize=cache_size)
+        self._cache: LRUCache[_CacheKey, RouteDecision] = LRUCache(maxsize=cache_size)
 
     @property
     def has_sensitive_rules(self) -> bool:
@@ -51,6 +59,10 @@ class RouteResolver:
         return len(self._cache)
 
     def requirement(self, scope: MutableMapping[str, Any], fallback_app: Any = None) -> Requirement:
+        return self.decide(scope, fallback_app).requirement
+
+    def decide(self, scope: MutableMapping[str, Any], fallback_app: Any = None) -> RouteDecision:
+        """The policy for this request, and the matched route's template (``None`` if no route matched)."""
         app = routed_app(scope.get("app"))
         if app is None:
             app = routed_app(fallback_app)
@@ -67,21 +79,22 @@ class RouteResolver:
             self._cache[key] = cached
         return cached
 
-    def _resolve(self, scope: MutableMapping[str, Any], app: Any, routes: Sequence[Any] | None) -> Requirement:
+    def _resolve(self, scope: MutableMapping[str, Any], app: Any, routes: Sequence[Any] | None) -> RouteDecision:
         found = None
         if routes is not None:
             try:
                 found = _find(routes, _probe_scope(scope), 0)
             except Exception as exc:  # a custom route that cannot be probed: fall back, never 500
                 logger.warning("tokenguard: route matching failed (%s); using rules/default", type(exc).__name__)
+        template = found.template if found is not None else None
         if found is not None and found.endpoint is not None:
             mark = _mark_of(found.endpoint, scope)
             if mark is not None:
-                return mark
+                return RouteDecision(mark, template)
             if _is_fastapi_doc_route(app, found.route):
-                return PUBLIC
+                return RouteDecision(PUBLIC, template)
         rule = first_rule(self._rules, scope["path"], scope.get("method"))
-        return rule if rule is not None else self._default
+        return RouteDecision(rule if rule is not None else self._default, template)
 
 
 def _routes(app: Any) -> Sequence[Any] | None:
@@ -105,6 +118,7 @@ def _probe_scope(scope: MutableMapping[str, Any]) -> dict[str, Any]:
     probe = dict(scope)
     probe["fastapi"] = dict(scope.get("fastapi", {}))
     probe.pop("endpoint", None)
+    probe["tokenguard.root_path"] = scope.get("root_path", "")
     return probe
 
 
@@ -132,7 +146,8 @@ def _descend(route: Any, scope: dict[str, Any], child: dict[str, Any], depth: in
         found = _find(sub_routes, scope, depth + 1) if sub_routes else None
         return found if found is not None else _Found()  # a mounted app without routes: rules decide
     if "endpoint" in child:
-        return _Found(child["endpoint"], child.get("route", route))
+        found_route = child.get("route", route)
+        return _Found(child["endpoint"], found_route, _template(scope, found_route))
     inner_match = getattr(route, "_match", None)
     if callable(inner_match):
         # FastAPI's included routers (not flattened in recent releases) pick their route in ``_match``.
@@ -153,8 +168,19 @@ def _descend_included(inner_match: Any, scope: dict[str, Any], depth: int) -> _F
     # descend into it with its child scope rather than matching it a second time.
     inner_route, child = result[2], result[1]
     if hasattr(inner_route, "endpoint") and not hasattr(inner_route, "routes"):
-        return _Found(inner_route.endpoint, inner_route)
+        context_path = getattr(result[3], "path", None)
+        template = context_path if isinstance(context_path, str) and context_path else _template(scope, inner_route)
+        return _Found(inner_route.endpoint, inner_route, template)
     return _descend(inner_route, {**scope, **child}, child, depth + 1)
+
+
+def _template(scope: dict[str, Any], route: Any) -> str | None:
+    """The route's path template with its mount prefix: a low-cardinality label for logs and metrics."""
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    root_path, original = str(scope.get("root_path", "")), str(scope.get("tokenguard.root_path", ""))
+    return root_path[len(original) :] + path
 
 
 def _mark_of(endpoint: Any, scope: MutableMapping[str, Any]) -> Requirement | None:
