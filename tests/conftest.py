@@ -6,7 +6,6 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,10 +196,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def idp(clock: FakeClock, respx_mock: respx.MockRouter) -> Iterator[Issuer]:
+def idp(clock: FakeClock, respx_mock: respx.MockRouter) -> Issuer:
     issuer = Issuer(clock)
     issuer.install(respx_mock)
-    yield issuer
+    return issuer
 
 
 def now() -> float:

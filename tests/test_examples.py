@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 import respx
-from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, FakeClock, Issuer
+from examples import fastapi_app, starlette_app
 from starlette.testclient import TestClient
 
-from examples import fastapi_app, starlette_app
+from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, FakeClock, Issuer
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 

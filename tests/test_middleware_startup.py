@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
+from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
 from tokenguard import Rule, TokenGuard, public, require_scopes, sensitive
 from tokenguard.routing import declared_requirements
 

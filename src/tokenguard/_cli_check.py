@@ -1,0 +1,378 @@
+"""``tokenguard check``: is this issuer fit to be a ``TokenGuard`` issuer?
+
+Fetches the metadata (RFC 8414 path, then OpenID discovery) and the JWKS through tokenguard's own
+HTTP seam and key parser, lists the keys, flags problems, measures clock skew against the issuer's
+``Date`` header, and finally loads the keys with the middleware's own ``Authenticator``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from tokenguard._cli_output import CliError, Printer
+from tokenguard._http import FetchError, HttpClientOption, HttpClientPool, HttpResult
+from tokenguard.authenticator import Authenticator
+from tokenguard.config import GuardConfig, check_url, is_loopback_host
+from tokenguard.errors import ConfigurationError, UnavailableError
+from tokenguard.jwks import parse_jwk, well_known_urls
+
+Severity = Literal["error", "warning", "note"]
+
+_MAX_BYTES = 512 * 1024
+_TIMEOUT = 5.0
+_LEEWAY = 30.0  # the middleware's default leeway, for the clock-skew warning
+_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+_PLACEHOLDER_AUDIENCE = "urn:tokenguard:check"
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: Severity
+    message: str
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One JWKS entry as published, and whether tokenguard would verify with it."""
+
+    kid: str | None
+    kty: str
+    alg: str | None
+    use: str | None
+    size: str
+    usable: bool
+
+
+@dataclass
+class Report:
+    issuer: str
+    audience: str | None
+    metadata_url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    jwks_uri: str | None = None
+    keys: list[KeyRow] = field(default_factory=list)
+    skew: float | None = None
+    loaded_kids: list[str] | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, severity: Severity, message: str) -> None:
+        self.problems.append(Problem(severity, message))
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for problem in self.problems if problem.severity == severity)
+
+
+# -- running the checks -----------------------------------------------------------------------
+
+
+async def run(
+    issuer: str,
+    audience: str | None,
+    *,
+    http_client: HttpClientOption,
+    clock: Callable[[], float],
+) -> Report:
+    """Every check, in order; ``CliError`` (exit 2) when the issuer cannot be reached at all."""
+    report = Report(issuer, audience)
+    _check_issuer_url(report)
+    http = HttpClientPool(http_client, timeout=_TIMEOUT)
+    try:
+        result = await _fetch_metadata(report, http)
+        report.skew = _skew(result.headers, clock())
+        _check_metadata(report)
+        await _fetch_jwks(report, http)
+    finally:
+        await http.aclose()
+    _check_skew(report)
+    await _load_with_tokenguard(report, http_client, clock)
+    _check_audience(report)
+    return report
+
+
+def _check_issuer_url(report: Report) -> None:
+    parts = urlsplit(report.issuer)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CliError(f"--issuer must be an absolute http(s) URL, got {report.issuer!r}")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        # RFC 8414 §2: the issuer identifier is a URL that uses the "https" scheme.
+        report.add(
+            "error",
+            "the issuer is not https:// and not on loopback: keys fetched over plain HTTP can be "
+            "swapped by anyone on the path; TokenGuard refuses this issuer",
+        )
+    if parts.query or parts.fragment:
+        # RFC 8414 §2: "no query or fragment components".
+        report.add("error", "the issuer URL has a query or fragment component, which RFC 8414 §2 forbids")
+
+
+async def _fetch_metadata(report: Report, http: HttpClientPool) -> HttpResult:
+    unreachable: list[str] = []
+    answered: list[str] = []
+    first: HttpResult | None = None
+    for url in well_known_urls(report.issuer):
+        try:
+            result = await http.get(url, timeout=_TIMEOUT, max_bytes=_MAX_BYTES)
+        except FetchError as exc:
+            unreachable.append(str(exc))
+            continue
+        first = first or result
+        if result.status != 200:
+            answered.append(f"{url} answered {result.status}")
+            continue
+        try:
+            report.metadata = result.json_object(url)
+        except FetchError as exc:
+            answered.append(str(exc))
+            continue
+        report.metadata_url = url
+        return result
+    if first is None:
+        raise CliError(f"cannot reach the issuer {report.issuer}: {'; '.join(unreachable)}")
+    report.add("error", "no authorization-server metadata: " + "; ".join(answered + unreachable))
+    return first
+
+
+def _check_metadata(report: Report) -> None:
+    document = report.metadata
+    if not document:
+        return
+    named = document.get("issuer")
+    if named != report.issuer:
+        # RFC 8414 §3.3: the "issuer" value returned MUST be identical to the issuer identifier.
+        report.add(
+            "error",
+            f"the metadata names issuer {named!r}, not {report.issuer!r} (RFC 8414 §3.3 "
+            "requires them identical, character for character); TokenGuard refuses this metadata",
+        )
+    jwks_uri = document.get("jwks_uri")
+    if not isinstance(jwks_uri, str) or not jwks_uri:
+        report.add("error", "the metadata has no jwks_uri: there are no keys to verify tokens with")
+    elif _url_ok(report, "jwks_uri", jwks_uri):
+        report.jwks_uri = jwks_uri
+    introspection = document.get("introspection_endpoint")
+    if not isinstance(introspection, str) or not introspection:
+        report.add(
+            "warning",
+            "the metadata has no introspection_endpoint: @sensitive routes and opaque tokens "
+            "need one (pass introspection_endpoint= to TokenGuard, or they answer 503)",
+        )
+    else:
+        _url_ok(report, "introspection_endpoint", introspection)
+
+
+def _url_ok(report: Report, name: str, url: str) -> bool:
+    try:
+        check_url(name, url)
+    except ConfigurationError as exc:
+        report.add("error", f"metadata {exc}")
+        return False
+    return True
+
+
+async def _fetch_jwks(report: Report, http: HttpClientPool) -> None:
+    if report.jwks_uri is None:
+        return
+    try:
+        result = await http.get(report.jwks_uri, timeout=_TIMEOUT, max_bytes=_MAX_BYTES)
+        if result.status != 200:
+            raise FetchError(f"GET {report.jwks_uri} answered {result.status}")
+        document = result.json_object(report.jwks_uri)
+    except FetchError as exc:
+        report.add("error", f"the JWKS cannot be had: {exc}")
+        return
+    entries = document.get("keys")
+    if not isinstance(entries, list):
+        report.add("error", "the JWKS is not an object with a 'keys' list (RFC 7517 §5)")
+        return
+    for entry in entries:
+        if isinstance(entry, dict):
+            report.keys.append(_key_row(report, entry))
+        else:
+            report.add("error", "the JWKS holds an entry that is not a JSON object")
+    _check_key_set(report)
+
+
+def _key_row(report: Report, entry: Mapping[str, Any]) -> KeyRow:
+    kid = entry.get("kid") if isinstance(entry.get("kid"), str) else None
+    kty = str(entry.get("kty"))
+    alg = entry.get("alg") if isinstance(entry.get("alg"), str) else None
+    use = entry.get("use") if isinstance(entry.get("use"), str) else None
+    size = _size(entry)
+    name = f"key {kid!r}" if kid is not None else f"a {kty} key without kid"
+    if kid is None:
+        report.add(
+            "error", f"{name}: tokens that name a kid can never select it, and key rotation needs kids (RFC 7517 §4.5)"
+        )
+    if kty == "oct" or (alg or "").startswith("HS"):
+        # RFC 8725 §2.1/§3.1: a symmetric key in a public document invites algorithm confusion.
+        report.add(
+            "error",
+            f"{name}: a symmetric (oct/HS*) key in a public JWKS; whoever reads it can forge "
+            "tokens for any verifier that uses it (tokenguard ignores it)",
+        )
+    leaked = [member for member in _PRIVATE_MEMBERS if member in entry]
+    if leaked and kty != "oct":
+        report.add("error", f"{name}: private key material published ({', '.join(leaked)})")
+    if kty == "RSA" and size.isdigit() and int(size) < 2048:
+        # RFC 7518 §3.3: "A key of size 2048 bits or larger MUST be used with these algorithms."
+        report.add("error", f"{name}: RSA key of {size} bits; at least 2048 are required (tokenguard ignores it)")
+    usable = parse_jwk(dict(entry)) is not None
+    if not usable and use not in (None, "sig") and kty != "oct":
+        report.add("note", f"{name}: use {use!r}, not a signature key (ignored for tokens)")
+    return KeyRow(kid, kty, alg, use, size, usable)
+
+
+def _size(entry: Mapping[str, Any]) -> str:
+    if entry.get("kty") == "RSA" and isinstance(entry.get("n"), str):
+        return str(_b64_bits(entry["n"]))
+    crv = entry.get("crv")
+    return crv if isinstance(crv, str) else "-"
+
+
+def _b64_bits(value: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError:
+        return 0
+    return int.from_bytes(raw, "big").bit_length()
+
+
+def _check_key_set(report: Report) -> None:
+    kids = [row.kid for row in report.keys if row.kid is not None]
+    duplicates = sorted({kid for kid in kids if kids.count(kid) > 1})
+    if duplicates:
+        report.add(
+            "warning",
+            f"several keys share a kid ({', '.join(duplicates)}): RFC 7517 §4.5 wants them distinct within a set",
+        )
+    if not any(row.usable for row in report.keys):
+        report.add("error", "the JWKS has no key tokenguard can verify signatures with")
+
+
+def _skew(headers: Mapping[str, str], now: float) -> float | None:
+    date = next((value for name, value in headers.items() if name.lower() == "date"), None)
+    if date is None:
+        return None
+    try:
+        return parsedate_to_datetime(date).timestamp() - now
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _check_skew(report: Report) -> None:
+    if report.skew is None:
+        report.add("note", "the issuer sent no usable Date header, so the clock skew is unknown")
+    elif abs(report.skew) > _LEEWAY:
+        report.add(
+            "warning",
+            f"the clocks differ by {abs(report.skew):.0f}s, more than tokenguard's default "
+            f"leeway of {_LEEWAY:.0f}s: fresh tokens may be refused as not yet valid or expired",
+        )
+
+
+async def _load_with_tokenguard(report: Report, http_client: HttpClientOption, clock: Callable[[], float]) -> None:
+    """What the middleware itself makes of this issuer: the keys it loads, or why it cannot."""
+    if report.count("error"):
+        return  # the middleware would refuse for a reason already listed
+    try:
+        config = GuardConfig(issuer=report.issuer, audience=(report.audience or _PLACEHOLDER_AUDIENCE,), clock=clock)
+    except ConfigurationError as exc:
+        report.add("error", f"TokenGuard refuses this configuration: {exc}")
+        return
+    authenticator = Authenticator(config, http_client=http_client)
+    try:
+        await authenticator.prefetch()
+        report.loaded_kids = list(authenticator.jwks.status()["kids"])
+    except UnavailableError as exc:
+        report.add("error", f"TokenGuard cannot load the keys: {exc.cause}")
+    finally:
+        await authenticator.aclose()
+
+
+def _check_audience(report: Report) -> None:
+    if report.audience is not None and report.audience == report.issuer:
+        report.add(
+            "warning",
+            "the audience equals the issuer: the audience should name this API, the resource "
+            "server (RFC 9068 §3), so tokens minted for the issuer itself are not accepted here",
+        )
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def exit_code(report: Report) -> int:
+    return 1 if report.count("error") else 0
+
+
+def render_text(out: Printer, report: Report) -> None:
+    out.line(out.style(f"Issuer  {report.issuer}", "bold"))
+    out.line(f"Metadata  {report.metadata_url or '(none found)'}")
+    for name in ("issuer", "jwks_uri", "token_endpoint", "introspection_endpoint", "revocation_endpoint"):
+        value = report.metadata.get(name)
+        if value is not None:
+            out.line(f"  {name:<24}{value}")
+    _render_keys(out, report)
+    out.line()
+    out.line(f"Clock  {_skew_phrase(report.skew)}")
+    if report.loaded_kids is not None:
+        out.line(f"TokenGuard  loads {len(report.loaded_kids)} key(s): {', '.join(report.loaded_kids) or '-'}")
+        if report.audience is not None:
+            out.line(f'  app.add_middleware(TokenGuard, issuer="{report.issuer}", audience="{report.audience}")')
+    _render_problems(out, report)
+
+
+def _render_keys(out: Printer, report: Report) -> None:
+    if report.jwks_uri is None:
+        return
+    out.line()
+    out.line(out.style(f"Keys  {report.jwks_uri} ({len(report.keys)})", "bold"))
+    rows = [
+        [row.kid or "(none)", row.kty, row.alg or "-", row.use or "-", row.size, "yes" if row.usable else "no"]
+        for row in report.keys
+    ]
+    if rows:
+        out.table(["KID", "KTY", "ALG", "USE", "SIZE/CRV", "USABLE"], rows)
+
+
+def _skew_phrase(skew: float | None) -> str:
+    if skew is None:
+        return "unknown (no Date header)"
+    if abs(skew) < 2:
+        return "in step with this machine (within the Date header's 1 s resolution)"
+    direction = "ahead of" if skew > 0 else "behind"
+    return f"the issuer is {math.floor(abs(skew))}s {direction} this machine (from its Date header)"
+
+
+def _render_problems(out: Printer, report: Report) -> None:
+    out.line()
+    colors = {"error": "red", "warning": "yellow", "note": "dim"}
+    for problem in report.problems:
+        out.line(f"  {out.style(f'{problem.severity:<7}', colors[problem.severity])}  {problem.message}")
+    errors, warnings = report.count("error"), report.count("warning")
+    verdict = out.style("FAIL", "bold", "red") if errors else out.style("OK", "bold", "green")
+    out.line(f"{verdict}  {errors} error(s), {warnings} warning(s)")
+
+
+def as_json(report: Report) -> dict[str, Any]:
+    return {
+        "issuer": report.issuer,
+        "audience": report.audience,
+        "ok": not report.count("error"),
+        "metadata_url": report.metadata_url,
+        "metadata": report.metadata or None,
+        "jwks_uri": report.jwks_uri,
+        "keys": [
+            {"kid": r.kid, "kty": r.kty, "alg": r.alg, "use": r.use, "size": r.size, "usable": r.usable}
+            for r in report.keys
+        ],
+        "clock_skew_seconds": report.skew,
+        "tokenguard_kids": report.loaded_kids,
+        "problems": [{"severity": p.severity, "message": p.message} for p in report.problems],
+    }
