@@ -54,7 +54,7 @@ def create_app(*, issuer: str, audience: str, **guard_options: Any) -> FastAPI:
 
 app = create_app(
     issuer=os.environ.get("TOKENGUARD_ISSUER", "http://127.0.0.1:9000"),
-    audience=os.environ.get("TOKENGUARD_AUDIENCE", "https://photos.example"),
-    client_id=os.environ.get("TOKENGUARD_CLIENT_ID", "photos-api"),
-    client_secret=os.environ.get("TOKENGUARD_CLIENT_SECRET", "photos-api-secret"),
+    audience=os.environ.get("TOKENGUARD_AUDIENCE", "https://api.tokenguard.test"),
+    client_id=os.environ.get("TOKENGUARD_CLIENT_ID", "dev-api"),
+    client_secret=os.environ.get("TOKENGUARD_CLIENT_SECRET", "dev-api-secret"),
 )

@@ -26,6 +26,7 @@ def main(
     keys: str | None,
     allow_remote: bool,
     issuer: str | None = None,
+    scopes: tuple[str, ...] = (),
 ) -> int:
     """Serve until interrupted; refuse a non-loopback host unless ``allow_remote``."""
     _check_host(host, allow_remote)
@@ -39,6 +40,8 @@ def main(
     sock = _bind(host, port)
     try:
         idp = _build(host, sock.getsockname()[1], keys, issuer)
+        if scopes:
+            idp.add_scopes(*scopes)
         _describe(out, idp, origin, listen=_url(host, sock.getsockname()[1]))
         out.stream.flush()
         server = idp.server(log_level="info")

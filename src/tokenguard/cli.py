@@ -78,9 +78,20 @@ def _add_dev_idp(commands: Any) -> None:
         "--issuer", help="issuer URL to advertise (default http://HOST:PORT; https:// when a TLS proxy fronts it)"
     )
     dev.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        metavar="SCOPE",
+        help="a scope clients may ask for, in addition to read/write/admin and the examples' scopes (repeatable)",
+    )
+    dev.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --host (never do this on a shared network)"
     )
     dev.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+
+
+#: The scopes the shipped examples declare, so ``tokenguard dev-idp`` can grant them out of the box.
+EXAMPLE_SCOPES = ("read:photos", "write:photos", "write:transfers")
 
 
 def _add_inspect(commands: Any) -> None:
@@ -192,6 +203,7 @@ def _cmd_dev_idp(args: argparse.Namespace, http_client: HttpClientOption, clock:
 
     return dev_idp.main(
         _printer(args),
+        scopes=(*EXAMPLE_SCOPES, *(args.scopes or ())),
         host=args.host,
         port=args.port,
         keys=args.keys,
