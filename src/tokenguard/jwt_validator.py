@@ -8,7 +8,6 @@ algorithms; claims are checked here, in the order that keeps an attacker from ma
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -16,12 +15,10 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import jwt
-from cachetools import LRUCache
-
+from tokenguard._lru import LRU
+from tokenguard._signatures import verifier
 from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
 from tokenguard.jwks import JWKSCache, KeySet
@@ -38,16 +35,29 @@ _CANONICAL_LAST = {
 }
 _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _RFC9068_TYP = frozenset({"at+jwt", "application/at+jwt"})
-_ALGORITHMS = jwt.algorithms.get_default_algorithms()
 
 
-def _b64decode(segment: str) -> bytes:
+_B64URL_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = (b"", b"", b"==", b"=")
+_CANONICAL_LAST_BYTES = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
+
+
+def _b64decode(segment: str | bytes) -> bytes:
     """Strict base64url: rejects padding, stray characters and non-canonical trailing bits."""
-    remainder = len(segment) % 4
-    if remainder == 1 or (remainder and segment[-1] not in _CANONICAL_LAST[remainder]):
+    raw = segment.encode("ascii", "replace") if isinstance(segment, str) else segment
+    if _B64URL_SEGMENT.fullmatch(raw) is None:
+        raise InvalidToken("malformed_token", "The access token is malformed.")
+    return _b64decode_checked(raw)
+
+
+def _b64decode_checked(raw: bytes) -> bytes:
+    """``_b64decode`` for a segment whose alphabet is already checked (the compact-JWS match)."""
+    remainder = len(raw) % 4
+    if remainder == 1 or (remainder and raw[-1] not in _CANONICAL_LAST_BYTES[remainder]):
         raise InvalidToken("malformed_token", "The access token is malformed.")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return binascii.a2b_base64(raw.translate(_TO_STANDARD) + _PADDING[remainder])
     except (binascii.Error, ValueError) as exc:
         raise InvalidToken("malformed_token", "The access token is malformed.") from exc
 
@@ -92,11 +102,43 @@ _DECODER = json.JSONDecoder(
     parse_int=_finite_int,
     parse_constant=_reject_constant,
 )
+# The same, without the per-integer hook: tokens carry many integers and the hook costs a Python
+# call each. Python's own limit (sys.get_int_max_str_digits, 4300 digits) bounds the parsing work;
+# numbers the validator uses go through ``_number``, which refuses what no double can hold.
+_FAST_DECODER = json.JSONDecoder(
+    object_pairs_hook=_strict_object,
+    parse_float=_finite_float,
+    parse_constant=_reject_constant,
+)
+
+
+#: RFC 8259 §9: "An implementation may set limits on the maximum depth of nesting." Real claim sets
+#: nest a few levels; a fixed limit gives the same answer on every Python, whose own limit differs
+#: (3.13 parses 6000 levels that 3.11 refuses), and keeps out structures deep enough to overflow the
+#: stack of the app's own code (e.g. json.dumps of request.auth.claims).
+_MAX_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str) -> bool:
+    """True when ``text`` opens more than ``_MAX_DEPTH`` arrays/objects at once (strings skipped)."""
+    if text.count("[") + text.count("{") <= _MAX_DEPTH:
+        return False  # the common case, decided without scanning
+    depth = 0
+    for bracket in _BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > _MAX_DEPTH:
+            return True
+    return False
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
-        value = _DECODER.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        if _too_deep(text):
+            raise ValueError("nested too deeply")
+        value = _FAST_DECODER.decode(text)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise InvalidToken("malformed_token", "The access token is malformed.") from exc
     if not isinstance(value, dict):
@@ -116,26 +158,30 @@ def classify(token: str) -> TokenKind:
     return "jwe"
 
 
-@dataclass(frozen=True)
 class ParsedJWS:
     """A compact JWS split and decoded, not yet trusted."""
 
-    header: dict[str, Any]
-    claims: dict[str, Any]
-    signing_input: bytes
-    signature: bytes
+    __slots__ = ("claims", "header", "signature", "signing_input")
+
+    def __init__(self, header: dict[str, Any], claims: dict[str, Any], signing_input: bytes, signature: bytes) -> None:
+        self.header = header
+        self.claims = claims
+        self.signing_input = signing_input
+        self.signature = signature
 
 
 def parse_jws(token: str) -> ParsedJWS:
     """Split and decode a compact JWS strictly (RFC 7515 §7.1)."""
     if _COMPACT_JWS.fullmatch(token) is None:
         raise InvalidToken("malformed_token", "The access token is malformed.")
-    head, body, signature = token.split(".")
+    raw = token.encode("ascii")
+    first = raw.index(b".")
+    second = raw.index(b".", first + 1)
     return ParsedJWS(
-        header=_json_object(_b64decode(head)),
-        claims=_json_object(_b64decode(body)),
-        signing_input=f"{head}.{body}".encode("ascii"),
-        signature=_b64decode(signature),
+        _json_object(_b64decode_checked(raw[:first])),
+        _json_object(_b64decode_checked(raw[first + 1 : second])),
+        raw[:second],
+        _b64decode_checked(raw[second + 1 :]),
     )
 
 
@@ -222,6 +268,18 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+class _NeedsKeys:
+    """A token whose header and claims passed, waiting for keys to check its signature."""
+
+    __slots__ = ("alg", "digest", "kid", "parsed")
+
+    def __init__(self, parsed: ParsedJWS, alg: str, kid: str | None, digest: bytes) -> None:
+        self.parsed = parsed
+        self.alg = alg
+        self.kid = kid
+        self.digest = digest
+
+
 class JWTValidator:
     """Validates JWT access tokens of one issuer against its cached JWKS."""
 
@@ -232,13 +290,22 @@ class JWTValidator:
         self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
         # digest -> (token, its own copy of exp/nbf/iat): an app that mutates ``token.claims`` cannot
         # stretch the life of a cached token.
-        self._verified: LRUCache[bytes, tuple[AccessToken, dict[str, Any]]] | None = (
-            LRUCache(maxsize=config.verified_cache_size) if config.verified_cache_size else None
+        self._verified: LRU[bytes, tuple[AccessToken, dict[str, Any]]] | None = (
+            LRU(config.verified_cache_size) if config.verified_cache_size else None
         )
         jwks.subscribe(self._forget_keys)
 
     async def validate(self, token: str) -> AccessToken:
         """Return the validated token, or raise ``InvalidToken`` / ``KeysUnavailable``."""
+        result = self.validate_nowait(token)
+        if isinstance(result, AccessToken):
+            return result
+        # The keys must be fetched first (cold cache, unknown kid): the only path that awaits.
+        keys = await self._keys_for(result.kid)
+        return self._finish(result, keys)
+
+    def validate_nowait(self, token: str) -> AccessToken | _NeedsKeys:
+        """Validate without awaiting when the cache or the current keys allow; else say what is missing."""
         digest = token_digest(token) if self._verified is not None else b""
         cached = self._verified.get(digest) if self._verified is not None else None
         if cached is not None:
@@ -248,13 +315,23 @@ class JWTValidator:
         parsed = parse_jws(token)
         alg, kid = self._check_header(parsed.header)
         self._check_issuer_and_lifetime(parsed.claims)
-        key_id = await self._verify_signature(parsed, alg, kid)
+        pending = _NeedsKeys(parsed, alg, kid, digest)
+        if alg in HMAC_ALGORITHMS:
+            return self._finish(pending, None)
+        keys = self._jwks.current()
+        if keys is None or (kid is not None and not keys.knows(kid)):
+            return pending
+        return self._finish(pending, keys)
+
+    def _finish(self, pending: _NeedsKeys, keys: KeySet | None) -> AccessToken:
+        parsed = pending.parsed
+        key_id = self._verify_signature(parsed, pending.alg, pending.kid, keys)
         access_token = self._access_token(parsed.claims, key_id)
         if self._verified is not None:
             lifetime: dict[str, Any] = {
                 name: parsed.claims[name] for name in ("exp", "nbf", "iat") if name in parsed.claims
             }
-            self._verified[digest] = (access_token, lifetime)
+            self._verified[pending.digest] = (access_token, lifetime)
         return access_token
 
     @property
@@ -292,14 +369,13 @@ class JWTValidator:
             raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
         check_lifetime(claims, self._config.clock(), self._config.leeway, require_exp=True)
 
-    async def _verify_signature(self, parsed: ParsedJWS, alg: str, kid: str | None) -> str | None:
+    def _verify_signature(self, parsed: ParsedJWS, alg: str, kid: str | None, keys: KeySet | None) -> str | None:
         """Check the signature; return the ``kid`` of the JWKS key that verified it (None for HMAC)."""
-        algorithm = _ALGORITHMS[alg]
         if alg in HMAC_ALGORITHMS:
             assert self._config.shared_secret is not None  # config refuses HS* without a secret
             candidates: tuple[tuple[str | None, Any], ...] = ((None, self._config.shared_secret),)
         else:
-            keys = await self._keys_for(kid)
+            assert keys is not None
             matching = keys.candidates(kid, alg)
             if not matching:
                 # The key the token names cannot do this alg (RFC 8725 §3.1: alg/key confusion).
@@ -307,7 +383,7 @@ class JWTValidator:
             candidates = tuple((key.kid, key.key) for key in matching)
         for key_id, key in candidates:
             try:
-                if algorithm.verify(parsed.signing_input, key, parsed.signature):
+                if verifier(alg, key)(parsed.signing_input, parsed.signature):
                     # A token without "kid" is remembered under the key that verified it, so removing
                     # that key from the JWKS also drops the token from the verified cache.
                     return key_id
