@@ -15,9 +15,11 @@ EXPECTED = [
     "AuthError",
     "ConfigurationError",
     "InsufficientScope",
+    "InsufficientUserAuthentication",
     "InvalidRequest",
     "InvalidToken",
     "MissingToken",
+    "RequestContext",
     "Requirement",
     "Rule",
     "TokenCredentials",
@@ -27,11 +29,13 @@ EXPECTED = [
     "UnavailableError",
     "public",
     "require_any_scope",
+    "require_auth_level",
+    "require_authorization_details",
     "require_scopes",
     "sensitive",
 ]
 
-FASTAPI_EXPECTED = ["bearer_scheme", "current_token", "require", "scopes"]
+FASTAPI_EXPECTED = ["bearer_scheme", "current_token", "install_openapi", "require", "scopes"]
 
 
 def test_all_is_exactly_the_public_names() -> None:

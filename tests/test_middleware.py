@@ -35,6 +35,7 @@ from tokenguard import TokenCredentials, TokenGuard, TokenUser, public, require_
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
 REALM = AUDIENCE  # the default realm is the first audience
+METADATA = f"{AUDIENCE}/.well-known/oauth-protected-resource"  # RFC 9728 §3.1, named in every challenge
 
 
 @pytest.fixture
@@ -194,7 +195,8 @@ def test_undecorated_route_needs_a_token(client: TestClient) -> None:
     """A route without marks is refused without a token: secure by default."""
     response = client.get("/plain")
     assert response.status_code == 401
-    assert challenge_of(response) == f'Bearer realm="{REALM}"'
+    # RFC 9728 §5.1 (issue 7): even the bare challenge names the resource metadata.
+    assert challenge_of(response) == f'Bearer realm="{REALM}", resource_metadata="{METADATA}"'
 
 
 def test_undecorated_route_accepts_a_valid_token(client: TestClient, idp: Issuer) -> None:
@@ -530,7 +532,7 @@ def test_wrong_audience_is_401(client: TestClient, idp: Issuer) -> None:
 def test_custom_realm_is_used_in_every_challenge(idp: Issuer, clock: FakeClock) -> None:
     """``realm=`` replaces the default realm in WWW-Authenticate."""
     client = TestClient(make_app(clock, realm="photos"))
-    assert client.get("/me").headers["www-authenticate"] == 'Bearer realm="photos"'
+    assert client.get("/me").headers["www-authenticate"] == f'Bearer realm="photos", resource_metadata="{METADATA}"'
 
 
 def _segment(obj: Any) -> str:

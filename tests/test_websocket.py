@@ -124,7 +124,9 @@ def test_missing_token_is_refused_with_a_401_denial(client: TestClient) -> None:
     """No token on an undecorated socket: a 401 denial response with a bare challenge."""
     response = denial(client, "/ws")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}"'
+    # RFC 9728 §5.1 (issue 7): the bare challenge names the resource metadata.
+    metadata = f"{AUDIENCE}/.well-known/oauth-protected-resource"
+    assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}", resource_metadata="{metadata}"'
     assert response.json() == {"error_description": "A bearer access token is required."}
 
 

@@ -4,6 +4,7 @@ from tokenguard.errors import (
     AuthError,
     ConfigurationError,
     InsufficientScope,
+    InsufficientUserAuthentication,
     InvalidRequest,
     InvalidToken,
     MissingToken,
@@ -12,7 +13,17 @@ from tokenguard.errors import (
 )
 from tokenguard.middleware import TokenCredentials, TokenGuard, TokenUser
 from tokenguard.models import AccessToken
-from tokenguard.policy import Requirement, Rule, public, require_any_scope, require_scopes, sensitive
+from tokenguard.policy import (
+    RequestContext,
+    Requirement,
+    Rule,
+    public,
+    require_any_scope,
+    require_auth_level,
+    require_authorization_details,
+    require_scopes,
+    sensitive,
+)
 
 __version__ = "0.1.0"
 
@@ -21,9 +32,11 @@ __all__ = [
     "AuthError",
     "ConfigurationError",
     "InsufficientScope",
+    "InsufficientUserAuthentication",
     "InvalidRequest",
     "InvalidToken",
     "MissingToken",
+    "RequestContext",
     "Requirement",
     "Rule",
     "TokenCredentials",
@@ -33,6 +46,8 @@ __all__ = [
     "UnavailableError",
     "public",
     "require_any_scope",
+    "require_auth_level",
+    "require_authorization_details",
     "require_scopes",
     "sensitive",
 ]

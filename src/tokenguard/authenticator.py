@@ -1,13 +1,17 @@
-"""The core pipeline for one request: extract → validate locally → introspect? → check scopes.
+"""The core pipeline for one request: extract → validate locally → introspect? → check the route's needs.
 
 Framework-free: it takes the raw ASGI header list and a ``Requirement``, and returns an
 ``AccessToken`` or raises an ``AuthError`` / ``UnavailableError`` that ``challenge`` renders.
+
+``Authenticator`` serves one issuer. ``MultiIssuerAuthenticator`` serves several: each issuer keeps
+its own ``Authenticator`` (discovery, JWKS cache, introspection endpoint), and a JWT's ``iss`` picks
+which one validates it before any key is looked up.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tokenguard._http import HttpClientOption, HttpClientPool
@@ -16,7 +20,7 @@ from tokenguard.errors import IntrospectionUnavailable, InvalidToken, Unavailabl
 from tokenguard.extract import extract_bearer
 from tokenguard.introspection import Introspector
 from tokenguard.jwks import IssuerMetadata, JWKSCache
-from tokenguard.jwt_validator import JWTValidator, classify
+from tokenguard.jwt_validator import JWTValidator, classify, parse_jws
 from tokenguard.models import AccessToken
 from tokenguard.policy import Requirement
 
@@ -26,9 +30,12 @@ logger = logging.getLogger("tokenguard")
 class Authenticator:
     """Decides whether the bearer token of one request satisfies a route's requirement."""
 
-    def __init__(self, config: GuardConfig, *, http_client: HttpClientOption = None) -> None:
+    def __init__(
+        self, config: GuardConfig, *, http_client: HttpClientOption = None, http: HttpClientPool | None = None
+    ) -> None:
         self.config = config
-        self.http = HttpClientPool(http_client, timeout=config.http_timeout)
+        # ``http``: a pool shared with the other issuers of a MultiIssuerAuthenticator.
+        self.http = http if http is not None else HttpClientPool(http_client, timeout=config.http_timeout)
         self.metadata = IssuerMetadata(config, self.http)
         self.jwks = JWKSCache(config, self.http, self.metadata)
         self.validator = JWTValidator(config, self.jwks)
@@ -45,7 +52,7 @@ class Authenticator:
         token = extract_bearer(headers, self.config.max_token_bytes)
         access_token = await self.validate(token, sensitive=requirement.sensitive)
         # Scopes are looked at only now, after the token is fully validated: a forgery gets 401, not 403.
-        requirement.check_scopes(access_token)
+        requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
         return access_token
 
     async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
@@ -64,13 +71,14 @@ class Authenticator:
 
     async def _opaque(self, token: str, *, sensitive: bool) -> AccessToken:
         """RFC 7662 §1: an opaque token means something only to its issuer, so only it can tell."""
-        if not sensitive and not await self._can_introspect():
+        if not sensitive and not await self.can_introspect():
             # Nothing can check it here: refused as a token we do not understand (DESIGN.md §2.4).
             raise InvalidToken("opaque_not_supported", "The access token is not a JWT.")
         # On a sensitive route a missing setting is the route's fault: 503 naming it, never a 401.
         return await self.introspector.introspect(token)
 
-    async def _can_introspect(self) -> bool:
+    async def can_introspect(self) -> bool:
+        """Credentials are set and an introspection endpoint is known (configured or in the metadata)."""
         options = self.config.introspection
         if not options.has_credentials:
             return False
@@ -107,6 +115,18 @@ class Authenticator:
         """Warm the issuer metadata and JWKS (at startup), so the first request waits for nothing."""
         await self.jwks.prefetch()
 
+    def warm(self) -> None:
+        """Start a background key fetch when the keys are missing or due."""
+        self.jwks.warm()
+
+    def usable(self) -> bool:
+        """Keys are usable now, without waiting on the issuer."""
+        return bool(self.jwks.status()["usable"])
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        return (self.config.issuer,)
+
     def status(self) -> dict[str, Any]:
         """A plain snapshot for health endpoints and metrics."""
         breaker = self.introspector.breaker
@@ -125,3 +145,110 @@ class Authenticator:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+_BREAKER_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class MultiIssuerAuthenticator:
+    """Several trusted issuers, each with its own ``Authenticator``; one HTTP client pool for all.
+
+    A JWT's ``iss``, read from the strictly parsed but unverified payload, picks the issuer before
+    any key is looked up: a token naming an issuer not configured is refused (401 ``wrong_issuer``)
+    without a network call, and a token is only ever checked against its own issuer's keys, even
+    when two issuers publish the same ``kid``. An opaque token carries no issuer: it goes to the
+    first issuer, in the configured order, that can introspect, and to no other (a token is never
+    shown to more than one issuer).
+    """
+
+    def __init__(self, configs: Sequence[GuardConfig], *, http_client: HttpClientOption = None) -> None:
+        if not configs:
+            raise ValueError("MultiIssuerAuthenticator needs at least one configuration")
+        self.config = configs[0]
+        self.http = HttpClientPool(http_client, timeout=self.config.http_timeout)
+        self.by_issuer: dict[str, Authenticator] = {
+            config.issuer: Authenticator(config, http=self.http) for config in configs
+        }
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        return tuple(self.by_issuer)
+
+    async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement) -> AccessToken:
+        token = extract_bearer(headers, self.config.max_token_bytes)
+        access_token = await self.validate(token, sensitive=requirement.sensitive)
+        requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
+        return access_token
+
+    async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
+        kind = classify(token)
+        if kind == "jws":
+            return await self._issuer_of(token).validate(token, sensitive=sensitive)
+        if kind == "opaque":
+            return await (await self._introspecting()).validate(token, sensitive=sensitive)
+        raise InvalidToken("unsupported_token", "Encrypted or malformed JOSE tokens are not accepted.")
+
+    def _issuer_of(self, token: str) -> Authenticator:
+        # RFC 8725 §3.8 / RFC 9068 §4: the issuer is matched exactly; the unverified "iss" only
+        # chooses whose keys to try, and that issuer's validator checks it again with the signature.
+        issuer = parse_jws(token).claims.get("iss")
+        authenticator = self.by_issuer.get(issuer) if isinstance(issuer, str) else None
+        if authenticator is None:
+            raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+        return authenticator
+
+    async def _introspecting(self) -> Authenticator:
+        for authenticator in self.by_issuer.values():
+            if await authenticator.can_introspect():
+                return authenticator
+        # None can: the first one answers (401 opaque_not_supported, or a 503 naming the setting).
+        return self.by_issuer[self.config.issuer]
+
+    def introspection_problem(self) -> str | None:
+        return next((p for a in self.by_issuer.values() if (p := a.introspection_problem()) is not None), None)
+
+    async def check_introspection(self) -> str | None:
+        problems = [await authenticator.check_introspection() for authenticator in self.by_issuer.values()]
+        return next((problem for problem in problems if problem is not None), None)
+
+    async def prefetch(self) -> None:
+        for authenticator in self.by_issuer.values():
+            await authenticator.prefetch()
+
+    def warm(self) -> None:
+        for authenticator in self.by_issuer.values():
+            authenticator.warm()
+
+    def usable(self) -> bool:
+        """The keys of every issuer are usable now."""
+        return all(authenticator.usable() for authenticator in self.by_issuer.values())
+
+    def status(self) -> dict[str, Any]:
+        """Per issuer under ``issuers``; the top level sums them (usable only when all are)."""
+        per = {issuer: authenticator.status() for issuer, authenticator in self.by_issuer.items()}
+        jwks = [status["jwks"] for status in per.values()]
+        introspection = [status["introspection"] for status in per.values()]
+        breakers = [item["breaker"] for item in introspection]
+        return {
+            "issuer": list(per),
+            "issuers": per,
+            "jwks": {
+                "keys": sum(item["keys"] for item in jwks),
+                "fresh": all(item["fresh"] for item in jwks),
+                "stale": any(item["stale"] for item in jwks),
+                "usable": all(item["usable"] for item in jwks),
+                "fetches": sum(item["fetches"] for item in jwks),
+                "failures": sum(item["failures"] for item in jwks),
+            },
+            "verified_cache_entries": sum(status["verified_cache_entries"] for status in per.values()),
+            "introspection": {
+                **{name: sum(item[name] for item in introspection) for name in _INTROSPECTION_COUNTS},
+                "breaker": max(breakers, key=lambda state: _BREAKER_SEVERITY.get(state, 0)),
+            },
+        }
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+_INTROSPECTION_COUNTS = ("calls", "cache_hits", "cache_misses", "cache_entries")

@@ -67,6 +67,21 @@ def check_url(name: str, url: str) -> str:
     return url
 
 
+def issuer_list(issuer: str | Sequence[str]) -> tuple[str, ...]:
+    """``issuer=`` as a tuple: one issuer identifier, or a non-empty list of distinct ones.
+
+    Each identifier is checked when its ``GuardConfig`` is built; here only the shape is.
+    """
+    if isinstance(issuer, str):
+        return (issuer,)
+    if not isinstance(issuer, Sequence) or not issuer or not all(isinstance(item, str) for item in issuer):
+        raise ConfigurationError("issuer must be an issuer URL or a non-empty list of issuer URLs")
+    issuers = tuple(issuer)
+    if len(set(issuers)) != len(issuers):
+        raise ConfigurationError(f"issuer lists the same issuer more than once: {list(issuers)}")
+    return issuers
+
+
 def _as_tuple(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
     items = (value,) if isinstance(value, str) else tuple(value)
     if not items or not all(isinstance(item, str) and item for item in items):
@@ -161,6 +176,8 @@ class GuardConfig:
     shared_secret: bytes | None = field(default=None, repr=False)
     strict_rfc9068: bool = False
     max_token_bytes: int = 16 * 1024
+    #: The largest request body read to check ``authorization_details`` against (RFC 9396).
+    max_body_bytes: int = 64 * 1024
     realm: str | None = None
     default: DefaultPolicy = "authenticated"
     http_timeout: float = 5.0
@@ -183,6 +200,7 @@ class GuardConfig:
         if self.leeway > 600:
             raise ConfigurationError(f"leeway must be at most 600 seconds, got {self.leeway!r}")
         _count("max_token_bytes", self.max_token_bytes)
+        _count("max_body_bytes", self.max_body_bytes)
         _positive("http_timeout", self.http_timeout)
         _count("retry_after", self.retry_after)
         _count("verified_cache_size", self.verified_cache_size, allow_zero=True)

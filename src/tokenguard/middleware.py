@@ -3,20 +3,27 @@
 Shape after Starlette's own authentication middleware: pass other scope types through first,
 answer a refusal with one ASGI response and return, put the results in ``scope``. Never
 ``BaseHTTPMiddleware``: it skips WebSockets and breaks contextvars.
+
+It also serves the RFC 9728 protected resource metadata document (public, no token) and names its
+URL in every challenge, and, for routes with ``authorization_details`` guards, builds the request
+context the checks see: path parameters, query, and on ``@sensitive`` routes the JSON body, read
+once (size-capped) and replayed to the endpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenguard._http import HttpClientOption
-from tokenguard.authenticator import Authenticator
+from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
 from tokenguard.challenge import Denial, render
 from tokenguard.config import (
     DEFAULT_ALGORITHMS,
@@ -25,11 +32,13 @@ from tokenguard.config import (
     GuardConfig,
     IntrospectionOptions,
     JWKSOptions,
+    issuer_list,
 )
-from tokenguard.errors import ConfigurationError, TokenGuardError, UnavailableError
+from tokenguard.errors import ConfigurationError, InvalidRequest, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionEvent, DecisionHook, Metrics, Outcome, emit, subject_hash
 from tokenguard.models import AccessToken
-from tokenguard.policy import AUTHENTICATED, PUBLIC, Rule
+from tokenguard.policy import AUTHENTICATED, PUBLIC, RequestContext, Requirement, Rule, parse_json_body
+from tokenguard.resource_metadata import CACHE_CONTROL, ResourceMetadata, build_resource_metadata
 from tokenguard.routing import RouteDecision, RouteResolver, declared_requirements
 
 logger = logging.getLogger("tokenguard")
@@ -91,13 +100,20 @@ class TokenGuard:
 
     ``app.add_middleware(TokenGuard, issuer=..., audience=...)`` is all an app needs: keys come
     from the issuer's metadata (RFC 8414, then OpenID discovery). See README for every option.
+
+    ``issuer`` may list several issuers: each gets its own discovery, JWKS cache and introspection
+    endpoint (``client_id``/``client_secret`` are shared), and a JWT's ``iss`` picks its issuer
+    before any key is looked up. ``jwks_uri``, ``introspection_endpoint`` and ``shared_secret`` name
+    one issuer's endpoints or keys, so they need a single issuer. ``resource_metadata`` (on by
+    default) serves RFC 9728 metadata for ``resource`` (default: the first https audience);
+    ``False`` turns it off, a dict adds members such as ``resource_name``.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        issuer: str,
+        issuer: str | Sequence[str],
         audience: str | Sequence[str],
         jwks_uri: str | None = None,
         introspection_endpoint: str | None = None,
@@ -131,11 +147,23 @@ class TokenGuard:
         route_cache_size: int = 4096,
         prefetch: bool = False,
         on_decision: DecisionHook | Sequence[DecisionHook] | None = None,
+        resource: str | None = None,
+        resource_metadata: bool | Mapping[str, Any] = True,
+        max_body_bytes: int = 64 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
+        issuers = issuer_list(issuer)
+        if len(issuers) > 1:
+            for name, value in (
+                ("jwks_uri", jwks_uri),
+                ("introspection_endpoint", introspection_endpoint),
+                ("shared_secret", shared_secret),
+            ):
+                if value is not None:
+                    raise ConfigurationError(f"{name} belongs to one issuer and cannot be used with several issuers")
         self.config = GuardConfig(
-            issuer=issuer,
+            issuer=issuers[0],
             audience=audience if isinstance(audience, str) else tuple(audience),  # type: ignore[arg-type]
             jwks_uri=jwks_uri,
             algorithms=tuple(algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
@@ -143,6 +171,7 @@ class TokenGuard:
             shared_secret=shared_secret,
             strict_rfc9068=strict_rfc9068,
             max_token_bytes=max_token_bytes,
+            max_body_bytes=max_body_bytes,
             realm=realm,
             default=default,
             http_timeout=http_timeout,
@@ -170,7 +199,18 @@ class TokenGuard:
             ),
             clock=clock,
         )
-        self.authenticator = Authenticator(self.config, http_client=http_client)
+        self.configs = (self.config, *(dataclasses.replace(self.config, issuer=other) for other in issuers[1:]))
+        # One issuer: the Authenticator is called directly, with no dispatch in between.
+        self.authenticator: Authenticator | MultiIssuerAuthenticator = (
+            Authenticator(self.config, http_client=http_client)
+            if len(issuers) == 1
+            else MultiIssuerAuthenticator(self.configs, http_client=http_client)
+        )
+        self.resource_metadata: ResourceMetadata | None = build_resource_metadata(
+            resource_metadata, resource=resource, audience=self.config.audience, issuers=issuers
+        )
+        self._metadata_url = self.resource_metadata.url if self.resource_metadata is not None else None
+        self._metadata_paths = frozenset(self.resource_metadata.paths) if self.resource_metadata else frozenset()
         default_requirement = PUBLIC if default == "public" else AUTHENTICATED
         self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=route_cache_size)
         self._prefetch = prefetch
@@ -194,6 +234,9 @@ class TokenGuard:
             return
         scope["tokenguard"] = self
         started = time.perf_counter()
+        if scope["type"] == "http" and scope["path"] in self._metadata_paths:
+            await self._serve_metadata(scope, send, started)
+            return
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused; like a public
         # route it goes on as anonymous, so an OPTIONS handler behind it never sees a user.
         decision = RouteDecision(PUBLIC, None) if _is_preflight(scope) else self.resolver.decide(scope, self.app)
@@ -205,8 +248,10 @@ class TokenGuard:
             return
         try:
             token = await self.authenticator.authenticate(scope.get("headers", ()), requirement)
+            if requirement.details:
+                receive = await self._check_details(scope, receive, decision, token)
         except TokenGuardError as exc:
-            denial = render(exc, realm=self._realm)
+            denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
             self._decided(scope, decision, started, outcome, exc.reason, denial.status, None)
             await _send_denial(scope, receive, send, denial)
@@ -220,6 +265,61 @@ class TokenGuard:
         scope["auth"], scope["user"] = TokenCredentials(token), TokenUser(token)
         self._decided(scope, decision, started, "allow", "ok", 200, token)
         await self.app(scope, receive, send)
+
+    async def _check_details(
+        self, scope: Scope, receive: Receive, decision: RouteDecision, token: AccessToken
+    ) -> Receive:
+        """Run the route's ``authorization_details`` checks; return the ``receive`` the app must use.
+
+        The body is read only when the checks may look at it (``@sensitive`` routes), and only after
+        the token passed every other check, so an anonymous client cannot make us buffer anything.
+        """
+        requirement = decision.requirement
+        body: Any = None
+        if requirement.needs_body and scope["type"] == "http":
+            data, receive = await _read_body(scope, receive, self.config.max_body_bytes)
+            body = parse_json_body(data)
+        query = QueryParams(scope.get("query_string", b""))
+        context = RequestContext(
+            method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
+            path=scope["path"],
+            token=token,
+            path_params=decision.path_params,
+            query=dict(query),
+            query_items=tuple(query.multi_items()),
+            body=body,
+        )
+        await requirement.check_authorization_details(token, context)
+        return receive
+
+    async def _serve_metadata(self, scope: Scope, send: Send, started: float) -> None:
+        """RFC 9728 §3.2: the metadata as JSON, to anyone (no token), cacheable."""
+        assert self.resource_metadata is not None
+        decision = RouteDecision(PUBLIC, scope["path"])
+        if scope.get("method") not in ("GET", "HEAD"):
+            self._decided(scope, decision, started, "deny", "public", 405, None)
+            headers = [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 405, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        requirements = [*declared_requirements(scope.get("app") or self.app), *self._rule_requirements()]
+        body = self.resource_metadata.body(
+            (name for requirement in requirements for name in requirement.required_scopes),
+            (name for requirement in requirements for name in requirement.details_types),
+        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"cache-control", CACHE_CONTROL.encode("ascii")),
+            # Public data: a browser-based client on another origin may read it.
+            (b"access-control-allow-origin", b"*"),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ]
+        self._decided(scope, decision, started, "allow", "public", 200, None)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body if scope.get("method") == "GET" else b""})
+
+    def _rule_requirements(self) -> list[Requirement]:
+        return [rule.requirement for rule in self.resolver.rules]
 
     def _decided(
         self,
@@ -256,6 +356,15 @@ class TokenGuard:
     def realm(self) -> str:
         return self._realm
 
+    @property
+    def resource_metadata_url(self) -> str | None:
+        """The RFC 9728 metadata URL named in challenges (``resource_metadata=``), or ``None`` when off."""
+        return self._metadata_url
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        return tuple(config.issuer for config in self.configs)
+
     def status(self) -> dict[str, Any]:
         """A snapshot for health endpoints: keys known, last fetch, stale or not, caches, breaker."""
         snapshot = self.authenticator.status()
@@ -279,13 +388,13 @@ class TokenGuard:
         }
 
     def ready(self) -> bool:
-        """True when keys are usable now, without waiting on the issuer.
+        """True when keys are usable now (those of every issuer), without waiting on the issuer.
 
         Called from a running app (a health endpoint), it also starts a background fetch when the keys
         are missing or due, so a process idle past the stale period becomes ready again by itself.
         """
-        self.authenticator.jwks.warm()
-        return bool(self.authenticator.jwks.status()["usable"])
+        self.authenticator.warm()
+        return self.authenticator.usable()
 
     async def _startup(self, app: Any) -> None:
         """Warm the keys when asked, and report at once a sensitive route that cannot be introspected."""
@@ -311,6 +420,38 @@ class TokenGuard:
             return message
 
         return wrapped
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive]:
+    """Read the whole body (at most ``limit`` bytes) and return it with a ``receive`` that replays it."""
+    declared = next((value for name, value in scope.get("headers", ()) if name.lower() == b"content-length"), b"")
+    if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        # Refused before reading a byte: the announced size alone is over the cap.
+        raise InvalidRequest("bad_request_body", "The request body is too large.")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise InvalidRequest("bad_request_body", "The request body was not received completely.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest("bad_request_body", "The request body is too large.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    data = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": data, "more_body": False}
+        return await receive()  # after the body: http.disconnect, when the client goes
+
+    return data, replay
 
 
 async def _send_denial(scope: Scope, receive: Receive, send: Send, denial: Denial) -> None:

@@ -1,45 +1,181 @@
-"""What a route requires: the decorators, ``Rule``, and the scope check.
+"""What a route requires: the decorators, ``Rule``, and the checks a token must pass.
 
 The decorators mark the function (an attribute) and return it unchanged, so FastAPI's signature
 inspection is untouched and they work in either order with ``@app.get``. Scopes are normalised
 once, at decoration time, into frozensets (Starlette ``requires`` style).
+
+Beyond scopes: ``@require_auth_level`` asks for a stronger or more recent user authentication
+(RFC 9470 step-up), and ``@require_authorization_details`` for an RFC 9396 ``authorization_details``
+entry of a given type that a user-supplied check finds covers the request.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import json
+import logging
+import math
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tokenguard.errors import ConfigurationError, InsufficientScope
+from tokenguard.errors import (
+    AuthError,
+    ConfigurationError,
+    InsufficientScope,
+    InsufficientUserAuthentication,
+    InvalidRequest,
+    InvalidToken,
+)
 from tokenguard.models import AccessToken
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 MARK = "__tokenguard_requirement__"
 
+logger = logging.getLogger("tokenguard")
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What an ``authorization_details`` check sees of the request; framework-free and read-only.
+
+    ``query`` maps each name to its last value, as Starlette's ``request.query_params[name]`` and
+    FastAPI's scalar query parameters read it; ``query_items`` has every pair in order. ``body`` is
+    the parsed JSON body on ``@sensitive`` routes (``None`` when empty, and on other routes).
+    """
+
+    method: str
+    path: str
+    token: AccessToken
+    path_params: Mapping[str, Any] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    query_items: tuple[tuple[str, str], ...] = ()
+    body: Any = None
+
+
+#: ``check(entry, request) -> bool`` (or an awaitable of it): ``True`` when ``entry`` covers the request.
+DetailsCheck = Callable[[dict[str, Any], RequestContext], "bool | Awaitable[bool]"]
+
+
+@dataclass(frozen=True)
+class DetailsGuard:
+    """One ``@require_authorization_details`` mark: an entry of ``type`` that ``check`` accepts."""
+
+    type: str
+    check: DetailsCheck | None = None
+
+    async def enforce(self, entries: tuple[dict[str, Any], ...], context: RequestContext) -> None:
+        """Pass when one entry of this type is accepted by the check; else raise the refusal."""
+        candidates = [entry for entry in entries if entry["type"] == self.type]
+        if not candidates:
+            raise _details_denied(f'The access token grants no authorization_details of type "{self.type}".')
+        if self.check is None:
+            return
+        refusal: AuthError | None = None
+        for entry in candidates:
+            try:
+                if await self._run(entry, context):
+                    return
+            except AuthError as exc:  # the check's own refusal, with its own description
+                refusal = refusal or exc
+        raise refusal or _details_denied(
+            f'The request is not covered by the access token\'s authorization_details of type "{self.type}".'
+        )
+
+    async def _run(self, entry: dict[str, Any], context: RequestContext) -> bool:
+        assert self.check is not None
+        try:
+            # A copy: a check that edits its entry must not edit the claims of a cached token.
+            result = self.check(copy.deepcopy(entry), context)
+            if inspect.isawaitable(result):
+                result = await result
+        except AuthError as exc:
+            if isinstance(exc, InsufficientScope) and exc.reason == "insufficient_scope":
+                exc.reason = "insufficient_authorization_details"
+            raise
+        except Exception as exc:
+            # A broken check refuses (fail closed, 403), never a 500; the log names the check, not the data.
+            name = getattr(self.check, "__qualname__", type(self.check).__name__)
+            logger.error(
+                "tokenguard: authorization_details check %s for type %r raised %s; refusing the request",
+                name,
+                self.type,
+                type(exc).__name__,
+            )
+            raise _details_denied(
+                f'The access token\'s authorization_details of type "{self.type}" could not be checked.',
+                reason="authorization_details_check_failed",
+            ) from exc
+        # Only an explicit True allows: a check that forgets to return (None) refuses.
+        return result is True
+
+
+def _details_denied(description: str, *, reason: str = "insufficient_authorization_details") -> InsufficientScope:
+    # RFC 6750 §3.1 insufficient_scope: the token is valid but does not grant this request (RFC 9396 §9).
+    denied = InsufficientScope((), description)
+    denied.reason = reason
+    return denied
+
+
+def authorization_details_of(claims: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The ``authorization_details`` of a token (empty when absent); 401 when malformed."""
+    if "authorization_details" not in claims:
+        return ()
+    value = claims["authorization_details"]
+    # RFC 9396 §2: a JSON array of JSON objects, each with a "type" string (REQUIRED).
+    if not isinstance(value, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"] for entry in value
+    ):
+        raise InvalidToken("bad_claim", "The access token's authorization_details claim is malformed.")
+    return tuple(value)
+
 
 @dataclass(frozen=True)
 class Requirement:
-    """A route's policy: open, or a valid token with these scopes, optionally introspected."""
+    """A route's policy: open, or a valid token with these scopes, optionally introspected.
+
+    ``acr_values`` and ``max_age`` ask for a step-up (RFC 9470); ``details`` for RFC 9396 entries.
+    """
 
     public: bool = False
     all_scopes: frozenset[str] = frozenset()
     any_scopes: tuple[frozenset[str], ...] = ()
     sensitive: bool = False
+    acr_values: tuple[str, ...] = ()
+    max_age: int | None = None
+    details: tuple[DetailsGuard, ...] = ()
 
     def merge(self, other: Requirement) -> Requirement:
         """Combine two marks on one function; contradictions are refused at decoration time."""
+        ages = [age for age in (self.max_age, other.max_age) if age is not None]
         merged = Requirement(
             public=self.public or other.public,
             all_scopes=self.all_scopes | other.all_scopes,
             any_scopes=self.any_scopes + tuple(g for g in other.any_scopes if g not in self.any_scopes),
             sensitive=self.sensitive or other.sensitive,
+            acr_values=_merge_acr(self.acr_values, other.acr_values),
+            max_age=min(ages) if ages else None,
+            details=self.details + tuple(g for g in other.details if g not in self.details),
         )
-        if merged.public and (merged.all_scopes or merged.any_scopes or merged.sensitive):
-            raise ConfigurationError("@public cannot be combined with scopes or @sensitive")
+        if merged.public and (merged.all_scopes or merged.any_scopes or merged.sensitive or merged.protects_more):
+            raise ConfigurationError(
+                "@public cannot be combined with scopes, @sensitive, @require_auth_level or "
+                "@require_authorization_details"
+            )
         return merged
+
+    @property
+    def protects_more(self) -> bool:
+        """True when the route asks for more than scopes: a step-up or authorization_details."""
+        return bool(self.acr_values) or self.max_age is not None or bool(self.details)
+
+    @property
+    def needs_body(self) -> bool:
+        """The JSON body is read (once, size-capped) for the checks only on ``@sensitive`` routes."""
+        return self.sensitive and bool(self.details)
 
     @property
     def required_scopes(self) -> tuple[str, ...]:
@@ -49,11 +185,44 @@ class Requirement:
             names |= group
         return tuple(sorted(names))
 
+    @property
+    def details_types(self) -> tuple[str, ...]:
+        """The ``authorization_details`` types this route requires (for RFC 9728 metadata)."""
+        return tuple(sorted({guard.type for guard in self.details}))
+
+    def authorize(self, token: AccessToken, *, clock: Callable[[], float], leeway: float) -> None:
+        """Every check that needs only the token: the authentication level first (401), then scopes (403)."""
+        if self.acr_values or self.max_age is not None:  # the clock is read only when it matters
+            self.check_auth_level(token, now=clock(), leeway=leeway)
+        self.check_scopes(token)
+
     def check_scopes(self, token: AccessToken) -> None:
         """RFC 6750 §3.1 insufficient_scope when a required scope is not granted (exact match)."""
         granted = token.scopes
         if not self.all_scopes <= granted or not all(group & granted for group in self.any_scopes):
             raise InsufficientScope(self._challenge_scopes(granted))
+
+    def check_auth_level(self, token: AccessToken, *, now: float, leeway: float) -> None:
+        """RFC 9470 §3: 401 insufficient_user_authentication when ``acr`` or ``auth_time`` fall short."""
+        if self.acr_values:
+            acr = token.claims.get("acr")
+            # RFC 9470 §3: the authentication context class must be one the resource accepts.
+            if not isinstance(acr, str) or acr not in self.acr_values:
+                raise self._step_up("A stronger authentication is required for this resource.")
+        if self.max_age is not None and not _recent(token.claims.get("auth_time"), self.max_age, now, leeway):
+            raise self._step_up("A more recent authentication is required for this resource.")
+
+    def _step_up(self, description: str) -> InsufficientUserAuthentication:
+        # RFC 9470 §3: the challenge names what would satisfy the resource (acr_values, max_age).
+        return InsufficientUserAuthentication(acr_values=self.acr_values, max_age=self.max_age, description=description)
+
+    async def check_authorization_details(self, token: AccessToken, context: RequestContext) -> None:
+        """RFC 9396 §9: each required type has an entry in the token that the route's check accepts."""
+        if not self.details:
+            return
+        entries = authorization_details_of(token.claims)
+        for guard in self.details:
+            await guard.enforce(entries, context)
 
     def _challenge_scopes(self, granted: frozenset[str]) -> tuple[str, ...]:
         # RFC 6750 §3: "scope" lists the scopes necessary to access the resource.
@@ -62,6 +231,33 @@ class Requirement:
             if not group & granted:
                 names |= group
         return tuple(sorted(names))
+
+
+def _recent(auth_time: object, max_age: int, now: float, leeway: float) -> bool:
+    """RFC 9470 §3 max_age: at most ``max_age`` seconds since the user authenticated (``auth_time``).
+
+    A missing, non-numeric or non-finite ``auth_time`` is not recent, and one in the future (beyond
+    the clock leeway) is not believed.
+    """
+    if isinstance(auth_time, bool) or not isinstance(auth_time, (int, float)):
+        return False
+    try:
+        moment = float(auth_time)
+    except OverflowError:
+        return False
+    if not math.isfinite(moment) or moment > now + leeway:
+        return False
+    return now - moment <= max_age
+
+
+def _merge_acr(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    """Two step-up marks on one route: only values both accept will do."""
+    if not first or not second:
+        return first or second
+    common = tuple(value for value in first if value in second)
+    if not common:
+        raise ConfigurationError("@require_auth_level marks on one route have no acr value in common")
+    return common
 
 
 AUTHENTICATED = Requirement()
@@ -127,6 +323,76 @@ def sensitive(func: F) -> F:
 def public(func: F) -> F:
     """No token is needed."""
     return _mark(func, Requirement(public=True))
+
+
+# RFC 9470 §3: acr_values is a space-separated list inside a quoted string: no space, '"' or '\\'.
+_ACR_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def require_auth_level(*, acr_values: str | Iterable[str] = (), max_age: int | None = None) -> Callable[[F], F]:
+    """The route needs a token whose ``acr`` is one of ``acr_values`` and/or whose ``auth_time`` is
+    at most ``max_age`` seconds old; otherwise 401 ``insufficient_user_authentication`` (RFC 9470).
+
+    ``acr`` and ``auth_time`` are read from the JWT, or from the introspection answer on ``@sensitive``
+    routes. A missing or non-numeric ``auth_time`` counts as too old when ``max_age`` is set.
+    """
+    values = (acr_values,) if isinstance(acr_values, str) else tuple(acr_values)
+    for value in values:
+        if not isinstance(value, str) or _ACR_VALUE.fullmatch(value) is None:
+            raise ConfigurationError(f"@require_auth_level: {value!r} is not a valid acr value")
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0):
+        raise ConfigurationError(
+            f"@require_auth_level: max_age must be a whole number of seconds >= 0, got {max_age!r}"
+        )
+    if not values and max_age is None:
+        raise ConfigurationError("@require_auth_level needs acr_values, max_age, or both")
+    unique = tuple(dict.fromkeys(values))  # keeps the order of preference (RFC 9470 §3)
+    return lambda func: _mark(func, Requirement(acr_values=unique, max_age=max_age))
+
+
+def require_authorization_details(details_type: str, /, *, check: DetailsCheck | None = None) -> Callable[[F], F]:
+    """The route needs an RFC 9396 ``authorization_details`` entry of ``details_type`` in the token,
+    and, when ``check`` is given, one such entry for which ``check(entry, request)`` returns ``True``.
+
+    ``request`` is a ``RequestContext`` (path parameters, query, and on ``@sensitive`` routes the JSON
+    body, read once and replayed to the endpoint). ``check`` may be async. A refusal is 403
+    ``insufficient_scope``; a check may raise an ``AuthError`` (e.g. ``InsufficientScope((), "...")``)
+    to give its own description; any other exception is logged and refused with 403, never a 500.
+    Malformed ``authorization_details`` in the token are 401 ``invalid_token``.
+    """
+    if not isinstance(details_type, str) or not details_type:
+        raise ConfigurationError(
+            f"@require_authorization_details: the type must be a non-empty string, got {details_type!r}"
+        )
+    if check is not None and not callable(check):
+        raise ConfigurationError("@require_authorization_details: check must be a callable (entry, request) -> bool")
+    return lambda func: _mark(func, Requirement(details=(DetailsGuard(details_type, check),)))
+
+
+def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 §4: names SHOULD be unique; with two "amount" members, the check and the endpoint
+    # could each read a different one, so such a body is refused.
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("duplicate member name")
+    return document
+
+
+def _reject_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+_BODY_DECODER = json.JSONDecoder(object_pairs_hook=_strict_pairs, parse_constant=_reject_constant)
+
+
+def parse_json_body(data: bytes) -> Any:
+    """The request body as JSON for the checks: ``None`` when empty, 400 when it is not strict JSON."""
+    if not data.strip():
+        return None
+    try:
+        return _BODY_DECODER.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidRequest("bad_request_body", "The request body is not valid JSON.") from exc
 
 
 def requirement_of(endpoint: object) -> Requirement | None:

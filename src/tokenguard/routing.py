@@ -9,7 +9,8 @@ LRU keyed by everything the routers look at: type, method, root_path, path and H
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from cachetools import LRUCache
@@ -23,22 +24,32 @@ _MAX_DEPTH = 16
 _FASTAPI_DOC_ATTRS = ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
 
 _CacheKey = tuple[str, str, str, str, bytes, int, int]
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Found:
     """What matching found: an endpoint (and the route that holds it), or a mounted app."""
 
-    def __init__(self, endpoint: Any = None, route: Any = None, template: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Any = None,
+        route: Any = None,
+        template: str | None = None,
+        path_params: Mapping[str, Any] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.route = route
         self.template = template
+        self.path_params = path_params
 
 
 class RouteDecision(NamedTuple):
-    """A route's policy and its path template (a low-cardinality label for logs and metrics)."""
+    """A route's policy, its path template (a low-cardinality label for logs and metrics), and the
+    path parameters the router will hand the endpoint (for ``authorization_details`` checks)."""
 
     requirement: Requirement
     template: str | None
+    path_params: Mapping[str, Any] = _NO_PARAMS
 
 
 class RouteResolver:
@@ -48,6 +59,10 @@ class RouteResolver:
         self._rules = tuple(rules)
         self._default = default
         self._cache: LRUCache[_CacheKey, RouteDecision] = LRUCache(maxsize=cache_size)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
 
     @property
     def has_sensitive_rules(self) -> bool:
@@ -87,14 +102,20 @@ class RouteResolver:
             except Exception as exc:  # a custom route that cannot be probed: fall back, never 500
                 logger.warning("tokenguard: route matching failed (%s); using rules/default", type(exc).__name__)
         template = found.template if found is not None else None
+        params = _frozen(found.path_params) if found is not None else _NO_PARAMS
         if found is not None and found.endpoint is not None:
             mark = _mark_of(found.endpoint, scope)
             if mark is not None:
-                return RouteDecision(mark, template)
+                return RouteDecision(mark, template, params)
             if _is_fastapi_doc_route(app, found.route):
-                return RouteDecision(PUBLIC, template)
+                return RouteDecision(PUBLIC, template, params)
         rule = first_rule(self._rules, scope["path"], scope.get("method"))
-        return RouteDecision(rule if rule is not None else self._default, template)
+        return RouteDecision(rule if rule is not None else self._default, template, params)
+
+
+def _frozen(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A read-only copy: the decision is cached and shared by every request to this path."""
+    return MappingProxyType(dict(params)) if params else _NO_PARAMS
 
 
 def _routes(app: Any) -> Sequence[Any] | None:
@@ -147,7 +168,7 @@ def _descend(route: Any, scope: dict[str, Any], child: dict[str, Any], depth: in
         return found if found is not None else _Found()  # a mounted app without routes: rules decide
     if "endpoint" in child:
         found_route = child.get("route", route)
-        return _Found(child["endpoint"], found_route, _template(scope, found_route))
+        return _Found(child["endpoint"], found_route, _template(scope, found_route), scope.get("path_params"))
     inner_match = getattr(route, "_match", None)
     if callable(inner_match):
         # FastAPI's included routers (not flattened in recent releases) pick their route in ``_match``.
@@ -170,7 +191,8 @@ def _descend_included(inner_match: Any, scope: dict[str, Any], depth: int) -> _F
     if hasattr(inner_route, "endpoint") and not hasattr(inner_route, "routes"):
         context_path = getattr(result[3], "path", None)
         template = context_path if isinstance(context_path, str) and context_path else _template(scope, inner_route)
-        return _Found(inner_route.endpoint, inner_route, template)
+        params = child.get("path_params") if isinstance(child, Mapping) else None
+        return _Found(inner_route.endpoint, inner_route, template, params)
     return _descend(inner_route, {**scope, **child}, child, depth + 1)
 
 

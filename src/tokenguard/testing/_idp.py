@@ -8,6 +8,9 @@ What it implements, and where:
 - refresh-token rotation with replay detection (OAuth 2.1 §4.3.1, RFC 9700 §4.14.2): a used refresh
   token presented again revokes its whole grant, refresh and access tokens alike;
 - RFC 9068 JWT access tokens or opaque ones, chosen per audience;
+- for step-up and rich authorization tests: ``acr`` (from the RFC 9470 / OpenID ``acr_values``
+  request parameter), ``auth_time`` on every user token, and RFC 9396 ``authorization_details``
+  (from the authorization or token request), in tokens, introspection answers and token responses;
 - RFC 7662 introspection and RFC 7009 revocation;
 - RFC 8414 metadata and a JWKS (served by ``_endpoints``, which is the HTTP side of this class).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -73,6 +77,51 @@ RESOURCE_CLIENT_SECRET = "dev-api-secret"
 _CODE_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 _USERNAME = re.compile(r"[\x21-\x7e]{1,255}")
+# RFC 9470 §3 / OpenID Connect Core §3.1.2.1: acr_values is a space-separated list of printable values.
+_ACR_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,255}")
+_MAX_AUTHORIZATION_DETAILS = 16 * 1024
+_UNSET: Any = object()  # "not given", where None is a value a test may want to send
+
+
+def parse_authorization_details(value: str, allowed: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """The ``authorization_details`` request parameter, checked (RFC 9396 §2, error codes §5)."""
+    if len(value) > _MAX_AUTHORIZATION_DETAILS:
+        raise OAuthError("invalid_authorization_details", "authorization_details is too large.")
+    try:
+        details = json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        raise OAuthError("invalid_authorization_details", "authorization_details is not valid JSON.") from exc
+    # RFC 9396 §2: "a JSON array of JSON objects", each with a "type" string (REQUIRED).
+    if not isinstance(details, list) or not details:
+        raise OAuthError("invalid_authorization_details", "authorization_details must be a non-empty JSON array.")
+    for entry in details:
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str) or not entry["type"]:
+            raise OAuthError("invalid_authorization_details", "Each authorization_details entry needs a type.")
+        if allowed is not None and entry["type"] not in allowed:
+            # RFC 9396 §5: an unknown type is invalid_authorization_details.
+            raise OAuthError("invalid_authorization_details", "An authorization_details type is not supported.")
+    return details
+
+
+def _acr_of(value: str | None) -> str | None:
+    """The ``acr`` a request for ``acr_values`` gets: the first (most preferred) value (RFC 9470 §4)."""
+    if value is None:
+        return None
+    values = value.split(" ")
+    if any(_ACR_VALUE.fullmatch(item) is None for item in values):
+        raise OAuthError("invalid_request", "The acr_values parameter is malformed.")
+    return values[0]
+
+
+def _user_claims(acr: str | None, auth_time: float | None, authorization_details: Any, now: float) -> dict[str, Any]:
+    """What a user's authentication adds to a grant: ``auth_time`` always, ``acr`` and RAR when given."""
+    # OpenID Connect Core §2: auth_time is when the user authenticated, in whole seconds.
+    claims: dict[str, Any] = {"auth_time": int(now) if auth_time is None else auth_time}
+    if acr is not None:
+        claims["acr"] = acr
+    if authorization_details is not None:
+        claims["authorization_details"] = authorization_details
+    return claims
 
 
 def _b64url(data: bytes) -> str:
@@ -139,6 +188,7 @@ class DevIdP:
         max_entries: int = 10_000,
         max_events: int = 1_000,
         default_clients: bool = True,
+        authorization_details_types: Iterable[str] | None = None,
     ) -> None:
         self.issuer = check_url("issuer", issuer)
         if urlsplit(issuer).query:
@@ -156,6 +206,10 @@ class DevIdP:
         self.users = frozenset(users) if users is not None else None
         self._lock = threading.RLock()
         self._scopes: set[str] = set(scope_set(scopes))
+        #: RFC 9396 types accepted in requests (``None``: any type; the metadata then lists none).
+        self.authorization_details_types = (
+            frozenset(authorization_details_types) if authorization_details_types is not None else None
+        )
         self._audiences: dict[str, Audience] = {}
         self._clients: dict[str, Client] = {}
         self._ledger = Ledger(self, max_entries=self.max_entries, max_events=int(_positive("max_events", max_events)))
@@ -302,6 +356,11 @@ class DevIdP:
             "introspection_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint_auth_methods_supported": auth_methods,
             "authorization_response_iss_parameter_supported": True,
+            **(
+                {"authorization_details_types_supported": sorted(self.authorization_details_types)}
+                if self.authorization_details_types is not None
+                else {}
+            ),
         }
 
     def jwks(self) -> dict[str, Any]:
@@ -397,6 +456,9 @@ class DevIdP:
         expires_in: float | None = None,
         token_format: TokenFormat | None = None,
         alg: str | None = None,
+        acr: str | None = None,
+        auth_time: float | None = None,
+        authorization_details: Any = _UNSET,
         **claims: Any,
     ) -> str:
         """Mint one access token and return it: the one-call minter for tests.
@@ -405,7 +467,16 @@ class DevIdP:
         are not checked against any client: the caller is the test author. Extra ``claims`` are
         added last, so they may also override standard ones to build wrong tokens on purpose.
         The format (JWT or opaque) comes from the audience unless ``token_format`` says otherwise.
+
+        ``acr``, ``auth_time`` (RFC 9470 step-up) and ``authorization_details`` (RFC 9396) become
+        claims when given, unchecked, so a test may also hand a malformed value on purpose (even
+        ``authorization_details=None``, a null claim).
         """
+        given = {"acr": acr, "auth_time": auth_time}
+        extra = {name: value for name, value in given.items() if value is not None}
+        if authorization_details is not _UNSET:
+            extra["authorization_details"] = authorization_details
+        claims = {**extra, **claims}
         with self._lock:
             grant = self._new_grant("direct", client_id, subject, scope_set(scopes), audience)
             token, state = self._ledger.mint_access(
@@ -422,10 +493,18 @@ class DevIdP:
         *,
         client_id: str = DEFAULT_CLIENT_ID,
         audience: str | None = None,
+        acr: str | None = None,
+        auth_time: float | None = None,
+        authorization_details: Any = None,
         **claims: Any,
     ) -> TokenSet:
-        """A user's access + refresh pair, as the development grant issues it (scopes unchecked)."""
+        """A user's access + refresh pair, as the development grant issues it (scopes unchecked).
+
+        Its tokens carry ``auth_time`` (now, unless given), and ``acr`` and ``authorization_details``
+        when given; refreshed tokens keep them, as the user did not authenticate again.
+        """
         with self._lock:
+            claims = {**_user_claims(acr, auth_time, authorization_details, self.clock()), **claims}
             grant = self._new_grant(DEV_USER_GRANT, client_id, user, scope_set(scopes), audience, claims)
             return self._ledger.issue(grant, grant.scopes, refresh=True)
 
@@ -487,7 +566,8 @@ class DevIdP:
 
     def _client_credentials_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
         scopes = self._requested_scopes(client, form.get("scope"))
-        grant = self._new_grant("client_credentials", client.client_id, None, scopes, client.audience)
+        claims = self._details_claims(form.get("authorization_details"))
+        grant = self._new_grant("client_credentials", client.client_id, None, scopes, client.audience, claims)
         # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
         return self._ledger.issue(grant, scopes, refresh=False)
 
@@ -498,8 +578,27 @@ class DevIdP:
         # RFC 6749 §5.2: invalid resource-owner credentials are "invalid_grant" at the token endpoint.
         self._check_user(username, refusal="invalid_grant")
         scopes = self._requested_scopes(client, form.get("scope"))
-        grant = self._new_grant(DEV_USER_GRANT, client.client_id, username, scopes, client.audience)
+        claims = self._authentication_claims(form)
+        grant = self._new_grant(DEV_USER_GRANT, client.client_id, username, scopes, client.audience, claims)
         return self._ledger.issue(grant, scopes, refresh="refresh_token" in client.grant_types)
+
+    def _details_claims(self, value: str | None) -> dict[str, Any]:
+        """RFC 9396 §6: ``authorization_details`` in a token request, for grants without /authorize."""
+        if value is None:
+            return {}
+        return {"authorization_details": parse_authorization_details(value, self.authorization_details_types)}
+
+    def _authentication_claims(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """The user "authenticates" now, at the level asked for first in ``acr_values`` (RFC 9470 §4).
+
+        ``max_age`` is checked for shape only: every authentication here is a fresh one.
+        """
+        max_age = params.get("max_age")
+        if max_age is not None and not (max_age.isascii() and max_age.isdigit()):
+            raise OAuthError("invalid_request", "The max_age parameter must be a whole number of seconds.")
+        details = params.get("authorization_details")
+        parsed = parse_authorization_details(details, self.authorization_details_types) if details else None
+        return _user_claims(_acr_of(params.get("acr_values")), None, parsed, self.clock())
 
     def _check_user(self, username: str, *, refusal: str = "access_denied") -> None:
         if _USERNAME.fullmatch(username) is None:
@@ -572,7 +671,9 @@ class DevIdP:
         computed = _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
         if not hmac.compare_digest(computed, state.code_challenge):
             raise OAuthError("invalid_grant", "The code_verifier does not match the code_challenge.")
-        grant = self._new_grant("authorization_code", client.client_id, state.subject, state.scopes, client.audience)
+        grant = self._new_grant(
+            "authorization_code", client.client_id, state.subject, state.scopes, client.audience, state.claims
+        )
         state.grant_id = grant.id
         return self._ledger.issue(grant, state.scopes, refresh="refresh_token" in client.grant_types)
 
@@ -629,6 +730,7 @@ class DevIdP:
         scopes = self._requested_scopes(client, params.get("scope"))
         user = params.get("login_hint") or DEFAULT_USER
         self._check_user(user)
+        claims = self._authentication_claims(params)
         code = secrets.token_urlsafe(32)
         state = CodeState(
             id=new_id("code_"),
@@ -639,6 +741,7 @@ class DevIdP:
             scopes=scopes,
             code_challenge=challenge,
             expires_at=self.clock() + self.code_ttl,
+            claims=claims,
         )
         self._ledger.codes[digest(code)] = state
         scope = scope_string(scopes)

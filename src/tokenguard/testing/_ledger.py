@@ -189,6 +189,7 @@ class Ledger:
             scope=scope_string(scopes),
             grant_id=grant.id,
             refresh_token=refresh_token,
+            authorization_details=grant.claims.get("authorization_details"),
         )
 
     def mint_access(

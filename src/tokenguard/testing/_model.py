@@ -135,6 +135,8 @@ class CodeState:
     expires_at: float
     used: bool = False
     grant_id: str | None = None
+    #: What the user's authentication and consent add to the grant: acr, auth_time, authorization_details.
+    claims: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -192,6 +194,8 @@ class TokenSet:
     grant_id: str
     refresh_token: str | None = field(default=None, repr=False)
     token_type: str = "Bearer"
+    #: RFC 9396 §7: the authorization details granted, echoed in the token response.
+    authorization_details: list[Any] | None = field(default=None, repr=False)
 
     def as_response(self) -> dict[str, Any]:
         """The JSON body the token endpoint answers with."""
@@ -204,4 +208,6 @@ class TokenSet:
             body["scope"] = self.scope
         if self.refresh_token is not None:
             body["refresh_token"] = self.refresh_token
+        if self.authorization_details is not None:
+            body["authorization_details"] = self.authorization_details
         return body
