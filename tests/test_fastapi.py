@@ -209,10 +209,14 @@ def test_current_token_returns_the_access_token(client: TestClient, idp: Issuer)
 
 
 def test_current_token_on_a_public_route_is_401(client: TestClient) -> None:
-    """On a route the guard left open, current_token has no token: 401 with a bare challenge."""
+    """On a route the guard left open, current_token has no token: 401 with a bare challenge.
+
+    Bare means no ``error=``; the RFC 9728 §5.1 pointer to the resource metadata is still there.
+    """
     response = client.get("/maybe")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}"'
+    metadata = f"{REALM}/.well-known/oauth-protected-resource"
+    assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}", resource_metadata="{metadata}"'
 
 
 def test_security_scopes_grants_with_every_scope(client: TestClient, idp: Issuer) -> None:
