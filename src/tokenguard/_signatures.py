@@ -65,9 +65,7 @@ def _make(alg: str, key: Any) -> Verifier:
 
 def _rsa(key: rsa.RSAPublicKey, family: str, digest: hashes.HashAlgorithm) -> Verifier:
     scheme: padding.AsymmetricPadding = (
-        padding.PKCS1v15()
-        if family == "RS"
-        else padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+        padding.PKCS1v15() if family == "RS" else padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
     )
 
     def verify(message: bytes, signature: bytes) -> bool:

@@ -16,8 +16,8 @@ from typing import Any
 
 from tokenguard._http import HttpClientOption, HttpClientPool
 from tokenguard.config import GuardConfig
-from tokenguard.errors import IntrospectionUnavailable, InvalidToken, UnavailableError
-from tokenguard.extract import extract_bearer
+from tokenguard.errors import AuthError, IntrospectionUnavailable, InvalidToken, UnavailableError
+from tokenguard.extract import authorization_values, bearer_from, cached_candidate
 from tokenguard.introspection import Introspector
 from tokenguard.jwks import IssuerMetadata, JWKSCache
 from tokenguard.jwt_validator import JWTValidator, classify, parse_jws
@@ -25,6 +25,15 @@ from tokenguard.models import AccessToken
 from tokenguard.policy import Requirement
 
 logger = logging.getLogger("tokenguard")
+
+
+def _authorize(requirement: Requirement, token: AccessToken, config: GuardConfig) -> None:
+    """The route's token-only checks; a refusal carries the (valid) token for the decision event."""
+    try:
+        requirement.authorize(token, clock=config.clock, leeway=config.leeway)
+    except AuthError as exc:
+        exc.token = token
+        raise
 
 
 class Authenticator:
@@ -49,10 +58,14 @@ class Authenticator:
             )
 
     async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement) -> AccessToken:
-        token = extract_bearer(headers, self.config.max_token_bytes)
-        access_token = await self.validate(token, sensitive=requirement.sensitive)
+        values = authorization_values(headers)
+        raw = cached_candidate(values) if not requirement.sensitive else None
+        access_token = self.validator.cached(raw) if raw is not None else None
+        if access_token is None:
+            token = bearer_from(values, self.config.max_token_bytes)
+            access_token = await self.validate(token, sensitive=requirement.sensitive)
         # Scopes are looked at only now, after the token is fully validated: a forgery gets 401, not 403.
-        requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
+        _authorize(requirement, access_token, self.config)
         return access_token
 
     async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
@@ -175,10 +188,22 @@ class MultiIssuerAuthenticator:
         return tuple(self.by_issuer)
 
     async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement) -> AccessToken:
-        token = extract_bearer(headers, self.config.max_token_bytes)
-        access_token = await self.validate(token, sensitive=requirement.sensitive)
-        requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
+        values = authorization_values(headers)
+        raw = cached_candidate(values) if not requirement.sensitive else None
+        access_token = self._cached(raw) if raw is not None else None
+        if access_token is None:
+            token = bearer_from(values, self.config.max_token_bytes)
+            access_token = await self.validate(token, sensitive=requirement.sensitive)
+        _authorize(requirement, access_token, self.config)
         return access_token
+
+    def _cached(self, raw: bytes) -> AccessToken | None:
+        # A token sits in the verified cache of the issuer that validated it; at most one holds it.
+        for authenticator in self.by_issuer.values():
+            token = authenticator.validator.cached(raw)
+            if token is not None:
+                return token
+        return None
 
     async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
         kind = classify(token)

@@ -21,6 +21,7 @@ No message ever contains a token: descriptions are short fixed sentences.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class TokenGuardError(Exception):
@@ -42,6 +43,8 @@ class AuthError(TokenGuardError):
     error_code: str | None = "invalid_token"
     reason = "invalid_token"
     description = "The access token is invalid."
+    #: Set when a valid token was refused by the route (403, step-up): for decision events, never rendered.
+    token: Any = None
 
     def __init__(self, reason: str | None = None, description: str | None = None) -> None:
         if reason is not None:
@@ -178,5 +181,6 @@ REASONS: frozenset[str] = frozenset(
         "issuer_unavailable",
         "introspection_unavailable",
         "internal_error",
+        "method_not_allowed",
     }
 )

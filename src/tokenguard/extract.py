@@ -18,15 +18,39 @@ _AUTHORIZATION = b"authorization"
 _SCHEME = re.compile(rb"([^ \t]*)([ \t]*)(.*)", re.DOTALL)
 
 
+def authorization_values(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Every ``Authorization`` field value of an ASGI header list (names compared case-insensitively)."""
+    return [value for name, value in headers if name == _AUTHORIZATION or name.lower() == _AUTHORIZATION]
+
+
 def extract_bearer(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> str:
     """Return the bearer token of an ASGI header list, or raise the RFC 6750 refusal."""
-    values = [value for name, value in headers if name.lower() == _AUTHORIZATION]
+    return bearer_from(authorization_values(headers), max_bytes)
+
+
+def bearer_from(values: list[bytes], max_bytes: int) -> str:
+    """The bearer token of the request's ``Authorization`` field values, or the RFC 6750 refusal."""
     if not values:
         raise MissingToken()
     if len(values) > 1:
         # RFC 6750 §3.1 invalid_request: "...uses more than one method for including an access token".
         raise InvalidRequest(description="More than one Authorization header was sent.")
     return parse_authorization(values[0], max_bytes)
+
+
+def cached_candidate(values: list[bytes]) -> bytes | None:
+    """The token bytes of a single ``Bearer <token>`` value, for a lookup in the verified cache.
+
+    Only a hint: a hit means these exact bytes passed the full checks before; a miss (any other
+    shape: whitespace, another scheme, several headers) goes through ``bearer_from``.
+    """
+    if len(values) != 1:
+        return None
+    value = values[0]
+    prefix = value[:7]
+    if prefix == b"Bearer " or prefix.lower() == b"bearer ":
+        return value[7:]
+    return None
 
 
 def parse_authorization(value: bytes, max_bytes: int) -> str:

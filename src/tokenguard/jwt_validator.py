@@ -63,7 +63,7 @@ def _b64decode_checked(raw: bytes) -> bytes:
 
 
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 §5.2 / RFC 8725 §3.2: duplicate member names are rejected, never "last one wins".
+    # RFC 7515 §4 / RFC 7519 §4: duplicate member names are rejected, never "last one wins".
     obj = dict(pairs)
     if len(obj) != len(pairs):
         raise ValueError("duplicate member name")
@@ -268,6 +268,9 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+_Verified = tuple[AccessToken, float, "float | None", "float | None"]
+
+
 class _NeedsKeys:
     """A token whose header and claims passed, waiting for keys to check its signature."""
 
@@ -288,9 +291,9 @@ class JWTValidator:
         self._jwks = jwks
         self._algorithms = frozenset(config.algorithms)
         self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
-        # digest -> (token, its own copy of exp/nbf/iat): an app that mutates ``token.claims`` cannot
-        # stretch the life of a cached token.
-        self._verified: LRU[bytes, tuple[AccessToken, dict[str, Any]]] | None = (
+        # digest -> (token, exp, nbf, iat) as floats read once: an app that mutates ``token.claims``
+        # cannot stretch the life of a cached token, and a hit costs three comparisons.
+        self._verified: LRU[bytes, _Verified] | None = (
             LRU(config.verified_cache_size) if config.verified_cache_size else None
         )
         jwks.subscribe(self._forget_keys)
@@ -309,9 +312,7 @@ class JWTValidator:
         digest = token_digest(token) if self._verified is not None else b""
         cached = self._verified.get(digest) if self._verified is not None else None
         if cached is not None:
-            # A cache hit skips the signature, never the clock: exp and nbf are checked again.
-            check_lifetime(cached[1], self._config.clock(), self._config.leeway, require_exp=True)
-            return cached[0]
+            return self._still_valid(cached)
         parsed = parse_jws(token)
         alg, kid = self._check_header(parsed.header)
         self._check_issuer_and_lifetime(parsed.claims)
@@ -328,11 +329,37 @@ class JWTValidator:
         key_id = self._verify_signature(parsed, pending.alg, pending.kid, keys)
         access_token = self._access_token(parsed.claims, key_id)
         if self._verified is not None:
-            lifetime: dict[str, Any] = {
-                name: parsed.claims[name] for name in ("exp", "nbf", "iat") if name in parsed.claims
-            }
-            self._verified[pending.digest] = (access_token, lifetime)
+            claims = parsed.claims
+            self._verified[pending.digest] = (
+                access_token,
+                float(claims["exp"]),
+                _number(claims, "nbf", required=False),
+                _number(claims, "iat", required=False),
+            )
         return access_token
+
+    def cached(self, raw_token: bytes) -> AccessToken | None:
+        """The validated token for these exact bytes if the verified cache holds it, else ``None``.
+
+        The hot path for a repeated token: no syntax check, no parse, no signature — the bytes are
+        the ones that passed all of that before (the key is their SHA-256). exp/nbf/iat are checked.
+        """
+        if self._verified is None:
+            return None
+        cached = self._verified.get(hashlib.sha256(raw_token).digest())
+        return self._still_valid(cached) if cached is not None else None
+
+    def _still_valid(self, cached: _Verified) -> AccessToken:
+        """A cache hit skips the signature, never the clock (RFC 7519 §4.1.4, §4.1.5, §4.1.6)."""
+        token, exp, nbf, iat = cached
+        now, leeway = self._config.clock(), self._config.leeway
+        if now >= exp + leeway:
+            raise InvalidToken("expired", "The access token has expired.")
+        if nbf is not None and now + leeway < nbf:
+            raise InvalidToken("not_yet_valid", "The access token is not valid yet.")
+        if iat is not None and now + leeway < iat:
+            raise InvalidToken("not_yet_valid", "The access token was issued in the future.")
+        return token
 
     @property
     def verified_cache_size(self) -> int:
@@ -421,6 +448,6 @@ class JWTValidator:
         """Drop verified tokens signed by keys the issuer no longer publishes."""
         if self._verified is None:
             return
-        for digest, (token, _) in list(self._verified.items()):
+        for digest, (token, *_) in list(self._verified.items()):
             if token.key_id in removed:
                 self._verified.pop(digest, None)

@@ -34,7 +34,7 @@ from tokenguard.config import (
     JWKSOptions,
     issuer_list,
 )
-from tokenguard.errors import ConfigurationError, InvalidRequest, TokenGuardError, UnavailableError
+from tokenguard.errors import AuthError, ConfigurationError, InvalidRequest, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionEvent, DecisionHook, Metrics, Outcome, emit, subject_hash
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, RequestContext, Requirement, Rule, parse_json_body
@@ -48,10 +48,18 @@ class TokenCredentials(AuthCredentials):
     """``request.auth``: the granted scopes, the claims, and what decided (``"jwt"``/``"introspection"``)."""
 
     def __init__(self, token: AccessToken) -> None:
-        super().__init__(sorted(token.scopes))
+        # AuthCredentials.__init__ only stores a list of scopes; set it directly (hot path).
+        self.scopes = sorted(token.scopes)
         self.token = token
-        self.claims: dict[str, Any] = dict(token.claims)
         self.source = token.source
+        self._claims: dict[str, Any] | None = None
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        """The token's claims as a dict of this request's own (a cached token is shared: copy on first use)."""
+        if self._claims is None:
+            self._claims = dict(self.token.claims)
+        return self._claims
 
     def __repr__(self) -> str:
         return f"TokenCredentials(scopes={self.scopes!r}, source={self.source!r})"
@@ -239,13 +247,16 @@ class TokenGuard:
             return
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused; like a public
         # route it goes on as anonymous, so an OPTIONS handler behind it never sees a user.
-        decision = RouteDecision(PUBLIC, None) if _is_preflight(scope) else self.resolver.decide(scope, self.app)
+        decision = self.resolver.decide(scope, self.app)
+        if _is_preflight(scope):
+            decision = RouteDecision(PUBLIC, decision.template)
         requirement = decision.requirement
         if requirement.public:
             scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
             self._decided(scope, decision, started, "allow", "public", 200, None)
             await self.app(scope, receive, send)
             return
+        token: AccessToken | None = None
         try:
             token = await self.authenticator.authenticate(scope.get("headers", ()), requirement)
             if requirement.details:
@@ -253,7 +264,8 @@ class TokenGuard:
         except TokenGuardError as exc:
             denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
-            self._decided(scope, decision, started, outcome, exc.reason, denial.status, None)
+            refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
+            self._decided(scope, decision, started, outcome, exc.reason, denial.status, refused)
             await _send_denial(scope, receive, send, denial)
             return
         except Exception as exc:  # a bug must still fail closed, without a traceback to the client
@@ -297,7 +309,7 @@ class TokenGuard:
         assert self.resource_metadata is not None
         decision = RouteDecision(PUBLIC, scope["path"])
         if scope.get("method") not in ("GET", "HEAD"):
-            self._decided(scope, decision, started, "deny", "public", 405, None)
+            self._decided(scope, decision, started, "deny", "method_not_allowed", 405, None)
             headers = [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]
             await send({"type": "http.response.start", "status": 405, "headers": headers})
             await send({"type": "http.response.body", "body": b""})

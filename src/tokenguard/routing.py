@@ -13,9 +13,9 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from cachetools import LRUCache
 from starlette.routing import Match
 
+from tokenguard._lru import LRU
 from tokenguard.policy import PUBLIC, Requirement, Rule, first_rule, requirement_of
 
 logger = logging.getLogger("tokenguard")
@@ -58,7 +58,10 @@ class RouteResolver:
     def __init__(self, rules: Sequence[Rule], default: Requirement, *, cache_size: int = 4096) -> None:
         self._rules = tuple(rules)
         self._default = default
-        self._cache: LRUCache[_CacheKey, RouteDecision] = LRUCache(maxsize=cache_size)
+        self._cache: LRU[_CacheKey, RouteDecision] = LRU(cache_size)
+        # The app a scope names -> the app whose routes are read (through middleware wrappers); a
+        # process has one or two apps, so this stays tiny. The entry keeps the app, so its id is unique.
+        self._routed: dict[int, tuple[Any, Any]] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -78,13 +81,15 @@ class RouteResolver:
 
     def decide(self, scope: MutableMapping[str, Any], fallback_app: Any = None) -> RouteDecision:
         """The policy for this request, and the matched route's template (``None`` if no route matched)."""
-        app = routed_app(scope.get("app"))
-        if app is None:
-            app = routed_app(fallback_app)
+        app = self._routed_app(scope.get("app"), fallback_app)
         routes = _routes(app)
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
         # The Host header is part of the key: ``Host`` routes send one path to different endpoints.
-        host = next((value for name, value in scope.get("headers", ()) if name.lower() == b"host"), b"")
+        host = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"host" or name.lower() == b"host":
+                host = value
+                break
         # The number of top-level routes too: a route added after the first requests is seen.
         size = len(routes) if routes is not None else -1
         key = (scope["type"], method, scope.get("root_path", ""), scope["path"], host, id(app), size)
@@ -93,6 +98,18 @@ class RouteResolver:
             cached = self._resolve(scope, app, routes)
             self._cache[key] = cached
         return cached
+
+    def _routed_app(self, app: Any, fallback_app: Any) -> Any:
+        entry = self._routed.get(id(app))
+        if entry is not None and entry[0] is app:
+            return entry[1]
+        routed = routed_app(app)
+        if routed is None:
+            routed = routed_app(fallback_app)
+        if len(self._routed) >= 16:
+            self._routed.clear()
+        self._routed[id(app)] = (app, routed)
+        return routed
 
     def _resolve(self, scope: MutableMapping[str, Any], app: Any, routes: Sequence[Any] | None) -> RouteDecision:
         found = None
@@ -120,7 +137,7 @@ def _frozen(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 def _routes(app: Any) -> Sequence[Any] | None:
     routes = getattr(app, "routes", None)
-    if isinstance(routes, Sequence) and not isinstance(routes, (str, bytes)):
+    if type(routes) is list or (isinstance(routes, Sequence) and not isinstance(routes, (str, bytes))):
         return routes
     return None
 

@@ -1,0 +1,62 @@
+"""What the adapters share: the optional import, and the part of a guard they read."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any, Protocol
+
+
+class GuardLike(Protocol):
+    """The part of ``TokenGuard`` the adapters read (kept structural: the core never imports the adapter)."""
+
+    def metrics_snapshot(self) -> Mapping[str, Any]: ...
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency when an adapter is built; say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{module} is not installed; install it with: pip install 'tokenguard[{extra}]'") from exc
+
+
+def counters(snapshot: Mapping[str, Any]) -> dict[str, float]:
+    """The monotonic counters of ``metrics_snapshot()``, by the adapters' metric names."""
+    return {
+        "jwks_fetches": float(snapshot.get("jwks_fetches", 0)),
+        "jwks_fetch_failures": float(snapshot.get("jwks_failures", 0)),
+        "introspection_calls": float(snapshot.get("introspection_calls", 0)),
+        "introspection_cache_hits": float(snapshot.get("introspection_cache_hits", 0)),
+        "introspection_cache_misses": float(snapshot.get("introspection_cache_misses", 0)),
+        "hook_errors": float(snapshot.get("hook_errors", 0)),
+    }
+
+
+def gauges(status: Mapping[str, Any]) -> dict[str, float]:
+    """The point-in-time values of ``status()``: readiness, keys, cache sizes."""
+    jwks: Mapping[str, Any] = status.get("jwks", {})
+    introspection: Mapping[str, Any] = status.get("introspection", {})
+    values = {
+        "ready": float(bool(status.get("ready", jwks.get("usable", False)))),
+        "jwks_keys": float(jwks.get("keys", 0)),
+        "jwks_fresh": float(bool(jwks.get("fresh", False))),
+        "jwks_stale": float(bool(jwks.get("stale", False))),
+        "verified_cache_entries": float(status.get("verified_cache_entries", 0)),
+        "introspection_cache_entries": float(introspection.get("cache_entries", 0)),
+    }
+    if isinstance(jwks.get("last_fetch"), (int, float)):
+        values["jwks_last_fetch_timestamp_seconds"] = float(jwks["last_fetch"])
+    return values
+
+
+#: Every state the introspection circuit breaker can be in (``tokenguard.introspection.CircuitBreaker``).
+BREAKER_STATES = ("closed", "half_open", "open")
+
+
+def breaker_state(status: Mapping[str, Any]) -> str | None:
+    state = status.get("introspection", {}).get("breaker")
+    return state if isinstance(state, str) else None
