@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import json.scanner
 import math
 import re
 import sys
@@ -21,7 +22,7 @@ from tokenguard._lru import LRU
 from tokenguard._signatures import verifier
 from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
-from tokenguard.jwks import JWKSCache, KeySet
+from tokenguard.jwks import JWKSCache, KeySet, VerificationKey
 from tokenguard.models import AccessToken
 
 TokenKind = Literal["jws", "jwe", "opaque"]
@@ -112,6 +113,8 @@ _FAST_DECODER = json.JSONDecoder(
 )
 
 
+_SCAN: Any = json.scanner.make_scanner(_FAST_DECODER)  # type: ignore[arg-type]  # typeshed names the class oddly
+
 #: RFC 8259 §9: "An implementation may set limits on the maximum depth of nesting." Real claim sets
 #: nest a few levels; a fixed limit gives the same answer on every Python, whose own limit differs
 #: (3.13 parses 6000 levels that 3.11 refuses), and keeps out structures deep enough to overflow the
@@ -138,7 +141,16 @@ def _json_object(data: bytes) -> dict[str, Any]:
         text = data.decode("utf-8")
         if _too_deep(text):
             raise ValueError("nested too deeply")
-        value = _FAST_DECODER.decode(text)
+        if text[:1] == "{":
+            # The common shape, straight to the C scanner (what JSONDecoder.decode does after skipping
+            # leading whitespace); only whitespace may follow the object (RFC 8259 §2).
+            value, end = _SCAN(text, 0)
+            if end != len(text) and text[end:].strip(" \t\n\r"):
+                raise ValueError("extra data after the JSON value")
+        else:
+            value = _FAST_DECODER.decode(text)
+    except StopIteration as exc:
+        raise InvalidToken("malformed_token", "The access token is malformed.") from exc
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise InvalidToken("malformed_token", "The access token is malformed.") from exc
     if not isinstance(value, dict):
@@ -296,6 +308,8 @@ class JWTValidator:
         self._verified: LRU[bytes, _Verified] | None = (
             LRU(config.verified_cache_size) if config.verified_cache_size else None
         )
+        self._memo_keys: KeySet | None = None
+        self._memo: dict[tuple[str | None, str], tuple[VerificationKey, ...]] = {}
         jwks.subscribe(self._forget_keys)
 
     async def validate(self, token: str) -> AccessToken:
@@ -403,7 +417,7 @@ class JWTValidator:
             candidates: tuple[tuple[str | None, Any], ...] = ((None, self._config.shared_secret),)
         else:
             assert keys is not None
-            matching = keys.candidates(kid, alg)
+            matching = self._candidates(keys, kid, alg)
             if not matching:
                 # The key the token names cannot do this alg (RFC 8725 §3.1: alg/key confusion).
                 raise InvalidToken("key_mismatch", "The access token's algorithm does not fit its key.")
@@ -417,6 +431,17 @@ class JWTValidator:
             except (ValueError, TypeError) as exc:
                 raise InvalidToken("bad_signature", "The access token's signature is invalid.") from exc
         raise InvalidToken("bad_signature", "The access token's signature is invalid.")
+
+    def _candidates(self, keys: KeySet, kid: str | None, alg: str) -> tuple[VerificationKey, ...]:
+        """``keys.candidates``, memoised per key set (a refresh brings a new KeySet and a new memo)."""
+        if keys is not self._memo_keys:
+            self._memo_keys, self._memo = keys, {}
+        found = self._memo.get((kid, alg))
+        if found is None:
+            found = keys.candidates(kid, alg)
+            if len(self._memo) < 256:  # bounded: kids come from tokens, but only known ones get here
+                self._memo[(kid, alg)] = found
+        return found
 
     async def _keys_for(self, kid: str | None) -> KeySet:
         keys = self._jwks.current() or await self._jwks.keys()
@@ -432,16 +457,16 @@ class JWTValidator:
                 if claims.get(name) is None:
                     raise InvalidToken("missing_claim", "The access token lacks a required claim.")
         subject, client_id = identity_of(claims)
-        return AccessToken(
-            subject=subject,
-            client_id=client_id,
-            scopes=scopes_of(claims),
-            claims=claims,
-            expires_at=float(claims["exp"]),
-            source="jwt",
-            issuer=self._config.issuer,
-            token_id=_string(claims, "jti"),
-            key_id=kid,
+        return AccessToken._from_validation(
+            subject,
+            client_id,
+            scopes_of(claims),
+            claims,
+            float(claims["exp"]),
+            "jwt",
+            self._config.issuer,
+            _string(claims, "jti"),
+            kid,
         )
 
     def _forget_keys(self, removed: frozenset[str]) -> None:

@@ -31,6 +31,38 @@ class AccessToken:
         assert identity is not None  # the validators refuse tokens with neither
         return identity
 
+    @classmethod
+    def _from_validation(
+        cls,
+        subject: str | None,
+        client_id: str | None,
+        scopes: frozenset[str],
+        claims: Mapping[str, Any],
+        expires_at: float | None,
+        source: TokenSource,
+        issuer: str | None,
+        token_id: str | None,
+        key_id: str | None,
+    ) -> AccessToken:
+        """Build one from values a validator already checked, without the frozen ``__init__``.
+
+        The generated ``__init__`` of a frozen dataclass sets each field through
+        ``object.__setattr__``; on the validation hot path one ``__dict__`` update does the same.
+        """
+        token = object.__new__(cls)
+        token.__dict__.update(
+            subject=subject,
+            client_id=client_id,
+            scopes=scopes,
+            claims=claims,
+            expires_at=expires_at,
+            source=source,
+            issuer=issuer,
+            token_id=token_id,
+            key_id=key_id,
+        )
+        return token
+
     def has_scopes(self, *scopes: str) -> bool:
         """True when every scope given is granted (exact string match)."""
         return all(scope in self.scopes for scope in scopes)
