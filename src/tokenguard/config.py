@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ DEFAULT_ALGORITHMS: tuple[str, ...] = (
 #: Symmetric algorithms: only usable when a ``shared_secret`` is configured.
 HMAC_ALGORITHMS: tuple[str, ...] = ("HS256", "HS384", "HS512")
 _KNOWN_ALGORITHMS = frozenset(DEFAULT_ALGORITHMS + HMAC_ALGORITHMS)
+
+_REALM = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
 DefaultPolicy = Literal["authenticated", "public"]
@@ -206,8 +209,10 @@ class GuardConfig:
         _count("verified_cache_size", self.verified_cache_size, allow_zero=True)
         if self.default not in ("authenticated", "public"):
             raise ConfigurationError(f"default must be 'authenticated' or 'public', got {self.default!r}")
-        if self.realm is not None and (not isinstance(self.realm, str) or '"' in self.realm):
-            raise ConfigurationError("realm must be a string without double quotes")
+        # RFC 6750 §3 / RFC 9110 §11.2: realm is a quoted-string; refuse what the challenge could not carry
+        # as configured (quotes, backslashes, CR/LF and other controls, non-ASCII) instead of dropping it.
+        if self.realm is not None and (not isinstance(self.realm, str) or _REALM.fullmatch(self.realm) is None):
+            raise ConfigurationError("realm must be printable ASCII without double quotes or backslashes")
         if not callable(self.clock):
             raise ConfigurationError("clock must be a callable returning seconds since the epoch")
 
