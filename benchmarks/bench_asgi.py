@@ -1,0 +1,212 @@
+"""Whole apps driven in-process: a minimal ASGI harness calls ``await app(scope, receive, send)`` in a loop.
+
+No transport, no server: each request is a fresh scope dict, a ``receive`` that hands over an empty
+body, and a ``send`` that records the status. This isolates what the middleware adds to the app
+(``httpx.ASGITransport`` would add ≈ 100 µs of its own per request and drown the difference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import jwt
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from benchmarks._common import AUDIENCE, ISSUER, Case, IssuerTransport, Keys, Result, mint, optional
+from tokenguard import TokenGuard, require_scopes
+
+PATH = "/photos"
+STARLETTE, FASTAPI = "ASGI Starlette", "ASGI FastAPI"
+BARE = "bare app"
+#: Issue 5, target 3 (in-process): repeated tokens ≥ 0.85x bare req/s, all-distinct RS256 ≥ 0.45x;
+#: target 2: a verified-cache hit adds ≤ 5 µs over bare routing.
+REPEATED_TARGET, DISTINCT_TARGET, HIT_TARGET_US = 0.85, 0.45, 5.0
+
+_REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
+_SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.4"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": PATH,
+    "raw_path": PATH.encode(),
+    "root_path": "",
+    "query_string": b"",
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
+
+
+async def _receive() -> Message:
+    return _REQUEST
+
+
+class Harness:
+    """Drives one ASGI app with requests whose bearer tokens come from ``tokens``, counting statuses."""
+
+    def __init__(self, app: ASGIApp, tokens: Iterator[str], expect: int = 200) -> None:
+        self.app, self.tokens, self.expect = app, tokens, expect
+        self.status = 0
+        self.unexpected = 0
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+
+    async def request(self) -> int:
+        authorization = b"Bearer " + next(self.tokens).encode("ascii")
+        scope = {**_SCOPE, "headers": [(b"host", b"api.example.com"), (b"authorization", authorization)]}
+        await self.app(scope, _receive, self._send)
+        return self.status
+
+    async def batch(self, n: int) -> float:
+        app, send, tokens = self.app, self._send, self.tokens
+        unexpected = 0
+        start = time.perf_counter()
+        for _ in range(n):
+            headers = [(b"host", b"api.example.com"), (b"authorization", b"Bearer " + next(tokens).encode("ascii"))]
+            self.status = 0
+            await app({**_SCOPE, "headers": headers}, _receive, send)
+            unexpected += self.status != self.expect
+        elapsed = time.perf_counter() - start
+        if unexpected:
+            raise AssertionError(f"{unexpected} of {n} requests did not answer {self.expect}")
+        return elapsed
+
+
+@require_scopes("read:photos")
+async def photos(request: Any) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route(PATH, photos)])
+
+
+def fastapi_app() -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get(PATH)
+    @require_scopes("read:photos")
+    async def fastapi_photos() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return app
+
+
+class PyJWTMiddleware:
+    """What a user hand-rolls: a pure-ASGI middleware around ``jwt.decode``, keys from a ``PyJWKSet`` by kid."""
+
+    def __init__(self, app: ASGIApp, jwks: dict[str, Any]) -> None:
+        self.app = app
+        self.keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(jwks).keys}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise jwt.InvalidTokenError("no bearer token")
+            key = self.keys[jwt.get_unverified_header(token)["kid"]]
+            claims = jwt.decode(token, key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
+        except (jwt.PyJWTError, KeyError):
+            await PlainTextResponse("unauthorized", 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        if "read:photos" not in claims.get("scope", "").split():
+            await PlainTextResponse("forbidden", 403)(scope, receive, send)
+            return
+        scope["user"], scope["auth"] = claims["sub"], claims
+        await self.app(scope, receive, send)
+
+
+def guarded(app: Any, transport: IssuerTransport, **options: Any) -> Any:
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, http_client=transport.client(), **options)
+    return app
+
+
+Target = Callable[[Result, dict[str, Result]], tuple[str, bool]]
+
+
+def _rps_target(bound: float, *, hit_us: float | None = None) -> Target:
+    def check(result: Result, group: dict[str, Result]) -> tuple[str, bool]:
+        ratio = sorted(result.ratios)[len(result.ratios) // 2]
+        text, ok = f"≥{bound:.2f}x bare", ratio >= bound
+        if hit_us is not None:
+            delta = sorted(result.deltas_us)[len(result.deltas_us) // 2]
+            text, ok = f"{text}, ≤+{hit_us:g} µs", ok and delta <= hit_us
+        return text, ok
+
+    return check
+
+
+def _case(loop: asyncio.AbstractEventLoop, group: str, name: str, harness: Harness, **kwargs: Any) -> Case:
+    for _ in range(50):  # builds the middleware stack, fetches the JWKS, fills the route cache
+        status = loop.run_until_complete(harness.request())
+        if status != harness.expect:
+            raise AssertionError(f"{group} / {name}: warm-up request answered {status}, not {harness.expect}")
+    batch: Callable[[int], Awaitable[float]] = harness.batch
+    return Case(group, name, "rps", batch, baseline=None if name == BARE else BARE, **kwargs)
+
+
+def cases(keys: Keys, loop: asyncio.AbstractEventLoop, *, distinct: int) -> list[Case]:
+    """Starlette bare / + hand-written PyJWT / + TokenGuard (repeated, distinct); FastAPI bare / + TokenGuard.
+
+    For distinct tokens the guard's verified cache holds ``distinct // 2`` entries and the harness cycles
+    through ``distinct`` tokens, so every request misses and evicts: the steady state of a full cache.
+    """
+    jwks, transport = keys.jwks(), IssuerTransport(keys.jwks())
+    token = mint(keys, "RS256")
+    pool = [mint(keys, "RS256") for _ in range(distinct)]
+    repeated = _rps_target(REPEATED_TARGET, hit_us=HIT_TARGET_US)
+
+    def fastapi_cases() -> list[Case]:
+        return [
+            _case(loop, FASTAPI, BARE, Harness(fastapi_app(), itertools.repeat(token))),
+            _case(
+                loop,
+                FASTAPI,
+                "+ TokenGuard, repeated token",
+                Harness(guarded(fastapi_app(), transport), itertools.repeat(token)),
+                target=repeated,
+            ),
+        ]
+
+    starlette_cases = [
+        _case(loop, STARLETTE, BARE, Harness(starlette_app(), itertools.repeat(token))),
+        _case(
+            loop,
+            STARLETTE,
+            "+ hand-written PyJWT middleware",
+            Harness(PyJWTMiddleware(starlette_app(), jwks), itertools.repeat(token)),
+        ),
+        _case(
+            loop,
+            STARLETTE,
+            "+ TokenGuard, repeated token",
+            Harness(guarded(starlette_app(), transport), itertools.repeat(token)),
+            target=repeated,
+        ),
+        _case(
+            loop,
+            STARLETTE,
+            f"+ TokenGuard, distinct RS256 tokens ({distinct} cycled)",
+            Harness(
+                guarded(starlette_app(), transport, verified_cache_size=max(1, distinct // 2)), itertools.cycle(pool)
+            ),
+            target=_rps_target(DISTINCT_TARGET),
+        ),
+    ]
+    return starlette_cases + optional("fastapi", fastapi_cases)
