@@ -6,14 +6,14 @@
 
 ``install_openapi`` puts the issuer's authorization and token endpoints (read from its RFC 8414
 metadata) and the scopes the routes declare in the OpenAPI document, and turns on PKCE in Swagger
-UI. Two things the issuer must do for a browser to sign in, both set up by ``create_idp`` and
-``idp_app`` here:
+UI. Two things the issuer must do for a browser to sign in, both set up by ``create_idp`` here:
 
 - register the docs client with Swagger UI's redirect page (``/docs/oauth2-redirect``) as a redirect URI;
-- answer CORS requests on its token endpoint from the API's origin: Swagger UI posts the code there.
+- answer CORS requests on its token endpoint from the API's origin (``cors_origins``): Swagger UI
+  posts the code there from the page's origin.
 
-The DevIdP has no public clients yet, so the docs client has a secret, which Swagger UI sends (and
-shows to every visitor of ``/docs``): fine for a development issuer, never for a real one.
+The docs client is a public client (RFC 6749 §2.1): Swagger UI runs in the browser, where a secret
+would be shown to every visitor of ``/docs``, so it has none; PKCE S256 protects its code instead.
 """
 
 from __future__ import annotations
@@ -24,16 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Security
-from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
 
 from tokenguard import AccessToken, TokenGuard, public, require_scopes
 from tokenguard.fastapi import current_token, install_openapi, require
 from tokenguard.testing import DevIdP
 
 AUDIENCE = "https://photos.example"
-DOCS_CLIENT_ID = "photos-docs"
-DOCS_CLIENT_SECRET = "photos-docs-secret"  # development only: Swagger UI shows it to every visitor
+DOCS_CLIENT_ID = "photos-docs"  # a public client: no secret for Swagger UI to show its visitors
 SCOPES = {
     "read:photos": "See your photos",
     "write:photos": "Upload and delete your photos",
@@ -47,7 +44,7 @@ def create_app(
     issuer: str,
     audience: str = AUDIENCE,
     docs_client_id: str = DOCS_CLIENT_ID,
-    docs_client_secret: str | None = DOCS_CLIENT_SECRET,
+    docs_client_secret: str | None = None,
     **guard_options: Any,
 ) -> FastAPI:
     app = FastAPI(title="Photos API")
@@ -78,37 +75,20 @@ def create_app(
     return app
 
 
-def create_idp(port: int, *, audience: str = AUDIENCE, **options: Any) -> DevIdP:
-    """A DevIdP at ``http://127.0.0.1:PORT`` that knows the docs client (authorization code + PKCE)."""
-    idp = DevIdP.local(port, default_audience=audience, **options)
-    idp.register_client(
-        DOCS_CLIENT_ID,
-        DOCS_CLIENT_SECRET,
-        scopes=SCOPES,
-        redirect_uris=DOCS_REDIRECT_URIS,
-        audience=audience,
-        grant_types=("authorization_code", "refresh_token"),
-    )
+def create_idp(port: int, *, cors_origins: Sequence[str] = (), audience: str = AUDIENCE, **options: Any) -> DevIdP:
+    """A DevIdP at ``http://127.0.0.1:PORT`` that knows the docs client (a public client: code + PKCE)
+    and lets Swagger UI on ``cors_origins`` call its token endpoint."""
+    idp = DevIdP.local(port, default_audience=audience, cors_origins=cors_origins, **options)
+    idp.register_client(DOCS_CLIENT_ID, scopes=SCOPES, redirect_uris=DOCS_REDIRECT_URIS, audience=audience)
     return idp
-
-
-def idp_app(idp: DevIdP, *, allow_origins: Sequence[str]) -> ASGIApp:
-    """The DevIdP's app behind CORS, so Swagger UI on ``allow_origins`` may post to its token endpoint."""
-    return CORSMiddleware(
-        idp.app,
-        allow_origins=list(allow_origins),
-        allow_methods=["GET", "POST"],
-        allow_headers=["Accept", "Authorization", "Content-Type", "X-Requested-With"],
-    )
 
 
 def main() -> None:
     import uvicorn
 
     idp_port, api_port = int(os.environ.get("TOKENGUARD_IDP_PORT", "9000")), int(os.environ.get("PORT", "8000"))
-    idp = create_idp(idp_port)
-    origins = [f"http://127.0.0.1:{api_port}", f"http://localhost:{api_port}"]
-    idp_server = uvicorn.Server(uvicorn.Config(idp_app(idp, allow_origins=origins), host="127.0.0.1", port=idp_port))
+    idp = create_idp(idp_port, cors_origins=[f"http://127.0.0.1:{api_port}", f"http://localhost:{api_port}"])
+    idp_server = uvicorn.Server(uvicorn.Config(idp.app, host="127.0.0.1", port=idp_port))
     threading.Thread(target=idp_server.run, name="dev-idp", daemon=True).start()
     print(f"DevIdP at {idp.issuer}; open http://127.0.0.1:{api_port}/docs")
     uvicorn.run(create_app(issuer=idp.issuer), host="127.0.0.1", port=api_port)

@@ -57,7 +57,7 @@ if SWAGGER_UI_DIST is None or not (SWAGGER_UI_DIST / "swagger-ui-bundle.js").is_
         allow_module_level=True,
     )
 
-from examples.fastapi_oauth_app import DOCS_CLIENT_ID, create_app, create_idp, idp_app  # noqa: E402
+from examples.fastapi_oauth_app import DOCS_CLIENT_ID, create_app, create_idp  # noqa: E402
 
 from tokenguard.testing import DevIdP, KeyRing  # noqa: E402
 
@@ -112,11 +112,11 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(dev_idp_keys: KeyRing) -> Iterator[Site]:
-    """The DevIdP (behind CORS for the API's origin) and the example API, each on a free loopback port."""
+    """The DevIdP (CORS open to the API's origin) and the example API, each on a free loopback port."""
     idp_socket, api_socket = _listening_socket(), _listening_socket()
-    idp = create_idp(idp_socket.getsockname()[1], keys=dev_idp_keys)
     api_url = f"{LOOPBACK}{api_socket.getsockname()[1]}"
-    servers = [_Served(idp_app(idp, allow_origins=[api_url]), idp_socket)]
+    idp = create_idp(idp_socket.getsockname()[1], keys=dev_idp_keys, cors_origins=[api_url])
+    servers = [_Served(idp.app, idp_socket)]
     try:
         # The API reaches the DevIdP over HTTP like any issuer: metadata, then the JWKS.
         servers.append(_Served(create_app(issuer=idp.issuer), api_socket))
@@ -215,6 +215,8 @@ def test_docs_offer_sign_in_with_pkce(page: Any, site: Site) -> None:
     assert f"{site.idp.issuer}/authorize" in text
     assert f"{site.idp.issuer}/token" in text
     assert dialog.locator('input[data-name="clientId"]').input_value() == DOCS_CLIENT_ID
+    # A public client: no secret for Swagger UI to fill in (and show every visitor of /docs).
+    assert dialog.locator('input[data-name="clientSecret"]').input_value() == ""
     offered = dialog.locator('input[type="checkbox"]')
     assert [offered.nth(i).get_attribute("data-value") for i in range(offered.count())] == [
         "read:photos",
@@ -237,7 +239,9 @@ def test_signed_in_swagger_ui_gets_200_within_the_granted_scope_and_403_beyond(p
     status, body = docs.try_it_out("delete", "/photos/{photo_id}", photo_id="7")
     assert (status, body["detail"]["error"], body["detail"]["scope"]) == (403, "insufficient_scope", "write:photos")
 
-    # The DevIdP saw the whole authorization-code flow (it refuses one without PKCE S256).
+    # The DevIdP saw the whole authorization-code flow (it refuses one without PKCE S256), cross-origin
+    # through its own CORS answers, from a public client (which it refuses if a secret comes along).
+    assert site.idp.clients[DOCS_CLIENT_ID].public
     issued = [e for e in site.idp.events if e.kind == "issued" and e.client_id == DOCS_CLIENT_ID]
     assert [(e.detail["grant_type"], e.detail["scope"], e.subject) for e in issued][-1:] == [
         ("authorization_code", "read:photos", "alice")

@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
+from tokenguard._cli_demo import CLIENT_ID, build_idp
 from tokenguard._cli_demo import main as play
 from tokenguard._cli_output import Printer
 from tokenguard.cli import main
+from tokenguard.testing import ManualClock, OAuthError
 
 STEPS = [
     "Step 1/7  leak",
@@ -92,7 +94,9 @@ def test_demo_shows_each_exchange_of_the_story(demo_run: subprocess.CompletedPro
     assert "DEBUG photos-web.oauth" in leak  # the log line that leaks
     attacker = section(out, STEPS[1], STEPS[2])
     assert re.search(
-        r"attacker → idp  POST /token  grant_type=refresh_token refresh_token=\S+ chars\) \[RT1\]", attacker
+        r"attacker → idp  POST /token  grant_type=refresh_token refresh_token=\S+ chars\) \[RT1\] "
+        r"client_id=photos-web\n",
+        attacker,
     )
     assert re.search(r"←\s+200  access_token=\S+ chars\) \[AT2\]", attacker)
     replay = section(out, STEPS[2], STEPS[3])
@@ -111,6 +115,36 @@ def test_demo_shows_each_exchange_of_the_story(demo_run: subprocess.CompletedPro
     assert "The access token has expired." in refused
     reauth = section(out, STEPS[6], "\nSummary\n")
     assert re.search(r"POST /transfers .*\n\s+←\s+200  transferred=20", reauth)
+
+
+def test_demo_client_is_public_and_the_leak_is_the_refresh_token_alone(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
+    """photos-web is a public client: token requests carry client_id and no secret; the log line leaks only RT1."""
+    out = demo_run.stdout
+    assert "photos-web (public: a single-page app, no secret;" in out
+    assert "OAuth 2.1 §4.3.1 requires for public clients" in out
+    token_requests = [line for line in out.splitlines() if "photos-web → idp  POST /token" in line]
+    assert len(token_requests) == 4  # the code exchange, the replay, the new login, its refresh
+    assert all(line.endswith("client_id=photos-web") for line in token_requests)
+    assert "client_secret" not in out
+    assert "Basic photos-web" not in out  # only photos-api, a confidential client, authenticates
+    log_line = next(line for line in out.splitlines() if "DEBUG photos-web.oauth" in line)
+    assert re.fullmatch(r"\s+DEBUG photos-web\.oauth POST /token client_id=photos-web -> 200 "
+                        r"refresh_token=\S{7}…\(43 chars\)", log_line)  # fmt: skip
+    assert "Authorization" not in log_line
+
+
+def test_demo_idp_registers_photos_web_as_a_public_client() -> None:
+    """The demo's IdP knows photos-web without a secret: client_id alone authenticates it, a secret does not."""
+    idp = build_idp(ManualClock())
+    client = idp.clients[CLIENT_ID]
+    assert client.public
+    assert client.grant_types == {"authorization_code", "refresh_token"}
+    assert idp.authenticate_client(CLIENT_ID, None) is client
+    with pytest.raises(OAuthError) as refused:
+        idp.authenticate_client(CLIENT_ID, "photos-web-secret")
+    assert refused.value.error == "invalid_client"
 
 
 def test_demo_in_process_through_main(capsys: pytest.CaptureFixture[str]) -> None:

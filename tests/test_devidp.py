@@ -166,7 +166,8 @@ async def test_metadata_is_served_at_both_discovery_paths(dev_idp: DevIdP) -> No
         DEV_USER_GRANT,
     }
     methods = ["client_secret_basic", "client_secret_post"]
-    assert document["token_endpoint_auth_methods_supported"] == methods
+    assert document["token_endpoint_auth_methods_supported"] == [*methods, "none"]  # public clients too
+    assert document["revocation_endpoint_auth_methods_supported"] == [*methods, "none"]
     assert document["introspection_endpoint_auth_methods_supported"] == methods
     assert document["scopes_supported"] == ["admin", "read", "write"]
 

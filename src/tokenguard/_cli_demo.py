@@ -3,6 +3,10 @@
 Both run in this process (httpx ``ASGITransport``), share one injected clock (expiry is shown by
 moving it, never by sleeping), and every HTTP exchange is printed with its tokens abbreviated.
 The demo checks its own story: any step that does not behave as told makes it exit 1.
+
+The story's client, photos-web, is a public client (a single-page app: no secret, RFC 6749 §2.1):
+the case for which OAuth 2.1 §4.3.1 requires refresh-token rotation, since nothing but the refresh
+token itself stands between whoever holds it and the token endpoint.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ from tokenguard._cli_output import Printer, abbreviate, duration
 from tokenguard.testing import DevIdP, ManualClock
 
 API_URL = "https://photos.tokenguard.test"
-CLIENT_ID = "photos-web"
-CLIENT_SECRET = "photos-web-secret"
+CLIENT_ID = "photos-web"  # a public client: a single-page app has no secret to keep
 API_CLIENT_ID = "photos-api"
 API_CLIENT_SECRET = "photos-api-secret"
 REDIRECT_URI = "http://127.0.0.1/callback"
@@ -88,9 +91,9 @@ def build_api(idp: DevIdP, clock: Callable[[], float]) -> Starlette:
 
 
 def build_idp(clock: ManualClock, **options: Any) -> DevIdP:
-    """The DevIdP with the demo's two clients: the web app, and the API (which may introspect)."""
+    """The DevIdP with the demo's two clients: the web app (public), and the API (which may introspect)."""
     idp = DevIdP(clock=clock, default_clients=False, scopes=SCOPES, **options)
-    idp.register_client(CLIENT_ID, CLIENT_SECRET, scopes=SCOPES, redirect_uris=[REDIRECT_URI], audience=API_URL)
+    idp.register_client(CLIENT_ID, scopes=SCOPES, redirect_uris=[REDIRECT_URI], audience=API_URL)
     idp.register_client(API_CLIENT_ID, API_CLIENT_SECRET, scopes=(), grant_types=(), introspection=True)
     return idp
 
@@ -204,23 +207,24 @@ class Story:
         transfer = await self.api("photos-web", "POST", "/transfers", tokens.access, body={"amount": 20, "to": "bob"})
         self.expect(photos.status_code == 200, "GET /photos with alice's token should answer 200")
         self.expect(transfer.status_code == 200, "POST /transfers with alice's token should answer 200")
-        self.say("photos-web logs its token exchanges at DEBUG level. One line, as shipped to the log store:")
-        basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        self.say("photos-web sends its errors and debug traces to a log service. One line, as shipped there:")
         self.out.line(
             self.out.style(
-                f"    DEBUG photos-web.oauth POST /token Authorization: Basic {abbreviate(basic)} -> 200 "
+                f"    DEBUG photos-web.oauth POST /token client_id={CLIENT_ID} -> 200 "
                 f"refresh_token={abbreviate(tokens.refresh)}",
                 "magenta",
             )
         )
-        self.say("The log line held the whole refresh token (and the client's Basic credentials); the attacker")
-        self.say("reads the log store. Here both are shortened; in the log they were not.")
+        self.say("The log line held the whole refresh token (shortened here; in the log it was not), and the")
+        self.say("attacker reads the log store. photos-web is a public client: it has no secret, so that token")
+        self.say("is all anyone needs at the token endpoint. Only rotation can tell a copy from the original.")
         self.leaked = tokens
         self.current.got.append(f"login 200, /photos {photos.status_code}, /transfers {transfer.status_code}; leaked")
 
     async def attacker_refresh(self) -> None:
         leaked = self.need(self.leaked, "nothing leaked in step 1")
-        self.say("The attacker uses the leaked refresh token before photos-web needs it.")
+        self.say("The attacker uses the leaked refresh token before photos-web needs it, sending photos-web's")
+        self.say("client_id, which is public: it is in the app's JavaScript and in every authorization URL.")
         response = await self.token("attacker", {"grant_type": "refresh_token", "refresh_token": leaked.refresh})
         self.expect(response.status_code == 200, "the first use of the refresh token should succeed (200)")
         body = _json(response)
@@ -377,9 +381,11 @@ class Story:
         return _tokens(_json(response))
 
     async def token(self, actor: str, form: Mapping[str, str]) -> httpx.Response:
+        """A token request as a public client makes it (RFC 6749 §3.2.1): client_id in the form, no secret."""
         assert self.idp_http is not None
-        self.request(actor, "idp", "POST", "/token", {**form, "auth": f"Basic {CLIENT_ID}"})
-        response = await self.idp_http.post(self._idp_path("/token"), data=dict(form), auth=(CLIENT_ID, CLIENT_SECRET))
+        sent = {**form, "client_id": CLIENT_ID}
+        self.request(actor, "idp", "POST", "/token", sent)
+        response = await self.idp_http.post(self._idp_path("/token"), data=sent)
         body = _json(response)
         self._label(body)
         self.response(response, body)
@@ -516,7 +522,8 @@ def intro(out: Printer, idp: DevIdP) -> None:
     out.line("                     GET /photos     @require_scopes('read:photos')            local JWT validation")
     out.line("                     POST /transfers @sensitive @require_scopes('write:transfers')  introspected")
     out.line("                     GET /health     @public")
-    out.line(f"  client             {CLIENT_ID} (confidential; refresh tokens rotate on every use)")
+    out.line(f"  client             {CLIENT_ID} (public: a single-page app, no secret; its refresh tokens rotate")
+    out.line("                     on every use, as OAuth 2.1 §4.3.1 requires for public clients)")
     out.line(f"  user               {USER}, scopes {SCOPES}")
     out.line("  Tokens are shown as eyJhbGc…(758 chars) [AT1]: never whole; [AT1]/[RT1] name the first access")
     out.line("  and refresh token, [AT2]/[RT2] the next pair, and so on.")

@@ -2,20 +2,31 @@
 
 The socket is bound before anything is printed, so a port in use is a one-line error, ``--port 0``
 picks a free port, and a client that reads the printed issuer URL can connect at once.
+
+Besides the DevIdP's own clients it registers ``dev-spa``, a public client (RFC 6749 §2.1) for a
+browser or native app on loopback; ``--cors-origin`` lets a browser app on that origin call the
+token endpoint (CORS), e.g. Swagger UI on ``http://127.0.0.1:8000``.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from urllib.parse import urlsplit
 
 from tokenguard._cli_output import CliError, Printer
 from tokenguard.config import check_url, is_loopback_host
 from tokenguard.errors import ConfigurationError
-from tokenguard.testing import DEV_USER_GRANT, RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, DevIdP
+from tokenguard.testing import DEV_USER_GRANT, RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, Client, DevIdP
+from tokenguard.testing._idp import cors_origin_list
 
 _ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - refused unless --allow-remote
+#: The public client registered out of the box: a browser or native app, no secret, PKCE.
+SPA_CLIENT_ID = "dev-spa"
+#: Loopback, any port (RFC 8252 §7.3): an app's /callback, and Swagger UI's redirect page.
+SPA_REDIRECT_URIS: tuple[str, ...] = tuple(
+    f"http://{host}{path}" for path in ("/callback", "/docs/oauth2-redirect") for host in ("127.0.0.1", "localhost")
+)
 
 
 def main(
@@ -27,11 +38,13 @@ def main(
     allow_remote: bool,
     issuer: str | None = None,
     scopes: tuple[str, ...] = (),
+    cors_origins: tuple[str, ...] = (),
 ) -> int:
     """Serve until interrupted; refuse a non-loopback host unless ``allow_remote``."""
     _check_host(host, allow_remote)
     if not 0 <= port <= 65535:
         raise CliError(f"--port must be between 0 and 65535, got {port}")
+    origins = _cors_origins(cors_origins)
     try:
         import uvicorn  # noqa: F401 - only to say early and clearly that it is missing
     except ImportError as exc:
@@ -39,7 +52,7 @@ def main(
     origin = _key_origin(keys)  # before the DevIdP writes a missing key file
     sock = _bind(host, port)
     try:
-        idp = _build(host, sock.getsockname()[1], keys, issuer)
+        idp = _build(host, sock.getsockname()[1], keys, issuer, origins)
         if scopes:
             idp.add_scopes(*scopes)
         _describe(out, idp, origin, listen=_url(host, sock.getsockname()[1]))
@@ -80,18 +93,28 @@ def _url(host: str, port: int) -> str:
     return f"http://{netloc}:{port}"
 
 
-def _build(host: str, port: int, keys: str | None, issuer: str | None) -> DevIdP:
+def _cors_origins(given: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``--cors-origin`` values, checked before the port is bound."""
+    try:
+        return cors_origin_list(given)
+    except ConfigurationError as exc:
+        raise CliError(f"--cors-origin: {exc}") from exc
+
+
+def _build(host: str, port: int, keys: str | None, issuer: str | None, cors_origins: tuple[str, ...] = ()) -> DevIdP:
     if issuer is None:
         # Listening everywhere: the issuer names loopback, reachable from this machine (http is only
         # allowed there, RFC 8414 §2); behind a TLS proxy, --issuer names the https URL instead.
         issuer = _url("127.0.0.1" if host in _ALL_INTERFACES else host, port)
     try:
         check_url("--issuer", issuer)
-        return DevIdP(issuer, key_file=keys)
+        idp = DevIdP(issuer, key_file=keys, cors_origins=cors_origins)
     except ConfigurationError as exc:
         raise CliError(f"{exc}; a non-loopback DevIdP needs --issuer https://... (a TLS proxy in front)") from exc
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot use the key file {keys!r}: {exc}") from exc
+    idp.register_client(SPA_CLIENT_ID, redirect_uris=SPA_REDIRECT_URIS)
+    return idp
 
 
 def _describe(out: Printer, idp: DevIdP, key_origin: str, *, listen: str) -> None:
@@ -110,12 +133,18 @@ def _describe(out: Printer, idp: DevIdP, key_origin: str, *, listen: str) -> Non
         ("keys", f"{', '.join(idp.keys.kids)} ({key_origin})"),
         ("scopes", " ".join(sorted(idp.scopes))),
         ("audience", f"{idp.default_audience} (JWT access tokens, {idp.access_token_ttl} s)"),
+        ("cors", _cors_row(idp)),
     ]
     for name, value in rows:
         out.line(f"  {name:<11}{value}")
     out.line()
-    out.line(out.style("Clients (client_secret_basic or client_secret_post)", "bold"))
+    out.line(out.style("Clients", "bold"))
+    out.line("  confidential: client_secret_basic or client_secret_post; public: client_id alone, with PKCE S256")
     out.table(["CLIENT_ID", "SECRET", "MAY"], [_client_row(client) for client in idp.clients.values()])
+    spa = idp.clients.get(SPA_CLIENT_ID)
+    if spa is not None:
+        paths = " or ".join(sorted({urlsplit(uri).path for uri in spa.redirect_uris}))
+        out.line(f"  {SPA_CLIENT_ID} redirects to http://127.0.0.1 or http://localhost, any port, path {paths}")
     _examples(out, idp)
     out.line()
     out.line(out.style(f"Listening on {listen}", "bold") + " (Ctrl+C to stop)")
@@ -127,17 +156,24 @@ def _key_origin(keys: str | None) -> str:
     return f"loaded from {keys}" if os.path.exists(keys) else f"generated now and saved to {keys}"
 
 
-def _client_row(client: Any) -> list[str]:
+def _cors_row(idp: DevIdP) -> str:
+    if not idp.cors_origins:
+        return "off (--cors-origin ORIGIN lets a browser app there call the token endpoint)"
+    return f"{' '.join(idp.cors_origins)} (token, revoke, metadata, jwks)"
+
+
+def _client_row(client: Client) -> list[str]:
+    secret = client.client_secret if client.client_secret is not None else "none (public)"
     if client.introspection and not client.grant_types:
-        return [client.client_id, client.client_secret, "introspect any token (a resource server)"]
+        return [client.client_id, secret, "introspect any token (a resource server)"]
     grants = sorted("dev-user" if g == DEV_USER_GRANT else g for g in client.grant_types)
     scopes = " ".join(sorted(client.scopes)) if client.scopes is not None else "every scope"
-    return [client.client_id, client.client_secret, f"{' '.join(grants)}; {scopes}"]
+    return [client.client_id, secret, f"{' '.join(grants)}; {scopes}"]
 
 
 def _examples(out: Printer, idp: DevIdP) -> None:
     token = idp.endpoint("token")
-    user = next((c for c in idp.clients.values() if c.grant_types), None)
+    user = next((c for c in idp.clients.values() if "client_credentials" in c.grant_types and not c.public), None)
     out.line()
     out.line(out.style("Try it", "bold"))
     if user is not None:
@@ -150,3 +186,6 @@ def _examples(out: Printer, idp: DevIdP) -> None:
         f'  app.add_middleware(TokenGuard, issuer="{idp.issuer}", audience="{idp.default_audience}",\n'
         f'                     client_id="{RESOURCE_CLIENT_ID}", client_secret="{RESOURCE_CLIENT_SECRET}")'
     )
+    if SPA_CLIENT_ID in idp.clients:
+        where = f"from {' '.join(idp.cors_origins)}" if idp.cors_origins else "with --cors-origin http://127.0.0.1:8000"
+        out.line(f'  install_openapi(app, client_id="{SPA_CLIENT_ID}")   # FastAPI: Swagger UI signs in {where}')

@@ -85,6 +85,13 @@ def _add_dev_idp(commands: Any) -> None:
         help="a scope clients may ask for, in addition to read/write/admin and the examples' scopes (repeatable)",
     )
     dev.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="a browser origin (e.g. http://127.0.0.1:8000, or '*') allowed to call the token endpoint (repeatable)",
+    )
+    dev.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --host (never do this on a shared network)"
     )
     dev.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
@@ -209,6 +216,7 @@ def _cmd_dev_idp(args: argparse.Namespace, http_client: HttpClientOption, clock:
         keys=args.keys,
         allow_remote=args.allow_remote,
         issuer=args.issuer,
+        cors_origins=tuple(args.cors_origins or ()),
     )
 
 

@@ -12,6 +12,12 @@ introspection, RFC 7009 revocation) that runs in-process as an ASGI app or on a 
                        client_id=RESOURCE_CLIENT_ID, client_secret=RESOURCE_CLIENT_SECRET)
     token = idp.issue_token(scopes=["read"])
 
+A browser or native app is a public client, registered without a secret, and a browser app on
+another origin needs the DevIdP to answer CORS for it::
+
+    idp = DevIdP(cors_origins=["http://127.0.0.1:5173"])
+    idp.register_client("my-spa", redirect_uris=["http://127.0.0.1/callback"])   # any loopback port
+
 It is for development and tests only: it approves every authorization request it is sent.
 The pytest fixtures (``dev_idp``, ``issue_token``, ``guarded_app``) are in ``pytest_plugin``.
 """

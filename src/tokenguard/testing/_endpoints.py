@@ -1,21 +1,28 @@
 """The HTTP side of ``DevIdP``: a Starlette app for metadata, JWKS, /authorize, /token, /introspect, /revoke.
 
-Only wire formats live here: form parsing, client authentication, redirects and JSON answers.
+Only wire formats live here: form parsing, client authentication, redirects, JSON answers and CORS.
 Every decision is taken by the ``DevIdP`` methods these endpoints call.
+
+CORS (``DevIdP(cors_origins=...)``) covers what a browser app calls with ``fetch``: the token and
+revocation endpoints and the metadata and JWKS documents. Not /authorize, which the browser navigates
+to, and not /introspect, which is for resource servers (servers, not browsers).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenguard.testing._model import Client, OAuthError
 
@@ -28,6 +35,9 @@ _CACHEABLE = {"Cache-Control": "public, max-age=300"}
 _FORM = "application/x-www-form-urlencoded"
 _MAX_BODY = 64 * 1024
 _REALM = 'Basic realm="tokenguard-dev-idp"'
+#: Request headers a browser app may send cross-origin: Basic credentials (a confidential client), the
+#: form's content type, and what HTTP libraries add (Accept, X-Requested-With).
+_CORS_HEADERS = ("Accept", "Authorization", "Content-Type", "X-Requested-With")
 
 
 def build_app(idp: DevIdP) -> Starlette:
@@ -63,9 +73,9 @@ def build_app(idp: DevIdP) -> Starlette:
             form = await _form(request)
             client = _authenticate(idp, request, form)
             token = _required(form, "token")
+            answer = idp.introspect(token, token_type_hint=form.get("token_type_hint"), client_id=client.client_id)
         except OAuthError as exc:
             return _error(exc)
-        answer = idp.introspect(token, token_type_hint=form.get("token_type_hint"), client_id=client.client_id)
         return JSONResponse(answer, headers=_NO_STORE)
 
     async def revoke(request: Request) -> Response:
@@ -79,16 +89,42 @@ def build_app(idp: DevIdP) -> Starlette:
         # RFC 7009 §2.2: 200 whether or not the token was known (an invalid token is no error).
         return Response(status_code=200, headers=_NO_STORE)
 
+    def browser(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str) -> Route:
+        """A route a browser app may call cross-origin, when the DevIdP has ``cors_origins``."""
+        if not idp.cors_origins:
+            return Route(path, endpoint, methods=[method])
+        cors = Middleware(
+            CORSMiddleware, allow_origins=idp.cors_origins, allow_methods=[method], allow_headers=_CORS_HEADERS
+        )
+        plain = Middleware(_NoPlainOptions, allow=f"{method}, OPTIONS")
+        return Route(path, endpoint, methods=[method, "OPTIONS"], middleware=[cors, plain])
+
     routes = [
-        Route("/.well-known/oauth-authorization-server" + base, metadata, methods=["GET"]),
-        Route(base + "/.well-known/openid-configuration", metadata, methods=["GET"]),
-        Route(base + "/jwks", jwks, methods=["GET"]),
+        browser("/.well-known/oauth-authorization-server" + base, metadata, "GET"),
+        browser(base + "/.well-known/openid-configuration", metadata, "GET"),
+        browser(base + "/jwks", jwks, "GET"),
         Route(base + "/authorize", authorize, methods=["GET", "POST"]),
-        Route(base + "/token", token, methods=["POST"]),
+        browser(base + "/token", token, "POST"),
         Route(base + "/introspect", introspect, methods=["POST"]),
-        Route(base + "/revoke", revoke, methods=["POST"]),
+        browser(base + "/revoke", revoke, "POST"),
     ]
     return Starlette(routes=routes)
+
+
+class _NoPlainOptions:
+    """Behind ``CORSMiddleware``, which answers preflights: any other OPTIONS gets 405, as without CORS."""
+
+    def __init__(self, app: ASGIApp, *, allow: str) -> None:
+        self.app = app
+        self.allow = allow
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            # RFC 9110 §15.5.6: a 405 lists the methods the resource does take.
+            refusal = PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": self.allow})
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _error(exc: OAuthError) -> Response:
@@ -141,7 +177,7 @@ def _required(form: Mapping[str, str], name: str) -> str:
 
 
 def _authenticate(idp: DevIdP, request: Request, form: Mapping[str, str]) -> Client:
-    """client_secret_basic or client_secret_post, exactly one of them (RFC 6749 §2.3)."""
+    """client_secret_basic, client_secret_post, or a public client's bare ``client_id``: one of them (RFC 6749 §2.3)."""
     headers = request.headers.getlist("authorization")
     if len(headers) > 1:
         raise OAuthError("invalid_request", "More than one Authorization header.")
@@ -155,6 +191,10 @@ def _authenticate(idp: DevIdP, request: Request, form: Mapping[str, str]) -> Cli
         return _basic(idp, credentials.strip(), form.get("client_id"))
     if "client_secret" in form:
         return idp.authenticate_client(_required(form, "client_id"), form["client_secret"])
+    if "client_id" in form:
+        # RFC 6749 §3.2.1: a public client sends its client_id to identify itself, and no credentials;
+        # the DevIdP refuses this from a confidential client, which MUST authenticate (§2.3).
+        return idp.authenticate_client(form["client_id"], None)
     raise OAuthError("invalid_client", "Client authentication is required.", status_code=401)
 
 

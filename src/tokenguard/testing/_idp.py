@@ -5,6 +5,9 @@ What it implements, and where:
 - RFC 6749 grants ``authorization_code`` (with RFC 7636 PKCE S256 required), ``client_credentials``
   and ``refresh_token``, plus a development-only grant (``DEV_USER_GRANT``) that issues a user's
   access + refresh pair without a browser;
+- confidential clients (``client_secret_basic``, ``client_secret_post``) and public ones (RFC 6749
+  §2.1, token endpoint auth method ``none``: ``client_id`` only, authorization code + refresh only);
+- CORS on the endpoints a browser app calls (token, revocation, metadata, JWKS) for ``cors_origins``;
 - refresh-token rotation with replay detection (OAuth 2.1 §4.3.1, RFC 9700 §4.14.2): a used refresh
   token presented again revokes its whole grant, refresh and access tokens alike;
 - RFC 9068 JWT access tokens or opaque ones, chosen per audience;
@@ -42,6 +45,7 @@ from tokenguard.testing._ledger import Ledger, digest, new_id
 from tokenguard.testing._model import (
     DEV_USER_GRANT,
     GRANT_TYPES,
+    PUBLIC_GRANT_TYPES,
     SCOPE_TOKEN,
     Audience,
     Client,
@@ -134,6 +138,31 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+def cors_origin_list(origins: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``cors_origins`` checked: ``"*"`` or serialized origins, ``scheme://host[:port]`` (RFC 6454 §6.2)."""
+    if origins is None:
+        return ()
+    items = [origins] if isinstance(origins, str) else list(origins)
+    return tuple(origin if origin == "*" else _origin(origin) for origin in items)
+
+
+def _origin(value: object) -> str:
+    """One origin, lower-cased as browsers send it; with a path (even "/") it would never match."""
+    shape = f"cors_origins must hold '*' or origins like http://127.0.0.1:8000, got {value!r}"
+    if not isinstance(value, str):
+        raise ConfigurationError(shape)
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:  # a port out of range, an unclosed IPv6 literal
+        raise ConfigurationError(shape) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigurationError(shape)
+    if parts.path or parts.query or parts.fragment or value.endswith(("?", "#")) or "@" in parts.netloc:
+        raise ConfigurationError(f"a CORS origin is scheme://host[:port], with no path or slash, got {value!r}")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
 def redirect_uri_matches(registered: str, given: str) -> bool:
     """Exact string match (RFC 9700 §4.1.3), except the port of a loopback IP literal (RFC 8252 §7.3)."""
     if hmac.compare_digest(registered.encode(), given.encode()):
@@ -168,6 +197,11 @@ class DevIdP:
     a confidential client allowed every grant type and every supported scope, whose redirect URIs
     are ``http://127.0.0.1/callback`` and ``http://localhost/callback`` (any port); and ``dev-api``
     / ``dev-api-secret``, a resource server that may introspect every token.
+    ``register_client(client_id)`` without a secret adds a public client (a browser or native app).
+
+    ``cors_origins=["http://127.0.0.1:8000"]`` (or ``["*"]``, for development) lets a browser app on
+    those origins call the token and revocation endpoints and read the metadata and JWKS: preflights
+    are answered and responses carry ``Access-Control-Allow-Origin``. Off by default.
     """
 
     def __init__(
@@ -189,6 +223,7 @@ class DevIdP:
         max_events: int = 1_000,
         default_clients: bool = True,
         authorization_details_types: Iterable[str] | None = None,
+        cors_origins: str | Iterable[str] | None = None,
     ) -> None:
         self.issuer = check_url("issuer", issuer)
         if urlsplit(issuer).query:
@@ -210,6 +245,8 @@ class DevIdP:
         self.authorization_details_types = (
             frozenset(authorization_details_types) if authorization_details_types is not None else None
         )
+        #: Browser origins allowed to call the token and revocation endpoints, metadata and JWKS.
+        self.cors_origins = cors_origin_list(cors_origins)
         self._audiences: dict[str, Audience] = {}
         self._clients: dict[str, Client] = {}
         self._ledger = Ledger(self, max_entries=self.max_entries, max_events=int(_positive("max_events", max_events)))
@@ -248,7 +285,7 @@ class DevIdP:
     def register_client(
         self,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
         *,
         scopes: str | Iterable[str] | None = None,
         redirect_uris: Iterable[str] = (),
@@ -256,24 +293,32 @@ class DevIdP:
         grant_types: Iterable[str] | None = None,
         introspection: bool = False,
     ) -> Client:
-        """Register (or replace) a confidential client.
+        """Register (or replace) a client: confidential with a ``client_secret``, public without one.
 
         ``scopes``: what it may ask for (``None``: every scope the DevIdP supports); the scopes
-        named are added to the supported ones. ``grant_types`` defaults to all four.
-        ``introspection=True`` lets it introspect any token (a resource server); other clients
-        may introspect their own tokens only.
+        named are added to the supported ones. ``grant_types`` defaults to all four for a
+        confidential client. ``introspection=True`` lets it introspect any token (a resource
+        server); other confidential clients may introspect their own tokens only.
+
+        A public client (RFC 6749 §2.1: a single-page or native app, which cannot keep a secret)
+        sends its ``client_id`` alone; it needs ``redirect_uris``, may use only the authorization
+        code grant (PKCE S256, as for every client here) and refresh tokens, which rotate on every
+        use (OAuth 2.1 §4.3.1), and may revoke its own tokens but never introspect.
         """
         if not isinstance(client_id, str) or not client_id.isprintable() or not client_id:
             raise ConfigurationError(f"client_id must be a non-empty printable string, got {client_id!r}")
-        if not isinstance(client_secret, str) or not client_secret:
-            raise ConfigurationError("client_secret must be a non-empty string")
+        if client_secret is not None and (not isinstance(client_secret, str) or not client_secret):
+            raise ConfigurationError("client_secret must be a non-empty string, or None for a public client")
+        public = client_secret is None
         allowed = scope_set(scopes) if scopes is not None else None
-        kinds = frozenset(GRANT_TYPES if grant_types is None else grant_types)
+        kinds = frozenset((PUBLIC_GRANT_TYPES if public else GRANT_TYPES) if grant_types is None else grant_types)
         if not kinds <= set(GRANT_TYPES):
             raise ConfigurationError(f"grant_types must be among {list(GRANT_TYPES)}, got {sorted(kinds)}")
         uris = tuple(redirect_uris)
         for uri in uris:
             self._check_redirect_uri(uri)
+        if public:
+            self._check_public_client(kinds, uris, introspection)
         client = Client(
             client_id=client_id,
             client_secret=client_secret,
@@ -290,6 +335,21 @@ class DevIdP:
                 self.add_audience(client.audience)
             self._clients[client_id] = client
         return client
+
+    @staticmethod
+    def _check_public_client(kinds: frozenset[str], uris: tuple[str, ...], introspection: bool) -> None:
+        # OAuth 2.1 §2.1 / RFC 6749 §4.4: a client that cannot authenticate gets no client credentials
+        # grant (nor the development user grant, which would hand anyone a user's tokens), and
+        # RFC 7662 §2.1: the introspection endpoint is for authorized (authenticated) callers only.
+        refused = sorted(kinds - set(PUBLIC_GRANT_TYPES))
+        if refused:
+            raise ConfigurationError(
+                f"a public client (no client_secret) may use only {list(PUBLIC_GRANT_TYPES)}, got {refused}"
+            )
+        if introspection:
+            raise ConfigurationError("a public client (no client_secret) may not introspect tokens")
+        if not uris:
+            raise ConfigurationError("a public client signs users in with the authorization code: give redirect_uris")
 
     @staticmethod
     def _check_redirect_uri(uri: str) -> None:
@@ -340,6 +400,8 @@ class DevIdP:
     def metadata(self) -> dict[str, Any]:
         """The RFC 8414 §2 authorization server metadata document."""
         auth_methods = ["client_secret_basic", "client_secret_post"]
+        # RFC 8414 §2 / RFC 7591 §2: "none" is a public client's method (token and revocation only).
+        public_methods = [*auth_methods, "none"]
         return {
             "issuer": self.issuer,
             "authorization_endpoint": self.endpoint("authorize"),
@@ -352,9 +414,9 @@ class DevIdP:
             "response_modes_supported": ["query"],
             "grant_types_supported": list(GRANT_TYPES),
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": auth_methods,
+            "token_endpoint_auth_methods_supported": public_methods,
             "introspection_endpoint_auth_methods_supported": auth_methods,
-            "revocation_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_methods_supported": public_methods,
             "authorization_response_iss_parameter_supported": True,
             **(
                 {"authorization_details_types_supported": sorted(self.authorization_details_types)}
@@ -519,13 +581,24 @@ class DevIdP:
 
     # -- the token endpoint (RFC 6749 §4, §6) ----------------------------------------------------
 
-    def authenticate_client(self, client_id: str, client_secret: str) -> Client:
-        """The client these credentials name; ``invalid_client`` (401) otherwise (RFC 6749 §5.2)."""
+    def authenticate_client(self, client_id: str, client_secret: str | None) -> Client:
+        """The client these credentials name; ``invalid_client`` (401) otherwise (RFC 6749 §5.2).
+
+        ``client_secret=None``: the caller sent its ``client_id`` alone, which only a public client may do.
+        """
         client = self._clients.get(client_id)
-        expected = client.client_secret if client is not None else secrets.token_urlsafe(16)
+        if client_secret is None:
+            # RFC 6749 §2.3: a confidential client MUST authenticate; only a public one goes without.
+            if client is None or not client.public:
+                raise OAuthError("invalid_client", "Client authentication failed.", status_code=401)
+            return client
+        expected = client.client_secret if client is not None else None
         # Compared in constant time, and a secret is compared even for an unknown client id.
-        matches = hmac.compare_digest(client_secret.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
-        if client is None or not matches:
+        matches = hmac.compare_digest(
+            client_secret.encode("utf-8", "surrogatepass"), (expected or secrets.token_urlsafe(16)).encode("utf-8")
+        )
+        # A public client presenting a secret is refused too: it has none, so someone guessed one.
+        if client is None or expected is None or not matches:
             raise OAuthError("invalid_client", "Client authentication failed.", status_code=401)
         return client
 
@@ -543,7 +616,9 @@ class DevIdP:
         handler = handlers.get(grant_type)
         if handler is None:
             raise OAuthError("unsupported_grant_type", "This grant type is not supported.")
-        if grant_type not in client.grant_types:
+        # OAuth 2.1 §2.1: whatever its registration says, a public client gets no grant but these two.
+        public_refused = client.public and grant_type not in PUBLIC_GRANT_TYPES
+        if grant_type not in client.grant_types or public_refused:
             raise OAuthError("unauthorized_client", "This client may not use this grant type.")
         with self._lock:
             return handler(client, form)
@@ -642,6 +717,8 @@ class DevIdP:
         # RFC 6749 §6: the requested scope "MUST NOT include any scope not originally granted".
         if not scopes <= grant.scopes:
             raise OAuthError("invalid_scope", "The scope exceeds what was originally granted.")
+        # OAuth 2.1 §4.3.1: a public client's refresh tokens MUST rotate (or be sender-constrained);
+        # here every client's do, so a leaked one is good for one use and its reuse is detected.
         return self._ledger.issue(grant, scopes, refresh=True, parent=state)
 
     def _code_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
@@ -753,10 +830,17 @@ class DevIdP:
     def introspect(
         self, token: str, *, token_type_hint: str | None = None, client_id: str | None = None
     ) -> dict[str, Any]:
-        """The RFC 7662 §2.2 answer for ``token``, as seen by ``client_id`` (``None``: any token)."""
+        """The RFC 7662 §2.2 answer for ``token``, as seen by ``client_id`` (``None``: any token).
+
+        A public client may not introspect: ``OAuthError`` ``unauthorized_client``.
+        """
         with self._lock:
-            found = self._ledger.find(token, token_type_hint)
             caller = self._clients.get(client_id) if client_id is not None else None
+            if caller is not None and caller.public:
+                # RFC 7662 §2.1: the endpoint answers authorized callers only, and a public client
+                # cannot authenticate: anyone could call with its client_id.
+                raise OAuthError("unauthorized_client", "A public client may not introspect tokens.")
+            found = self._ledger.find(token, token_type_hint)
             answer: dict[str, Any] = {"active": False}
             if found is not None and self._ledger.is_active(found):
                 grant = self._ledger.grants.get(found.grant_id)

@@ -16,6 +16,9 @@ from tokenguard.errors import ConfigurationError, TokenGuardError
 #: The development-only grant: a user's access + refresh pair for chosen scopes, no browser.
 DEV_USER_GRANT = "urn:tokenguard:params:oauth:grant-type:dev-user"
 GRANT_TYPES: tuple[str, ...] = ("authorization_code", "client_credentials", "refresh_token", DEV_USER_GRANT)
+#: What a public client may use: it holds no secret, so only grants that a user's consent (with PKCE)
+#: starts, and their refresh tokens (OAuth 2.1 §2.1, §4.3.1).
+PUBLIC_GRANT_TYPES: tuple[str, ...] = ("authorization_code", "refresh_token")
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -69,15 +72,29 @@ class OAuthError(TokenGuardError):
 
 @dataclass
 class Client:
-    """A registered client. ``scopes=None`` allows every scope the DevIdP supports."""
+    """A registered client. ``scopes=None`` allows every scope the DevIdP supports.
+
+    ``client_secret=None`` makes a public client (RFC 6749 §2.1): a single-page or native app that
+    cannot keep a secret, identified by ``client_id`` alone (``token_endpoint_auth_method`` "none").
+    """
 
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: str | None = field(repr=False)
     scopes: frozenset[str] | None = None
     redirect_uris: tuple[str, ...] = ()
     audience: str = ""
     grant_types: frozenset[str] = frozenset(GRANT_TYPES)
     introspection: bool = False
+
+    @property
+    def public(self) -> bool:
+        """True for a client without a secret (RFC 6749 §2.1 "public")."""
+        return self.client_secret is None
+
+    @property
+    def token_endpoint_auth_method(self) -> str:
+        """How it authenticates at the token endpoint, as RFC 7591 §2 names it."""
+        return "none" if self.public else "client_secret_basic"
 
 
 @dataclass(frozen=True)
