@@ -15,14 +15,15 @@ import json
 import json.scanner
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from tokenguard._lru import LRU
-from tokenguard._signatures import verifier
+from tokenguard._signatures import Verifier, verifier
 from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
-from tokenguard.jwks import JWKSCache, KeySet, VerificationKey
+from tokenguard.jwks import JWKSCache, KeySet
 from tokenguard.models import AccessToken
 
 TokenKind = Literal["jws", "jwe", "opaque"]
@@ -52,13 +53,25 @@ def _b64decode(segment: str | bytes) -> bytes:
     return _b64decode_checked(raw)
 
 
+if sys.version_info >= (3, 11):
+    #: Python 3.11+ can refuse non-alphabet characters while decoding (binascii strict_mode).
+    _STRICT_A2B = True
+
+    def _a2b(data: bytes) -> bytes:
+        return binascii.a2b_base64(data, strict_mode=True)
+
+else:  # pragma: no cover - Python 3.10: the compact-JWS regex checks the alphabet instead
+    _STRICT_A2B = False
+    _a2b = binascii.a2b_base64
+
+
 def _b64decode_checked(raw: bytes) -> bytes:
     """``_b64decode`` for a segment whose alphabet is already checked (the compact-JWS match)."""
     remainder = len(raw) % 4
     if remainder == 1 or (remainder and raw[-1] not in _CANONICAL_LAST_BYTES[remainder]):
         raise InvalidToken("malformed_token", "The access token is malformed.")
     try:
-        return binascii.a2b_base64(raw.translate(_TO_STANDARD) + _PADDING[remainder])
+        return _a2b(raw.translate(_TO_STANDARD) + _PADDING[remainder])
     except (binascii.Error, ValueError) as exc:
         raise InvalidToken("malformed_token", "The access token is malformed.") from exc
 
@@ -163,11 +176,31 @@ class ParsedJWS:
 
 def parse_jws(token: str) -> ParsedJWS:
     """Split and decode a compact JWS strictly (RFC 7515 §7.1)."""
-    if _COMPACT_JWS.fullmatch(token) is None:
-        raise InvalidToken("malformed_token", "The access token is malformed.")
-    raw = token.encode("ascii")
-    first = raw.index(b".")
-    second = raw.index(b".", first + 1)
+    if _STRICT_A2B:
+        # a2b_base64(strict_mode=True) refuses any character outside the (translated) alphabet, so
+        # only the characters translation would smuggle in (+, /, =) and the shape are checked here.
+        try:
+            raw = token.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise InvalidToken("malformed_token", "The access token is malformed.") from exc
+        first = raw.find(b".")
+        second = raw.find(b".", first + 1)
+        if (
+            first < 1
+            or second < first + 2
+            or second == len(raw) - 1
+            or raw.find(b".", second + 1) != -1
+            or b"+" in raw
+            or b"/" in raw
+            or b"=" in raw
+        ):
+            raise InvalidToken("malformed_token", "The access token is malformed.")
+    else:
+        if _COMPACT_JWS.fullmatch(token) is None:
+            raise InvalidToken("malformed_token", "The access token is malformed.")
+        raw = token.encode("ascii")
+        first = raw.index(b".")
+        second = raw.index(b".", first + 1)
     return ParsedJWS(
         _json_object(_b64decode_checked(raw[:first])),
         _json_object(_b64decode_checked(raw[first + 1 : second])),
@@ -234,6 +267,8 @@ def check_lifetime(claims: Mapping[str, Any], now: float, leeway: float, *, requ
 def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, required: bool = True) -> None:
     """RFC 7519 §4.1.3: the recipient MUST identify itself with a value in ``aud``, else reject."""
     aud = claims.get("aud")
+    if type(aud) is str and aud in audiences:  # the common case, decided at once
+        return
     if aud is None:
         if required:
             raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
@@ -262,6 +297,11 @@ def token_digest(token: str) -> bytes:
 _Verified = tuple[AccessToken, float, "float | None", "float | None"]
 
 
+#: Integer dates below 2**53 convert to float exactly, so comparing them as ints decides the same.
+_SAFE_INT = 2**53
+_ABSENT: Any = object()
+
+
 class _NeedsKeys:
     """A token whose header and claims passed, waiting for keys to check its signature."""
 
@@ -288,7 +328,7 @@ class JWTValidator:
             LRU(config.verified_cache_size) if config.verified_cache_size else None
         )
         self._memo_keys: KeySet | None = None
-        self._memo: dict[tuple[str | None, str], tuple[VerificationKey, ...]] = {}
+        self._memo: dict[tuple[str | None, str], tuple[tuple[str | None, Verifier], ...]] = {}
         jwks.subscribe(self._forget_keys)
 
     async def validate(self, token: str) -> AccessToken:
@@ -387,23 +427,35 @@ class JWTValidator:
         # RFC 7519 §4.1.1 / RFC 9068 §4: "iss" MUST exactly match the issuer; no normalisation.
         if claims.get("iss") != self._config.issuer:
             raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
-        check_lifetime(claims, self._config.clock(), self._config.leeway, require_exp=True)
+        now, leeway = self._config.clock(), self._config.leeway
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf", _ABSENT), claims.get("iat", _ABSENT)
+        # The common shape (integer dates, each comfortably inside a double's range) is decided here;
+        # anything else (null, floats, strings, huge numbers) goes through check_lifetime, which says
+        # precisely what is wrong.
+        if (
+            type(exp) is int
+            and -_SAFE_INT < exp < _SAFE_INT
+            and now < exp + leeway
+            and (nbf is _ABSENT or (type(nbf) is int and -_SAFE_INT < nbf < _SAFE_INT and now + leeway >= nbf))
+            and (iat is _ABSENT or (type(iat) is int and -_SAFE_INT < iat < _SAFE_INT and now + leeway >= iat))
+        ):
+            return
+        check_lifetime(claims, now, leeway, require_exp=True)
 
     def _verify_signature(self, parsed: ParsedJWS, alg: str, kid: str | None, keys: KeySet | None) -> str | None:
         """Check the signature; return the ``kid`` of the JWKS key that verified it (None for HMAC)."""
         if alg in HMAC_ALGORITHMS:
             assert self._config.shared_secret is not None  # config refuses HS* without a secret
-            candidates: tuple[tuple[str | None, Any], ...] = ((None, self._config.shared_secret),)
+            candidates: tuple[tuple[str | None, Verifier], ...] = ((None, verifier(alg, self._config.shared_secret)),)
         else:
             assert keys is not None
-            matching = self._candidates(keys, kid, alg)
-            if not matching:
+            candidates = self._verifiers(keys, kid, alg)
+            if not candidates:
                 # The key the token names cannot do this alg (RFC 8725 §3.1: alg/key confusion).
                 raise InvalidToken("key_mismatch", "The access token's algorithm does not fit its key.")
-            candidates = tuple((key.kid, key.key) for key in matching)
-        for key_id, key in candidates:
+        for key_id, verify in candidates:
             try:
-                if verifier(alg, key)(parsed.signing_input, parsed.signature):
+                if verify(parsed.signing_input, parsed.signature):
                     # A token without "kid" is remembered under the key that verified it, so removing
                     # that key from the JWKS also drops the token from the verified cache.
                     return key_id
@@ -411,13 +463,13 @@ class JWTValidator:
                 raise InvalidToken("bad_signature", "The access token's signature is invalid.") from exc
         raise InvalidToken("bad_signature", "The access token's signature is invalid.")
 
-    def _candidates(self, keys: KeySet, kid: str | None, alg: str) -> tuple[VerificationKey, ...]:
-        """``keys.candidates``, memoised per key set (a refresh brings a new KeySet and a new memo)."""
+    def _verifiers(self, keys: KeySet, kid: str | None, alg: str) -> tuple[tuple[str | None, Verifier], ...]:
+        """(kid, prepared verifier) of each candidate key, memoised per key set (a refresh brings a new memo)."""
         if keys is not self._memo_keys:
             self._memo_keys, self._memo = keys, {}
         found = self._memo.get((kid, alg))
         if found is None:
-            found = keys.candidates(kid, alg)
+            found = tuple((key.kid, verifier(alg, key.key)) for key in keys.candidates(kid, alg))
             if len(self._memo) < 256:  # bounded: kids come from tokens, but only known ones get here
                 self._memo[(kid, alg)] = found
         return found
