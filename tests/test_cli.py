@@ -596,3 +596,11 @@ def test_an_unexpected_failure_is_one_line_without_the_token(
     assert token not in err
     assert token.split(".")[1] not in err
     assert out == ""
+
+
+def test_inspect_takes_a_token_that_starts_with_a_dash(capsys: pytest.CaptureFixture[str]) -> None:
+    """A base64url token may begin with '-': it is the TOKEN operand, never an unknown option."""
+    code, out, err = run(capsys, "inspect", "-WKwB1P6r4mjjPhppgJp8g1KXRKX9LHfAHWmcZS4Hn8", "--no-color")
+    assert code == 1
+    assert "opaque" in out
+    assert err == ""

@@ -223,6 +223,21 @@ def _cmd_dev_idp(args: argparse.Namespace, http_client: HttpClientOption, clock:
 _COMMANDS = {"inspect": _cmd_inspect, "check": _cmd_check, "demo": _cmd_demo, "dev-idp": _cmd_dev_idp}
 
 
+def _tokens_as_operands(argv: list[str]) -> list[str]:
+    """``inspect -abc…``: a token may start with '-' (base64url); keep argparse from reading it as options.
+
+    Every argument of ``inspect`` that starts with a single '-' and is longer than a short option is
+    moved after a ``--``, where argparse takes it as the TOKEN operand.
+    """
+    if not argv or argv[0] != "inspect" or "--" in argv:
+        return argv
+    tokens = [arg for arg in argv[1:] if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2]
+    if not tokens:
+        return argv
+    rest = [arg for arg in argv[1:] if arg not in tokens]
+    return [argv[0], *rest, "--", *tokens]
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -232,7 +247,7 @@ def main(
     """Run the command; returns the exit code (``http_client``/``clock`` are injected by tests)."""
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_tokens_as_operands(list(sys.argv[1:] if argv is None else argv)))
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
