@@ -25,18 +25,27 @@ class LRU(Generic[K, V]):
         self.maxsize = maxsize
         self._data: OrderedDict[K, V] = OrderedDict()
 
+    # Each operation tolerates another thread (one event loop per thread) evicting the same key
+    # between two steps: a lost race costs a cache miss, never a KeyError.
+
     def get(self, key: K) -> V | None:
         value = self._data.get(key)
         if value is not None:
-            self._data.move_to_end(key)
+            try:  # noqa: SIM105 - a plain try is cheaper than contextlib.suppress on the hot path
+                self._data.move_to_end(key)
+            except KeyError:
+                pass
         return value
 
     def __setitem__(self, key: K, value: V) -> None:
         data = self._data
         data[key] = value
-        data.move_to_end(key)
-        if len(data) > self.maxsize:
-            data.popitem(last=False)
+        try:
+            data.move_to_end(key)
+            while len(data) > self.maxsize:
+                data.popitem(last=False)
+        except KeyError:
+            pass
 
     def pop(self, key: K, default: V | None = None) -> V | None:
         return self._data.pop(key, default)

@@ -12,6 +12,7 @@ entry of a given type that a user-supplied check finds covers the request.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -402,7 +403,11 @@ def requirement_of(endpoint: object) -> Requirement | None:
         mark = getattr(endpoint, MARK, None)
         if isinstance(mark, Requirement):
             return mark
-        endpoint = getattr(endpoint, "__wrapped__", None)
+        # Starlette and FastAPI unwrap functools.partial and run the function inside: so do we.
+        if isinstance(endpoint, (functools.partial, functools.partialmethod)):
+            endpoint = endpoint.func
+        else:
+            endpoint = getattr(endpoint, "__wrapped__", None)
         seen += 1
     return None
 
@@ -437,7 +442,10 @@ class Rule:
         object.__setattr__(self, "path", path.rstrip("/") or "/")
         # A single string is one method or one scope, never its characters: scopes="read" is {"read"}.
         methods = (methods,) if isinstance(methods, str) else methods
-        object.__setattr__(self, "methods", frozenset(m.upper() for m in methods) if methods else None)
+        names = frozenset(m.upper() for m in methods) if methods else None
+        if names is not None and "GET" in names:
+            names |= {"HEAD"}  # Starlette answers HEAD with the GET endpoint: the rule must cover it too
+        object.__setattr__(self, "methods", names)
         object.__setattr__(self, "public", public)
         for name, value in (("scopes", scopes), ("any_scopes", any_scopes)):
             object.__setattr__(self, name, _scope_set((value,), "Rule") if value else frozenset())

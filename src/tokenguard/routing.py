@@ -13,6 +13,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from starlette._utils import get_route_path
 from starlette.routing import Match
 
 from tokenguard._lru import LRU
@@ -21,6 +22,8 @@ from tokenguard.policy import PUBLIC, Requirement, Rule, first_rule, requirement
 logger = logging.getLogger("tokenguard")
 
 _MAX_DEPTH = 16
+#: Requests whose path + root_path + Host are longer than this are not memoised.
+_MAX_CACHED_KEY = 1024
 _FASTAPI_DOC_ATTRS = ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
 
 _CacheKey = tuple[str, str, str, str, bytes, int, int]
@@ -92,7 +95,13 @@ class RouteResolver:
                 break
         # The number of top-level routes too: a route added after the first requests is seen.
         size = len(routes) if routes is not None else -1
-        key = (scope["type"], method, scope.get("root_path", ""), scope["path"], host, id(app), size)
+        root_path, path = scope.get("root_path", ""), scope["path"]
+        if len(path) + len(root_path) + len(host) > _MAX_CACHED_KEY:
+            # Keys (and the path parameters a decision keeps) come from anonymous requests: an
+            # unusually long path or Host is decided afresh each time, so the cache's memory stays
+            # bounded by its entry count times a small size, whatever clients send.
+            return self._resolve(scope, app, routes)
+        key = (scope["type"], method, root_path, path, host, id(app), size)
         cached = self._cache.get(key)
         if cached is None:
             cached = self._resolve(scope, app, routes)
@@ -100,12 +109,23 @@ class RouteResolver:
         return cached
 
     def _routed_app(self, app: Any, fallback_app: Any) -> Any:
+        """The app whose routes decide: the one the guard wraps, seen through ``scope["app"]`` when
+        that is the same app (FastAPI's docs settings live there).
+
+        A guard wrapped around a mounted sub-app sees the parent in ``scope["app"]``; the parent's
+        routes must never decide for the sub-app's endpoints, so the wrapped app comes first.
+        """
         entry = self._routed.get(id(app))
         if entry is not None and entry[0] is app:
             return entry[1]
-        routed = routed_app(app)
-        if routed is None:
-            routed = routed_app(fallback_app)
+        wrapped = routed_app(fallback_app)
+        scoped = routed_app(app)
+        if wrapped is None:
+            routed = scoped if fallback_app is None else None
+        elif scoped is not None and _routes(scoped) is _routes(wrapped):
+            routed = scoped
+        else:
+            routed = wrapped
         if len(self._routed) >= 16:
             self._routed.clear()
         self._routed[id(app)] = (app, routed)
@@ -126,7 +146,8 @@ class RouteResolver:
                 return RouteDecision(mark, template, params)
             if _is_fastapi_doc_route(app, found.route):
                 return RouteDecision(PUBLIC, template, params)
-        rule = first_rule(self._rules, scope["path"], scope.get("method"))
+        # Rules match the path as the routes see it: without a mount's or server's root_path prefix.
+        rule = first_rule(self._rules, get_route_path(scope), scope.get("method"))
         return RouteDecision(rule if rule is not None else self._default, template, params)
 
 
