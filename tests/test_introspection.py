@@ -680,6 +680,21 @@ async def test_breaker_opens_after_five_failures_and_answers_at_once(
     assert endpoint.calls == 5
 
 
+@pytest.mark.parametrize("status", [400, 401, 403, 413])
+async def test_client_errors_answer_503_but_never_open_the_breaker(
+    auth: Authenticator, endpoint: IntrospectionEndpoint, status: int
+) -> None:
+    """A 4xx is about one request (a garbage token, our credentials), not a dead endpoint: 503, breaker stays closed.
+
+    Otherwise anonymous garbage tokens the issuer refuses would switch every user's sensitive route to 503.
+    """
+    endpoint.failure = httpx.Response(status, json={"error": "invalid_request"})
+    errors = await fail_times(auth, 12)
+    assert all(error.status_code == 503 for error in errors)
+    assert auth.introspector.breaker.state == "closed"
+    assert endpoint.calls == 12
+
+
 async def test_success_resets_the_consecutive_failure_count(
     auth: Authenticator, endpoint: IntrospectionEndpoint
 ) -> None:

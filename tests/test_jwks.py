@@ -1074,3 +1074,37 @@ def test_requests_each_on_a_new_loop(idp: Issuer, clock: FakeClock) -> None:
         assert client.get("/me", headers=bearer(idp.token())).status_code == 200
         clock.advance(HOUR)
     assert idp.jwks_calls == 3
+
+
+@pytest.mark.parametrize(
+    ("kid_old", "kid_new"), [(None, None), ("k1", "k1"), ("k1", "k2")], ids=["no-kid", "reused", "new"]
+)
+def test_a_withdrawn_key_drops_the_tokens_it_verified(
+    idp: Issuer, clock: FakeClock, kid_old: str | None, kid_new: str | None
+) -> None:
+    """Rotation is judged by key material, not kid: a withdrawn key's tokens leave the verified cache."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from conftest import SigningKey, private_key
+    from tokenguard import TokenGuard
+
+    async def me(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.user.identity)
+
+    idp.jwks_headers = {"Cache-Control": "max-age=300"}
+    old = SigningKey(kid_old, "RS256", private_key("rsa", 1))
+    new = SigningKey(kid_new, "RS256", private_key("rsa", 2))
+    idp.keys = [old]
+    old_token = idp.token(kid=None, key=old.private, headers={"kid": kid_old}, exp=int(clock()) + 7200)
+    app = Starlette(routes=[Route("/me", me)])
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    with TestClient(app) as client:
+        assert client.get("/me", headers={"Authorization": f"Bearer {old_token}"}).status_code == 200
+        idp.keys = [new]
+        clock.advance(400)  # past max-age: the next request refetches the JWKS
+        new_token = idp.token(kid=None, key=new.private, headers={"kid": kid_new})
+        assert client.get("/me", headers={"Authorization": f"Bearer {new_token}"}).status_code == 200
+        assert client.get("/me", headers={"Authorization": f"Bearer {old_token}"}).status_code == 401

@@ -456,18 +456,22 @@ def test_cors_preflight_reaches_the_app_without_cors_middleware(client: TestClie
     assert "www-authenticate" not in response.headers
 
 
-def test_preflight_reaching_an_options_handler_is_anonymous(idp: Issuer, clock: FakeClock) -> None:
-    """A preflight that reaches a scoped OPTIONS handler runs it as anonymous: no user, no 500."""
+def test_preflight_to_an_endpoint_that_answers_options_is_guarded(idp: Issuer, clock: FakeClock) -> None:
+    """A scoped endpoint that answers OPTIONS itself keeps its policy: a faked preflight never runs it anonymously."""
+    ran: list[bool] = []
 
     @require_scopes("admin")
     async def options_handler(request: Request) -> JSONResponse:
-        return JSONResponse({"authenticated": request.user.is_authenticated, "scopes": request.auth.scopes})
+        ran.append(True)
+        return JSONResponse({"scopes": request.auth.scopes})
 
     client = TestClient(make_app(clock, [Route("/x", options_handler, methods=["GET", "OPTIONS"])]))
-    response = client.options("/x", headers=PREFLIGHT)
-    assert response.json() == {"authenticated": False, "scopes": []}
+    assert client.options("/x", headers=PREFLIGHT).status_code == 401
     assert client.options("/x").status_code == 401  # not a preflight: guarded like GET
     assert client.get("/x", headers=bearer(idp.token())).status_code == 403
+    assert ran == []
+    assert client.options("/x", headers={**PREFLIGHT, **bearer(idp.token(scope="admin"))}).status_code == 200
+    assert ran == [True]
 
 
 @pytest.mark.parametrize(

@@ -300,3 +300,34 @@ def test_bad_issuer_options_are_refused_at_construction(options: dict[str, Any],
     """An empty or repeated list, a bad URL, or one issuer's endpoints/secret with several: ConfigurationError."""
     with pytest.raises(ConfigurationError, match=message):
         TokenGuard(whoami_app(), audience=DEFAULT_AUDIENCE, **options)
+
+
+def test_per_issuer_introspection_credentials_are_never_shown_to_another_issuer() -> None:
+    """introspection_credentials gives each issuer its own pair; unknown issuers or bad pairs are refused."""
+    from tokenguard import ConfigurationError, TokenGuard
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        return None
+
+    issuers = ["https://a.example", "https://b.example"]
+    guard = TokenGuard(
+        app,  # type: ignore[arg-type]
+        issuer=issuers,
+        audience="https://api.example",
+        client_id="shared",
+        client_secret="shared-secret",
+        introspection_credentials={"https://b.example": ("api-at-b", "b-secret")},
+    )
+    options = {config.issuer: config.introspection for config in guard.configs}
+    assert (options["https://a.example"].client_id, options["https://a.example"].client_secret) == (
+        "shared",
+        "shared-secret",
+    )
+    assert (options["https://b.example"].client_id, options["https://b.example"].client_secret) == (
+        "api-at-b",
+        "b-secret",
+    )
+    with pytest.raises(ConfigurationError, match="not configured"):
+        TokenGuard(app, issuer=issuers, audience="x", introspection_credentials={"https://c.example": ("i", "s")})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="pair"):
+        TokenGuard(app, issuer=issuers, audience="x", introspection_credentials={"https://a.example": ("i", "")})  # type: ignore[arg-type]

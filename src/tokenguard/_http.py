@@ -25,7 +25,15 @@ _USER_AGENT = "tokenguard"
 
 
 class FetchError(Exception):
-    """An upstream call failed; the message names the URL and the cause, never a token."""
+    """An upstream call failed; the message names the URL and the cause, never a token.
+
+    ``status`` is the HTTP status when the server answered (a 4xx/5xx), ``None`` for a transport
+    failure, a timeout or an unusable body.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def safe_url(url: str) -> str:

@@ -62,6 +62,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityS
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientOption, HttpClientPool, safe_url
 from tokenguard.challenge import challenge
 from tokenguard.config import check_url
@@ -338,6 +339,7 @@ class _OpenAPISecurity:
         self._scheme = scheme_name
         self._descriptions = descriptions
         self._retry_at = 0.0
+        self._flight: SingleFlight[str, None] = SingleFlight()
         self._cache: tuple[object, _Endpoints | None, dict[str, Any]] | None = None
 
     # -- discovery ---------------------------------------------------------------------------------
@@ -366,6 +368,13 @@ class _OpenAPISecurity:
             logger.warning("tokenguard: install_openapi found no issuer; pass issuer= or authorization_url=")
             return
         http_client = self._http_client if self._http_client is not None else guard.get("http_client")
+        # One discovery at a time: concurrent /openapi.json requests share it (anonymous callers must
+        # not multiply requests to the issuer).
+        await self._flight.run("discover", lambda: self._discover(issuer, http_client))
+
+    async def _discover(self, issuer: str, http_client: HttpClientOption) -> None:
+        if self._endpoints is not None:
+            return
         try:
             self._endpoints = await _discover(issuer, http_client)
         except (FetchError, ConfigurationError) as exc:

@@ -193,7 +193,13 @@ class Introspector:
 
     def _failed(self, exc: FetchError) -> IntrospectionUnavailable:
         now = self._config.clock()
-        self.breaker.failed(now)
+        if exc.status is not None and exc.status < 500:
+            # A 4xx is an answer about this request (its token, our credentials), not a sign of a dead
+            # endpoint: still 503, but it must not let anonymous garbage tokens open the breaker for
+            # every user. It also ends a run of failures, as any answer does.
+            self.breaker.succeeded()
+        else:
+            self.breaker.failed(now)
         logger.error("tokenguard: introspection failed, answering 503: %s", exc)
         retry_after = self._config.retry_after
         if self.breaker.state == "open":
@@ -217,7 +223,9 @@ class Introspector:
         )
         # RFC 7662 §2.3: anything but 200 is no answer about the token (400, 401, 5xx alike).
         if result.status != 200:
-            raise FetchError(f"POST {safe_url(endpoint)} answered {result.status}{_error_code(result.body, token)}")
+            raise FetchError(
+                f"POST {safe_url(endpoint)} answered {result.status}{_error_code(result.body, token)}", result.status
+            )
         return _json_object(result.body, endpoint)
 
     # -- what the answer means ----------------------------------------------------------------

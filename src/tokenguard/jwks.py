@@ -15,6 +15,7 @@ One ``JWKSCache`` per issuer, shared by every request of the process (DESIGN.md 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tokenguard._flight import SingleFlight
@@ -140,7 +142,10 @@ def parse_jwk(entry: object) -> VerificationKey | None:
         return None
     if not hasattr(parsed, "verify"):
         return None  # not a public key: never use it
-    return VerificationKey(kid=kid, kty=str(kty), algorithms=algorithms, key=parsed)
+    material = parsed.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return VerificationKey(
+        kid=kid, kty=str(kty), algorithms=algorithms, key=parsed, thumbprint=hashlib.sha256(material).hexdigest()
+    )
 
 
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -334,7 +339,8 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-KeysListener = Callable[[frozenset[str]], None]
+#: Called with (kids of removed keys, whether remembered tokens cannot be told apart by kid).
+KeysListener = Callable[[frozenset[str], bool], None]
 
 
 class JWKSCache:
@@ -396,7 +402,7 @@ class JWKSCache:
         raise InvalidToken("unknown_kid", "The access token is signed with an unknown key.")
 
     def subscribe(self, listener: KeysListener) -> None:
-        """Call ``listener(removed_kids)`` whenever a refresh drops keys."""
+        """Call ``listener(removed_kids, everything)`` whenever a refresh drops keys."""
         self._listeners.append(listener)
 
     async def prefetch(self) -> None:
@@ -467,11 +473,20 @@ class JWKSCache:
         previous, self._keys = self._keys, keys
         self._last_fetch_ok = True
         self._state.accept(self._config.clock(), ttl, self._config.jwks)
-        removed = previous.kids - keys.kids if previous is not None else frozenset()
-        if removed:
-            logger.info("tokenguard: JWKS refresh removed keys %s", sorted(removed))
-            for listener in self._listeners:
-                listener(removed)
+        if previous is None:
+            return
+        # Keys are compared by (kid, key material), not by kid alone: a key without a kid, or a kid
+        # that now names other material, is gone just the same.
+        gone = {(key.kid, key.thumbprint) for key in previous.keys} - {(key.kid, key.thumbprint) for key in keys.keys}
+        if not gone:
+            return
+        removed = frozenset(kid for kid, _ in gone if kid is not None)
+        # Tokens are remembered by the kid that verified them; when that cannot tell them apart (no
+        # kid, or a reused one), every remembered token is dropped.
+        everything = any(kid is None or kid in keys.kids for kid, _ in gone)
+        logger.info("tokenguard: JWKS refresh removed keys %s", sorted(removed) + (["(no kid)"] if everything else []))
+        for listener in self._listeners:
+            listener(removed, everything)
 
     def _failed(self, exc: Exception) -> KeySet:
         now = self._config.clock()

@@ -500,9 +500,12 @@ class JWTValidator:
             kid,
         )
 
-    def _forget_keys(self, removed: frozenset[str]) -> None:
+    def _forget_keys(self, removed: frozenset[str], everything: bool = False) -> None:
         """Drop verified tokens signed by keys the issuer no longer publishes."""
         if self._verified is None:
+            return
+        if everything:
+            self._verified.clear()
             return
         for digest, (token, *_) in list(self._verified.items()):
             if token.key_id in removed:

@@ -103,6 +103,23 @@ def _is_preflight(scope: Scope) -> bool:
     return b"origin" in names and b"access-control-request-method" in names
 
 
+def _with_credentials(config: GuardConfig, credentials: Mapping[str, tuple[str, str]] | None) -> GuardConfig:
+    """Per-issuer introspection credentials override the shared ``client_id``/``client_secret``.
+
+    With several issuers, each authorization server registers the resource server on its own; one
+    shared secret would be shown to every issuer's introspection endpoint.
+    """
+    if not credentials or config.issuer not in credentials:
+        return config
+    pair = credentials[config.issuer]
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(v, str) and v for v in pair)):
+        raise ConfigurationError(
+            f"introspection_credentials[{config.issuer!r}] must be a (client_id, client_secret) pair of strings"
+        )
+    options = dataclasses.replace(config.introspection, client_id=pair[0], client_secret=pair[1])
+    return dataclasses.replace(config, introspection=options)
+
+
 class TokenGuard:
     """Requires a valid OAuth 2.0 bearer access token on every route that is not ``@public``.
 
@@ -155,6 +172,7 @@ class TokenGuard:
         route_cache_size: int = 4096,
         prefetch: bool = False,
         on_decision: DecisionHook | Sequence[DecisionHook] | None = None,
+        introspection_credentials: Mapping[str, tuple[str, str]] | None = None,
         resource: str | None = None,
         resource_metadata: bool | Mapping[str, Any] = True,
         max_body_bytes: int = 64 * 1024,
@@ -207,7 +225,14 @@ class TokenGuard:
             ),
             clock=clock,
         )
-        self.configs = (self.config, *(dataclasses.replace(self.config, issuer=other) for other in issuers[1:]))
+        unknown = sorted(set(introspection_credentials or {}) - set(issuers))
+        if unknown:
+            raise ConfigurationError(f"introspection_credentials names issuers that are not configured: {unknown}")
+        self.configs = tuple(
+            _with_credentials(dataclasses.replace(self.config, issuer=issuer), introspection_credentials)
+            for issuer in issuers
+        )
+        self.config = self.configs[0]
         # One issuer: the Authenticator is called directly, with no dispatch in between.
         self.authenticator: Authenticator | MultiIssuerAuthenticator = (
             Authenticator(self.config, http_client=http_client)
@@ -245,10 +270,15 @@ class TokenGuard:
         if scope["type"] == "http" and scope["path"] in self._metadata_paths:
             await self._serve_metadata(scope, send, started)
             return
-        # A preflight never carries credentials (Fetch §3.2.2), so it is not refused; like a public
-        # route it goes on as anonymous, so an OPTIONS handler behind it never sees a user.
-        decision = self.resolver.decide(scope, self.app)
-        if _is_preflight(scope):
+        try:
+            decision = self.resolver.decide(scope, self.app)
+        except Exception as exc:  # routing must fail closed too: the default policy, never a 500
+            logger.error("tokenguard: route resolution failed: %s", type(exc).__name__)
+            decision = RouteDecision(self.resolver.default, None)
+        # A preflight never carries credentials (Fetch §3.2.2), so it is not refused — unless the
+        # endpoint itself answers OPTIONS (then a faked preflight would reach it anonymously). It
+        # goes on as anonymous, for a CORS middleware inside the guard (or the router's 405) to answer.
+        if not decision.answers_options and _is_preflight(scope):
             decision = RouteDecision(PUBLIC, decision.template)
         requirement = decision.requirement
         if requirement.public:

@@ -53,6 +53,9 @@ class RouteDecision(NamedTuple):
     requirement: Requirement
     template: str | None
     path_params: Mapping[str, Any] = _NO_PARAMS
+    #: The matched endpoint may itself answer OPTIONS (it lists the method, defines ``options``, or is
+    #: a mounted app we cannot see into): a CORS preflight is then no reason to skip its policy.
+    answers_options: bool = False
 
 
 class RouteResolver:
@@ -69,6 +72,10 @@ class RouteResolver:
     @property
     def rules(self) -> tuple[Rule, ...]:
         return self._rules
+
+    @property
+    def default(self) -> Requirement:
+        return self._default
 
     @property
     def has_sensitive_rules(self) -> bool:
@@ -140,15 +147,27 @@ class RouteResolver:
                 logger.warning("tokenguard: route matching failed (%s); using rules/default", type(exc).__name__)
         template = found.template if found is not None else None
         params = _frozen(found.path_params) if found is not None else _NO_PARAMS
+        options = _answers_options(found)
         if found is not None and found.endpoint is not None:
             mark = _mark_of(found.endpoint, scope)
             if mark is not None:
-                return RouteDecision(mark, template, params)
+                return RouteDecision(mark, template, params, options)
             if _is_fastapi_doc_route(app, found.route):
-                return RouteDecision(PUBLIC, template, params)
+                return RouteDecision(PUBLIC, template, params, options)
         # Rules match the path as the routes see it: without a mount's or server's root_path prefix.
         rule = first_rule(self._rules, get_route_path(scope), scope.get("method"))
-        return RouteDecision(rule if rule is not None else self._default, template, params)
+        return RouteDecision(rule if rule is not None else self._default, template, params, options)
+
+
+def _answers_options(found: _Found | None) -> bool:
+    if found is None:
+        return False  # nothing matched: the router answers 404 itself
+    if found.endpoint is None:
+        return True  # a mounted app we cannot see into may answer anything
+    methods = getattr(found.route, "methods", None)
+    if methods is not None:
+        return "OPTIONS" in methods
+    return isinstance(found.endpoint, type) and hasattr(found.endpoint, "options")
 
 
 def _frozen(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
