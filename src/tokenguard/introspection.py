@@ -25,7 +25,14 @@ from tokenguard._http import FetchError, HttpClientPool, safe_url
 from tokenguard.config import GuardConfig
 from tokenguard.errors import IntrospectionUnavailable, InvalidToken
 from tokenguard.jwks import IssuerMetadata
-from tokenguard.jwt_validator import check_audience, check_lifetime, identity_of, scopes_of, token_digest
+from tokenguard.jwt_validator import (
+    check_audience,
+    check_lifetime,
+    check_token_kind,
+    identity_of,
+    scopes_of,
+    token_digest,
+)
 from tokenguard.models import AccessToken
 
 logger = logging.getLogger("tokenguard")
@@ -252,6 +259,9 @@ class Introspector:
             not isinstance(token_type, str) or token_type.lower() not in _ACCESS_TOKEN_TYPES
         ):
             raise InvalidToken("unsupported_token", "The token is not an access token.")
+        # Vendor markers (Keycloak "typ": "Refresh", Hydra/Cognito "token_use"): a refresh or ID token
+        # that an issuer calls active is still not an access token.
+        check_token_kind(document)
         # RFC 7662 §2.2 exp/nbf are NumericDates, checked as for a JWT (RFC 7519 §4.1.4, §4.1.5).
         exp = check_lifetime(document, now, self._config.leeway, require_exp=False)
         issuer = document.get("iss")

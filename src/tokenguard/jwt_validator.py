@@ -280,6 +280,31 @@ def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, req
         raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
 
 
+#: Vendor markers of tokens that are not access tokens: Keycloak's "typ" claim ("ID", "Refresh",
+#: "Offline", "Logout") and Amazon Cognito's "token_use" ("id").
+_NOT_ACCESS_TYP = frozenset({"id", "refresh", "offline", "logout", "id_token", "refresh_token"})
+_ACCESS_TOKEN_USE = frozenset({"access", "access_token"})
+#: Claims only an OpenID Connect ID token carries (OIDC Core §3.1.3.6 at_hash, §3.3.2.11 c_hash).
+_ID_TOKEN_ONLY = ("at_hash", "c_hash")
+
+
+def check_token_kind(claims: Mapping[str, Any]) -> None:
+    """Refuse ID, refresh and logout tokens that an issuer marks as such in the claims.
+
+    RFC 8725 §3.11 / RFC 9068 §4: a JWT of another kind must not be accepted as an access token. The
+    header ``typ`` catches issuers that type their tokens; these markers catch those that do not (an
+    ID token whose ``aud`` happens to equal the API's audience would otherwise pass).
+    """
+    typ = claims.get("typ")
+    use = claims.get("token_use")
+    if (
+        (isinstance(typ, str) and typ.lower() in _NOT_ACCESS_TYP)
+        or (isinstance(use, str) and use.lower() not in _ACCESS_TOKEN_USE)
+        or any(name in claims for name in _ID_TOKEN_ONLY)
+    ):
+        raise InvalidToken("unsupported_token", "The token is not an access token.")
+
+
 def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """``sub`` and ``client_id``; a token with neither names nobody and is refused."""
     subject, client_id = _string(claims, "sub"), _string(claims, "client_id")
@@ -482,6 +507,7 @@ class JWTValidator:
 
     def _access_token(self, claims: dict[str, Any], kid: str | None) -> AccessToken:
         check_audience(claims, self._config.audience)
+        check_token_kind(claims)
         if self._config.strict_rfc9068:
             # RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat and jti are REQUIRED.
             for name in ("sub", "client_id", "iat", "jti"):
