@@ -81,3 +81,23 @@ def test_introspection_answers_marked_as_another_kind_are_refused(
         response = client.get("/transfer", headers={"Authorization": "Bearer opaque-refresh-token-123"})
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    "cnf",
+    [
+        {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"},
+        {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"},
+    ],
+)
+def test_sender_constrained_tokens_are_not_bearer_tokens(
+    idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter, cnf: dict[str, str]
+) -> None:
+    """RFC 9449 §7.2 / RFC 8705 §3: a DPoP- or mTLS-bound token presented as Bearer is refused (JWT, introspection)."""
+    answer = {"active": True, "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": clock() + 300, "cnf": cnf}
+    respx_mock.post(INTROSPECTION_URL).mock(return_value=httpx.Response(200, json=answer))
+    with _client(clock) as client:
+        jwt_answer = client.get("/me", headers={"Authorization": f"Bearer {idp.token(cnf=cnf)}"})
+        opaque_answer = client.get("/transfer", headers={"Authorization": "Bearer opaque-bound-token-123"})
+    assert (jwt_answer.status_code, opaque_answer.status_code) == (401, 401)
+    assert "bound to a key" in jwt_answer.json()["error_description"]

@@ -303,6 +303,16 @@ def check_token_kind(claims: Mapping[str, Any]) -> None:
         or any(name in claims for name in _ID_TOKEN_ONLY)
     ):
         raise InvalidToken("unsupported_token", "The token is not an access token.")
+    confirmation = claims.get("cnf")
+    # RFC 9449 §7.1 (DPoP "jkt") and RFC 8705 §3 (mTLS "x5t#S256"): a sender-constrained token must be
+    # presented with proof of possession, which a bearer-only resource server cannot check; accepted
+    # as a plain bearer token it would let a thief use it (RFC 9449 §7.2: MUST NOT).
+    if confirmation is not None and (
+        not isinstance(confirmation, dict) or "jkt" in confirmation or "x5t#S256" in confirmation
+    ):
+        raise InvalidToken(
+            "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
+        )
 
 
 def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -324,6 +334,7 @@ _Verified = tuple[AccessToken, float, "float | None", "float | None"]
 
 #: Integer dates below 2**53 convert to float exactly, so comparing them as ints decides the same.
 _SAFE_INT = 2**53
+_MAX_KIDLESS_TRIES = 8
 _ABSENT: Any = object()
 
 
@@ -475,6 +486,10 @@ class JWTValidator:
         else:
             assert keys is not None
             candidates = self._verifiers(keys, kid, alg)
+            if kid is None:
+                # A token that names no key is tried against the keys that fit its alg, a bounded
+                # number of them: a forged kid-less token must not cost one verify per JWKS key.
+                candidates = candidates[:_MAX_KIDLESS_TRIES]
             if not candidates:
                 # The key the token names cannot do this alg (RFC 8725 §3.1: alg/key confusion).
                 raise InvalidToken("key_mismatch", "The access token's algorithm does not fit its key.")
