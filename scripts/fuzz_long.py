@@ -225,6 +225,23 @@ def expected_status(head: dict[str, Any], claims: dict[str, Any], key: Key, path
     audiences = [aud] if isinstance(aud, str) else aud
     if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences) or AUDIENCE not in audiences:
         return None
+    # Tokens of another kind and sender-constrained tokens are never bearer access tokens.
+    typ_claim, use, cnf = claims.get("typ"), claims.get("token_use"), claims.get("cnf")
+    if isinstance(typ_claim, str) and typ_claim.lower() in (
+        "id",
+        "refresh",
+        "offline",
+        "logout",
+        "id_token",
+        "refresh_token",
+    ):
+        return None
+    if isinstance(use, str) and use.lower() not in ("access", "access_token"):
+        return None
+    if "at_hash" in claims or "c_hash" in claims:
+        return None
+    if cnf is not None and (not isinstance(cnf, dict) or "jkt" in cnf or "x5t#S256" in cnf):
+        return None
     for name in ("sub", "client_id", "jti"):
         if claims.get(name) is not None and not isinstance(claims[name], str):
             return None
@@ -249,7 +266,7 @@ def expected_status(head: dict[str, Any], claims: dict[str, Any], key: Key, path
 # -- the generator ----------------------------------------------------------------------------------------
 
 DATES = [NOW - 3600, NOW - LEEWAY - 1, NOW - LEEWAY, NOW, NOW + LEEWAY, NOW + LEEWAY + 1, NOW + 300, 1e308, -1e308]
-CLAIM_NAMES = ["iss", "aud", "exp", "nbf", "iat", "sub", "client_id", "scope", "scp", "jti"]
+CLAIM_NAMES = ["iss", "aud", "exp", "nbf", "iat", "sub", "client_id", "scope", "scp", "jti", "typ", "token_use", "cnf"]
 HEADER_NAMES = ["alg", "typ", "kid", "crit", "b64", "jku", "jwk", "x5c", "x5u", "cty"]
 HEADER_VALUES: list[Any] = [
     "RS256", "ES256", "EdDSA", "PS256", "none", "None", "HS256", "at+jwt", "JWT", "application/at+jwt",
@@ -257,7 +274,8 @@ HEADER_VALUES: list[Any] = [
 ]  # fmt: skip
 CLAIM_VALUES: list[Any] = [
     ISSUER, ISSUER + "/", AUDIENCE, [AUDIENCE], [AUDIENCE, 7], "alice", "", "read:photos", ["read:photos"],
-    "read:photos write:transfers", "1800000300", True, None, [], {}, 2**64, -(2**53),
+    "read:photos write:transfers", "1800000300", True, None, [], {}, 2**64, -(2**53), "ID", "Bearer", "access",
+    {"jkt": "x"},
 ]  # fmt: skip
 RAW_CLAIM_TEXTS = [
     '{"sub": "a", "sub": "b"}',

@@ -240,6 +240,25 @@ def expected_status(head: dict[str, Any], claims: dict[str, Any], signing: tuple
     audiences = [aud] if isinstance(aud, str) else aud
     if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences) or AUDIENCE not in audiences:
         return None
+    # Tokens of another kind (Keycloak "typ", Cognito/Hydra "token_use", ID-token-only hashes) and
+    # sender-constrained tokens (RFC 9449 §7.2, RFC 8705 §3) are never accepted as bearer access tokens.
+    typ_claim, use = claims.get("typ"), claims.get("token_use")
+    if isinstance(typ_claim, str) and typ_claim.lower() in (
+        "id",
+        "refresh",
+        "offline",
+        "logout",
+        "id_token",
+        "refresh_token",
+    ):
+        return None
+    if isinstance(use, str) and use.lower() not in ("access", "access_token"):
+        return None
+    if "at_hash" in claims or "c_hash" in claims:
+        return None
+    cnf = claims.get("cnf")
+    if cnf is not None and (not isinstance(cnf, dict) or "jkt" in cnf or "x5t#S256" in cnf):
+        return None
     for name in ("sub", "client_id", "jti"):
         if claims.get(name) is not None and not isinstance(claims[name], str):
             return None
@@ -280,7 +299,9 @@ json_values = st.recursive(
 numeric_dates = st.sampled_from([T0 - 3600, T0 - LEEWAY - 1, T0 - LEEWAY, T0, T0 + LEEWAY, T0 + LEEWAY + 1, T0 + 300])
 claim_values = json_values | numeric_dates | st.sampled_from([ISSUER, AUDIENCE, [AUDIENCE], "alice", "read:photos"])
 header_values = json_values | st.sampled_from(["RS256", "ES256", "EdDSA", "none", "HS256", "at+jwt", "JWT", "rsa-1"])
-claim_names = st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "sub", "client_id", "scope", "scp", "jti"])
+claim_names = st.sampled_from(
+    ["iss", "aud", "exp", "nbf", "iat", "sub", "client_id", "scope", "scp", "jti", "typ", "token_use", "cnf", "at_hash"]
+)
 header_names = st.sampled_from(["alg", "typ", "kid", "crit", "b64", "jku", "jwk", "x5c", "cty"])
 
 authorization_values = st.one_of(
