@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket
 from tokenguard import (
     ConfigurationError,
     InsufficientUserAuthentication,
+    Rule,
     TokenGuard,
     public,
     require_auth_level,
@@ -423,3 +424,33 @@ def test_devidp_refreshed_tokens_keep_the_original_auth_time(dev_idp: DevIdP) ->
     fresh = dev_idp.refresh(pair.refresh_token)
     assert client.get("/acr", headers=bearer(fresh.access_token)).status_code == 200
     assert client.get("/both", headers=bearer(fresh.access_token)).status_code == 401
+
+
+def test_a_rule_can_ask_for_step_up_on_a_mounted_app(dev_idp: DevIdP) -> None:
+    """Rule(acr_values=..., max_age=...) covers what cannot be decorated, with the same challenge."""
+    from starlette.routing import Mount
+    from starlette.types import Receive, Scope, Send
+
+    async def admin(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    app = Starlette(routes=[Mount("/admin", app=admin)])
+    app.add_middleware(
+        TokenGuard,
+        issuer=dev_idp.issuer,
+        audience=dev_idp.default_audience,
+        http_client=dev_idp.http_client,
+        clock=dev_idp.clock,
+        rules=[Rule("/admin", acr_values=[MFA], max_age=300)],
+    )
+    with TestClient(app) as client:
+        weak = client.get("/admin/x", headers=bearer(dev_idp.issue_token(acr="urn:weak", auth_time=now(dev_idp))))
+        assert weak.status_code == 401
+        challenge = weak.headers["www-authenticate"]
+        assert 'error="insufficient_user_authentication"' in challenge
+        assert f'acr_values="{MFA}"' in challenge
+        assert 'max_age="300"' in challenge
+        strong = client.get("/admin/x", headers=bearer(dev_idp.issue_token(acr=MFA, auth_time=now(dev_idp))))
+        assert strong.status_code == 200
+    with pytest.raises(ConfigurationError, match="Rule"):
+        Rule("/admin", max_age=-1)

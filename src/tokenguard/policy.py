@@ -337,18 +337,21 @@ def require_auth_level(*, acr_values: str | Iterable[str] = (), max_age: int | N
     ``acr`` and ``auth_time`` are read from the JWT, or from the introspection answer on ``@sensitive``
     routes. A missing or non-numeric ``auth_time`` counts as too old when ``max_age`` is set.
     """
+    requirement = _auth_level(acr_values, max_age, "@require_auth_level")
+    return lambda func: _mark(func, requirement)
+
+
+def _auth_level(acr_values: str | Iterable[str], max_age: int | None, who: str) -> Requirement:
     values = (acr_values,) if isinstance(acr_values, str) else tuple(acr_values)
     for value in values:
         if not isinstance(value, str) or _ACR_VALUE.fullmatch(value) is None:
-            raise ConfigurationError(f"@require_auth_level: {value!r} is not a valid acr value")
+            raise ConfigurationError(f"{who}: {value!r} is not a valid acr value")
     if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0):
-        raise ConfigurationError(
-            f"@require_auth_level: max_age must be a whole number of seconds >= 0, got {max_age!r}"
-        )
+        raise ConfigurationError(f"{who}: max_age must be a whole number of seconds >= 0, got {max_age!r}")
     if not values and max_age is None:
-        raise ConfigurationError("@require_auth_level needs acr_values, max_age, or both")
+        raise ConfigurationError(f"{who} needs acr_values, max_age, or both")
     unique = tuple(dict.fromkeys(values))  # keeps the order of preference (RFC 9470 §3)
-    return lambda func: _mark(func, Requirement(acr_values=unique, max_age=max_age))
+    return Requirement(acr_values=unique, max_age=max_age)
 
 
 def require_authorization_details(details_type: str, /, *, check: DetailsCheck | None = None) -> Callable[[F], F]:
@@ -426,6 +429,8 @@ class Rule:
     scopes: frozenset[str] = frozenset()
     any_scopes: frozenset[str] = frozenset()
     sensitive: bool = False
+    acr_values: tuple[str, ...] = ()
+    max_age: int | None = None
 
     def __init__(
         self,
@@ -436,6 +441,8 @@ class Rule:
         scopes: ScopesArg = (),
         any_scopes: ScopesArg = (),
         sensitive: bool = False,
+        acr_values: str | Iterable[str] = (),
+        max_age: int | None = None,
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigurationError(f"Rule path must start with '/', got {path!r}")
@@ -450,6 +457,11 @@ class Rule:
         for name, value in (("scopes", scopes), ("any_scopes", any_scopes)):
             object.__setattr__(self, name, _scope_set((value,), "Rule") if value else frozenset())
         object.__setattr__(self, "sensitive", sensitive)
+        # RFC 9470 step-up for what cannot be decorated, validated as @require_auth_level is.
+        if acr_values or max_age is not None:
+            level = _auth_level(acr_values, max_age, "Rule")
+            object.__setattr__(self, "acr_values", level.acr_values)
+            object.__setattr__(self, "max_age", level.max_age)
         self.requirement  # noqa: B018 - validate now, not on the first request
 
     @property
@@ -462,6 +474,8 @@ class Rule:
             requirement = requirement.merge(Requirement(any_scopes=(self.any_scopes,)))
         if self.sensitive:
             requirement = requirement.merge(Requirement(sensitive=True))
+        if self.acr_values or self.max_age is not None:
+            requirement = requirement.merge(Requirement(acr_values=self.acr_values, max_age=self.max_age))
         return requirement
 
     def matches(self, path: str, method: str | None) -> bool:
