@@ -525,8 +525,8 @@ def intro(out: Printer, idp: DevIdP) -> None:
     out.line(f"  client             {CLIENT_ID} (public: a single-page app, no secret; its refresh tokens rotate")
     out.line("                     on every use, as OAuth 2.1 §4.3.1 requires for public clients)")
     out.line(f"  user               {USER}, scopes {SCOPES}")
-    out.line("  Tokens are shown as eyJhbGc…(758 chars) [AT1]: never whole; [AT1]/[RT1] name the first access")
-    out.line("  and refresh token, [AT2]/[RT2] the next pair, and so on.")
+    out.line("  Tokens are shown as eyJhbGc…(789 chars) [AT1]: the first characters and the length, never")
+    out.line("  whole; [AT1]/[RT1] name the first access and refresh token, [AT2]/[RT2] the next pair, and so on.")
 
 
 async def play(out: Printer, **idp_options: Any) -> int:
