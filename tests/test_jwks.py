@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -162,8 +163,14 @@ def bearer(token: str) -> dict[str, str]:
     ],
 )
 def test_well_known_urls(issuer: str, rfc8414: str, openid: str) -> None:
-    """RFC 8414 §3.1 inserts the well-known segment before the issuer's path; OpenID appends it."""
-    assert well_known_urls(issuer) == (rfc8414, openid)
+    """RFC 8414 §3.1 inserts the well-known segment before the issuer's path; OpenID appends it; an issuer
+    with a path also gets the appended RFC 8414 form (Keycloak, Okta, Spring) as a last resort."""
+    urls = well_known_urls(issuer)
+    assert urls[:2] == (rfc8414, openid)
+    if urlsplit(issuer).path.strip("/"):
+        assert urls[2:] == (issuer.rstrip("/") + "/.well-known/oauth-authorization-server",)
+    else:
+        assert urls[2:] == ()
 
 
 @pytest.mark.anyio
@@ -179,6 +186,19 @@ async def test_issuer_with_a_path_uses_the_path_inserted_metadata_url(
     assert token.issuer == TENANT
     assert inserted.call_count == 1
     assert not appended.called
+
+
+@pytest.mark.anyio
+async def test_appended_rfc8414_metadata_is_the_last_resort(respx_mock: respx.MockRouter, clock: FakeClock) -> None:
+    """A server that serves only {issuer}/.well-known/oauth-authorization-server (Keycloak, Okta) is found."""
+    tenant = Issuer(clock, issuer=TENANT)
+    inserted = respx_mock.get(TENANT_METADATA_URL).respond(404)
+    openid = respx_mock.get(TENANT_OPENID_URL).respond(404)
+    appended = respx_mock.get(f"{TENANT}/.well-known/oauth-authorization-server").respond(200, json=tenant.metadata())
+    respx_mock.get(JWKS_URL).respond(200, json=tenant.jwks())
+    token = await make_auth(clock, issuer=TENANT).validate(tenant.token())
+    assert token.issuer == TENANT
+    assert (inserted.call_count, openid.call_count, appended.call_count) == (1, 1, 1)
 
 
 @pytest.mark.anyio

@@ -195,13 +195,17 @@ def _delta_seconds(argument: str | None) -> float | None:
     return float(_DELTA_SECONDS_MAX if len(argument) > 10 else min(int(argument), _DELTA_SECONDS_MAX))
 
 
-def well_known_urls(issuer: str) -> tuple[str, str]:
-    """RFC 8414 §3.1 (path-inserted) and OpenID Connect Discovery 1.0 §4 (appended) metadata URLs."""
+def well_known_urls(issuer: str) -> tuple[str, ...]:
+    """Metadata URLs to try, in order: RFC 8414 §3.1 (path-inserted), OpenID Connect Discovery 1.0 §4
+    (appended), and for an issuer with a path the appended RFC 8414 form that several servers use
+    instead of §3.1 (Keycloak, Okta, Spring Authorization Server). Each must name the issuer exactly."""
     parts = urlsplit(issuer)
     path = parts.path.rstrip("/")
     rfc8414 = urlunsplit((parts.scheme, parts.netloc, "/.well-known/oauth-authorization-server" + path, "", ""))
     openid = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    return rfc8414, openid
+    if not path:
+        return rfc8414, openid
+    return rfc8414, openid, issuer.rstrip("/") + "/.well-known/oauth-authorization-server"
 
 
 class _Freshness:

@@ -269,7 +269,9 @@ def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, req
     aud = claims.get("aud")
     if type(aud) is str and aud in audiences:  # the common case, decided at once
         return
-    if aud is None:
+    if aud is None or aud == []:
+        # An empty list names no audience, like an absent claim (ORY Hydra sends "aud": [] for a token
+        # granted none): refused when the audience is required, let through only when it is relaxed.
         if required:
             raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
         return
@@ -315,9 +317,20 @@ def check_token_kind(claims: Mapping[str, Any]) -> None:
         )
 
 
+#: Where issuers that predate RFC 9068's ``client_id`` put the client: OpenID Connect's ``azp``
+#: (Auth0, Keycloak, Entra v2), Okta's ``cid``, Entra v1's ``appid``.
+_CLIENT_ID_FALLBACKS = ("azp", "cid", "appid")
+
+
 def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """``sub`` and ``client_id``; a token with neither names nobody and is refused."""
+    """``sub`` and the client id; a token with neither names nobody and is refused.
+
+    The client id is ``client_id`` (RFC 9068 §2.2), else the first string among the vendor claims that
+    carry it; ``strict_rfc9068`` still requires ``client_id`` itself.
+    """
     subject, client_id = _string(claims, "sub"), _string(claims, "client_id")
+    if not client_id:
+        client_id = next((v for n in _CLIENT_ID_FALLBACKS if isinstance(v := claims.get(n), str) and v), None)
     if not subject and not client_id:
         raise InvalidToken("no_identity", "The access token names no subject or client.")
     return subject or None, client_id or None
