@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "tokenguard._http": 1,
     "tokenguard._flight": 1,
     "tokenguard._lru": 1,
+    "tokenguard._strictjson": 0,
     "tokenguard._signatures": 1,
     "tokenguard.events": 1,
     "tokenguard.redaction": 1,

@@ -22,6 +22,7 @@ from cachetools import TLRUCache
 
 from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientPool, safe_url
+from tokenguard._strictjson import strict_decoder
 from tokenguard.config import GuardConfig
 from tokenguard.errors import IntrospectionUnavailable, InvalidToken
 from tokenguard.jwks import IssuerMetadata
@@ -333,19 +334,7 @@ def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
     )
 
 
-def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 8259 §4: names SHOULD be unique; an answer with two "active" members is not trusted either way.
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        raise ValueError("duplicate member name")
-    return document
-
-
-def _reject_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_strict_pairs, parse_constant=_reject_constant)
+_DECODER = strict_decoder()
 
 
 def _json_object(body: bytes, url: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from tokenguard._lru import LRU
 from tokenguard._signatures import Verifier, verifier
+from tokenguard._strictjson import strict_decoder
 from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
 from tokenguard.jwks import JWKSCache, KeySet
@@ -76,33 +77,10 @@ def _b64decode_checked(raw: bytes) -> bytes:
         raise InvalidToken("malformed_token", "The access token is malformed.") from exc
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 §4 / RFC 7519 §4: duplicate member names are rejected, never "last one wins".
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member name")
-    return obj
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
-def _reject_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
-
-
 # No per-integer hook: tokens carry many integers and a hook costs a Python call each. Python's own
 # limit (sys.get_int_max_str_digits, 4300 digits) and the token size cap bound the parsing work; the
 # numbers the validator reads go through ``_number``, which refuses what no double can hold.
-_FAST_DECODER = json.JSONDecoder(
-    object_pairs_hook=_strict_object,
-    parse_float=_finite_float,
-    parse_constant=_reject_constant,
-)
+_FAST_DECODER = strict_decoder(finite_floats=True)
 
 
 _SCAN: Any = json.scanner.make_scanner(_FAST_DECODER)  # type: ignore[arg-type]  # typeshed names the class oddly

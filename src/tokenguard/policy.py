@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 import logging
 import math
 import re
@@ -22,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tokenguard._strictjson import strict_decoder
 from tokenguard.errors import (
     AuthError,
     ConfigurationError,
@@ -373,20 +373,7 @@ def require_authorization_details(details_type: str, /, *, check: DetailsCheck |
     return lambda func: _mark(func, Requirement(details=(DetailsGuard(details_type, check),)))
 
 
-def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 8259 §4: names SHOULD be unique; with two "amount" members, the check and the endpoint
-    # could each read a different one, so such a body is refused.
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        raise ValueError("duplicate member name")
-    return document
-
-
-def _reject_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
-
-
-_BODY_DECODER = json.JSONDecoder(object_pairs_hook=_strict_pairs, parse_constant=_reject_constant)
+_BODY_DECODER = strict_decoder()
 
 
 def parse_json_body(data: bytes) -> Any:
