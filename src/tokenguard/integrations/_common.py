@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Protocol
 
+#: Latency buckets in seconds: local validation takes tens of microseconds, introspection milliseconds.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
 
 class GuardLike(Protocol):
     """The part of ``TokenGuard`` the adapters read (kept structural: the core never imports the adapter)."""

@@ -47,26 +47,18 @@ from importlib import metadata
 from typing import Any
 
 from tokenguard.events import DecisionEvent
-from tokenguard.integrations._common import BREAKER_STATES, GuardLike, breaker_state, counters, gauges, require
+from tokenguard.integrations._common import (
+    BREAKER_STATES,
+    LATENCY_BUCKETS,
+    GuardLike,
+    breaker_state,
+    counters,
+    gauges,
+    require,
+)
 
 #: Latency bucket boundaries in seconds (the API's default boundaries are meant for milliseconds).
-DEFAULT_BOUNDARIES: tuple[float, ...] = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+DEFAULT_BOUNDARIES: tuple[float, ...] = LATENCY_BUCKETS
 
 _COUNTERS = {
     "jwks_fetches": ("tokenguard.jwks.fetches", "{fetch}", "JWKS fetches attempted."),

@@ -49,26 +49,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from tokenguard.events import DecisionEvent
-from tokenguard.integrations._common import BREAKER_STATES, GuardLike, breaker_state, counters, gauges, require
+from tokenguard.integrations._common import (
+    BREAKER_STATES,
+    LATENCY_BUCKETS,
+    GuardLike,
+    breaker_state,
+    counters,
+    gauges,
+    require,
+)
 
 #: Latency buckets in seconds: local validation takes tens of microseconds, introspection milliseconds.
-DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+DEFAULT_BUCKETS: tuple[float, ...] = LATENCY_BUCKETS
 
 _COUNTER_HELP = {
     "jwks_fetches": "JWKS fetches attempted.",
