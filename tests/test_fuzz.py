@@ -252,12 +252,12 @@ def expected_status(head: dict[str, Any], claims: dict[str, Any], signing: tuple
         "refresh_token",
     ):
         return None
-    if isinstance(use, str) and use.lower() not in ("access", "access_token"):
+    if use is not None and (not isinstance(use, str) or use.lower() not in ("access", "access_token")):
         return None
     if "at_hash" in claims or "c_hash" in claims:
         return None
     cnf = claims.get("cnf")
-    if cnf is not None and (not isinstance(cnf, dict) or "jkt" in cnf or "x5t#S256" in cnf):
+    if cnf is not None and (not isinstance(cnf, dict) or cnf):  # RFC 7800: any confirmation binds a key
         return None
     for name in ("sub", "client_id", "jti"):
         if claims.get(name) is not None and not isinstance(claims[name], str):

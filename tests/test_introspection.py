@@ -695,6 +695,18 @@ async def test_client_errors_answer_503_but_never_open_the_breaker(
     assert endpoint.calls == 12
 
 
+@pytest.mark.parametrize("status", [429, 302])
+async def test_overload_and_redirect_answers_count_toward_the_breaker(
+    auth: Authenticator, endpoint: IntrospectionEndpoint, status: int
+) -> None:
+    """429 (the endpoint is overloaded) and a redirect (no introspection answer at all) open the breaker."""
+    endpoint.failure = httpx.Response(status, headers={"location": "https://elsewhere.example/"})
+    await fail_times(auth, 5)
+    assert auth.introspector.breaker.state == "open"
+    await fail_times(auth, 1)
+    assert endpoint.calls == 5
+
+
 async def test_success_resets_the_consecutive_failure_count(
     auth: Authenticator, endpoint: IntrospectionEndpoint
 ) -> None:

@@ -148,3 +148,25 @@ def _middleware_instances(app: Starlette) -> list[object]:
         found.append(node)
         node = getattr(node, "app", None)
     return found
+
+
+@pytest.mark.parametrize("wrap", [lambda app: app, lambda app: functools.partial(app)], ids=["asgi-app", "partial"])
+def test_a_faked_preflight_never_reaches_an_asgi_app_endpoint_anonymously(
+    idp: Issuer, clock: FakeClock, wrap: object
+) -> None:
+    """Route("/rpc", endpoint=<ASGI app>) answers every method itself: a preflight keeps the route's policy."""
+    ran: list[str] = []
+
+    class Rpc:  # an ASGI app instance: Starlette hands it every method
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            ran.append(scope["method"])
+            await PlainTextResponse("rpc")(scope, receive, send)
+
+    app = Starlette(routes=[Route("/rpc", wrap(Rpc()))])  # type: ignore[operator]
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(app) as client:
+        assert client.options("/rpc", headers=preflight).status_code == 401
+        assert ran == []
+        assert client.options("/rpc", headers={**preflight, **bearer(idp.token())}).status_code == 200
+        assert ran == ["OPTIONS"]

@@ -101,3 +101,16 @@ def test_sender_constrained_tokens_are_not_bearer_tokens(
         opaque_answer = client.get("/transfer", headers={"Authorization": "Bearer opaque-bound-token-123"})
     assert (jwt_answer.status_code, opaque_answer.status_code) == (401, 401)
     assert "bound to a key" in jwt_answer.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"cnf": {"jwk": {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}}}, {"cnf": {"kid": "k"}}, {"token_use": ["id"]}],
+    ids=["cnf-jwk", "cnf-kid", "token_use-list"],
+)
+def test_other_bindings_and_malformed_markers_are_refused(
+    idp: Issuer, clock: FakeClock, claims: dict[str, Any]
+) -> None:
+    """RFC 7800 §3.1: any confirmation key binds the token; a non-string token_use is not "access"."""
+    with _client(clock) as client:
+        assert client.get("/me", headers={"Authorization": f"Bearer {idp.token(**claims)}"}).status_code == 401

@@ -201,10 +201,11 @@ class Introspector:
 
     def _failed(self, exc: FetchError) -> IntrospectionUnavailable:
         now = self._config.clock()
-        if exc.status is not None and exc.status < 500:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
             # A 4xx is an answer about this request (its token, our credentials), not a sign of a dead
             # endpoint: still 503, but it must not let anonymous garbage tokens open the breaker for
-            # every user. It also ends a run of failures, as any answer does.
+            # every user. It also ends a run of failures, as any answer does. 429 (overloaded) and
+            # redirects (not an introspection answer at all) count as failures.
             self.breaker.succeeded()
         else:
             self.breaker.failed(now)

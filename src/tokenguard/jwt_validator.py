@@ -279,7 +279,7 @@ def check_token_kind(claims: Mapping[str, Any]) -> None:
     use = claims.get("token_use")
     if (
         (isinstance(typ, str) and typ.lower() in _NOT_ACCESS_TYP)
-        or (isinstance(use, str) and use.lower() not in _ACCESS_TOKEN_USE)
+        or (use is not None and (not isinstance(use, str) or use.lower() not in _ACCESS_TOKEN_USE))
         or any(name in claims for name in _ID_TOKEN_ONLY)
     ):
         raise InvalidToken("unsupported_token", "The token is not an access token.")
@@ -287,9 +287,9 @@ def check_token_kind(claims: Mapping[str, Any]) -> None:
     # RFC 9449 §7.1 (DPoP "jkt") and RFC 8705 §3 (mTLS "x5t#S256"): a sender-constrained token must be
     # presented with proof of possession, which a bearer-only resource server cannot check; accepted
     # as a plain bearer token it would let a thief use it (RFC 9449 §7.2: MUST NOT).
-    if confirmation is not None and (
-        not isinstance(confirmation, dict) or "jkt" in confirmation or "x5t#S256" in confirmation
-    ):
+    # RFC 7800 §3.1: any confirmation member (jwk, jwe, jku, kid, and the two above) binds the token to
+    # a key whose possession is never proven here.
+    if confirmation is not None and (not isinstance(confirmation, dict) or confirmation):
         raise InvalidToken(
             "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
         )
@@ -516,9 +516,12 @@ class JWTValidator:
         check_token_kind(claims)
         if self._config.strict_rfc9068:
             # RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat and jti are REQUIRED.
-            for name in ("sub", "client_id", "iat", "jti"):
-                if claims.get(name) is None:
+            for name in ("sub", "client_id", "jti"):
+                value = claims.get(name)
+                if not isinstance(value, str) or not value:
                     raise InvalidToken("missing_claim", "The access token lacks a required claim.")
+            if claims.get("iat") is None:
+                raise InvalidToken("missing_claim", "The access token lacks a required claim.")
         subject, client_id = identity_of(claims)
         return AccessToken._from_validation(
             subject,

@@ -274,7 +274,7 @@ class TokenGuard:
             decision = self.resolver.decide(scope, self.app)
         except Exception as exc:  # routing must fail closed too: the default policy, never a 500
             logger.error("tokenguard: route resolution failed: %s", type(exc).__name__)
-            decision = RouteDecision(self.resolver.default, None)
+            decision = RouteDecision(self.resolver.default, None, answers_options=True)
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused — unless the
         # endpoint itself answers OPTIONS (then a faked preflight would reach it anonymously). It
         # goes on as anonymous, for a CORS middleware inside the guard (or the router's 405) to answer.

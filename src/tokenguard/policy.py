@@ -373,7 +373,7 @@ def require_authorization_details(details_type: str, /, *, check: DetailsCheck |
     return lambda func: _mark(func, Requirement(details=(DetailsGuard(details_type, check),)))
 
 
-_BODY_DECODER = strict_decoder()
+_BODY_DECODER = strict_decoder(finite_floats=True)
 
 
 def parse_json_body(data: bytes) -> Any:

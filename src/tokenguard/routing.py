@@ -167,7 +167,9 @@ def _answers_options(found: _Found | None) -> bool:
     methods = getattr(found.route, "methods", None)
     if methods is not None:
         return "OPTIONS" in methods
-    return isinstance(found.endpoint, type) and hasattr(found.endpoint, "options")
+    if isinstance(found.endpoint, type):
+        return hasattr(found.endpoint, "options")  # HTTPEndpoint dispatches OPTIONS to ``options``
+    return True  # an ASGI app (or a partial of one) as the endpoint gets every method: fail closed
 
 
 def _frozen(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
