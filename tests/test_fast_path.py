@@ -93,3 +93,29 @@ def test_a_forged_copy_of_a_cached_token_is_not_served_from_the_cache(idp: Issue
     with _client(clock, 10_000) as client:
         assert _answer(client, [("Authorization", f"Bearer {token}")])[0] == 200
         assert _answer(client, [("Authorization", f"Bearer {forged}")])[0] == 401
+
+
+def test_an_endpoint_cannot_change_what_the_next_request_is_checked_against(idp: Issuer, clock: FakeClock) -> None:
+    """request.auth.claims is a private deep copy; the shared token's claims are read-only."""
+    from tokenguard import require_auth_level
+
+    @require_auth_level(acr_values=["mfa"])
+    async def transfer(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    async def profile(request: Request) -> JSONResponse:
+        request.auth.claims["acr"] = "mfa"  # a private copy: harmless
+        request.auth.claims.setdefault("nested", []).append(1)
+        try:
+            request.user.token.claims["acr"] = "mfa"  # the shared token refuses
+        except TypeError:
+            return JSONResponse({"shared": "read-only"})
+        return JSONResponse({"shared": "writable"})
+
+    app = Starlette(routes=[Route("/transfer", transfer), Route("/profile", profile)])
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    headers = {"Authorization": f"Bearer {idp.token()}"}
+    with TestClient(app) as client:
+        assert client.get("/transfer", headers=headers).status_code == 401
+        assert client.get("/profile", headers=headers).json() == {"shared": "read-only"}
+        assert client.get("/transfer", headers=headers).status_code == 401

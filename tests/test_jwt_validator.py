@@ -1015,11 +1015,13 @@ async def test_cached_token_expires_with_the_clock(idp: Issuer, guard: Guard, cl
 async def test_mutating_returned_claims_does_not_extend_a_cached_token(
     idp: Issuer, guard: Guard, clock: FakeClock
 ) -> None:
-    """An app that edits token.claims cannot stretch the life of a cached token."""
+    """An app cannot edit token.claims (read-only: the token is shared), nor stretch a cached token's life."""
     token = idp.token("rsa-1", exp=int(clock()) + 60)
     result = await guard.accept(token)
-    result.claims["exp"] = int(clock()) + 10**6  # type: ignore[index]
-    result.claims.pop("nbf", None)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        result.claims["exp"] = int(clock()) + 10**6  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        result.claims.pop("nbf", None)  # type: ignore[attr-defined]
     clock.advance(120)
     await guard.refuse(token, "expired")
 

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import quote_plus
 
@@ -278,7 +279,7 @@ class Introspector:
             subject=subject,
             client_id=client_id,
             scopes=scopes_of(document),
-            claims=dict(document),
+            claims=MappingProxyType(dict(document)),  # cached and shared: read-only
             expires_at=exp,
             source="introspection",
             issuer=self._config.issuer,
@@ -326,7 +327,7 @@ def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
         subject=remote.subject or local.subject,
         client_id=remote.client_id or local.client_id,
         scopes=scopes,
-        claims=claims,
+        claims=MappingProxyType(claims),
         expires_at=min(deadlines) if deadlines else None,
         source="introspection",
         issuer=local.issuer,

@@ -12,6 +12,7 @@ once (size-capped) and replayed to the endpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -58,7 +59,7 @@ class TokenCredentials(AuthCredentials):
     def claims(self) -> dict[str, Any]:
         """The token's claims as a dict of this request's own (a cached token is shared: copy on first use)."""
         if self._claims is None:
-            self._claims = dict(self.token.claims)
+            self._claims = copy.deepcopy(dict(self.token.claims))  # nested lists and objects too
         return self._claims
 
     def __repr__(self) -> str:

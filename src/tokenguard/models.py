@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 TokenSource = Literal["jwt", "introspection"]
@@ -11,7 +12,11 @@ TokenSource = Literal["jwt", "introspection"]
 
 @dataclass(frozen=True)
 class AccessToken:
-    """An access token that passed every check; it never holds the raw token string."""
+    """An access token that passed every check; it never holds the raw token string.
+
+    It may be shared by every request that carries the same token (the verified and introspection
+    caches): ``claims`` is a read-only mapping. ``request.auth.claims`` is a private, mutable copy.
+    """
 
     subject: str | None
     client_id: str | None
@@ -54,7 +59,9 @@ class AccessToken:
             subject=subject,
             client_id=client_id,
             scopes=scopes,
-            claims=claims,
+            # The verified cache hands this token to every request that carries the same bytes: its
+            # claims are read-only, so no endpoint can change what a later request's checks will read.
+            claims=MappingProxyType(claims),
             expires_at=expires_at,
             source=source,
             issuer=issuer,

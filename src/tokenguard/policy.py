@@ -131,7 +131,9 @@ def authorization_details_of(claims: Mapping[str, Any]) -> tuple[dict[str, Any],
         isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"] for entry in value
     ):
         raise InvalidToken("bad_claim", "The access token's authorization_details claim is malformed.")
-    return tuple(value)
+    # Each request's checks get their own copies: a check that edits an entry cannot change what the
+    # next request with the same (cached) token is checked against.
+    return tuple(copy.deepcopy(value))
 
 
 @dataclass(frozen=True)
