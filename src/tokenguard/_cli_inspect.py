@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from tokenguard._cli_output import CliError, Printer, duration, utc
 from tokenguard._http import HttpClientOption
+from tokenguard._strictjson import strict_pairs
 from tokenguard.authenticator import Authenticator
 from tokenguard.config import DEFAULT_ALGORITHMS, HMAC_ALGORITHMS, GuardConfig, IntrospectionOptions
 from tokenguard.errors import AuthError, ConfigurationError, UnavailableError
@@ -116,11 +117,6 @@ def _segment(token_part: str, name: str) -> tuple[bytes, list[str]]:
         raise CliError(f"the {name} segment is not valid base64url") from exc
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member name")
-    return obj
 
 
 def _object(data: bytes, name: str) -> dict[str, Any]:
@@ -129,7 +125,7 @@ def _object(data: bytes, name: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise CliError(f"the {name} segment decodes to bytes that are not UTF-8 text, so not JSON") from exc
     try:
-        value = json.loads(text, object_pairs_hook=_pairs)
+        value = json.loads(text, object_pairs_hook=strict_pairs)
     except ValueError as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise CliError(f"the {name} segment is base64url but not JSON ({detail})") from exc

@@ -27,16 +27,34 @@ from tokenguard.policy import Requirement
 logger = logging.getLogger("tokenguard")
 
 
-def _authorize(requirement: Requirement, token: AccessToken, config: GuardConfig) -> None:
-    """The route's token-only checks; a refusal carries the (valid) token for the decision event."""
-    try:
-        requirement.authorize(token, clock=config.clock, leeway=config.leeway)
-    except AuthError as exc:
-        exc.token = token
-        raise
+class _Pipeline:
+    """extract → (verified cache | validate, introspect?) → the route's checks; shared by both authenticators."""
+
+    config: GuardConfig
+
+    async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement) -> AccessToken:
+        values = authorization_values(headers)
+        raw = cached_candidate(values) if not requirement.sensitive else None
+        access_token = self._cached(raw) if raw is not None else None
+        if access_token is None:
+            token = bearer_from(values, self.config.max_token_bytes)
+            access_token = await self.validate(token, sensitive=requirement.sensitive)
+        # Scopes are looked at only now, after the token is fully validated: a forgery gets 401, not 403.
+        try:
+            requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
+        except AuthError as exc:
+            exc.token = access_token  # a refusal carries the (valid) token for the decision event
+            raise
+        return access_token
+
+    def _cached(self, raw: bytes) -> AccessToken | None:
+        raise NotImplementedError
+
+    async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
+        raise NotImplementedError
 
 
-class Authenticator:
+class Authenticator(_Pipeline):
     """Decides whether the bearer token of one request satisfies a route's requirement."""
 
     def __init__(
@@ -57,16 +75,8 @@ class Authenticator:
                 "sensitive routes and opaque tokens cannot be introspected"
             )
 
-    async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement) -> AccessToken:
-        values = authorization_values(headers)
-        raw = cached_candidate(values) if not requirement.sensitive else None
-        access_token = self.validator.cached(raw) if raw is not None else None
-        if access_token is None:
-            token = bearer_from(values, self.config.max_token_bytes)
-            access_token = await self.validate(token, sensitive=requirement.sensitive)
-        # Scopes are looked at only now, after the token is fully validated: a forgery gets 401, not 403.
-        _authorize(requirement, access_token, self.config)
-        return access_token
+    def _cached(self, raw: bytes) -> AccessToken | None:
+        return self.validator.cached(raw)
 
     async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
         """Validate one raw token string; introspect it when ``sensitive`` or when it is opaque."""
@@ -163,7 +173,7 @@ class Authenticator:
 _BREAKER_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
 
 
-class MultiIssuerAuthenticator:
+class MultiIssuerAuthenticator(_Pipeline):
     """Several trusted issuers, each with its own ``Authenticator``; one HTTP client pool for all.
 
     A JWT's ``iss``, read from the strictly parsed but unverified payload, picks the issuer before
@@ -186,16 +196,6 @@ class MultiIssuerAuthenticator:
     @property
     def issuers(self) -> tuple[str, ...]:
         return tuple(self.by_issuer)
-
-    async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement) -> AccessToken:
-        values = authorization_values(headers)
-        raw = cached_candidate(values) if not requirement.sensitive else None
-        access_token = self._cached(raw) if raw is not None else None
-        if access_token is None:
-            token = bearer_from(values, self.config.max_token_bytes)
-            access_token = await self.validate(token, sensitive=requirement.sensitive)
-        _authorize(requirement, access_token, self.config)
-        return access_token
 
     def _cached(self, raw: bytes) -> AccessToken | None:
         # A token sits in the verified cache of the issuer that validated it; at most one holds it.

@@ -229,8 +229,12 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
 def check_lifetime(claims: Mapping[str, Any], now: float, leeway: float, *, require_exp: bool) -> float | None:
     """``exp``, ``nbf``, ``iat`` against the clock with leeway (RFC 7519 §4.1.4, §4.1.5, §4.1.6)."""
     exp = _number(claims, "exp", required=require_exp)
-    nbf = _number(claims, "nbf", required=False)
-    iat = _number(claims, "iat", required=False)
+    check_dates(exp, _number(claims, "nbf", required=False), _number(claims, "iat", required=False), now, leeway)
+    return exp
+
+
+def check_dates(exp: float | None, nbf: float | None, iat: float | None, now: float, leeway: float) -> None:
+    """Dates already read as numbers, against the clock with leeway."""
     # RFC 7519 §4.1.4: "the current date/time MUST be before the expiration date/time".
     if exp is not None and now >= exp + leeway:
         raise InvalidToken("expired", "The access token has expired.")
@@ -239,7 +243,6 @@ def check_lifetime(claims: Mapping[str, Any], now: float, leeway: float, *, requ
         raise InvalidToken("not_yet_valid", "The access token is not valid yet.")
     if iat is not None and now + leeway < iat:
         raise InvalidToken("not_yet_valid", "The access token was issued in the future.")
-    return exp
 
 
 def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, required: bool = True) -> None:
@@ -416,13 +419,7 @@ class JWTValidator:
     def _still_valid(self, cached: _Verified) -> AccessToken:
         """A cache hit skips the signature, never the clock (RFC 7519 §4.1.4, §4.1.5, §4.1.6)."""
         token, exp, nbf, iat = cached
-        now, leeway = self._config.clock(), self._config.leeway
-        if now >= exp + leeway:
-            raise InvalidToken("expired", "The access token has expired.")
-        if nbf is not None and now + leeway < nbf:
-            raise InvalidToken("not_yet_valid", "The access token is not valid yet.")
-        if iat is not None and now + leeway < iat:
-            raise InvalidToken("not_yet_valid", "The access token was issued in the future.")
+        check_dates(exp, nbf, iat, self._config.clock(), self._config.leeway)
         return token
 
     @property
