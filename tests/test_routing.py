@@ -122,13 +122,22 @@ def test_path_params_and_convertors(idp: Issuer, clock: FakeClock) -> None:
     assert client.get("/photos/not-a-number", headers=bearer(idp.token(scope="x"))).status_code == 404
 
 
-def test_method_mismatch_is_still_guarded(idp: Issuer, clock: FakeClock) -> None:
-    """A wrong method (the app would answer 405) is refused without a token, not reported as 405."""
+def test_method_mismatch_gets_the_default_policy(idp: Issuer, clock: FakeClock) -> None:
+    """A wrong method reaches no endpoint (the router answers 405): the default policy applies, not
+    the policy of the route it did not reach — a valid token without the GET route's scope sees 405."""
     app = Starlette(routes=[Route("/admin", admin_endpoint, methods=["GET"])])
     client = guarded(app, clock)
     assert client.post("/admin").status_code == 401
-    assert client.post("/admin", headers=bearer(idp.token(scope="x"))).status_code == 403
+    assert client.post("/admin", headers=bearer(idp.token(scope="x"))).status_code == 405
     assert client.post("/admin", headers=bearer(idp.token(scope="admin"))).status_code == 405
+
+
+def test_method_mismatch_on_a_public_route_is_not_public(idp: Issuer, clock: FakeClock) -> None:
+    """The 405 of a public GET route is not public: with the default policy, no token is a 401."""
+    app = Starlette(routes=[Route("/open", open_endpoint, methods=["GET"])])
+    client = guarded(app, clock)
+    assert client.get("/open").status_code == 200
+    assert client.post("/open").status_code == 401
 
 
 def test_one_path_with_per_method_routes(idp: Issuer, clock: FakeClock) -> None:
@@ -403,16 +412,16 @@ def test_a_route_that_cannot_be_probed_falls_back_to_rules(idp: Issuer, clock: F
 
     app = Router(routes=[ExplodingRoute()])
     scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/open", "headers": [], "app": app}
-    assert resolver.requirement(scope) == PUBLIC
-    assert resolver.requirement({**scope, "path": "/other"}) == AUTHENTICATED
+    assert resolver.decide(scope).requirement == PUBLIC
+    assert resolver.decide({**scope, "path": "/other"}).requirement == AUTHENTICATED
 
 
 def test_resolver_without_routes_uses_rules_and_default() -> None:
     """An app without a route table (a bare ASGI callable) is governed by rules and the default."""
     resolver = RouteResolver([Rule("/health", public=True)], AUTHENTICATED)
     scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/health", "headers": []}
-    assert resolver.requirement(scope, raw_asgi_app) == PUBLIC
-    assert resolver.requirement({**scope, "path": "/x"}, raw_asgi_app) == AUTHENTICATED
+    assert resolver.decide(scope, raw_asgi_app).requirement == PUBLIC
+    assert resolver.decide({**scope, "path": "/x"}, raw_asgi_app).requirement == AUTHENTICATED
 
 
 def test_resolver_reads_marks_of_websocket_routes() -> None:
@@ -428,8 +437,8 @@ def test_resolver_reads_marks_of_websocket_routes() -> None:
     resolver = RouteResolver([], AUTHENTICATED)
     http: dict[str, Any] = {"type": "http", "method": "GET", "path": "/chat", "headers": [], "app": app}
     websocket: dict[str, Any] = {"type": "websocket", "path": "/chat", "headers": [], "app": app}
-    assert resolver.requirement(http) == PUBLIC
-    assert resolver.requirement(websocket) == Requirement(all_scopes=frozenset({"chat"}))
+    assert resolver.decide(http).requirement == PUBLIC
+    assert resolver.decide(websocket).requirement == Requirement(all_scopes=frozenset({"chat"}))
 
 
 def test_json_404_for_unmatched_with_valid_token(idp: Issuer, clock: FakeClock) -> None:

@@ -273,15 +273,22 @@ class TokenGuard:
             return
         try:
             decision = self.resolver.decide(scope, self.app)
-        except Exception as exc:  # routing must fail closed too: the default policy, never a 500
+        except Exception as exc:
+            # Routing must fail closed: the endpoint's policy is unknown (marks that cannot be
+            # combined, a route table that cannot be read), and no fallback policy is safe for it.
             logger.error("tokenguard: route resolution failed: %s", type(exc).__name__)
-            decision = RouteDecision(self.resolver.default, None, answers_options=True)
+            decision = RouteDecision(self.resolver.default, None)
+            self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
+            await _send_denial(scope, receive, send, render(UnavailableError("route resolution failed"), realm=self._realm))
+            return
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused — unless the
         # endpoint itself answers OPTIONS (then a faked preflight would reach it anonymously). It
         # goes on as anonymous, for a CORS middleware inside the guard (or the router's 405) to answer.
         if not decision.answers_options and _is_preflight(scope):
             decision = RouteDecision(PUBLIC, decision.template)
         requirement = decision.requirement
+        # The policy applied, for the app (and for tests that hold the guard to the router's choice).
+        scope["tokenguard.requirement"] = requirement
         if requirement.public:
             scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
             self._decided(scope, decision, started, "allow", "public", 200, None)
@@ -374,11 +381,30 @@ class TokenGuard:
         status: int,
         token: AccessToken | None,
     ) -> None:
-        """Count the decision; build an event only when someone listens (hooks or the logger)."""
+        """Count the decision; build an event only when someone listens (hooks or the logger).
+
+        Reporting never decides: whatever the token's claims hold, a failure here is logged (its type
+        only) and the request goes on with the decision already made — never a 500.
+        """
         level = logging.DEBUG if outcome == "allow" else logging.INFO
         if not self._hooks and not logger.isEnabledFor(level):
             self.metrics.count(outcome, reason)
             return
+        try:
+            self._report(scope, decision, started, outcome, reason, status, token)
+        except Exception as exc:
+            logger.error("tokenguard: decision reporting failed: %s", type(exc).__name__)
+
+    def _report(
+        self,
+        scope: Scope,
+        decision: RouteDecision,
+        started: float,
+        outcome: Outcome,
+        reason: str,
+        status: int,
+        token: AccessToken | None,
+    ) -> None:
         event = DecisionEvent(
             outcome=outcome,
             reason=reason,

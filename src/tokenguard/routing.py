@@ -2,8 +2,15 @@
 
 The request is matched against the app's own routes (``scope["app"].routes``), recursing into
 ``Mount``/``Host`` and FastAPI's included routers, the way the router itself will match it. The
-endpoint's marks decide; then the ``rules``; then the default. Results are memoised in a bounded
-LRU keyed by everything the routers look at: type, method, root_path, path and Host header.
+endpoint's marks decide (for class endpoints, the class's marks merged with the handler's); then
+the ``rules``; then the default. A request that reaches no endpoint (no match, or a partial match the
+router answers with 405) gets the rules/default, never the policy of a route it did not reach.
+
+Results are memoised in a bounded LRU keyed by everything the routers look at: type, method,
+root_path, path and Host header. Cache invariant (docs/ARCHITECTURE.md, "Cache invariants"): an
+entry is valid only while the route table it was computed from is unchanged; every route list
+reachable from the app is fingerprinted (identity and length) and checked on each request, and any
+change empties the cache.
 """
 
 from __future__ import annotations
@@ -26,12 +33,17 @@ _MAX_DEPTH = 16
 _MAX_CACHED_KEY = 1024
 _FASTAPI_DOC_ATTRS = ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
 
-_CacheKey = tuple[str, str, str, str, bytes, int, int]
+_CacheKey = tuple[str, str, str, str, bytes, int]
+#: How many route lists one app's fingerprint follows at most; past that the cache is not used.
+_MAX_ROUTE_LISTS = 512
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Found:
-    """What matching found: an endpoint (and the route that holds it), or a mounted app."""
+    """What matching found: an endpoint (and the route that holds it), or a mounted app.
+
+    ``full`` is False for a partial match: the router answers it (405) without running the endpoint.
+    """
 
     def __init__(
         self,
@@ -39,11 +51,13 @@ class _Found:
         route: Any = None,
         template: str | None = None,
         path_params: Mapping[str, Any] | None = None,
+        full: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.route = route
         self.template = template
         self.path_params = path_params
+        self.full = full
 
 
 class RouteDecision(NamedTuple):
@@ -58,6 +72,57 @@ class RouteDecision(NamedTuple):
     answers_options: bool = False
 
 
+class _RouteTable:
+    """Every route list reachable from one app, with the length each had when the table was read.
+
+    Routes can be added after the first request (``app.add_route``, a route appended to an already
+    included ``APIRouter`` or to a mounted app's router): such a change shows as a list whose length
+    differs, or a top-level list replaced by another; then memoised decisions are dropped.
+    """
+
+    __slots__ = ("app", "lists", "top")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.top = _routes(app)
+        seen: dict[int, tuple[Sequence[Any], int]] = {}
+        if self.top is not None:
+            _route_lists(self.top, seen, 0)
+        #: ``None`` when the tree is too large to fingerprint: nothing is memoised for this app then.
+        self.lists: tuple[tuple[Sequence[Any], int], ...] | None = (
+            tuple(seen.values()) if len(seen) <= _MAX_ROUTE_LISTS else None
+        )
+
+    def unchanged(self) -> bool:
+        if self.lists is None or _routes(self.app) is not self.top:
+            return False
+        for routes, length in self.lists:  # noqa: SIM110 - a plain loop: this runs on every request
+            if len(routes) != length:
+                return False
+        return True
+
+
+def _route_lists(routes: Sequence[Any], seen: dict[int, tuple[Sequence[Any], int]], depth: int) -> None:
+    if id(routes) in seen or depth > _MAX_DEPTH or len(seen) > _MAX_ROUTE_LISTS:
+        return
+    seen[id(routes)] = (routes, len(routes))
+    for route in routes:
+        sub_routes = _sub_routes(route)
+        if sub_routes is not None:
+            _route_lists(sub_routes, seen, depth + 1)
+
+
+def _sub_routes(route: Any) -> Sequence[Any] | None:
+    """The route list a Mount, Host or FastAPI included router holds (``None`` for an endpoint route)."""
+    included = getattr(route, "original_router", None)  # FastAPI's include_router
+    if included is not None:
+        return _routes(included)
+    sub_routes = _routes(route)
+    if sub_routes is None and hasattr(route, "app") and not hasattr(route, "endpoint"):
+        sub_routes = _routes(routed_app(route.app))
+    return sub_routes
+
+
 class RouteResolver:
     """Maps an ASGI scope to the ``Requirement`` of the route it will reach."""
 
@@ -68,6 +133,8 @@ class RouteResolver:
         # The app a scope names -> the app whose routes are read (through middleware wrappers); a
         # process has one or two apps, so this stays tiny. The entry keeps the app, so its id is unique.
         self._routed: dict[int, tuple[Any, Any]] = {}
+        # The routed app -> its route table fingerprint (same size bound as ``_routed``).
+        self._tables: dict[int, _RouteTable] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -86,9 +153,6 @@ class RouteResolver:
         """How many (request shape → policy) results are memoised now; never above ``cache_size``."""
         return len(self._cache)
 
-    def requirement(self, scope: MutableMapping[str, Any], fallback_app: Any = None) -> Requirement:
-        return self.decide(scope, fallback_app).requirement
-
     def decide(self, scope: MutableMapping[str, Any], fallback_app: Any = None) -> RouteDecision:
         """The policy for this request, and the matched route's template (``None`` if no route matched)."""
         app = self._routed_app(scope.get("app"), fallback_app)
@@ -100,20 +164,31 @@ class RouteResolver:
             if name == b"host" or name.lower() == b"host":
                 host = value
                 break
-        # The number of top-level routes too: a route added after the first requests is seen.
-        size = len(routes) if routes is not None else -1
         root_path, path = scope.get("root_path", ""), scope["path"]
-        if len(path) + len(root_path) + len(host) > _MAX_CACHED_KEY:
+        if len(path) + len(root_path) + len(host) > _MAX_CACHED_KEY or not self._table_unchanged(app):
             # Keys (and the path parameters a decision keeps) come from anonymous requests: an
             # unusually long path or Host is decided afresh each time, so the cache's memory stays
             # bounded by its entry count times a small size, whatever clients send.
             return self._resolve(scope, app, routes)
-        key = (scope["type"], method, root_path, path, host, id(app), size)
+        key = (scope["type"], method, root_path, path, host, id(app))
         cached = self._cache.get(key)
         if cached is None:
             cached = self._resolve(scope, app, routes)
             self._cache[key] = cached
         return cached
+
+    def _table_unchanged(self, app: Any) -> bool:
+        """True when the memoised decisions for ``app`` still describe its routes (else they are dropped)."""
+        table = self._tables.get(id(app))
+        if table is not None and table.app is app and table.unchanged():
+            return True
+        # First sight of this app, or its routes changed: every memoised decision may be wrong now.
+        self._cache.clear()
+        if len(self._tables) >= 16:
+            self._tables.clear()
+        table = _RouteTable(app)
+        self._tables[id(app)] = table
+        return table.lists is not None
 
     def _routed_app(self, app: Any, fallback_app: Any) -> Any:
         """The app whose routes decide: the one the guard wraps, seen through ``scope["app"]`` when
@@ -142,17 +217,19 @@ class RouteResolver:
         found = None
         if routes is not None:
             try:
-                found = _find(routes, _probe_scope(scope), 0)
+                found = _find(routes, _probe_scope(scope), 0, "")
             except Exception as exc:  # a custom route that cannot be probed: fall back, never 500
                 logger.warning("tokenguard: route matching failed (%s); using rules/default", type(exc).__name__)
         template = found.template if found is not None else None
         params = _frozen(found.path_params) if found is not None else _NO_PARAMS
         options = _answers_options(found)
-        if found is not None and found.endpoint is not None:
-            mark = _mark_of(found.endpoint, scope)
+        # Only an endpoint the router will run decides by its marks: a partial match is answered by
+        # the router (405) without running its endpoint, so it gets the rules/default like no match.
+        if found is not None and found.endpoint is not None and found.full:
+            mark = endpoint_requirement(found.endpoint, scope)
             if mark is not None:
                 return RouteDecision(mark, template, params, options)
-            if _is_fastapi_doc_route(app, found.route):
+            if _is_fastapi_doc_route(app, found.route, scope):
                 return RouteDecision(PUBLIC, template, params, options)
         # Rules match the path as the routes see it: without a mount's or server's root_path prefix.
         rule = first_rule(self._rules, get_route_path(scope), scope.get("method"))
@@ -198,12 +275,15 @@ def _probe_scope(scope: MutableMapping[str, Any]) -> dict[str, Any]:
     probe = dict(scope)
     probe["fastapi"] = dict(scope.get("fastapi", {}))
     probe.pop("endpoint", None)
-    probe["tokenguard.root_path"] = scope.get("root_path", "")
     return probe
 
 
-def _find(routes: Sequence[Any], scope: dict[str, Any], depth: int) -> _Found | None:
-    """The first full match, else the first partial one (Starlette answers 405), as the router does."""
+def _find(routes: Sequence[Any], scope: dict[str, Any], depth: int, prefix: str) -> _Found | None:
+    """The first full match, else the first partial one (Starlette answers 405), as the router does.
+
+    ``prefix`` is the path template of the mounts passed on the way (``/t/{tenant}``), so the label a
+    decision carries is a template, never a concrete path a client chose.
+    """
     if depth > _MAX_DEPTH:
         return None
     partial: _Found | None = None
@@ -211,31 +291,34 @@ def _find(routes: Sequence[Any], scope: dict[str, Any], depth: int) -> _Found | 
         match, child = route.matches(scope)
         if match is Match.NONE:
             continue
-        found = _descend(route, {**scope, **child}, child, depth)
+        found = _descend(route, {**scope, **child}, child, depth, prefix)
         if match is Match.FULL:
             return found
         if partial is None:
+            found.full = False
             partial = found
     return partial
 
 
-def _descend(route: Any, scope: dict[str, Any], child: dict[str, Any], depth: int) -> _Found:
+def _descend(route: Any, scope: dict[str, Any], child: dict[str, Any], depth: int, prefix: str) -> _Found:
     if hasattr(route, "routes"):
         # Mount and Host: their child scope names the mounted app as "endpoint"; look inside it.
         sub_routes = _routes(route) or _routes(routed_app(child.get("endpoint")))
-        found = _find(sub_routes, scope, depth + 1) if sub_routes else None
-        return found if found is not None else _Found()  # a mounted app without routes: rules decide
+        inner = prefix + _path_of(route)
+        found = _find(sub_routes, scope, depth + 1, inner) if sub_routes else None
+        # A mounted app without routes: rules decide, and the mount's template is the label.
+        return found if found is not None else _Found(template=inner + "/{path}" if _path_of(route) else None)
     if "endpoint" in child:
         found_route = child.get("route", route)
-        return _Found(child["endpoint"], found_route, _template(scope, found_route), scope.get("path_params"))
+        return _Found(child["endpoint"], found_route, prefix + _path_of(found_route), scope.get("path_params"))
     inner_match = getattr(route, "_match", None)
     if callable(inner_match):
         # FastAPI's included routers (not flattened in recent releases) pick their route in ``_match``.
-        return _descend_included(inner_match, scope, depth)
+        return _descend_included(inner_match, scope, depth, prefix)
     return _Found()
 
 
-def _descend_included(inner_match: Any, scope: dict[str, Any], depth: int) -> _Found:
+def _descend_included(inner_match: Any, scope: dict[str, Any], depth: int, prefix: str) -> _Found:
     if depth > _MAX_DEPTH:
         return _Found()
     try:
@@ -244,58 +327,92 @@ def _descend_included(inner_match: Any, scope: dict[str, Any], depth: int) -> _F
         return _Found()
     if not (isinstance(result, tuple) and len(result) == 4) or result[0] is Match.NONE or result[2] is None:
         return _Found()
+    full = result[0] is Match.FULL
     # ``_match`` returns (match, child scope, route, context): the route has matched already, so
     # descend into it with its child scope rather than matching it a second time.
     inner_route, child = result[2], result[1]
     if hasattr(inner_route, "endpoint") and not hasattr(inner_route, "routes"):
         context_path = getattr(result[3], "path", None)
-        template = context_path if isinstance(context_path, str) and context_path else _template(scope, inner_route)
+        # The include's context knows the route's path with the include prefixes: a template.
+        template = prefix + (context_path if isinstance(context_path, str) and context_path else _path_of(inner_route))
         params = child.get("path_params") if isinstance(child, Mapping) else None
-        return _Found(inner_route.endpoint, inner_route, template, params)
-    return _descend(inner_route, {**scope, **child}, child, depth + 1)
+        return _Found(inner_route.endpoint, inner_route, template, params, full)
+    found = _descend(inner_route, {**scope, **child}, child, depth + 1, prefix)
+    found.full = found.full and full
+    return found
 
 
-def _template(scope: dict[str, Any], route: Any) -> str | None:
-    """The route's path template with its mount prefix: a low-cardinality label for logs and metrics."""
+def _path_of(route: Any) -> str:
+    """A route's own path template (``/items/{id}``), or ``""`` for routes without one (``Host``)."""
     path = getattr(route, "path", None)
-    if not isinstance(path, str):
-        return None
-    root_path, original = str(scope.get("root_path", "")), str(scope.get("tokenguard.root_path", ""))
-    return root_path[len(original) :] + path
+    return path if isinstance(path, str) else ""
 
 
-def _mark_of(endpoint: Any, scope: MutableMapping[str, Any]) -> Requirement | None:
-    """Marks on the endpoint; for class-based endpoints, on the method handler first."""
-    if isinstance(endpoint, type):
-        # HTTPEndpoint dispatches to the method's name (HEAD falls back to get); WebSocketEndpoint
-        # accepts in ``on_connect``.
-        name = scope.get("method", "GET").lower() if scope["type"] == "http" else "on_connect"
-        handler = getattr(endpoint, name, None)
-        if name == "head" and handler is None:
-            handler = getattr(endpoint, "get", None)
-        mark = requirement_of(handler) if handler is not None else None
-        if mark is not None:
-            return mark
-    return requirement_of(endpoint)
+#: The handler names through which a ``WebSocketEndpoint`` serves one connection.
+_WEBSOCKET_HANDLERS = ("on_connect", "on_receive", "on_disconnect")
+#: The methods Starlette's ``HTTPEndpoint`` dispatches to a handler of that name (others get 405).
+_HTTP_HANDLER_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _is_fastapi_doc_route(app: Any, route: Any) -> bool:
-    """FastAPI's own documentation routes are public unless the user decides otherwise.
+def _handlers(endpoint: type, scope: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The handlers of a class endpoint that serve this request, as Starlette dispatches them."""
+    if scope["type"] != "http":
+        # A WebSocketEndpoint's connection runs all three: the connection must satisfy every mark.
+        return tuple(getattr(endpoint, name, None) for name in _WEBSOCKET_HANDLERS)
+    method = scope.get("method", "GET")
+    if method not in _HTTP_HANDLER_METHODS:
+        return ()  # HTTPEndpoint answers 405 from ``method_not_allowed``: the class's marks apply
+    # HTTPEndpoint.dispatch: HEAD falls back to ``get`` when the class has no ``head``.
+    name = "get" if method == "HEAD" and getattr(endpoint, "head", None) is None else method.lower()
+    return (getattr(endpoint, name, None),)
 
-    Only the app's own top-level routes qualify: a route at ``/docs`` inside a mounted app is not
-    FastAPI's documentation and keeps the default policy.
+
+def endpoint_requirement(endpoint: Any, scope: Mapping[str, Any]) -> Requirement | None:
+    """The merged marks of the endpoint that will serve this request; ``None`` if none is marked.
+
+    For ``HTTPEndpoint``/``WebSocketEndpoint`` classes, the class's marks and the handler's combine
+    by ``Requirement.merge`` (scopes: every required set applies; ``@sensitive``: any; step-up: the
+    strictest) — a handler's mark adds to the class's, never replaces it. Marks that cannot be
+    combined raise ``ConfigurationError`` (checked for every route when the app starts).
     """
+    marks = [requirement_of(endpoint)]
+    if isinstance(endpoint, type):
+        marks += [requirement_of(handler) for handler in _handlers(endpoint, scope) if handler is not None]
+    merged: Requirement | None = None
+    for mark in marks:
+        if mark is not None:
+            merged = mark if merged is None else merged.merge(mark)
+    return merged
+
+
+def _is_fastapi_doc_route(app: Any, route: Any, scope: Mapping[str, Any]) -> bool:
+    """FastAPI's own documentation routes are public for GET and HEAD, unless marked otherwise.
+
+    Only routes FastAPI itself registered qualify (their endpoints are defined in ``FastAPI.setup``,
+    and FastAPI registers them only when the document is on), and only in the app's own top-level
+    routes: a user's route at ``/docs`` (any method), a ``/docs`` inside a mounted app, or a docs
+    path whose document is turned off keeps the default policy.
+    """
+    if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
+        return False
     path = getattr(route, "path", None)
     routes = _routes(app)
     if path is None or routes is None or not any(candidate is route for candidate in routes):
         return False
-    return any(getattr(app, attr, None) == path for attr in _FASTAPI_DOC_ATTRS)
+    if not any(getattr(app, attr, None) == path for attr in _FASTAPI_DOC_ATTRS):
+        return False
+    endpoint = getattr(route, "endpoint", None)
+    return getattr(endpoint, "__module__", None) == "fastapi.applications" and str(
+        getattr(endpoint, "__qualname__", "")
+    ).startswith("FastAPI.setup.")
 
 
 def declared_requirements(app: Any) -> list[Requirement]:
-    """Every mark declared on the app's endpoints (recursing into mounts and included routers).
+    """Every policy declared on the app's endpoints (recursing into mounts and included routers).
 
-    Used at startup (are there sensitive routes?) and for RFC 9728 ``scopes_supported``.
+    Used at startup (are there sensitive routes? do all marks combine?) and for RFC 9728
+    ``scopes_supported``. Class endpoints contribute the merged policy of each handler, so marks that
+    cannot be combined raise ``ConfigurationError`` here, when the app starts.
     """
     found: list[Requirement] = []
     _collect(_routes(routed_app(app)) or (), found, 0)
@@ -306,19 +423,17 @@ def _collect(routes: Sequence[Any], found: list[Requirement], depth: int) -> Non
     if depth > _MAX_DEPTH:
         return
     for route in routes:
-        included = getattr(route, "original_router", None)  # FastAPI's include_router
-        sub_routes = _routes(included) if included is not None else _routes(route)
-        if sub_routes is None and hasattr(route, "app") and not hasattr(route, "endpoint"):
-            sub_routes = _routes(routed_app(route.app))
+        sub_routes = _sub_routes(route)
         if sub_routes is not None:
             _collect(sub_routes, found, depth + 1)
             continue
         endpoint = getattr(route, "endpoint", None)
-        handlers = [getattr(endpoint, name, None) for name in _HANDLER_NAMES] if isinstance(endpoint, type) else []
-        for candidate in (endpoint, *handlers):
-            mark = requirement_of(candidate) if candidate is not None else None
-            if mark is not None:
-                found.append(mark)
-
-
-_HANDLER_NAMES = ("get", "head", "post", "put", "patch", "delete", "options", "on_connect")
+        if endpoint is None:
+            continue
+        if isinstance(endpoint, type):
+            scopes: list[Mapping[str, Any]] = [{"type": "http", "method": m} for m in sorted(_HTTP_HANDLER_METHODS)]
+            scopes.append({"type": "websocket"})
+            requirements = [endpoint_requirement(endpoint, scope) for scope in scopes]
+        else:
+            requirements = [requirement_of(endpoint)]
+        found.extend(requirement for requirement in dict.fromkeys(requirements) if requirement is not None)

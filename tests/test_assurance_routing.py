@@ -1,0 +1,244 @@
+"""Assurance (issue 10): the guard applies the policy of the endpoint the router will run.
+
+Regression tests for the routing flaws, each through a real app behind the real guard with real
+signed tokens: merged class/handler marks (flaw 1), FastAPI's own docs routes only (flaw 2), route
+tables that change after the first request (flaw 3), and metric labels that are templates (flaw 8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint, WebSocketEndpoint
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from tokenguard import TokenGuard, public, require_auth_level, require_scopes, sensitive
+from tokenguard.errors import ConfigurationError
+from tokenguard.events import DecisionEvent
+from tokenguard.policy import Requirement
+from tokenguard.routing import declared_requirements, endpoint_requirement
+
+pytestmark = pytest.mark.respx(assert_all_called=False)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def guarded(app: Any, clock: FakeClock, **options: Any) -> TestClient:
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
+    return TestClient(app)
+
+
+@public
+async def open_get(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("open")
+
+
+@require_scopes("admin")
+async def admin_post(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("admin")
+
+
+# -- flaw 1: a handler's marks add to the class's, never replace them --------------------------------
+
+
+@require_scopes("admin")
+class Accounts(HTTPEndpoint):
+    async def get(self, request: Request) -> PlainTextResponse:
+        return PlainTextResponse("listed")
+
+    @require_auth_level(acr_values="mfa")
+    async def delete(self, request: Request) -> PlainTextResponse:
+        return PlainTextResponse("deleted")
+
+
+def test_class_scopes_still_apply_when_the_handler_has_a_mark(idp: Issuer, clock: FakeClock) -> None:
+    client = guarded(Starlette(routes=[Route("/accounts", Accounts)]), clock)
+    # Only `read`, but the step-up the handler asks for: the class's `admin` still applies.
+    assert client.delete("/accounts", headers=bearer(idp.token(scope="read", acr="mfa"))).status_code == 403
+    assert client.delete("/accounts", headers=bearer(idp.token(scope="admin", acr="pwd"))).status_code == 401
+    assert client.delete("/accounts", headers=bearer(idp.token(scope="admin", acr="mfa"))).status_code == 200
+    assert client.get("/accounts", headers=bearer(idp.token(scope="read"))).status_code == 403
+    assert client.get("/accounts", headers=bearer(idp.token(scope="admin"))).status_code == 200
+
+
+@sensitive
+class Transfers(HTTPEndpoint):
+    @require_scopes("transfer")
+    async def post(self, request: Request) -> PlainTextResponse:
+        return PlainTextResponse("sent")
+
+
+def test_class_sensitive_mark_survives_a_handler_scope_mark() -> None:
+    merged = endpoint_requirement(Transfers, {"type": "http", "method": "POST"})
+    assert merged == Requirement(all_scopes=frozenset({"transfer"}), sensitive=True)
+
+
+@require_scopes("chat")
+class Chat(WebSocketEndpoint):
+    @sensitive
+    async def on_connect(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+
+    @require_scopes("post")
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        await websocket.send_text("ok")
+
+
+def test_websocket_endpoint_merges_class_and_every_handler() -> None:
+    merged = endpoint_requirement(Chat, {"type": "websocket"})
+    assert merged == Requirement(all_scopes=frozenset({"chat", "post"}), sensitive=True)
+
+
+def test_websocket_class_scope_applies_with_a_marked_on_connect(idp: Issuer, clock: FakeClock) -> None:
+    @require_scopes("chat")
+    class Room(WebSocketEndpoint):
+        @require_auth_level(max_age=600)
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await websocket.accept()
+
+    client = guarded(Starlette(routes=[WebSocketRoute("/ws", Room)]), clock)
+    fresh = {"auth_time": int(clock.now)}
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws", headers=bearer(idp.token(scope="read", **fresh))):
+        pass
+    with client.websocket_connect("/ws", headers=bearer(idp.token(scope="chat", **fresh))) as ws:
+        ws.close()
+
+
+def test_marks_that_cannot_combine_are_refused_when_the_app_starts(idp: Issuer, clock: FakeClock) -> None:
+    @public
+    class Mixed(HTTPEndpoint):
+        @require_scopes("admin")
+        async def post(self, request: Request) -> PlainTextResponse:
+            return PlainTextResponse("never")
+
+    app = Starlette(routes=[Route("/mixed", Mixed)])
+    with pytest.raises(ConfigurationError, match="@public cannot be combined"):
+        declared_requirements(app)
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    with pytest.raises(ConfigurationError), TestClient(app):  # lifespan startup
+        pass
+    # Without a lifespan, the request fails closed: 503, never the endpoint.
+    response = TestClient(app).post("/mixed")
+    assert response.status_code == 503
+    assert response.text != "never"
+
+
+# -- flaw 2: only FastAPI's own docs routes are public, only for GET/HEAD ----------------------------
+
+
+def test_docs_path_with_docs_turned_off_is_not_public(idp: Issuer, clock: FakeClock) -> None:
+    app = FastAPI(openapi_url=None)
+
+    @app.get("/docs")
+    async def my_docs() -> dict[str, str]:
+        return {"secret": "yes"}
+
+    client = guarded(app, clock)
+    assert client.get("/docs").status_code == 401
+    assert client.get("/docs", headers=bearer(idp.token())).status_code == 200
+
+
+def test_user_handler_on_a_docs_path_is_not_public(idp: Issuer, clock: FakeClock) -> None:
+    app = FastAPI()
+
+    @app.post("/docs")
+    async def upload() -> dict[str, str]:
+        return {"ran": "yes"}
+
+    client = guarded(app, clock)
+    assert client.get("/docs").status_code == 200  # FastAPI's Swagger UI
+    assert client.get("/openapi.json").status_code == 200
+    assert client.head("/docs").status_code == 200
+    assert client.post("/docs").status_code == 401
+    assert client.put("/openapi.json").status_code == 401
+
+
+# -- flaw 3: decisions follow routes added after the first request ------------------------------------
+
+
+def test_route_added_to_an_included_router_after_a_405_is_seen(idp: Issuer, clock: FakeClock) -> None:
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.get("/x")
+    @public
+    async def read_x() -> dict[str, str]:
+        return {"x": "open"}
+
+    app.include_router(router)
+    client = guarded(app, clock)
+    assert client.get("/x").status_code == 200
+    assert client.post("/x").status_code == 401  # the 405 of a public route is not public
+
+    @router.post("/x")
+    @require_scopes("admin")
+    async def write_x() -> dict[str, str]:
+        return {"x": "written"}
+
+    assert client.post("/x").status_code == 401
+    assert client.post("/x", headers=bearer(idp.token(scope="read"))).status_code == 403
+    assert client.post("/x", headers=bearer(idp.token(scope="admin"))).status_code == 200
+
+
+def test_route_added_inside_a_mount_after_first_requests_is_seen(idp: Issuer, clock: FakeClock) -> None:
+    inner = Starlette(routes=[Route("/open", open_get)])
+    client = guarded(Starlette(routes=[Mount("/api", app=inner)]), clock)
+    assert client.get("/api/open").status_code == 200
+    assert client.post("/api/open").status_code == 401
+    inner.router.routes.insert(0, Route("/open", admin_post, methods=["POST"]))
+    assert client.post("/api/open").status_code == 401
+    assert client.post("/api/open", headers=bearer(idp.token(scope="read"))).status_code == 403
+    assert client.post("/api/open", headers=bearer(idp.token(scope="admin"))).status_code == 200
+
+
+def test_top_level_route_list_replaced_is_seen(idp: Issuer, clock: FakeClock) -> None:
+    app = Starlette(routes=[Route("/thing", open_get)])
+    client = guarded(app, clock)
+    assert client.get("/thing").status_code == 200
+    app.router.routes = [Route("/thing", admin_post, methods=["GET"])]
+    assert client.get("/thing").status_code == 401
+
+
+# -- flaw 8: route labels are templates, whatever the client puts in the path -------------------------
+
+
+async def item(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("item")
+
+
+def test_route_labels_under_a_templated_mount_stay_bounded(idp: Issuer, clock: FakeClock) -> None:
+    events: list[DecisionEvent] = []
+    tenant = Starlette(routes=[Route("/items/{item_id}", item)])
+    app = Starlette(routes=[Mount("/t/{tenant}", app=tenant)])
+    client = guarded(app, clock, on_decision=events.append)
+    for number in range(200):
+        assert client.get(f"/t/tenant-{number}/items/{number}").status_code == 401
+        assert client.get(f"/t/tenant-{number}/nothing/{number}").status_code == 401
+    labels = {event.route for event in events}
+    assert labels == {"/t/{tenant}/items/{item_id}", "/t/{tenant}/{path}"}
+
+
+def test_route_labels_of_included_routers_are_templates(idp: Issuer, clock: FakeClock) -> None:
+    events: list[DecisionEvent] = []
+    app = FastAPI()
+    router = APIRouter(prefix="/orgs/{org}")
+
+    @router.get("/users/{user}")
+    async def user(org: str, user: str) -> dict[str, str]:
+        return {"org": org}
+
+    app.include_router(router, prefix="/v1")
+    client = guarded(app, clock, on_decision=events.append)
+    for number in range(50):
+        client.get(f"/v1/orgs/o{number}/users/u{number}")
+    assert {event.route for event in events} == {"/v1/orgs/{org}/users/{user}"}
