@@ -38,6 +38,13 @@ def guarded(app: Any, clock: FakeClock, **options: Any) -> TestClient:
     return TestClient(app)
 
 
+def guard_of(client: TestClient) -> TokenGuard:
+    app: Any = client.app.middleware_stack  # type: ignore[attr-defined]
+    while not isinstance(app, TokenGuard):
+        app = app.app
+    return app
+
+
 @public
 async def open_get(request: Request) -> PlainTextResponse:
     return PlainTextResponse("open")
@@ -242,3 +249,111 @@ def test_route_labels_of_included_routers_are_templates(idp: Issuer, clock: Fake
     for number in range(50):
         client.get(f"/v1/orgs/o{number}/users/u{number}")
     assert {event.route for event in events} == {"/v1/orgs/{org}/users/{user}"}
+
+
+# -- the dispatch check: a wrong prediction costs a check, never a bypass -----------------------------
+
+
+class RouterOnlyRoute(Route):
+    """A custom route that matches only inside the router (the guard's probe sees no "router" key):
+    the guard's prediction is wrong for it by construction."""
+
+    def matches(self, scope: Any) -> Any:
+        if "router" not in scope:
+            from starlette.routing import Match
+
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+def test_dispatch_check_applies_the_policy_of_the_endpoint_that_runs(
+    idp: Issuer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Starlette(routes=[RouterOnlyRoute("/thing", admin_post, methods=["GET"]), Route("/thing", open_get)])
+    client = guarded(app, clock)
+    assert client.get("/thing").status_code == 401
+    guard = guard_of(client)
+    assert client.get("/thing", headers=bearer(idp.token(scope="read"))).status_code == 403
+    response = client.get("/thing", headers=bearer(idp.token(scope="admin")))
+    assert (response.status_code, response.text) == (200, "admin")
+    assert guard.status()["route_mismatches"] == 3
+    assert "not the endpoint the guard predicted" in caplog.text
+
+
+def test_dispatch_check_passes_when_the_policy_is_the_same(idp: Issuer, clock: FakeClock) -> None:
+    @require_scopes("admin")
+    async def other_admin(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("other")
+
+    app = Starlette(routes=[RouterOnlyRoute("/thing", other_admin), Route("/thing", admin_post, methods=["GET"])])
+    client = guarded(app, clock)
+    assert client.get("/thing").status_code == 401
+    guard = guard_of(client)
+    assert client.get("/thing", headers=bearer(idp.token(scope="admin"))).text == "other"
+    assert guard.status()["route_mismatches"] == 0
+
+
+def test_dispatch_check_fails_closed_on_marks_that_cannot_combine(idp: Issuer, clock: FakeClock) -> None:
+    @public
+    class Broken(HTTPEndpoint):
+        @require_scopes("admin")
+        async def get(self, request: Request) -> PlainTextResponse:
+            return PlainTextResponse("never")
+
+    app = Starlette(routes=[RouterOnlyRoute("/thing", Broken), Route("/thing", open_get)])
+    client = guarded(app, clock)
+    response = client.get("/thing", headers=bearer(idp.token(scope="admin")))
+    assert response.status_code == 503
+    assert "never" not in response.text
+
+
+def test_dispatch_check_on_a_websocket_route(idp: Issuer, clock: FakeClock) -> None:
+    @require_scopes("chat")
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    @public
+    async def lobby(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("lobby")
+        await websocket.close()
+
+    class RouterOnlyWebSocketRoute(WebSocketRoute):
+        def matches(self, scope: Any) -> Any:
+            if "router" not in scope:
+                from starlette.routing import Match
+
+                return Match.NONE, {}
+            return super().matches(scope)
+
+    app = Starlette(routes=[RouterOnlyWebSocketRoute("/ws", chat), WebSocketRoute("/ws", lobby)])
+    client = guarded(app, clock)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws") as ws:
+        ws.receive_text()
+    with client.websocket_connect("/ws", headers=bearer(idp.token(scope="chat"))) as ws:
+        assert ws.receive_text() == "hello"
+
+
+def test_dispatch_checks_are_installed_on_included_fastapi_routes(idp: Issuer, clock: FakeClock) -> None:
+    from tokenguard.routing import _DispatchCheck
+
+    app = FastAPI()
+    router = APIRouter(prefix="/r")
+
+    @router.get("/a")
+    async def a() -> dict[str, str]:
+        return {"a": "a"}
+
+    app.include_router(router)
+    client = guarded(app, clock)
+    assert client.get("/r/a", headers=bearer(idp.token())).status_code == 200
+    route = router.routes[0]
+    assert isinstance(vars(route)["handle"], _DispatchCheck)
+    # Installed once, whatever the number of requests and route-table changes.
+    app.add_api_route("/later", a)
+    assert client.get("/later", headers=bearer(idp.token())).status_code == 200
+    assert not isinstance(vars(route)["handle"].handle, _DispatchCheck)
+    guard = guard_of(client)
+    assert guard.status()["route_mismatches"] == 0

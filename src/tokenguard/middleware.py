@@ -16,7 +16,8 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
@@ -40,7 +41,7 @@ from tokenguard.events import DecisionEvent, DecisionHook, Metrics, Outcome, emi
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, RequestContext, Requirement, Rule, parse_json_body
 from tokenguard.resource_metadata import CACHE_CONTROL, ResourceMetadata, build_resource_metadata
-from tokenguard.routing import RouteDecision, RouteResolver, declared_requirements
+from tokenguard.routing import DECISION_KEY, REQUIREMENT_KEY, RouteDecision, RouteResolver, declared_requirements
 
 logger = logging.getLogger("tokenguard")
 
@@ -247,6 +248,7 @@ class TokenGuard:
         self._metadata_paths = frozenset(self.resource_metadata.paths) if self.resource_metadata else frozenset()
         default_requirement = PUBLIC if default == "public" else AUTHENTICATED
         self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=route_cache_size)
+        self.resolver.enforce = self._enforce_at_dispatch
         self._prefetch = prefetch
         self._realm = self.config.effective_realm
         if on_decision is None:
@@ -279,52 +281,85 @@ class TokenGuard:
             logger.error("tokenguard: route resolution failed: %s", type(exc).__name__)
             decision = RouteDecision(self.resolver.default, None)
             self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
-            await _send_denial(scope, receive, send, render(UnavailableError("route resolution failed"), realm=self._realm))
+            denial = render(UnavailableError("route resolution failed"), realm=self._realm)
+            await _send_denial(scope, receive, send, denial)
             return
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused — unless the
         # endpoint itself answers OPTIONS (then a faked preflight would reach it anonymously). It
         # goes on as anonymous, for a CORS middleware inside the guard (or the router's 405) to answer.
         if not decision.answers_options and _is_preflight(scope):
-            decision = RouteDecision(PUBLIC, decision.template)
-        requirement = decision.requirement
-        # The policy applied, for the app (and for tests that hold the guard to the router's choice).
-        scope["tokenguard.requirement"] = requirement
+            decision = decision._replace(requirement=PUBLIC)
+        # The decision goes with the request: the dispatch check compares it with the route the
+        # router actually picks (routing.py, ``_DispatchCheck``).
+        scope[DECISION_KEY] = decision
+        checked = await self._enforce(scope, receive, send, decision, decision.requirement, started)
+        if checked is not None:
+            await self.app(scope, checked, send)
+
+    async def _enforce(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        decision: RouteDecision,
+        requirement: Requirement,
+        started: float,
+    ) -> Receive | None:
+        """Apply ``requirement``: the ``receive`` the app must use, or ``None`` once a refusal was sent."""
+        # The policy applied, for the app and for the dispatch check.
+        scope[REQUIREMENT_KEY] = requirement
         if requirement.public:
             scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
             self._decided(scope, decision, started, "allow", "public", 200, None)
-            await self.app(scope, receive, send)
-            return
+            return receive
         token: AccessToken | None = None
         try:
             token = await self.authenticator.authenticate(scope.get("headers", ()), requirement)
             if requirement.details:
-                receive = await self._check_details(scope, receive, decision, token)
+                receive = await self._check_details(scope, receive, requirement, decision.path_params, token)
         except TokenGuardError as exc:
             denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
             refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
             self._decided(scope, decision, started, outcome, exc.reason, denial.status, refused)
             await _send_denial(scope, receive, send, denial)
-            return
+            return None
         except Exception as exc:  # a bug must still fail closed, without a traceback to the client
             logger.error("tokenguard: internal error while checking a token: %s", type(exc).__name__)
             error = UnavailableError(f"internal error: {type(exc).__name__}")
             self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
             await _send_denial(scope, receive, send, render(error, realm=self._realm))
-            return
+            return None
         scope["auth"], scope["user"] = TokenCredentials(token), TokenUser(token)
         self._decided(scope, decision, started, "allow", "ok", 200, token)
-        await self.app(scope, receive, send)
+        return receive
+
+    async def _enforce_at_dispatch(
+        self, scope: MutableMapping[str, Any], receive: Receive, send: Send, requirement: Requirement
+    ) -> Receive | None:
+        """The router picked another endpoint than predicted: apply that endpoint's own policy now."""
+        predicted = scope.get(DECISION_KEY)
+        params = scope.get("path_params")
+        decision = RouteDecision(
+            requirement,
+            predicted.template if isinstance(predicted, RouteDecision) else None,
+            MappingProxyType(dict(params)) if isinstance(params, Mapping) else MappingProxyType({}),
+        )
+        return await self._enforce(scope, receive, send, decision, requirement, time.perf_counter())
 
     async def _check_details(
-        self, scope: Scope, receive: Receive, decision: RouteDecision, token: AccessToken
+        self,
+        scope: Scope,
+        receive: Receive,
+        requirement: Requirement,
+        path_params: Mapping[str, Any],
+        token: AccessToken,
     ) -> Receive:
         """Run the route's ``authorization_details`` checks; return the ``receive`` the app must use.
 
         The body is read only when the checks may look at it (``@sensitive`` routes), and only after
         the token passed every other check, so an anonymous client cannot make us buffer anything.
         """
-        requirement = decision.requirement
         body: Any = None
         if requirement.needs_body and scope["type"] == "http":
             data, receive = await _read_body(scope, receive, self.config.max_body_bytes)
@@ -334,7 +369,7 @@ class TokenGuard:
             method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
             path=scope["path"],
             token=token,
-            path_params=decision.path_params,
+            path_params=path_params,
             query=dict(query),
             query_items=tuple(query.multi_items()),
             body=body,
@@ -438,6 +473,7 @@ class TokenGuard:
         """A snapshot for health endpoints: keys known, last fetch, stale or not, caches, breaker."""
         snapshot = self.authenticator.status()
         snapshot["route_cache_entries"] = self.resolver.cache_entries
+        snapshot["route_mismatches"] = self.resolver.mismatches
         snapshot["ready"] = bool(snapshot["jwks"]["usable"])
         return snapshot
 

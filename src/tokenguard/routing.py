@@ -16,7 +16,7 @@ change empties the cache.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -70,6 +70,50 @@ class RouteDecision(NamedTuple):
     #: The matched endpoint may itself answer OPTIONS (it lists the method, defines ``options``, or is
     #: a mounted app we cannot see into): a CORS preflight is then no reason to skip its policy.
     answers_options: bool = False
+    #: The route whose endpoint the router is predicted to run (``None`` when none will run).
+    route: Any = None
+    #: The rules/default for this path: the policy of an endpoint without marks.
+    fallback: Requirement | None = None
+
+
+#: Scope keys the guard sets for the dispatch check: the decision, and the requirement it applied.
+DECISION_KEY = "tokenguard.decision"
+REQUIREMENT_KEY = "tokenguard.requirement"
+
+#: ``enforce(scope, receive, send, requirement)``: apply ``requirement`` now; the ``receive`` to go
+#: on with, or ``None`` when the request was refused (the refusal has been sent).
+Enforcer = Callable[[MutableMapping[str, Any], Any, Any, Requirement], Awaitable[Any]]
+
+
+class _DispatchCheck:
+    """Installed as ``route.handle`` on every endpoint route of a guarded app: confirms, when the
+    router dispatches, that the guard applied the policy of the endpoint that is about to run.
+
+    The guard predicts the endpoint before the app runs; this check makes a wrong prediction cost a
+    second check (the endpoint's own policy is applied here), never a bypass. The common case — the
+    route the router picked is the one predicted — is one identity comparison.
+    """
+
+    __slots__ = ("handle", "resolver", "route")
+
+    def __init__(self, route: Any, handle: Any, resolver: RouteResolver) -> None:
+        self.route = route
+        self.handle = handle
+        self.resolver = resolver
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        decision = scope.get(DECISION_KEY)
+        if (decision is None or decision.route is not self.route) and _endpoint_runs(self.route, scope):
+            receive = await self.resolver.confirm(self.route, scope, receive, send)
+            if receive is None:
+                return
+        await self.handle(scope, receive, send)
+
+
+def _endpoint_runs(route: Any, scope: Mapping[str, Any]) -> bool:
+    """False when the route will answer 405 itself (a method it does not list), never running its endpoint."""
+    methods = getattr(route, "methods", None)
+    return not (scope["type"] == "http" and methods and scope.get("method") not in methods)
 
 
 class _RouteTable:
@@ -82,12 +126,16 @@ class _RouteTable:
 
     __slots__ = ("app", "lists", "top")
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, resolver: RouteResolver | None = None) -> None:
         self.app = app
         self.top = _routes(app)
         seen: dict[int, tuple[Sequence[Any], int]] = {}
         if self.top is not None:
             _route_lists(self.top, seen, 0)
+        if resolver is not None:
+            for routes, _ in seen.values():
+                for route in routes:
+                    _install_check(route, resolver)
         #: ``None`` when the tree is too large to fingerprint: nothing is memoised for this app then.
         self.lists: tuple[tuple[Sequence[Any], int], ...] | None = (
             tuple(seen.values()) if len(seen) <= _MAX_ROUTE_LISTS else None
@@ -110,6 +158,31 @@ def _route_lists(routes: Sequence[Any], seen: dict[int, tuple[Sequence[Any], int
         sub_routes = _sub_routes(route)
         if sub_routes is not None:
             _route_lists(sub_routes, seen, depth + 1)
+
+
+def _install_check(route: Any, resolver: RouteResolver) -> None:
+    """Put a ``_DispatchCheck`` in front of an endpoint route's ``handle`` (once per resolver).
+
+    Routers call ``route.handle(scope, receive, send)`` on the route objects of their tables —
+    Starlette's ``Router`` and FastAPI's included routers alike — so an instance attribute of that
+    name is the one hook every dispatch passes through. Routes that a framework copies privately
+    (FastAPI re-creates plain Starlette routes of an included ``APIRouter``) are covered by the
+    prediction alone.
+    """
+    if not hasattr(route, "endpoint") or _sub_routes(route) is not None:
+        return
+    handle = getattr(route, "handle", None)
+    current = vars(route).get("handle") if hasattr(route, "__dict__") else None
+    while isinstance(current, _DispatchCheck):
+        if current.resolver is resolver:
+            return
+        current = current.handle
+    if not callable(handle):
+        return
+    try:
+        route.handle = _DispatchCheck(route, handle, resolver)
+    except (AttributeError, TypeError):  # a route class with __slots__: the prediction alone decides
+        logger.debug("tokenguard: cannot install a dispatch check on %s", type(route).__name__)
 
 
 def _sub_routes(route: Any) -> Sequence[Any] | None:
@@ -135,6 +208,32 @@ class RouteResolver:
         self._routed: dict[int, tuple[Any, Any]] = {}
         # The routed app -> its route table fingerprint (same size bound as ``_routed``).
         self._tables: dict[int, _RouteTable] = {}
+        #: Set by the guard: applies a requirement at dispatch when the prediction was wrong.
+        self.enforce: Enforcer | None = None
+        #: How many dispatches reached another endpoint than predicted (each one a bug to report).
+        self.mismatches = 0
+
+    async def confirm(self, route: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> Any:
+        """The router is about to run ``route``'s endpoint, not the one predicted: make sure that
+        endpoint's own policy was applied; apply it now if not. Returns the ``receive`` to go on with,
+        or ``None`` when the request was refused."""
+        decision = scope.get(DECISION_KEY)
+        fallback = decision.fallback if decision is not None and decision.fallback is not None else self._default
+        try:
+            required = endpoint_requirement(route.endpoint, scope) or fallback
+        except Exception as exc:  # marks that cannot combine: fail closed
+            logger.error("tokenguard: the policy of the dispatched endpoint is unknown: %s", type(exc).__name__)
+            required = None
+        if required is not None and decision is not None and scope.get(REQUIREMENT_KEY) == required:
+            return receive  # another route than predicted, but the very policy it needs was applied
+        self.mismatches += 1
+        logger.warning(
+            "tokenguard: the router dispatched to %s, not the endpoint the guard predicted; applying its policy now",
+            _path_of(route) or type(route).__name__,
+        )
+        if required is None or self.enforce is None:
+            return await _refuse_unknown(scope, receive, send)
+        return await self.enforce(scope, receive, send, required)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -186,7 +285,7 @@ class RouteResolver:
         self._cache.clear()
         if len(self._tables) >= 16:
             self._tables.clear()
-        table = _RouteTable(app)
+        table = _RouteTable(app, self)
         self._tables[id(app)] = table
         return table.lists is not None
 
@@ -225,15 +324,17 @@ class RouteResolver:
         options = _answers_options(found)
         # Only an endpoint the router will run decides by its marks: a partial match is answered by
         # the router (405) without running its endpoint, so it gets the rules/default like no match.
+        # Rules match the path as the routes see it: without a mount's or server's root_path prefix.
+        rule = first_rule(self._rules, get_route_path(scope), scope.get("method"))
+        fallback = rule if rule is not None else self._default
         if found is not None and found.endpoint is not None and found.full:
             mark = endpoint_requirement(found.endpoint, scope)
             if mark is not None:
-                return RouteDecision(mark, template, params, options)
+                return RouteDecision(mark, template, params, options, found.route, fallback)
             if _is_fastapi_doc_route(app, found.route, scope):
-                return RouteDecision(PUBLIC, template, params, options)
-        # Rules match the path as the routes see it: without a mount's or server's root_path prefix.
-        rule = first_rule(self._rules, get_route_path(scope), scope.get("method"))
-        return RouteDecision(rule if rule is not None else self._default, template, params, options)
+                return RouteDecision(PUBLIC, template, params, options, found.route, fallback)
+            return RouteDecision(fallback, template, params, options, found.route, fallback)
+        return RouteDecision(fallback, template, params, options, None, fallback)
 
 
 def _answers_options(found: _Found | None) -> bool:
@@ -437,3 +538,17 @@ def _collect(routes: Sequence[Any], found: list[Requirement], depth: int) -> Non
         else:
             requirements = [requirement_of(endpoint)]
         found.extend(requirement for requirement in dict.fromkeys(requirements) if requirement is not None)
+
+
+async def _refuse_unknown(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    """Fail closed when the dispatched endpoint's policy cannot be known: 503, before it runs."""
+    if scope["type"] == "websocket":
+        message = await receive()
+        if message.get("type") == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1011, "reason": ""})
+        return None
+    body = b'{"error":"temporarily_unavailable"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode("ascii"))]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return None
