@@ -292,7 +292,14 @@ class TokenGuard:
         # The decision goes with the request: the dispatch check compares it with the route the
         # router actually picks (routing.py, ``_DispatchCheck``).
         scope[DECISION_KEY] = decision
-        checked = await self._enforce(scope, receive, send, decision, decision.requirement, started)
+        requirement = decision.requirement
+        if requirement.public:  # inline: no token work, and no extra frame on public routes
+            scope[REQUIREMENT_KEY] = requirement
+            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
+            self._decided(scope, decision, started, "allow", "public", 200, None)
+            await self.app(scope, receive, send)
+            return
+        checked = await self._enforce(scope, receive, send, decision, requirement, started)
         if checked is not None:
             await self.app(scope, checked, send)
 

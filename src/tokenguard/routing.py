@@ -101,13 +101,18 @@ class _DispatchCheck:
         self.handle = handle
         self.resolver = resolver
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # Not a coroutine function: the common case hands the router the route's own ``handle``
+        # awaitable, adding no frame to every request.
         decision = scope.get(DECISION_KEY)
         if (decision is None or decision.route is not self.route) and _endpoint_runs(self.route, scope):
-            receive = await self.resolver.confirm(self.route, scope, receive, send)
-            if receive is None:
-                return
-        await self.handle(scope, receive, send)
+            return self._confirmed(scope, receive, send)
+        return self.handle(scope, receive, send)  # type: ignore[no-any-return]
+
+    async def _confirmed(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        receive = await self.resolver.confirm(self.route, scope, receive, send)
+        if receive is not None:
+            await self.handle(scope, receive, send)
 
 
 def _endpoint_runs(route: Any, scope: Mapping[str, Any]) -> bool:
@@ -142,7 +147,7 @@ class _RouteTable:
         )
 
     def unchanged(self) -> bool:
-        if self.lists is None or _routes(self.app) is not self.top:
+        if self.lists is None or getattr(self.app, "routes", None) is not self.top:
             return False
         for routes, length in self.lists:  # noqa: SIM110 - a plain loop: this runs on every request
             if len(routes) != length:
@@ -281,6 +286,9 @@ class RouteResolver:
         table = self._tables.get(id(app))
         if table is not None and table.app is app and table.unchanged():
             return True
+        return self._reread(app)
+
+    def _reread(self, app: Any) -> bool:
         # First sight of this app, or its routes changed: every memoised decision may be wrong now.
         self._cache.clear()
         if len(self._tables) >= 16:
