@@ -357,3 +357,32 @@ def test_dispatch_checks_are_installed_on_included_fastapi_routes(idp: Issuer, c
     assert not isinstance(vars(route)["handle"].handle, _DispatchCheck)
     guard = guard_of(client)
     assert guard.status()["route_mismatches"] == 0
+
+
+def test_query_method_handler_marks_apply(idp: Issuer, clock: FakeClock) -> None:
+    """Starlette 1.x dispatches QUERY to ``query``: its marks add to the class's like any other."""
+
+    @require_scopes("read")
+    class Search(HTTPEndpoint):
+        @require_scopes("search")
+        async def query(self, request: Request) -> PlainTextResponse:
+            return PlainTextResponse("found")
+
+    client = guarded(Starlette(routes=[Route("/search", Search)]), clock)
+    assert client.request("QUERY", "/search", headers=bearer(idp.token(scope="read"))).status_code == 403
+    assert client.request("QUERY", "/search", headers=bearer(idp.token(scope="search"))).status_code == 403
+    assert client.request("QUERY", "/search", headers=bearer(idp.token(scope="read search"))).text == "found"
+
+
+def test_route_trees_too_large_to_fingerprint_are_decided_afresh(idp: Issuer, clock: FakeClock) -> None:
+    from tokenguard.routing import _MAX_ROUTE_LISTS
+
+    mounts = [Mount(f"/m{i}", routes=[Route("/x", open_get)]) for i in range(_MAX_ROUTE_LISTS + 1)]
+    app = Starlette(routes=[*mounts, Route("/secret", admin_post, methods=["GET"])])
+    client = guarded(app, clock)
+    assert client.get("/m3/x").status_code == 200
+    assert client.get("/secret").status_code == 401
+    guard = guard_of(client)
+    assert guard.status()["route_cache_entries"] == 0
+    app.router.routes.insert(0, Route("/m3/x", admin_post, methods=["GET"]))
+    assert client.get("/m3/x").status_code == 401

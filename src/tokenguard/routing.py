@@ -284,8 +284,11 @@ class RouteResolver:
     def _table_unchanged(self, app: Any) -> bool:
         """True when the memoised decisions for ``app`` still describe its routes (else they are dropped)."""
         table = self._tables.get(id(app))
-        if table is not None and table.app is app and table.unchanged():
-            return True
+        if table is not None and table.app is app:
+            if table.lists is None:
+                return False  # too many route lists to fingerprint: decided afresh, never memoised
+            if table.unchanged():
+                return True
         return self._reread(app)
 
     def _reread(self, app: Any) -> bool:
@@ -459,19 +462,25 @@ def _path_of(route: Any) -> str:
 
 #: The handler names through which a ``WebSocketEndpoint`` serves one connection.
 _WEBSOCKET_HANDLERS = ("on_connect", "on_receive", "on_disconnect")
-#: The methods Starlette's ``HTTPEndpoint`` dispatches to a handler of that name (others get 405).
-_HTTP_HANDLER_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The methods Starlette's ``HTTPEndpoint`` dispatches to a handler of that name (1.x adds QUERY),
+#: checked for every class endpoint when the app starts.
+_HTTP_HANDLER_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY")
 
 
 def _handlers(endpoint: type, scope: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The handlers of a class endpoint that serve this request, as Starlette dispatches them."""
+    """The handlers of a class endpoint that may serve this request, as Starlette dispatches them.
+
+    ``HTTPEndpoint.dispatch`` calls the attribute named after the method in lower case (HEAD falls
+    back to ``get`` when the class has no ``head``), or answers 405. The handler is looked up for any
+    method, whatever set a Starlette release dispatches: an extra handler's marks can only add to the
+    class's, never loosen them.
+    """
     if scope["type"] != "http":
         # A WebSocketEndpoint's connection runs all three: the connection must satisfy every mark.
         return tuple(getattr(endpoint, name, None) for name in _WEBSOCKET_HANDLERS)
     method = scope.get("method", "GET")
-    if method not in _HTTP_HANDLER_METHODS:
-        return ()  # HTTPEndpoint answers 405 from ``method_not_allowed``: the class's marks apply
-    # HTTPEndpoint.dispatch: HEAD falls back to ``get`` when the class has no ``head``.
+    if not isinstance(method, str):
+        return ()
     name = "get" if method == "HEAD" and getattr(endpoint, "head", None) is None else method.lower()
     return (getattr(endpoint, name, None),)
 
@@ -540,7 +549,7 @@ def _collect(routes: Sequence[Any], found: list[Requirement], depth: int) -> Non
         if endpoint is None:
             continue
         if isinstance(endpoint, type):
-            scopes: list[Mapping[str, Any]] = [{"type": "http", "method": m} for m in sorted(_HTTP_HANDLER_METHODS)]
+            scopes: list[Mapping[str, Any]] = [{"type": "http", "method": m} for m in _HTTP_HANDLER_METHODS]
             scopes.append({"type": "websocket"})
             requirements = [endpoint_requirement(endpoint, scope) for scope in scopes]
         else:
