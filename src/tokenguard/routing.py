@@ -122,11 +122,13 @@ def _endpoint_runs(route: Any, scope: Mapping[str, Any]) -> bool:
 
 
 class _RouteTable:
-    """Every route list reachable from one app, with the length each had when the table was read.
+    """Every route list reachable from one app, with a copy of each as it was when the table was read.
 
-    Routes can be added after the first request (``app.add_route``, a route appended to an already
-    included ``APIRouter`` or to a mounted app's router): such a change shows as a list whose length
-    differs, or a top-level list replaced by another; then memoised decisions are dropped.
+    Routes can change after the first request: ``app.add_route``, a route appended to an already
+    included ``APIRouter`` or to a mounted app's router, a route replaced in place, a list replaced
+    by another. Each shows as a list that no longer equals its copy (list equality compares each
+    element by identity first, so the unchanged case is one C loop), or a holder (the app, a Mount,
+    an included router) that now hands out another list object; then memoised decisions are dropped.
     """
 
     __slots__ = ("app", "lists", "top")
@@ -134,35 +136,37 @@ class _RouteTable:
     def __init__(self, app: Any, resolver: RouteResolver | None = None) -> None:
         self.app = app
         self.top = _routes(app)
-        seen: dict[int, tuple[Sequence[Any], int]] = {}
+        seen: dict[int, tuple[Any, Sequence[Any], list[Any]]] = {}
         if self.top is not None:
-            _route_lists(self.top, seen, 0)
+            _route_lists(None, self.top, seen, 0)
         if resolver is not None:
-            for routes, _ in seen.values():
+            for _, routes, _copy in seen.values():
                 for route in routes:
                     _install_check(route, resolver)
         #: ``None`` when the tree is too large to fingerprint: nothing is memoised for this app then.
-        self.lists: tuple[tuple[Sequence[Any], int], ...] | None = (
+        self.lists: tuple[tuple[Any, Sequence[Any], list[Any]], ...] | None = (
             tuple(seen.values()) if len(seen) <= _MAX_ROUTE_LISTS else None
         )
 
     def unchanged(self) -> bool:
         if self.lists is None or getattr(self.app, "routes", None) is not self.top:
             return False
-        for routes, length in self.lists:  # noqa: SIM110 - a plain loop: this runs on every request
-            if len(routes) != length:
+        for holder, routes, copy in self.lists:
+            if routes != copy or (holder is not None and _sub_routes(holder) is not routes):
                 return False
         return True
 
 
-def _route_lists(routes: Sequence[Any], seen: dict[int, tuple[Sequence[Any], int]], depth: int) -> None:
+def _route_lists(
+    holder: Any, routes: Sequence[Any], seen: dict[int, tuple[Any, Sequence[Any], list[Any]]], depth: int
+) -> None:
     if id(routes) in seen or depth > _MAX_DEPTH or len(seen) > _MAX_ROUTE_LISTS:
         return
-    seen[id(routes)] = (routes, len(routes))
+    seen[id(routes)] = (holder, routes, list(routes))
     for route in routes:
         sub_routes = _sub_routes(route)
         if sub_routes is not None:
-            _route_lists(sub_routes, seen, depth + 1)
+            _route_lists(route, sub_routes, seen, depth + 1)
 
 
 def _install_check(route: Any, resolver: RouteResolver) -> None:
@@ -191,13 +195,17 @@ def _install_check(route: Any, resolver: RouteResolver) -> None:
 
 
 def _sub_routes(route: Any) -> Sequence[Any] | None:
-    """The route list a Mount, Host or FastAPI included router holds (``None`` for an endpoint route)."""
+    """The route list a Mount, Host or FastAPI included router holds (``None`` for an endpoint route).
+
+    ``Mount.routes`` of an app without a route table is a new empty list at each call: the app's own
+    table (through its middleware) is looked up then, so the same list object comes back every time.
+    """
     included = getattr(route, "original_router", None)  # FastAPI's include_router
     if included is not None:
         return _routes(included)
     sub_routes = _routes(route)
-    if sub_routes is None and hasattr(route, "app") and not hasattr(route, "endpoint"):
-        sub_routes = _routes(routed_app(route.app))
+    if not sub_routes and hasattr(route, "app") and not hasattr(route, "endpoint"):
+        sub_routes = _routes(routed_app(route.app)) or sub_routes
     return sub_routes
 
 
@@ -354,7 +362,7 @@ def _answers_options(found: _Found | None) -> bool:
     if found.endpoint is None:
         return True  # a mounted app we cannot see into may answer anything
     methods = getattr(found.route, "methods", None)
-    if methods is not None:
+    if methods:  # an empty set (FastAPI's copies of included Starlette routes) means every method
         return "OPTIONS" in methods
     if isinstance(found.endpoint, type):
         return hasattr(found.endpoint, "options")  # HTTPEndpoint dispatches OPTIONS to ``options``
