@@ -115,7 +115,8 @@ def test_websocket_class_scope_applies_with_a_marked_on_connect(idp: Issuer, clo
 
     client = guarded(Starlette(routes=[WebSocketRoute("/ws", Room)]), clock)
     fresh = {"auth_time": int(clock.now)}
-    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws", headers=bearer(idp.token(scope="read", **fresh))):
+    weak = bearer(idp.token(scope="read", **fresh))
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws", headers=weak):
         pass
     with client.websocket_connect("/ws", headers=bearer(idp.token(scope="chat", **fresh))) as ws:
         ws.close()
