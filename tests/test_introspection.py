@@ -487,7 +487,7 @@ async def test_cache_keys_are_sha256_digests_never_the_token(
 
 
 async def test_status_counts_calls_hits_and_misses(auth: Authenticator, endpoint: IntrospectionEndpoint) -> None:
-    """status() reports upstream calls, cache hits and misses, cache entries and the breaker state."""
+    """status() reports upstream calls, cache hits and misses, cache entries and both breakers' states."""
     token = opaque()
     endpoint.activate(token)
     for _ in range(3):
@@ -497,7 +497,10 @@ async def test_status_counts_calls_hits_and_misses(auth: Authenticator, endpoint
         "cache_hits": 2,
         "cache_misses": 1,
         "cache_entries": 1,
+        "known_tokens": 1,
+        "first_sight_refused": 0,
         "breaker": "closed",
+        "first_sight_breaker": "closed",
     }
 
 
@@ -532,7 +535,9 @@ async def test_concurrent_failures_are_shared_and_count_once(
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(result, IntrospectionUnavailable) for result in results)
     assert endpoint.calls == 1
-    assert auth.introspector.breaker.failures == 1
+    # A never-seen opaque value: its lane's breaker counts the failure, the re-check breaker nothing.
+    assert auth.introspector.first_sight_breaker.failures == 1
+    assert auth.introspector.breaker.failures == 0
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_call(
@@ -575,21 +580,32 @@ async def test_a_lone_cancelled_request_still_completes_and_caches_the_call(
 
 
 async def test_garbage_tokens_cost_one_call_each_then_none(
-    auth: Authenticator, endpoint: IntrospectionEndpoint
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
 ) -> None:
-    """1 000 distinct garbage tokens make at most 1 000 calls; sent again, they are cached negatives."""
+    """Distinct garbage tokens cost at most one call each, within the first-sight budget; then none.
+
+    (Before the first-sight budget, 1 000 garbage tokens sent at once made 1 000 calls.) The default
+    budget is a burst of 20 calls, refilled at 10 per second: with the clock standing still, the
+    rest are 503 at once without a call, and the answered ones are cached negatives.
+    """
     tokens = [opaque() for _ in range(1000)]
 
     async def refused(token: str) -> str:
-        with pytest.raises(InvalidToken) as caught:
+        with pytest.raises((InvalidToken, IntrospectionUnavailable)) as caught:
             await auth.validate(token)
         return caught.value.reason
 
-    assert set(await asyncio.gather(*(refused(t) for t in tokens))) == {"inactive"}
-    assert endpoint.calls <= 1000
+    first = await asyncio.gather(*(refused(t) for t in tokens))
+    assert set(first) == {"inactive", "introspection_unavailable"}
+    assert endpoint.calls == first.count("inactive") <= 20
     calls = endpoint.calls
-    assert set(await asyncio.gather(*(refused(t) for t in tokens))) == {"inactive"}
+    second = await asyncio.gather(*(refused(t) for t in tokens))
+    assert second == first  # the same answers: cached negatives, and 503 for the others
     assert endpoint.calls == calls
+    clock.advance(1)  # one second refills 10 calls' worth of budget, no more
+    third = await asyncio.gather(*(refused(t) for t in tokens))
+    assert endpoint.calls == calls + 10
+    assert third.count("inactive") == first.count("inactive") + 10
 
 
 # -- failing closed ---------------------------------------------------------------------------
@@ -646,138 +662,175 @@ async def test_failures_are_not_cached(auth: Authenticator, endpoint: Introspect
     assert endpoint.calls == 2
 
 
-# -- the circuit breaker ------------------------------------------------------------------------
+# -- the circuit breakers ------------------------------------------------------------------------
+#
+# Two lanes, each with its own breaker and the same state machine: the re-check lane (a JWT verified
+# locally, here on a sensitive validation) and the first-sight lane (an opaque value never seen
+# active). Every breaker test runs in both; test_junk_flood_drill.py shows that they stay apart.
 
 
-async def fail_times(auth: Authenticator, count: int) -> list[IntrospectionUnavailable]:
+class Lane:
+    """New tokens of one introspection lane, and the breaker that guards that lane."""
+
+    def __init__(self, name: str, idp: Issuer) -> None:
+        self.name = name
+        self.idp = idp
+
+    def token(self) -> str:
+        return self.idp.token(scope="read:photos") if self.name == "recheck" else opaque()
+
+    async def validate(self, auth: Authenticator, token: str) -> Any:
+        return await auth.validate(token, sensitive=True)
+
+    def breaker(self, auth: Authenticator) -> CircuitBreaker:
+        introspector = auth.introspector
+        return introspector.breaker if self.name == "recheck" else introspector.first_sight_breaker
+
+    def other(self, auth: Authenticator) -> CircuitBreaker:
+        introspector = auth.introspector
+        return introspector.first_sight_breaker if self.name == "recheck" else introspector.breaker
+
+
+@pytest.fixture(params=["recheck", "first_sight"])
+def lane(request: pytest.FixtureRequest, idp: Issuer) -> Lane:
+    return Lane(request.param, idp)
+
+
+async def fail_times(auth: Authenticator, count: int, lane: Lane) -> list[IntrospectionUnavailable]:
     errors = []
     for _ in range(count):
         with pytest.raises(IntrospectionUnavailable) as caught:
-            await auth.validate(opaque())
+            await lane.validate(auth, lane.token())
         errors.append(caught.value)
     return errors
 
 
 async def test_breaker_opens_after_five_failures_and_answers_at_once(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    auth: Authenticator,
+    endpoint: IntrospectionEndpoint,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    lane: Lane,
 ) -> None:
     """After 5 consecutive failures the 6th request makes no call; Retry-After is the cool-down left."""
     caplog.set_level(logging.ERROR, logger="tokenguard")
     endpoint.failure = httpx.ConnectError
-    await fail_times(auth, 4)
-    assert auth.introspector.breaker.state == "closed"
-    (fifth,) = await fail_times(auth, 1)
-    assert auth.introspector.breaker.state == "open"
+    await fail_times(auth, 4, lane)
+    assert lane.breaker(auth).state == "closed"
+    (fifth,) = await fail_times(auth, 1, lane)
+    assert lane.breaker(auth).state == "open"
+    assert lane.other(auth).state == "closed"  # each lane counts its own failures
     assert fifth.retry_after == 10
     assert any("circuit breaker opened after 5" in r.getMessage() for r in caplog.records)
     assert endpoint.calls == 5
-    (sixth,) = await fail_times(auth, 1)
+    (sixth,) = await fail_times(auth, 1, lane)
     assert endpoint.calls == 5
     assert sixth.retry_after == 10
     clock.advance(3.5)
-    (seventh,) = await fail_times(auth, 1)
+    (seventh,) = await fail_times(auth, 1, lane)
     assert seventh.retry_after == 7
     assert endpoint.calls == 5
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 413])
 async def test_client_errors_answer_503_but_never_open_the_breaker(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, status: int
+    auth: Authenticator, endpoint: IntrospectionEndpoint, status: int, lane: Lane
 ) -> None:
     """A 4xx is about one request (a garbage token, our credentials), not a dead endpoint: 503, breaker stays closed.
 
     Otherwise anonymous garbage tokens the issuer refuses would switch every user's sensitive route to 503.
     """
     endpoint.failure = httpx.Response(status, json={"error": "invalid_request"})
-    errors = await fail_times(auth, 12)
+    errors = await fail_times(auth, 12, lane)
     assert all(error.status_code == 503 for error in errors)
-    assert auth.introspector.breaker.state == "closed"
+    assert lane.breaker(auth).state == "closed"
     assert endpoint.calls == 12
 
 
 @pytest.mark.parametrize("status", [429, 302])
 async def test_overload_and_redirect_answers_count_toward_the_breaker(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, status: int
+    auth: Authenticator, endpoint: IntrospectionEndpoint, status: int, lane: Lane
 ) -> None:
-    """429 (the endpoint is overloaded) and a redirect (no introspection answer at all) open the breaker."""
+    """429 (the endpoint is overloaded) and a redirect (no introspection answer at all) open the lane's breaker."""
     endpoint.failure = httpx.Response(status, headers={"location": "https://elsewhere.example/"})
-    await fail_times(auth, 5)
-    assert auth.introspector.breaker.state == "open"
-    await fail_times(auth, 1)
+    await fail_times(auth, 5, lane)
+    assert lane.breaker(auth).state == "open"
+    assert lane.other(auth).state == "closed"
+    await fail_times(auth, 1, lane)
     assert endpoint.calls == 5
 
 
 async def test_success_resets_the_consecutive_failure_count(
-    auth: Authenticator, endpoint: IntrospectionEndpoint
+    auth: Authenticator, endpoint: IntrospectionEndpoint, lane: Lane
 ) -> None:
     """Only consecutive failures open the breaker: a success in between starts the count again."""
-    good = opaque()
+    good = lane.token()
     endpoint.activate(good)
     endpoint.failure = httpx.Response(500)
-    await fail_times(auth, 4)
+    await fail_times(auth, 4, lane)
     endpoint.failure = None
-    await auth.validate(good)
+    await lane.validate(auth, good)
     endpoint.failure = httpx.Response(500)
-    await fail_times(auth, 4)
-    assert auth.introspector.breaker.state == "closed"
+    await fail_times(auth, 4, lane)
+    assert lane.breaker(auth).state == "closed"
     assert endpoint.calls == 9
 
 
 async def test_breaker_lets_one_probe_through_after_the_cooldown_and_closes(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
 ) -> None:
     """After the cool-down one probe goes upstream; its success closes the breaker for everyone."""
     endpoint.failure = httpx.Response(500)
-    await fail_times(auth, 5)
+    await fail_times(auth, 5, lane)
     clock.advance(10)
     endpoint.failure = None
-    token = opaque()
+    token = lane.token()
     endpoint.activate(token)
-    assert (await auth.validate(token)).subject == "alice"
+    assert (await lane.validate(auth, token)).subject == "alice"
     assert endpoint.calls == 6
-    assert auth.introspector.breaker.state == "closed"
-    other = opaque()
+    assert lane.breaker(auth).state == "closed"
+    other = lane.token()
     endpoint.activate(other)
-    await auth.validate(other)
+    await lane.validate(auth, other)
     assert endpoint.calls == 7
 
 
 async def test_a_failed_probe_opens_the_breaker_again(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
 ) -> None:
     """A probe that fails starts a new full cool-down; nothing goes upstream during it."""
     endpoint.failure = httpx.Response(500)
-    await fail_times(auth, 5)
+    await fail_times(auth, 5, lane)
     clock.advance(10)
-    (probe,) = await fail_times(auth, 1)
+    (probe,) = await fail_times(auth, 1, lane)
     assert endpoint.calls == 6
     assert probe.retry_after == 10
-    assert auth.introspector.breaker.state == "open"
+    assert lane.breaker(auth).state == "open"
     clock.advance(9)
-    await fail_times(auth, 1)
+    await fail_times(auth, 1, lane)
     assert endpoint.calls == 6
 
 
 async def test_half_open_breaker_admits_a_single_probe(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
 ) -> None:
     """While the probe is in flight, concurrent requests with other tokens get 503 without a call."""
     endpoint.failure = httpx.Response(500)
-    await fail_times(auth, 5)
+    await fail_times(auth, 5, lane)
     clock.advance(10)
     endpoint.failure = None
-    tokens = [opaque() for _ in range(10)]
+    tokens = [lane.token() for _ in range(10)]
     for token in tokens:
         endpoint.activate(token)
     endpoint.hold()
-    tasks = [asyncio.ensure_future(auth.validate(token)) for token in tokens]
+    tasks = [asyncio.ensure_future(lane.validate(auth, token)) for token in tokens]
     results = await _gather_after_release(endpoint, tasks)
     assert endpoint.calls == 6
     accepted = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, IntrospectionUnavailable)]
     assert len(accepted) == 1
     assert len(refused) == 9
-    assert auth.introspector.breaker.state == "closed"
+    assert lane.breaker(auth).state == "closed"
 
 
 async def _gather_after_release(endpoint: IntrospectionEndpoint, tasks: list[asyncio.Future[Any]]) -> list[Any]:
@@ -789,16 +842,17 @@ async def _gather_after_release(endpoint: IntrospectionEndpoint, tasks: list[asy
 
 
 async def test_a_cancelled_probe_does_not_wedge_the_breaker(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
 ) -> None:
     """If the probe's call dies without a verdict, the next request may probe instead of 503 forever."""
     endpoint.failure = httpx.Response(500)
-    await fail_times(auth, 5)
+    await fail_times(auth, 5, lane)
     clock.advance(10)
     endpoint.failure = None
     endpoint.hold()
+    await auth.prefetch()  # keys in hand, so the only task the probe starts is the shared call
     before = asyncio.all_tasks()
-    probe = asyncio.ensure_future(auth.validate(opaque()))
+    probe = asyncio.ensure_future(lane.validate(auth, lane.token()))
     assert endpoint.started is not None
     await endpoint.started.wait()
     # The shared call itself is cancelled (as when its event loop shuts down), not just a waiter.
@@ -806,10 +860,10 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker(
     flight.cancel()
     await asyncio.gather(probe, return_exceptions=True)
     endpoint.gate = None
-    token = opaque()
+    token = lane.token()
     endpoint.activate(token)
-    assert (await auth.validate(token)).subject == "alice"
-    assert auth.introspector.breaker.state == "closed"
+    assert (await lane.validate(auth, token)).subject == "alice"
+    assert lane.breaker(auth).state == "closed"
 
 
 def test_breaker_state_machine_without_a_network() -> None:

@@ -152,17 +152,20 @@ class Authenticator(_Pipeline):
 
     def status(self) -> dict[str, Any]:
         """A plain snapshot for health endpoints and metrics."""
-        breaker = self.introspector.breaker
+        introspector = self.introspector
         return {
             "issuer": self.config.issuer,
             "jwks": self.jwks.status(),
             "verified_cache_entries": self.validator.verified_cache_size,
             "introspection": {
-                "calls": self.introspector.calls,
-                "cache_hits": self.introspector.cache_hits,
-                "cache_misses": self.introspector.cache_misses,
-                "cache_entries": self.introspector.cache_size,
-                "breaker": breaker.state,
+                "calls": introspector.calls,
+                "cache_hits": introspector.cache_hits,
+                "cache_misses": introspector.cache_misses,
+                "cache_entries": introspector.cache_size,
+                "known_tokens": introspector.known_size,
+                "first_sight_refused": introspector.first_sight_refused,
+                "breaker": introspector.breaker.state,
+                "first_sight_breaker": introspector.first_sight_breaker.state,
             },
         }
 
@@ -269,6 +272,10 @@ class MultiIssuerAuthenticator(_Pipeline):
             "introspection": {
                 **{name: sum(item[name] for item in introspection) for name in _INTROSPECTION_COUNTS},
                 "breaker": max(breakers, key=lambda state: _BREAKER_SEVERITY.get(state, 0)),
+                "first_sight_breaker": max(
+                    (item["first_sight_breaker"] for item in introspection),
+                    key=lambda state: _BREAKER_SEVERITY.get(state, 0),
+                ),
             },
         }
 
@@ -276,4 +283,4 @@ class MultiIssuerAuthenticator(_Pipeline):
         await self.http.aclose()
 
 
-_INTROSPECTION_COUNTS = ("calls", "cache_hits", "cache_misses", "cache_entries")
+_INTROSPECTION_COUNTS = ("calls", "cache_hits", "cache_misses", "cache_entries", "known_tokens", "first_sight_refused")

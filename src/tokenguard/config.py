@@ -147,6 +147,14 @@ class IntrospectionOptions:
     require_aud: bool = True
     breaker_threshold: int = 5
     breaker_cooldown: float = 10.0
+    #: Introspections of opaque values never seen active ("first sight": anyone can make up such a
+    #: value) run on their own budget: a token bucket refilled at ``first_sight_rate`` calls per
+    #: second holding at most ``first_sight_burst``, and at most ``first_sight_concurrency`` calls in
+    #: flight. Over budget, the request gets 503 + Retry-After without a call. Re-checks of locally
+    #: verified JWTs and of opaque tokens the issuer called active before never use this budget.
+    first_sight_rate: float = 10.0
+    first_sight_burst: int = 20
+    first_sight_concurrency: int = 8
 
     def __post_init__(self) -> None:
         if self.endpoint is not None:
@@ -161,6 +169,9 @@ class IntrospectionOptions:
         _positive("introspection_timeout", self.timeout)
         _count("breaker_threshold", self.breaker_threshold)
         _positive("breaker_cooldown", self.breaker_cooldown, allow_zero=True)
+        _positive("introspection_first_sight_rate", self.first_sight_rate)
+        _count("introspection_first_sight_burst", self.first_sight_burst)
+        _count("introspection_first_sight_concurrency", self.first_sight_concurrency)
 
     @property
     def has_credentials(self) -> bool:

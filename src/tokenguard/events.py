@@ -50,8 +50,10 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,10 +68,44 @@ Outcome = Literal["allow", "deny", "unavailable"]
 #: The closed set of reason codes an event may carry (see ``tokenguard.errors.REASONS``).
 REASON_CODES: frozenset[str] = REASONS
 
+#: The longest text an event field keeps (a ``client_id`` is a claim: its size is the token's choice).
+MAX_FIELD_CHARS = 256
+# Lone surrogates (legal in JSON, not encodable in UTF-8), C0/C1 controls and the Unicode line and
+# paragraph separators: what could make a log handler raise or split a log line.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def safe_text(value: object) -> str | None:
+    """``value`` as text any log handler, encoder or metrics exporter takes: never raises.
+
+    ``None`` stays ``None``; a string is cut at ``MAX_FIELD_CHARS`` (marked with ``...``) and its
+    lone surrogates and control characters escaped (``\\ud800``, ``\\x0a``); anything else (a
+    claim of an unexpected JSON type) is named by its type only.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    if len(value) > MAX_FIELD_CHARS:
+        value = value[:MAX_FIELD_CHARS] + "..."
+    if value.isascii() and value.isprintable():
+        return value  # the common case, decided without a regex
+    return _UNSAFE.sub(_escape, value)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
 
 @dataclass(frozen=True)
 class DecisionEvent:
-    """One decision: the outcome, a reason code from ``REASON_CODES``, and context without secrets."""
+    """One decision: the outcome, a reason code from ``REASON_CODES``, and context without secrets.
+
+    Text fields are made safe when the event is built (``safe_text``): a claim value such as a
+    ``client_id`` holding a lone surrogate, a newline or 100 KB of text reaches hooks, logs and metrics
+    escaped and cut short, so no consumer can fail on it.
+    """
 
     outcome: Outcome
     reason: str
@@ -83,6 +119,20 @@ class DecisionEvent:
     client_id: str | None = None
     subject_hash: str | None = None
     scopes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            safe = safe_text(value)
+            if safe is not value:
+                object.__setattr__(self, name, safe)
+        scopes = self.scopes
+        if not isinstance(scopes, tuple) or not all(
+            isinstance(scope, str) and scope.isascii() and scope.isprintable() and len(scope) <= MAX_FIELD_CHARS
+            for scope in scopes
+        ):
+            items = scopes if isinstance(scopes, (tuple, list, set, frozenset)) else ()
+            object.__setattr__(self, "scopes", tuple(str(safe_text(scope)) for scope in items))
 
     def log_fields(self) -> dict[str, Any]:
         """The event as ``extra`` fields for a structured log record (prefixed to avoid clashes)."""
@@ -101,14 +151,25 @@ class DecisionEvent:
         }
 
 
+_TEXT_FIELDS = ("method", "route", "source", "issuer", "kid", "client_id", "subject_hash")
+
 DecisionHook = Callable[[DecisionEvent], None]
 
 
-def subject_hash(subject: str | None) -> str | None:
-    """A short, non-reversible tag for a subject: enough to correlate, not to identify."""
+def subject_hash(subject: object) -> str | None:
+    """A short, non-reversible tag for a subject: enough to correlate, not to identify.
+
+    Total: any ``sub`` a token can carry hashes, including lone surrogates (legal in JSON; encoded
+    with ``surrogatepass``, which no valid string's UTF-8 can equal). A value that is not a string
+    (never one a validator let through) is tagged by its type.
+    """
     if subject is None:
         return None
-    return hashlib.sha256(subject.encode("utf-8")).hexdigest()[:12]
+    if isinstance(subject, str):
+        data = subject.encode("utf-8", "surrogatepass")
+    else:
+        data = f"\x00{type(subject).__name__}".encode()
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 class Metrics:
@@ -141,29 +202,43 @@ class Metrics:
 
 
 def emit(event: DecisionEvent, metrics: Metrics, hooks: tuple[DecisionHook, ...]) -> None:
-    """Count, log and hand the event to every hook; a failing hook never breaks the request."""
+    """Count, log and hand the event to every hook; a failing hook (or logging setup) never breaks the request."""
     metrics.record(event)
     level = logging.DEBUG if event.outcome == "allow" else logging.INFO
     if logger.isEnabledFor(level):
-        logger.log(
-            level,
-            "tokenguard: %s %s %s: %s (%d)",
-            event.outcome,
-            event.method,
-            event.route,
-            event.reason,
-            event.status,
-            extra=event.log_fields(),
-        )
+        try:
+            logger.log(
+                level,
+                "tokenguard: %s %s %s: %s (%d)",
+                event.outcome,
+                event.method,
+                event.route,
+                event.reason,
+                event.status,
+                extra=event.log_fields(),
+            )
+        except Exception as exc:  # a logging filter or handler of the app's raised: contain it too
+            metrics.hook_errors += 1
+            _report("tokenguard: logging the decision failed: %s", type(exc).__name__)
     for hook in hooks:
         try:
             hook(event)
         except Exception as exc:  # the hook is the user's code: contain it
             metrics.hook_errors += 1
             # The exception's type only: its message is the user's text and could repeat anything.
-            logger.error("tokenguard: on_decision hook %s failed: %s", _name_of(hook), type(exc).__name__)
+            _report("tokenguard: on_decision hook %s failed: %s", _name_of(hook), type(exc).__name__)
 
 
-def _name_of(hook: DecisionHook) -> str:
-    name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
-    return str(name)
+def _report(message: str, *args: str) -> None:
+    # If the logging setup itself fails there is nowhere left to say so.
+    with contextlib.suppress(Exception):
+        logger.error(message, *args)
+
+
+def _name_of(hook: object) -> str:
+    """The qualified name of a hook, made safe; never raises."""
+    try:
+        name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
+    except Exception:  # a callable whose __getattr__ raises
+        name = type(hook).__qualname__
+    return str(safe_text(name if isinstance(name, str) else type(hook).__qualname__))

@@ -1,9 +1,19 @@
-"""RFC 7662 token introspection: the client, its TTL cache, single-flight, and a circuit breaker.
+"""RFC 7662 token introspection: the client, its TTL cache, single-flight, and circuit breakers.
 
 Local JWT validation cannot see revocations; on sensitive routes the issuer is asked. Answers are
 cached under the token's SHA-256 (never the token) for ``min(ttl, exp - now)``, inactive answers
 for a shorter time; concurrent requests with one token share one upstream call. Any failure to get
 a clear answer is a 503 (fail closed): the token may be fine, so it is never a 401.
+
+Calls run in two lanes, so that values anyone can make up cannot take the issuer away from tokens
+known to be real (flaw 6 of the assurance review; the caches' invariants are in ARCHITECTURE.md):
+
+- the **re-check** lane: a JWT whose signature was verified locally, or an opaque token the issuer
+  called active before (``_known``). Guarded by ``breaker``.
+- the **first-sight** lane: an opaque value never seen active. It spends a bounded budget
+  (``FirstSightBudget``: rate, burst, calls in flight; over budget is a 503 without a call) and has
+  its own breaker, ``first_sight_breaker``: junk the issuer throttles (429), rejects with a 5xx or
+  times out on can open that one only, never the breaker the re-checks depend on.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from cachetools import TLRUCache
 
 from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientPool, safe_url
+from tokenguard._lru import LRU
 from tokenguard._strictjson import strict_decoder
 from tokenguard.config import GuardConfig
 from tokenguard.errors import IntrospectionUnavailable, InvalidToken
@@ -31,6 +42,7 @@ from tokenguard.jwt_validator import (
     check_audience,
     check_lifetime,
     check_token_kind,
+    has_scope_claim,
     identity_of,
     scopes_of,
     token_digest,
@@ -67,10 +79,13 @@ class CircuitBreaker:
     died) is given up after ``probe_timeout``, so the breaker cannot stay half-open forever.
     """
 
-    def __init__(self, threshold: int, cooldown: float, *, probe_timeout: float | None = None) -> None:
+    def __init__(
+        self, threshold: int, cooldown: float, *, probe_timeout: float | None = None, name: str = "introspection"
+    ) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
         self.probe_timeout = max(cooldown, probe_timeout or 0.0)
+        self.name = name
         self.state: BreakerState = "closed"
         self.failures = 0
         self.opened_at = 0.0
@@ -87,7 +102,7 @@ class CircuitBreaker:
         ):
             self._probe_started = now  # this call is the one probe; the others wait for its verdict
             return
-        raise IntrospectionUnavailable("introspection circuit breaker is open", retry_after=self.retry_after(now))
+        raise IntrospectionUnavailable(f"{self.name} circuit breaker is open", retry_after=self.retry_after(now))
 
     def retry_after(self, now: float) -> int:
         """Whole seconds left of the cool-down (at least 1), for the ``Retry-After`` header."""
@@ -95,7 +110,7 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         if self.state != "closed":
-            logger.info("tokenguard: introspection endpoint answers again; circuit breaker closed")
+            logger.info("tokenguard: introspection endpoint answers again; %s circuit breaker closed", self.name)
         self.state, self.failures, self._probe_started = "closed", 0, None
 
     def failed(self, now: float) -> None:
@@ -104,8 +119,8 @@ class CircuitBreaker:
         if self.state == "half_open" or self.failures >= self.threshold:
             if self.state != "open":
                 logger.error(
-                    "tokenguard: introspection circuit breaker opened after %d consecutive failures; "
-                    "answering 503 for %gs",
+                    "tokenguard: %s circuit breaker opened after %d consecutive failures; answering 503 for %gs",
+                    self.name,
                     self.failures,
                     self.cooldown,
                 )
@@ -119,8 +134,100 @@ class CircuitBreaker:
         return f"CircuitBreaker(state={self.state!r}, failures={self.failures}, threshold={self.threshold})"
 
 
+#: Seconds between two warnings that the first-sight budget refused requests.
+_WARN_EVERY = 60.0
+
+
+class FirstSightBudget:
+    """How many never-seen opaque values may be introspected: a token bucket and a cap on calls in flight.
+
+    Anyone can make up an opaque-looking bearer value, and each new one would otherwise cost one
+    call made with the resource server's own credentials (so one share of its rate limit at the
+    issuer). The bucket holds at most ``burst`` calls and refills at ``rate`` per second of the
+    injected clock; at most ``concurrency`` calls are in flight, a call that never reports back
+    (its event loop died) being given up after ``abandon_after`` seconds. Over budget, ``take``
+    raises ``IntrospectionUnavailable`` (503 + Retry-After) and no call is made: the value may be a
+    real token, so it is never a 401 (a client told its token is invalid would throw it away and
+    fetch a new one, adding to the load instead of waiting).
+    """
+
+    def __init__(self, rate: float, burst: int, concurrency: int, *, abandon_after: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.concurrency = concurrency
+        self.abandon_after = abandon_after
+        self.tokens = float(burst)
+        self.refused = 0
+        self._updated: float | None = None
+        self._in_flight: dict[int, float] = {}  # ticket -> when its call started
+        self._tickets = 0
+        self._warned_at: float | None = None
+        self._refused_since_warning = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def take(self, now: float) -> int:
+        """A ticket for one call now, or ``IntrospectionUnavailable`` at once."""
+        self._refill(now)
+        for ticket, started in list(self._in_flight.items()):
+            if now - started >= self.abandon_after:
+                del self._in_flight[ticket]
+        if len(self._in_flight) >= self.concurrency:
+            raise self._refuse(now, 1, "first-sight introspections in flight at the limit")
+        if self.tokens < 1:
+            raise self._refuse(now, math.ceil((1 - self.tokens) / self.rate), "first-sight introspection budget spent")
+        self.tokens -= 1
+        self._tickets += 1
+        self._in_flight[self._tickets] = now
+        return self._tickets
+
+    def release(self, ticket: int) -> None:
+        """The call of ``ticket`` ended (whatever its outcome)."""
+        self._in_flight.pop(ticket, None)
+
+    def refund(self, ticket: int) -> None:
+        """No call was made for ``ticket`` after all: give its share back."""
+        self.release(ticket)
+        self.tokens = min(float(self.burst), self.tokens + 1)
+
+    def _refill(self, now: float) -> None:
+        if self._updated is not None and now > self._updated:
+            self.tokens = min(float(self.burst), self.tokens + (now - self._updated) * self.rate)
+        self._updated = now  # a clock set backwards refills nothing
+
+    def _refuse(self, now: float, retry_after: int, cause: str) -> IntrospectionUnavailable:
+        self.refused += 1
+        self._refused_since_warning += 1
+        if self._warned_at is None or not 0 <= now - self._warned_at < _WARN_EVERY:
+            # At most one line a minute: a flood must not become a log flood.
+            logger.warning(
+                "tokenguard: %s (%g/s, burst %d, %d at once): %d never-seen opaque token(s) refused with 503 "
+                "without asking the issuer",
+                cause,
+                self.rate,
+                self.burst,
+                self.concurrency,
+                self._refused_since_warning,
+            )
+            self._warned_at, self._refused_since_warning = now, 0
+        return IntrospectionUnavailable(cause, retry_after=max(1, retry_after))
+
+    def __repr__(self) -> str:
+        return (
+            f"FirstSightBudget(rate={self.rate:g}, burst={self.burst}, concurrency={self.concurrency}, "
+            f"tokens={self.tokens:.2f}, in_flight={self.in_flight})"
+        )
+
+
+#: How long an opaque token the issuer called active counts as known when its answer has no ``exp``
+#: (and the longest it counts as known in any case): a day, after which it is asked about afresh.
+_KNOWN_AT_MOST = 86400.0
+
+
 class Introspector:
-    """Asks the issuer whether a token is active (RFC 7662 §2), through a cache and a breaker."""
+    """Asks the issuer whether a token is active (RFC 7662 §2), through a cache and two lanes (module doc)."""
 
     def __init__(self, config: GuardConfig, http: HttpClientPool, metadata: IssuerMetadata) -> None:
         self._config = config
@@ -128,20 +235,45 @@ class Introspector:
         self._http = http
         self._metadata = metadata
         options = config.introspection
-        self._cache: TLRUCache[bytes, _Answer] | None = None
+        # The answer cache (ARCHITECTURE.md, "Caches never outlive what they stand for"): token
+        # SHA-256 -> checked answer. A positive answer lives min(cache_ttl, exp - now) and every hit
+        # re-checks exp/nbf against the clock; a negative one (inactive, or refused by a check)
+        # lives negative_cache_ttl; failures are never stored. At most cache_size entries, the
+        # expired ones dropped before any live one is evicted (TLRU), then least recently used.
         # introspection_cache_ttl=0 turns the cache off altogether, negative answers included.
+        self._cache: TLRUCache[bytes, _Answer] | None = None
         if options.cache_size > 0 and options.cache_ttl > 0:
             self._cache = TLRUCache(maxsize=options.cache_size, ttu=_expires, timer=config.clock)
+        # Opaque tokens the issuer called active: token SHA-256 -> until when. Such a token is
+        # re-checked in the re-check lane, never on the first-sight budget. An entry ends at the
+        # token's exp + leeway (at most a day), or as soon as the issuer calls the token anything
+        # but active; at most cache_size entries, least recently used evicted (0: none kept).
+        self._known: LRU[bytes, float] | None = LRU(options.cache_size) if options.cache_size > 0 else None
         self._flight: SingleFlight[bytes, _Answer] = SingleFlight()
         self.breaker = CircuitBreaker(
             options.breaker_threshold, options.breaker_cooldown, probe_timeout=options.timeout
+        )
+        self.first_sight_breaker = CircuitBreaker(
+            options.breaker_threshold,
+            options.breaker_cooldown,
+            probe_timeout=options.timeout,
+            name="first-sight introspection",
+        )
+        self.first_sight = FirstSightBudget(
+            options.first_sight_rate,
+            options.first_sight_burst,
+            options.first_sight_concurrency,
+            abandon_after=options.timeout + 1.0,
         )
         self.calls = 0
         self.cache_hits = 0
         self.cache_misses = 0
 
     def __repr__(self) -> str:
-        return f"Introspector(endpoint={self._options.endpoint!r}, breaker={self.breaker!r})"
+        return (
+            f"Introspector(endpoint={self._options.endpoint!r}, breaker={self.breaker!r}, "
+            f"first_sight_breaker={self.first_sight_breaker!r})"
+        )
 
     async def introspect(self, token: str, local: AccessToken | None = None) -> AccessToken:
         """The token as the issuer sees it now; ``local`` is its locally validated form, if a JWT."""
@@ -149,10 +281,36 @@ class Introspector:
         answer = self._cache.get(digest) if self._cache is not None else None
         if answer is None:
             self.cache_misses += 1
-            answer = await self._flight.run(digest, lambda: self._ask(token, digest))
+            # A verified signature, or an earlier active answer, says the token is real: re-check lane.
+            opaque = local is None
+            first_sight = opaque and not self.known(digest)
+            answer = await self._flight.run(
+                digest, lambda: self._ask(token, digest, first_sight=first_sight, opaque=opaque)
+            )
         else:
             self.cache_hits += 1
         return self._accepted(answer, local)
+
+    def known(self, digest: bytes) -> bool:
+        """Whether the issuer called the token with this SHA-256 active, and that still counts."""
+        if self._known is None:
+            return False
+        until = self._known.get(digest)
+        if until is None:
+            return False
+        if self._config.clock() < until:
+            return True
+        self._known.pop(digest, None)
+        return False
+
+    @property
+    def known_size(self) -> int:
+        return len(self._known) if self._known is not None else 0
+
+    @property
+    def first_sight_refused(self) -> int:
+        """Requests refused with 503 because the first-sight budget was spent (no call made)."""
+        return self.first_sight.refused
 
     def problem(self) -> str | None:
         """What, in the configuration alone, stops introspection; names the missing setting."""
@@ -180,40 +338,62 @@ class Introspector:
 
     # -- one upstream call, shared by every request carrying the token ------------------------
 
-    async def _ask(self, token: str, digest: bytes) -> _Answer:
+    async def _ask(self, token: str, digest: bytes, *, first_sight: bool, opaque: bool) -> _Answer:
         problem = self.problem()
         if problem is not None:
             logger.error("tokenguard: cannot introspect: %s", problem)
             raise IntrospectionUnavailable(problem, self._config.retry_after)
         endpoint = await self.endpoint()
-        self.breaker.admit(self._config.clock())
+        now = self._config.clock()
+        ticket: int | None = None
+        if first_sight:
+            breaker = self.first_sight_breaker
+            ticket = self.first_sight.take(now)  # over budget: 503 at once, no call
+            try:
+                breaker.admit(now)
+            except IntrospectionUnavailable:
+                self.first_sight.refund(ticket)
+                raise
+        else:
+            breaker = self.breaker
+            breaker.admit(now)
         self.calls += 1
         try:
             document = await self._post(endpoint, token)
         except FetchError as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc, breaker) from exc
         except BaseException:
-            self.breaker.abandoned()
+            breaker.abandoned()
             raise
-        self.breaker.succeeded()
+        finally:
+            if ticket is not None:
+                self.first_sight.release(ticket)
+        breaker.succeeded()
         answer = self._check(document)
         self._store(digest, answer)
+        if opaque:  # a JWT proves itself by its signature: only opaque tokens need remembering
+            self._remember(digest, answer)
         return answer
 
-    def _failed(self, exc: FetchError) -> IntrospectionUnavailable:
+    def _failed(self, exc: FetchError, breaker: CircuitBreaker) -> IntrospectionUnavailable:
+        """A call without an answer: 503; only what says the endpoint is unwell moves ``breaker``.
+
+        Each lane moves its own breaker (module doc), so whatever junk makes the issuer answer in
+        the first-sight lane (429 throttling, a 5xx, a timeout) never opens the re-check breaker.
+        """
         now = self._config.clock()
         if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
             # A 4xx is an answer about this request (its token, our credentials), not a sign of a dead
             # endpoint: still 503, but it must not let anonymous garbage tokens open the breaker for
             # every user. It also ends a run of failures, as any answer does. 429 (overloaded) and
-            # redirects (not an introspection answer at all) count as failures.
-            self.breaker.succeeded()
+            # redirects (not an introspection answer at all) count as failures, in their own lane.
+            breaker.succeeded()
         else:
-            self.breaker.failed(now)
+            breaker.failed(now)
         logger.error("tokenguard: introspection failed, answering 503: %s", exc)
         retry_after = self._config.retry_after
-        if self.breaker.state == "open":
-            retry_after = max(retry_after, self.breaker.retry_after(now))
+        if breaker.state == "open":
+            retry_after = max(retry_after, breaker.retry_after(now))
         return IntrospectionUnavailable(f"introspection failed: {exc}", retry_after)
 
     async def _post(self, endpoint: str, token: str) -> dict[str, Any]:
@@ -302,6 +482,21 @@ class Introspector:
         if self._cache is not None and answer.expires > self._config.clock():
             self._cache[digest] = answer
 
+    def _remember(self, digest: bytes, answer: _Answer) -> None:
+        """Keep track of tokens the issuer called active (the re-check lane); forget the others."""
+        if self._known is None:
+            return
+        if answer.token is None:
+            self._known.pop(digest, None)  # revoked, expired, or never real: first sight from now on
+            return
+        now = self._config.clock()
+        expires_at = answer.token.expires_at
+        until = now + _KNOWN_AT_MOST
+        if expires_at is not None:
+            until = min(until, expires_at + self._config.leeway)
+        if until > now:
+            self._known[digest] = until
+
 
 def _expires(_key: bytes, answer: _Answer, _now: float) -> float:
     """TLRU time-to-use: each answer carries its own expiry (min(ttl, exp - now), or the negative ttl)."""
@@ -319,9 +514,21 @@ def _identity(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
 
 
 def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
-    """A locally validated JWT, as confirmed by introspection: the issuer's answer decides."""
-    claims = {**local.claims, **remote.claims}
-    scopes = remote.scopes if "scope" in remote.claims else local.scopes
+    """A locally validated JWT, as confirmed by introspection: the issuer's answer decides.
+
+    Scopes: when the answer carries ``scope`` or ``scp`` (whichever; even empty or null), its scopes
+    are the token's scopes, and the JWT's own ``scope``/``scp`` claims are dropped from the merged
+    claims so nothing downstream reads the stale grant. RFC 7662 §2.2 makes ``scope`` OPTIONAL: an
+    answer without either claim leaves the JWT's scopes, which were verified under the issuer's
+    signature, so the result never grants more than the JWT does.
+    """
+    local_claims: Mapping[str, Any] = local.claims
+    if has_scope_claim(remote.claims):
+        scopes = remote.scopes
+        local_claims = {name: value for name, value in local.claims.items() if name not in ("scope", "scp")}
+    else:
+        scopes = local.scopes
+    claims = {**local_claims, **remote.claims}
     deadlines = [t for t in (local.expires_at, remote.expires_at) if t is not None]
     return AccessToken(
         subject=remote.subject or local.subject,

@@ -57,12 +57,23 @@ class VerificationKey:
     thumbprint: str = ""
 
 
+#: What identifies one JWKS key: its ``kid`` (or None) and the SHA-256 of its public key material.
+KeyIdentity = tuple[str | None, str]
+
+
 @dataclass(frozen=True)
 class KeySet:
-    """An immutable snapshot of an issuer's usable keys."""
+    """An immutable snapshot of an issuer's usable keys.
+
+    Each fetch makes a new ``KeySet`` object, so "is this still the key set I was checked against"
+    is an identity comparison (``is``): the verified-token cache relies on it (ARCHITECTURE.md,
+    "Caches never outlive what they stand for").
+    """
 
     keys: tuple[VerificationKey, ...] = ()
     by_kid: Mapping[str, tuple[VerificationKey, ...]] = field(default_factory=dict)
+    #: (kid, thumbprint) of every key: a key is the same key only if both match.
+    identities: frozenset[KeyIdentity] = frozenset()
 
     @classmethod
     def of(cls, keys: Iterable[VerificationKey]) -> KeySet:
@@ -71,10 +82,14 @@ class KeySet:
         for key in keys:
             if key.kid is not None:
                 by_kid[key.kid] = (*by_kid.get(key.kid, ()), key)
-        return cls(keys, by_kid)
+        return cls(keys, by_kid, frozenset((key.kid, key.thumbprint) for key in keys))
 
     def knows(self, kid: str) -> bool:
         return kid in self.by_kid
+
+    def holds(self, identity: KeyIdentity) -> bool:
+        """Whether the key with this (kid, thumbprint) is in the set: same kid *and* same material."""
+        return identity in self.identities
 
     def candidates(self, kid: str | None, alg: str) -> tuple[VerificationKey, ...]:
         """Keys that may verify a token with this ``kid`` (or none) and header ``alg``.
@@ -223,6 +238,9 @@ class _Freshness:
         self.stale_until = 0.0
         self.retry_at = 0.0  # after a failed fetch, when the next attempt may start
         self.failures = 0  # consecutive failed fetches
+        # Derived from the above whenever they change, so the hot path compares two floats:
+        self.usable_until = -math.inf  # fresh_until, or stale_until while the issuer is failing
+        self.due_at = 0.0  # max(refresh_at, retry_at): from then on a (background) fetch may start
 
     def accept(self, now: float, ttl: float, options: JWKSOptions) -> None:
         self.fetched_at = now
@@ -231,35 +249,44 @@ class _Freshness:
         self.stale_until = now + ttl + options.stale_ttl
         self.retry_at = 0.0
         self.failures = 0
+        self.usable_until = self.fresh_until
+        self.due_at = self.refresh_at
 
     def reject(self, now: float, base: float) -> float:
         """Record a failed fetch; return the seconds until the next attempt may start."""
         self.failures += 1
         delay = min(base * 2.0 ** min(self.failures - 1, 16), max(base, _RETRY_CAP))
         self.retry_at = now + delay
+        # Past its max-age, the last good copy stands in only while the issuer is failing.
+        self.usable_until = self.stale_until if self.fetched_at is not None else -math.inf
+        self.due_at = max(self.refresh_at, self.retry_at)
         return delay
 
     def usable(self, now: float) -> bool:
-        """Whether the document may be used now without waiting for a fetch."""
-        if self.fetched_at is None:
-            return False
-        if now < self.fresh_until:
-            return True
-        # Past its max-age, the last good copy stands in only while the issuer is failing.
-        return self.failures > 0 and now < self.stale_until
+        """Whether the document may be used now without waiting for a fetch.
+
+        Fresh (before its max-age), or, while the issuer is failing, before the stale period ends.
+        """
+        return now < self.usable_until
 
     def within_stale_period(self, now: float) -> bool:
         return self.fetched_at is not None and now < self.stale_until
 
     def refresh_due(self, now: float) -> bool:
-        return now >= self.refresh_at and now >= self.retry_at
+        return now >= self.due_at
 
     def retry_in(self, now: float) -> int:
         return max(1, math.ceil(self.retry_at - now))
 
 
 class IssuerMetadata:
-    """The issuer's authorization-server metadata (RFC 8414), discovered once and kept fresh."""
+    """The issuer's authorization-server metadata (RFC 8414), discovered once and kept fresh.
+
+    A cache of one document (ARCHITECTURE.md, "Caches never outlive what they stand for"): used
+    while fresh (its ``Cache-Control`` max-age, clamped like the JWKS'), refreshed in the background
+    from ``refresh_at`` on, used past its max-age only while the issuer fails and only until the stale
+    period ends; a document over 256 KB, or naming another issuer, is never kept.
+    """
 
     def __init__(self, config: GuardConfig, http: HttpClientPool) -> None:
         self._config = config
@@ -348,7 +375,16 @@ KeysListener = Callable[[frozenset[str], bool], None]
 
 
 class JWKSCache:
-    """The issuer's signing keys, shared by all requests (DESIGN.md §3)."""
+    """The issuer's signing keys, shared by all requests (DESIGN.md §3).
+
+    Its invariants (ARCHITECTURE.md, "Caches never outlive what they stand for"): keys are used
+    without a fetch only before their max-age (``Cache-Control``, clamped to [jwks_min_ttl,
+    jwks_max_ttl]); past it they are fetched again before use, and serve stale only while the issuer
+    fails, until ``jwks_stale_ttl`` ends; a failed fetch or a garbage document never empties the cache;
+    at most ``jwks_max_keys`` keys from at most ``jwks_max_bytes``. Each fetch brings a new ``KeySet``
+    object: whatever was checked against the old one (verified tokens, prepared verifiers) sees the
+    difference with one ``is`` and re-checks its key (``KeySet.holds``).
+    """
 
     def __init__(self, config: GuardConfig, http: HttpClientPool, metadata: IssuerMetadata) -> None:
         self._config = config
@@ -365,12 +401,23 @@ class JWKSCache:
 
     # -- what the validator asks -------------------------------------------------------------
 
-    def current(self) -> KeySet | None:
-        """Keys usable right now without waiting, scheduling a background refresh when due."""
-        keys, now, state = self._keys, self._config.clock(), self._state
-        if keys is None or not state.usable(now):
+    def current(self, now: float | None = None) -> KeySet | None:
+        """Keys usable right now without waiting, scheduling a background refresh when due.
+
+        ``None`` when there are none, or they are past their max-age (and the issuer is not known to
+        be failing), or past the stale period: the caller must then fetch (``keys()``) or give up.
+        Called on every verified-cache hit (which passes the ``now`` it read), so it costs two
+        comparisons.
+        """
+        keys = self._keys
+        if keys is None:
             return None
-        if state.refresh_due(now):
+        if now is None:
+            now = self._config.clock()
+        state = self._state
+        if now >= state.usable_until:
+            return None
+        if now >= state.due_at:
             self._start_background_refresh()
         return keys
 

@@ -24,7 +24,7 @@ from tokenguard._signatures import Verifier, verifier
 from tokenguard._strictjson import strict_decoder
 from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
-from tokenguard.jwks import JWKSCache, KeySet
+from tokenguard.jwks import JWKSCache, KeyIdentity, KeySet
 from tokenguard.models import AccessToken
 
 TokenKind = Literal["jws", "jwe", "opaque"]
@@ -90,20 +90,35 @@ _SCAN: Any = json.scanner.make_scanner(_FAST_DECODER)  # type: ignore[arg-type] 
 #: (3.13 parses 6000 levels that 3.11 refuses), and keeps out structures deep enough to overflow the
 #: stack of the app's own code (e.g. json.dumps of request.auth.claims).
 _MAX_DEPTH = 32
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
+#: The escapes that decide where JSON strings end (RFC 8259 §7): "\\\\" (a backslash) and '\\"' (a quote
+#: that does not end the string). ``str.replace`` removes them left to right, pairing backslashes as
+#: the decoder does (a run of 2k+1 keeps its last one, which escapes what follows); after that every '"'
+#: opens or closes a string. (The regex this replaces, r'"(?:[^"\\]|\\.)*"', retried from every escaped
+#: quote of a string that never closes and read the rest of the text again each time: O(n²), 250 ms
+#: for a forged 16 KiB token, before any key or signature was looked at.)
+_JSON_ESCAPES = ("\\\\", '\\"')
+#: ``bytes.translate`` arguments that turn the text outside strings into one signed byte per bracket:
+#: +1 for "[" and "{", -1 (0xFF) for "]" and "}"; every other byte is deleted.
+_BRACKET_STEPS = (bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff"), bytes(set(range(256)) - set(b"[]{}")))
 
 
 def _too_deep(text: str) -> bool:
-    """True when ``text`` opens more than ``_MAX_DEPTH`` arrays/objects at once (strings skipped)."""
+    """True when ``text`` opens more than ``_MAX_DEPTH`` arrays/objects at once (strings skipped).
+
+    Brackets count as the JSON decoder meets them, up to its first error: inside a string they do not
+    count, and after a string that never closes there is nothing it would read. Linear by construction:
+    a fixed number of passes in C (replace, split, join, encode, translate) and one running sum.
+    """
     if text.count("[") + text.count("{") <= _MAX_DEPTH:
         return False  # the common case, decided without scanning
-    depth = 0
-    for bracket in _BRACKET.findall(_JSON_STRING.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        if depth > _MAX_DEPTH:
-            return True
-    return False
+    from itertools import accumulate  # here, on the rare path: this helper's only import
+
+    backslash, quote = _JSON_ESCAPES
+    # Every other piece is outside a string; a string that never closes is the last, odd, piece.
+    outside = "".join(text.replace(backslash, "").replace(quote, "").split('"')[::2])
+    # Non-ASCII is never a bracket: dropped by the encoder, the other non-brackets by translate.
+    steps = outside.encode("ascii", "ignore").translate(*_BRACKET_STEPS)
+    return max(accumulate(memoryview(steps).cast("b")), default=0) > _MAX_DEPTH
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
@@ -214,15 +229,34 @@ def _string(claims: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+#: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ) — printable ASCII but '"' and '\\'.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def has_scope_claim(claims: Mapping[str, Any]) -> bool:
+    """Whether ``claims`` say anything about scopes (``scope`` or ``scp``, even null or empty)."""
+    return "scope" in claims or "scp" in claims
+
+
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
-    """Scopes from ``scope`` (RFC 8693 §4.2 / RFC 9068 §2.2.3, space-separated) or ``scp``."""
+    """Scopes from ``scope`` (RFC 8693 §4.2 / RFC 9068 §2.2.3, space-separated) or ``scp``.
+
+    The one scope parser, for JWT claims and introspection answers alike. RFC 6749 §3.3: scope tokens
+    are separated by SP (%x20) only, and each is ``1*( %x21 / %x23-5B / %x5D-7E )``. A piece that is
+    not a valid scope token grants nothing: it is dropped whole, never split further (so
+    ``"read\u00a0admin"`` grants neither ``read`` nor ``admin``). A ``scp`` string is read like
+    ``scope``; each element of a ``scope``/``scp`` list must be one scope token, else it is dropped.
+    A claim of another JSON type (a number, an object, a list holding a non-string) is malformed.
+    """
     value = claims.get("scope", claims.get("scp"))
     if value is None:
         return frozenset()
     if isinstance(value, str):
-        return frozenset(value.split())
+        if value.isascii() and _SCOPE_TOKEN.fullmatch(value.replace(" ", "!")) is not None:
+            return frozenset(value.split(" ")) - {""}  # the common case: every piece is a scope token
+        return frozenset(piece for piece in value.split(" ") if _SCOPE_TOKEN.fullmatch(piece) is not None)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return frozenset(value)
+        return frozenset(item for item in value if _SCOPE_TOKEN.fullmatch(item) is not None)
     raise InvalidToken("bad_claim", "The access token has a malformed scope claim.")
 
 
@@ -327,7 +361,9 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-_Verified = tuple[AccessToken, float, "float | None", "float | None"]
+#: A verified-cache entry: (token, exp, nbf, iat, the key set it was verified against, the identity
+#: of the key that verified it). Key set and identity are None for an HMAC token (a static secret).
+_Verified = tuple[AccessToken, float, "float | None", "float | None", "KeySet | None", "KeyIdentity | None"]
 
 
 #: Integer dates below 2**53 convert to float exactly, so comparing them as ints decides the same.
@@ -356,13 +392,23 @@ class JWTValidator:
         self._jwks = jwks
         self._algorithms = frozenset(config.algorithms)
         self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
-        # digest -> (token, exp, nbf, iat) as floats read once: an app that mutates ``token.claims``
-        # cannot stretch the life of a cached token, and a hit costs three comparisons.
+        # The verified-token cache (ARCHITECTURE.md, "Caches never outlive what they stand for"):
+        # SHA-256 of the token bytes -> (token, exp, nbf, iat, key set, key identity).
+        # - a hit is served only while exp/nbf/iat hold against the clock (floats read once: an app
+        #   that mutates ``token.claims`` cannot stretch the life of a cached token);
+        # - and only while the key that verified it, by (kid, thumbprint), is in the CURRENT key set
+        #   and that set is usable now (fresh, or stale while the issuer fails): the entry remembers
+        #   the KeySet object it was checked against, so the usual hit is one ``is`` comparison;
+        #   a new set is searched once and the entry re-stamped, or the entry is dropped;
+        # - when the set is due for refresh the hit starts it; past max-age or past the stale period
+        #   the hit falls through to the full path, which waits for the fetch or answers 503;
+        # - at most ``verified_cache_size`` entries, least recently used evicted first.
         self._verified: LRU[bytes, _Verified] | None = (
             LRU(config.verified_cache_size) if config.verified_cache_size else None
         )
+        # Prepared verifiers, memoised per KeySet object (a refresh starts a new memo), at most 256.
         self._memo_keys: KeySet | None = None
-        self._memo: dict[tuple[str | None, str], tuple[tuple[str | None, Verifier], ...]] = {}
+        self._memo: dict[tuple[str | None, str], tuple[tuple[KeyIdentity, Verifier], ...]] = {}
         jwks.subscribe(self._forget_keys)
 
     async def validate(self, token: str) -> AccessToken:
@@ -379,7 +425,9 @@ class JWTValidator:
         digest = token_digest(token) if self._verified is not None else b""
         cached = self._verified.get(digest) if self._verified is not None else None
         if cached is not None:
-            return self._still_valid(cached)
+            hit = self._still_valid(digest, cached)
+            if hit is not None:
+                return hit
         parsed = parse_jws(token)
         alg, kid = self._check_header(parsed.header)
         self._check_issuer_and_lifetime(parsed.claims)
@@ -393,8 +441,8 @@ class JWTValidator:
 
     def _finish(self, pending: _NeedsKeys, keys: KeySet | None) -> AccessToken:
         parsed = pending.parsed
-        key_id = self._verify_signature(parsed, pending.alg, pending.kid, keys)
-        access_token = self._access_token(parsed.claims, key_id)
+        identity = self._verify_signature(parsed, pending.alg, pending.kid, keys)
+        access_token = self._access_token(parsed.claims, identity[0] if identity is not None else None)
         if self._verified is not None:
             claims = parsed.claims
             self._verified[pending.digest] = (
@@ -402,6 +450,8 @@ class JWTValidator:
                 float(claims["exp"]),
                 _number(claims, "nbf", required=False),
                 _number(claims, "iat", required=False),
+                keys if identity is not None else None,
+                identity,
             )
         return access_token
 
@@ -409,17 +459,39 @@ class JWTValidator:
         """The validated token for these exact bytes if the verified cache holds it, else ``None``.
 
         The hot path for a repeated token: no syntax check, no parse, no signature — the bytes are
-        the ones that passed all of that before (the key is their SHA-256). exp/nbf/iat are checked.
+        the ones that passed all of that before (the key is their SHA-256). exp/nbf/iat are checked,
+        and the key that verified them must still be in the current, usable key set; ``None`` sends
+        the request down the full path (which fetches keys or answers 503, as for a new token).
         """
         if self._verified is None:
             return None
-        cached = self._verified.get(hashlib.sha256(raw_token).digest())
-        return self._still_valid(cached) if cached is not None else None
+        digest = hashlib.sha256(raw_token).digest()
+        cached = self._verified.get(digest)
+        return self._still_valid(digest, cached) if cached is not None else None
 
-    def _still_valid(self, cached: _Verified) -> AccessToken:
-        """A cache hit skips the signature, never the clock (RFC 7519 §4.1.4, §4.1.5, §4.1.6)."""
-        token, exp, nbf, iat = cached
-        check_dates(exp, nbf, iat, self._config.clock(), self._config.leeway)
+    def _still_valid(self, digest: bytes, cached: _Verified) -> AccessToken | None:
+        """A cache hit skips the signature, never the clock (RFC 7519 §4.1.4, §4.1.5, §4.1.6) nor the keys.
+
+        ``None`` when the keys cannot vouch for the entry now: the set is unusable (past its max-age
+        with nobody having tried a refetch, or past the stale period), or the verifying key is gone.
+        """
+        token, exp, nbf, iat, keys, identity = cached
+        now = self._config.clock()
+        if keys is not None:
+            current = self._jwks.current(now)  # also starts a background refresh when one is due
+            if current is not keys:
+                if current is None:
+                    return None  # the full path waits for the fetch, or answers 503 past the stale period
+                verified = self._verified
+                assert identity is not None  # a JWKS key set implies the key's identity
+                assert verified is not None  # a hit implies a cache
+                if not current.holds(identity):
+                    # The issuer withdrew the key (or a kid now names other material): never served again.
+                    verified.pop(digest, None)
+                    return None
+                # The same key in a newer set: re-stamped, so the next hit is one comparison again.
+                verified[digest] = (token, exp, nbf, iat, current, identity)
+        check_dates(exp, nbf, iat, now, self._config.leeway)
         return token
 
     @property
@@ -470,11 +542,15 @@ class JWTValidator:
             return
         check_lifetime(claims, now, leeway, require_exp=True)
 
-    def _verify_signature(self, parsed: ParsedJWS, alg: str, kid: str | None, keys: KeySet | None) -> str | None:
-        """Check the signature; return the ``kid`` of the JWKS key that verified it (None for HMAC)."""
+    def _verify_signature(
+        self, parsed: ParsedJWS, alg: str, kid: str | None, keys: KeySet | None
+    ) -> KeyIdentity | None:
+        """Check the signature; return (kid, thumbprint) of the JWKS key that verified it (None for HMAC)."""
         if alg in HMAC_ALGORITHMS:
             assert self._config.shared_secret is not None  # config refuses HS* without a secret
-            candidates: tuple[tuple[str | None, Verifier], ...] = ((None, verifier(alg, self._config.shared_secret)),)
+            candidates: tuple[tuple[KeyIdentity | None, Verifier], ...] = (
+                (None, verifier(alg, self._config.shared_secret)),
+            )
         else:
             assert keys is not None
             candidates = self._verifiers(keys, kid, alg)
@@ -485,23 +561,26 @@ class JWTValidator:
             if not candidates:
                 # The key the token names cannot do this alg (RFC 8725 §3.1: alg/key confusion).
                 raise InvalidToken("key_mismatch", "The access token's algorithm does not fit its key.")
-        for key_id, verify in candidates:
+        for identity, verify in candidates:
             try:
                 if verify(parsed.signing_input, parsed.signature):
                     # A token without "kid" is remembered under the key that verified it, so removing
                     # that key from the JWKS also drops the token from the verified cache.
-                    return key_id
+                    return identity
             except (ValueError, TypeError) as exc:
                 raise InvalidToken("bad_signature", "The access token's signature is invalid.") from exc
         raise InvalidToken("bad_signature", "The access token's signature is invalid.")
 
-    def _verifiers(self, keys: KeySet, kid: str | None, alg: str) -> tuple[tuple[str | None, Verifier], ...]:
-        """(kid, prepared verifier) of each candidate key, memoised per key set (a refresh brings a new memo)."""
+    def _verifiers(self, keys: KeySet, kid: str | None, alg: str) -> tuple[tuple[KeyIdentity, Verifier], ...]:
+        """((kid, thumbprint), prepared verifier) of each candidate key, memoised per key set.
+
+        A refresh brings a new KeySet object, hence a new memo: a verifier never outlives its key.
+        """
         if keys is not self._memo_keys:
             self._memo_keys, self._memo = keys, {}
         found = self._memo.get((kid, alg))
         if found is None:
-            found = tuple((key.kid, verifier(alg, key.key)) for key in keys.candidates(kid, alg))
+            found = tuple(((key.kid, key.thumbprint), verifier(alg, key.key)) for key in keys.candidates(kid, alg))
             if len(self._memo) < 256:  # bounded: kids come from tokens, but only known ones get here
                 self._memo[(kid, alg)] = found
         return found
@@ -543,6 +622,7 @@ class JWTValidator:
         if everything:
             self._verified.clear()
             return
+        # Only for memory: a hit checks its key against the current set anyway (``_still_valid``).
         for digest, (token, *_) in list(self._verified.items()):
             if token.key_id in removed:
                 self._verified.pop(digest, None)

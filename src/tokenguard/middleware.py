@@ -156,6 +156,9 @@ class TokenGuard:
         introspection_requires_aud: bool = True,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 10.0,
+        introspection_first_sight_rate: float = 10.0,
+        introspection_first_sight_burst: int = 20,
+        introspection_first_sight_concurrency: int = 8,
         default: DefaultPolicy = "authenticated",
         rules: Iterable[Rule] = (),
         http_client: HttpClientOption = None,
@@ -224,6 +227,9 @@ class TokenGuard:
                 require_aud=introspection_requires_aud,
                 breaker_threshold=breaker_threshold,
                 breaker_cooldown=breaker_cooldown,
+                first_sight_rate=introspection_first_sight_rate,
+                first_sight_burst=introspection_first_sight_burst,
+                first_sight_concurrency=introspection_first_sight_concurrency,
             ),
             clock=clock,
         )
@@ -496,6 +502,8 @@ class TokenGuard:
             "introspection_cache_hits": status["introspection"]["cache_hits"],
             "introspection_cache_misses": status["introspection"]["cache_misses"],
             "breaker_state": status["introspection"]["breaker"],
+            "first_sight_breaker_state": status["introspection"]["first_sight_breaker"],
+            "introspection_first_sight_refused": status["introspection"]["first_sight_refused"],
             "verified_cache_entries": status["verified_cache_entries"],
         }
 
