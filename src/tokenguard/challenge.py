@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 from tokenguard.errors import (
@@ -16,7 +15,10 @@ from tokenguard.errors import (
 
 # RFC 6750 §3: error, error_description and scope values exclude '"' and '\'; realm is a
 # quoted-string. Anything outside printable ASCII (CR/LF first of all) is dropped: no header injection.
-_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+# What stays is %x20-21 / %x23-5B / %x5D-7E. Dropped with two C passes (non-ASCII by the encoder, the
+# rest by ``bytes.translate``) rather than one regex match per dropped character, which made a text
+# made only of dropped characters render 13 times slower than plain text of the same length.
+_UNSAFE_ASCII = bytes([*range(0x20), 0x22, 0x5C, 0x7F])
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,8 @@ class Denial:
 
 
 def _quoted(value: str) -> str:
-    return '"' + _UNSAFE.sub("", value) + '"'
+    safe = value.encode("ascii", "ignore").translate(None, _UNSAFE_ASCII).decode("ascii")
+    return '"' + safe + '"'
 
 
 def challenge(error: AuthError, *, realm: str, resource_metadata: str | None = None) -> str:
