@@ -330,7 +330,10 @@ def assert_reportable(event: DecisionEvent) -> None:
 def test_a_lone_surrogate_subject_is_reported_not_a_500(
     clock: ManualClock, issuer: RespxIssuer, strict_log: StrictLog, reporting: str
 ) -> None:
-    """Flaw 11: ``"sub": "\\ud800"`` with a decision hook (or DEBUG logging) is a 200 and a clean report."""
+    """Flaw 11: ``"sub": "\\ud800"`` with a decision hook (or DEBUG logging) is a clean report, never a 500.
+
+    Such a string is refused as malformed (RFC 7493 §2.1: it has no UTF-8 form, so the app could not
+    write it out either): a 401 whose refusal is reported like any other."""
     events: list[DecisionEvent] = []
     options: dict[str, Any] = {"on_decision": events.append} if reporting == "on_decision" else {}
     if reporting == "on_decision":
@@ -338,17 +341,25 @@ def test_a_lone_surrogate_subject_is_reported_not_a_500(
     token = issuer.token(sub="\ud800")
     with guarded(clock, **options) as client:
         response = client.get("/me", headers=bearer(token))
-    assert response.status_code == 200, response.text
-    assert response.json()["identity"] == "\ud800"
+    assert response.status_code == 401, response.text
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
     assert strict_log.failures == []
     if reporting == "on_decision":
         (event,) = events  # reported, not lost to an exception
         assert_reportable(event)
-        assert event.subject_hash is not None
+        assert event.reason == "malformed_token"
     else:
-        (record,) = [r for r in strict_log.records if getattr(r, "tg_decision", None) == "allow"]
-        assert isinstance(vars(record)["tg_sub_hash"], str)
-        assert "\\ud800" not in strict_log.text()  # the subject is hashed, never logged
+        (record,) = [r for r in strict_log.records if getattr(r, "tg_decision", None) == "deny"]
+        assert vars(record)["tg_reason"] == "malformed_token"
+        assert "\\ud800" not in strict_log.text()  # the subject is never logged
+
+
+def test_a_paired_surrogate_subject_is_an_ordinary_character(clock: ManualClock, issuer: RespxIssuer) -> None:
+    """``"\\ud83d\\ude00"`` is one character (U+1F600), not a lone surrogate: accepted."""
+    with guarded(clock) as client:
+        response = client.get("/me", headers=bearer(issuer.token(sub="\U0001f600")))
+    assert response.status_code == 200, response.text
+    assert response.json()["identity"] == "\U0001f600"
 
 
 @pytest.mark.parametrize(
@@ -364,20 +375,23 @@ def test_key_ids_of_any_shape_are_reported_safely(
     token = issuer.token(alg="ES256")
     with guarded(clock, on_decision=events.append) as client:
         response = client.get("/me", headers=bearer(token))
-    assert response.status_code == 200, response.text
+    lone = any(0xD800 <= ord(char) <= 0xDFFF for char in kid)
+    # A lone surrogate in the token's header is malformed JSON for us (RFC 7493 §2.1): 401, reported.
+    assert response.status_code == (401 if lone else 200), response.text
     assert strict_log.failures == []
     assert "\n" not in "".join(record.getMessage() + str(vars(record).get("tg_kid")) for record in strict_log.records)
     (event,) = events
     assert_reportable(event)
-    assert event.kid is not None
-    assert len(event.kid) <= 6 * 256 + 3
+    if not lone:
+        assert event.kid is not None
+        assert len(event.kid) <= 6 * 256 + 3
 
 
 def test_a_raising_hook_is_contained_and_reported_by_type_only(
     clock: ManualClock, issuer: RespxIssuer, strict_log: StrictLog
 ) -> None:
     """A hook that raises (with the token in its message) leaves the request alone; the log names its type only."""
-    token = issuer.token(sub="\ud800")
+    token = issuer.token(sub="alice\n\u2028")
 
     def leaky(event: DecisionEvent) -> None:
         raise RuntimeError(f"cannot handle {token}")
@@ -419,6 +433,15 @@ _JSON = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(_AWKWARD_TEXT, children, max_size=3),
     max_leaves=6,
 )
+def _has_lone_surrogate(value: Any) -> bool:
+    """As the guard sees it after a JSON round trip: a high+low pair of escapes is one character."""
+    try:
+        json.dumps(json.loads(json.dumps(value)), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 _REPORTED = st.sampled_from(["sub", "client_id", "azp", "scope", "scp", "iss", "acr", "jti", "auth_time", "name"])
 FUZZ = settings(
     max_examples=120,
@@ -470,7 +493,11 @@ def test_fuzzed_claim_values_never_break_reporting(
                 issuer.activate(token, **{"scope": "read transfer admin", **changes})
                 response = client.post(path, headers=bearer(token))
             statuses[response.status_code] += 1
+            # A lone surrogate (RFC 7493 §2.1) in a JWT is a malformed token, in an active introspection
+            # answer a bad claim: 401 either way, never a 503 (the issuer is healthy) nor a 500.
             assert response.status_code in (200, 401, 403), (response.status_code, response.text)
+            if _has_lone_surrogate(changes):
+                assert response.status_code == 401, response.text
             assert "Traceback" not in response.text
             assert token not in response.text
             assert len(events) == before + 1
@@ -480,3 +507,32 @@ def test_fuzzed_claim_values_never_break_reporting(
         run()
         assert guard.metrics_snapshot()["hook_errors"] == 0
     assert statuses[200] > 0  # the generator reaches accepted tokens too, so their reporting is exercised
+
+
+# RFC 7493 §2.1: strings with a lone surrogate have no UTF-8 form; the guard refuses them where it reads JSON.
+
+
+def test_a_lone_surrogate_in_an_introspection_answer_is_a_401_and_moves_no_breaker(
+    clock: ManualClock, issuer: RespxIssuer
+) -> None:
+    token = issuer.token(scope="read transfer")
+    issuer.activate(token, scope="read transfer", username="\ud800")
+    with guarded(clock) as client:
+        for _ in range(8):
+            clock.advance(10)  # past the negative-cache lifetime: each request asks the issuer again
+            response = client.post("/transfers", headers=bearer(token))
+            assert response.status_code == 401, response.text
+        status = guard_of(client).status()["introspection"]
+    assert status["breaker"] == "closed"
+
+
+def test_request_bodies_with_a_lone_surrogate_are_a_400() -> None:
+    from tokenguard.errors import InvalidRequest
+    from tokenguard.policy import parse_json_body
+
+    assert parse_json_body(b'{"amount": "\\ud83d\\ude00"}') == {"amount": "\U0001f600"}
+    assert parse_json_body(b'{"note": "\\\\ud800"}') == {"note": "\\ud800"}  # an escaped backslash: text
+    with pytest.raises(InvalidRequest):
+        parse_json_body(b'{"amount": "\\ud800"}')
+    with pytest.raises(InvalidRequest):
+        parse_json_body(b'{"\\udfff": 1}')

@@ -34,7 +34,7 @@ from cachetools import TLRUCache
 from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientPool, safe_url
 from tokenguard._lru import LRU
-from tokenguard._strictjson import strict_decoder
+from tokenguard._strictjson import has_lone_surrogate, strict_decoder
 from tokenguard.config import GuardConfig
 from tokenguard.errors import IntrospectionUnavailable, InvalidToken
 from tokenguard.jwks import IssuerMetadata
@@ -436,6 +436,10 @@ class Introspector:
         # RFC 7662 §2.2: "active" is REQUIRED and a JSON boolean; "true" (a string) or 1 is not true.
         if document.get("active") is not True:
             raise InvalidToken("inactive", _INACTIVE)
+        if has_lone_surrogate(document):
+            # RFC 7493 §2.1: a string with no UTF-8 form. The issuer answered (it is healthy, so no
+            # breaker moves), but this token's claims cannot be used: refused like a malformed JWT.
+            raise InvalidToken("bad_claim", "The access token's introspection answer holds invalid text.")
         token_type = document.get("token_type")
         # RFC 7662 §2.2 token_type: a refresh token is never accepted as an access token.
         if token_type is not None and (

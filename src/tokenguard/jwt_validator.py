@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from tokenguard._lru import LRU
 from tokenguard._signatures import Verifier, verifier
-from tokenguard._strictjson import strict_decoder
+from tokenguard._strictjson import reject_lone_surrogates, strict_decoder
 from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
 from tokenguard.jwks import JWKSCache, KeyIdentity, KeySet
@@ -134,6 +134,7 @@ def _json_object(data: bytes) -> dict[str, Any]:
                 raise ValueError("extra data after the JSON value")
         else:
             value = _FAST_DECODER.decode(text)
+        reject_lone_surrogates(text, value)
     except StopIteration as exc:
         raise InvalidToken("malformed_token", "The access token is malformed.") from exc
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tokenguard._strictjson import strict_decoder
+from tokenguard._strictjson import reject_lone_surrogates, strict_decoder
 from tokenguard.errors import (
     AuthError,
     ConfigurationError,
@@ -383,7 +383,10 @@ def parse_json_body(data: bytes) -> Any:
     if not data.strip():
         return None
     try:
-        return _BODY_DECODER.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        value = _BODY_DECODER.decode(text)
+        reject_lone_surrogates(text, value)
+        return value
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidRequest("bad_request_body", "The request body is not valid JSON.") from exc
 
