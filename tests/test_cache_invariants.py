@@ -147,6 +147,25 @@ async def test_verified_entry_ends_when_its_kid_names_other_key_material(
         await auth.validate(token)
 
 
+async def test_verified_entry_ends_when_its_key_no_longer_allows_the_alg(
+    build: Callable[..., Authenticator], issuer: RespxIssuer, clock: ManualClock
+) -> None:
+    """Same kid, same material, but the JWK's ``alg`` narrowed (RS256 -> PS256): the RS256 verification no
+    longer stands, so the cached RS256 token is refused like an uncached one (RFC 7517 §4.4)."""
+    auth = build()
+    old = ring(1)
+    issuer.published = [old]
+    token = issuer.token(keys=old, exp=int(clock() + 10 * HOUR))
+    await auth.validate(token)
+    narrowed = [{**jwk, "alg": "PS256"} for jwk in old.to_jwks()["keys"]]
+    issuer.jwks = lambda: {"keys": narrowed}  # type: ignore[method-assign]
+    clock.advance(HOUR + 1)
+    await auth.jwks.keys()
+    assert auth.validator.cached(token.encode()) is None
+    with pytest.raises(InvalidToken):
+        await auth.validate(token)
+
+
 async def test_verified_entry_survives_a_refresh_that_keeps_its_key(
     build: Callable[..., Authenticator], issuer: RespxIssuer, clock: ManualClock
 ) -> None:

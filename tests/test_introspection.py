@@ -499,6 +499,7 @@ async def test_status_counts_calls_hits_and_misses(auth: Authenticator, endpoint
         "cache_entries": 1,
         "known_tokens": 1,
         "first_sight_refused": 0,
+        "first_sight_suspects": 0,
         "breaker": "closed",
         "first_sight_breaker": "closed",
     }

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 import respx
+from starlette.testclient import TestClient
 
 from assurance_kit import RespxIssuer, bearer, guard_of, guarded, junk
 from tokenguard.testing import ManualClock
@@ -33,6 +34,11 @@ JUNK_ANSWERS: dict[str, Callable[[httpx.Request], httpx.Response]] = {
     "timeout": lambda request: (_ for _ in ()).throw(httpx.ReadTimeout("read timed out", request=request)),
     "inactive": lambda request: httpx.Response(200, json={"active": False}),
 }
+
+
+def from_client(client: TestClient, address: str) -> TestClient:
+    """Another client (peer address) of the same app and guard."""
+    return TestClient(client.app, client=(address, 40000), raise_server_exceptions=False)
 
 
 @pytest.fixture
@@ -114,10 +120,14 @@ def test_junk_flood_drill(clock: ManualClock, issuer: RespxIssuer, answer: str) 
 def test_over_budget_values_are_503_without_a_call_and_asked_once_it_refills(
     clock: ManualClock, issuer: RespxIssuer
 ) -> None:
-    """Over budget, a never-seen opaque token is 503 + Retry-After with no issuer call; a real one then passes."""
+    """Over budget, a never-seen opaque token is 503 + Retry-After with no issuer call; a real one then passes.
+
+    The junk comes from 20 distinct clients, none of them suspect yet, so it spends the whole burst
+    (reserve included)."""
     with guarded(clock) as client:
-        for _ in range(20):  # the default burst
-            assert client.get("/photos", headers=bearer(junk())).status_code == 401
+        for number in range(20):  # the default burst
+            sender = from_client(client, f"198.51.100.{number}")
+            assert sender.get("/photos", headers=bearer(junk())).status_code == 401
         calls = issuer.calls["introspection"]
         real = junk()
         issuer.activate(real, scope="read")
@@ -150,7 +160,10 @@ def test_the_first_sight_budget_is_a_guard_option(clock: ManualClock, issuer: Re
     """``introspection_first_sight_burst`` reaches the budget: with 2, the third junk value is not asked."""
     issuer.unknown = JUNK_ANSWERS["inactive"]
     with guarded(clock, introspection_first_sight_burst=2, introspection_first_sight_rate=0.5) as client:
-        statuses = [client.get("/photos", headers=bearer(junk())).status_code for _ in range(3)]
+        statuses = [
+            from_client(client, f"198.51.100.{number}").get("/photos", headers=bearer(junk())).status_code
+            for number in range(3)
+        ]
         snapshot = guard_of(client).metrics_snapshot()
     assert statuses == [401, 401, 503]
     assert snapshot["introspection_first_sight_refused"] == 1
@@ -173,3 +186,32 @@ def test_a_bad_first_sight_option_is_named(option: str, value: float) -> None:
 
     with pytest.raises(ConfigurationError, match=option):
         TokenGuard(Starlette(), issuer="https://idp.example.com", audience="api", **{option: value})
+
+
+def test_one_clients_junk_is_held_above_the_reserve(clock: ManualClock, issuer: RespxIssuer) -> None:
+    """A client whose never-seen values the issuer called inactive may spend only the half of the burst
+    above the reserve; a new opaque token from anyone else is still introspected from the reserve."""
+    issuer.unknown = JUNK_ANSWERS["inactive"]
+    with guarded(clock) as attacker:
+        statuses = Counter(attacker.get("/photos", headers=bearer(junk())).status_code for _ in range(40))
+        assert statuses == Counter({401: 10, 503: 30})  # 20 -> 10: the reserve is held back from it
+        real = junk()
+        issuer.activate(real, scope="read")
+        user = from_client(attacker, "203.0.113.7")
+        assert user.get("/photos", headers=bearer(real)).status_code == 200
+        status = guard_of(attacker).status()["introspection"]
+    assert status["first_sight_suspects"] == 1
+    assert status["breaker"] == "closed"
+
+
+def test_a_suspect_client_is_forgiven_after_a_minute(clock: ManualClock, issuer: RespxIssuer) -> None:
+    """Suspicion ends 60 s after the last refused value: with a slow refill (0.01/s), the bucket is
+    still at the reserve a minute later, and only forgiveness lets the client's next value be asked."""
+    issuer.unknown = JUNK_ANSWERS["inactive"]
+    with guarded(clock, introspection_first_sight_rate=0.01) as client:
+        statuses = [client.get("/photos", headers=bearer(junk())).status_code for _ in range(12)]
+        assert statuses == [401] * 10 + [503] * 2
+        clock.advance(30)
+        assert client.get("/photos", headers=bearer(junk())).status_code == 503  # still suspect
+        clock.advance(61)
+        assert client.get("/photos", headers=bearer(junk())).status_code == 401  # forgiven: asked again

@@ -32,13 +32,16 @@ class _Pipeline:
 
     config: GuardConfig
 
-    async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement) -> AccessToken:
+    async def authenticate(
+        self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement, *, client: str | None = None
+    ) -> AccessToken:
+        """``client`` (the peer's address) gives each client its own share of the first-sight budget."""
         values = authorization_values(headers)
         raw = cached_candidate(values) if not requirement.sensitive else None
         access_token = self._cached(raw) if raw is not None else None
         if access_token is None:
             token = bearer_from(values, self.config.max_token_bytes)
-            access_token = await self.validate(token, sensitive=requirement.sensitive)
+            access_token = await self.validate(token, sensitive=requirement.sensitive, client=client)
         # Scopes are looked at only now, after the token is fully validated: a forgery gets 401, not 403.
         try:
             requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
@@ -50,7 +53,7 @@ class _Pipeline:
     def _cached(self, raw: bytes) -> AccessToken | None:
         raise NotImplementedError
 
-    async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
+    async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
         raise NotImplementedError
 
 
@@ -78,27 +81,27 @@ class Authenticator(_Pipeline):
     def _cached(self, raw: bytes) -> AccessToken | None:
         return self.validator.cached(raw)
 
-    async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
+    async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
         """Validate one raw token string; introspect it when ``sensitive`` or when it is opaque."""
         kind = classify(token)
         if kind == "jwe":
             # DESIGN.md §2.3: a JOSE header with another shape (a JWE, a JWS with extra parts) is refused.
             raise InvalidToken("unsupported_token", "Encrypted or malformed JOSE tokens are not accepted.")
         if kind == "opaque":
-            return await self._opaque(token, sensitive=sensitive)
+            return await self._opaque(token, sensitive=sensitive, client=client)
         local = await self.validator.validate(token)
         if sensitive:
             # A JWT is validated locally first, so a forgery costs no round trip to the issuer.
             return await self.introspector.introspect(token, local)
         return local
 
-    async def _opaque(self, token: str, *, sensitive: bool) -> AccessToken:
+    async def _opaque(self, token: str, *, sensitive: bool, client: str | None = None) -> AccessToken:
         """RFC 7662 §1: an opaque token means something only to its issuer, so only it can tell."""
         if not sensitive and not await self.can_introspect():
             # Nothing can check it here: refused as a token we do not understand (DESIGN.md §2.4).
             raise InvalidToken("opaque_not_supported", "The access token is not a JWT.")
         # On a sensitive route a missing setting is the route's fault: 503 naming it, never a 401.
-        return await self.introspector.introspect(token)
+        return await self.introspector.introspect(token, client=client)
 
     async def can_introspect(self) -> bool:
         """Credentials are set and an introspection endpoint is known (configured or in the metadata)."""
@@ -164,6 +167,7 @@ class Authenticator(_Pipeline):
                 "cache_entries": introspector.cache_size,
                 "known_tokens": introspector.known_size,
                 "first_sight_refused": introspector.first_sight_refused,
+                "first_sight_suspects": introspector.first_sight.suspects,
                 "breaker": introspector.breaker.state,
                 "first_sight_breaker": introspector.first_sight_breaker.state,
             },
@@ -208,12 +212,12 @@ class MultiIssuerAuthenticator(_Pipeline):
                 return token
         return None
 
-    async def validate(self, token: str, *, sensitive: bool = False) -> AccessToken:
+    async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
         kind = classify(token)
         if kind == "jws":
             return await self._issuer_of(token).validate(token, sensitive=sensitive)
         if kind == "opaque":
-            return await (await self._introspecting()).validate(token, sensitive=sensitive)
+            return await (await self._introspecting()).validate(token, sensitive=sensitive, client=client)
         raise InvalidToken("unsupported_token", "Encrypted or malformed JOSE tokens are not accepted.")
 
     def _issuer_of(self, token: str) -> Authenticator:
@@ -283,4 +287,12 @@ class MultiIssuerAuthenticator(_Pipeline):
         await self.http.aclose()
 
 
-_INTROSPECTION_COUNTS = ("calls", "cache_hits", "cache_misses", "cache_entries", "known_tokens", "first_sight_refused")
+_INTROSPECTION_COUNTS = (
+    "calls",
+    "cache_hits",
+    "cache_misses",
+    "cache_entries",
+    "known_tokens",
+    "first_sight_refused",
+    "first_sight_suspects",
+)

@@ -136,10 +136,15 @@ class CircuitBreaker:
 
 #: Seconds between two warnings that the first-sight budget refused requests.
 _WARN_EVERY = 60.0
+#: Seconds a client whose never-seen value was not active is held above the first-sight reserve.
+_SUSPECT_FOR = 60.0
+#: Suspect clients remembered at most (least recently used first out).
+_MAX_SUSPECTS = 4096
 
 
 class FirstSightBudget:
-    """How many never-seen opaque values may be introspected: a token bucket and a cap on calls in flight.
+    """How many never-seen opaque values may be introspected: a token bucket with a reserve, and a
+    cap on calls in flight.
 
     Anyone can make up an opaque-looking bearer value, and each new one would otherwise cost one
     call made with the resource server's own credentials (so one share of its rate limit at the
@@ -149,6 +154,16 @@ class FirstSightBudget:
     raises ``IntrospectionUnavailable`` (503 + Retry-After) and no call is made: the value may be a
     real token, so it is never a 401 (a client told its token is invalid would throw it away and
     fetch a new one, adding to the load instead of waiting).
+
+    **The reserve.** A client (the peer address the server reports, ``scope["client"]``) whose
+    never-seen value the issuer did not call active is *suspect* for ``_SUSPECT_FOR`` seconds: it may
+    take from the bucket only while more than half of the burst is left. Junk from one client thus
+    cannot spend the half that new opaque tokens from everyone else rely on. Behind a proxy, let the
+    server report the real client (uvicorn ``--proxy-headers --forwarded-allow-ips``), or every client
+    is the proxy. Suspects are bounded (``_MAX_SUSPECTS``, least recently used first out). Calls that
+    name no client (the server reports none) use the bucket without a reserve. A flood from many
+    fresh addresses can still spend the reserve; JWTs and opaque tokens seen active never use this
+    budget at all.
     """
 
     def __init__(self, rate: float, burst: int, concurrency: int, *, abandon_after: float) -> None:
@@ -158,7 +173,9 @@ class FirstSightBudget:
         self.abandon_after = abandon_after
         self.tokens = float(burst)
         self.refused = 0
+        self.reserve = burst // 2
         self._updated: float | None = None
+        self._suspects: LRU[str, float] = LRU(_MAX_SUSPECTS)  # client -> suspect until
         self._in_flight: dict[int, float] = {}  # ticket -> when its call started
         self._tickets = 0
         self._warned_at: float | None = None
@@ -168,7 +185,12 @@ class FirstSightBudget:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def take(self, now: float) -> int:
+    @property
+    def suspects(self) -> int:
+        """How many clients are held to the part of the bucket above the reserve (at most ``_MAX_SUSPECTS``)."""
+        return len(self._suspects)
+
+    def take(self, now: float, client: str | None = None) -> int:
         """A ticket for one call now, or ``IntrospectionUnavailable`` at once."""
         self._refill(now)
         for ticket, started in list(self._in_flight.items()):
@@ -176,8 +198,11 @@ class FirstSightBudget:
                 del self._in_flight[ticket]
         if len(self._in_flight) >= self.concurrency:
             raise self._refuse(now, 1, "first-sight introspections in flight at the limit")
-        if self.tokens < 1:
-            raise self._refuse(now, math.ceil((1 - self.tokens) / self.rate), "first-sight introspection budget spent")
+        floor = self.reserve if client is not None and self._suspect(client, now) else 0
+        if self.tokens < 1 + floor:
+            wait = math.ceil((1 + floor - self.tokens) / self.rate)
+            cause = "first-sight introspection budget spent" if not floor else "first-sight reserve held back"
+            raise self._refuse(now, wait, cause)
         self.tokens -= 1
         self._tickets += 1
         self._in_flight[self._tickets] = now
@@ -191,6 +216,20 @@ class FirstSightBudget:
         """No call was made for ``ticket`` after all: give its share back."""
         self.release(ticket)
         self.tokens = min(float(self.burst), self.tokens + 1)
+
+    def suspect(self, client: str | None, now: float) -> None:
+        """The issuer did not call ``client``'s never-seen value active: hold it above the reserve."""
+        if client is not None:
+            self._suspects[client] = now + _SUSPECT_FOR
+
+    def _suspect(self, client: str, now: float) -> bool:
+        until = self._suspects.get(client)
+        if until is None:
+            return False
+        if now >= until:
+            self._suspects.pop(client)
+            return False
+        return True
 
     def _refill(self, now: float) -> None:
         if self._updated is not None and now > self._updated:
@@ -275,8 +314,13 @@ class Introspector:
             f"first_sight_breaker={self.first_sight_breaker!r})"
         )
 
-    async def introspect(self, token: str, local: AccessToken | None = None) -> AccessToken:
-        """The token as the issuer sees it now; ``local`` is its locally validated form, if a JWT."""
+    async def introspect(
+        self, token: str, local: AccessToken | None = None, *, client: str | None = None
+    ) -> AccessToken:
+        """The token as the issuer sees it now; ``local`` is its locally validated form, if a JWT.
+
+        ``client`` (the peer's address) is charged for a first-sight call: each client has its own
+        share of the first-sight budget, so one client's junk cannot spend everyone's."""
         digest = token_digest(token)
         answer = self._cache.get(digest) if self._cache is not None else None
         if answer is None:
@@ -285,7 +329,7 @@ class Introspector:
             opaque = local is None
             first_sight = opaque and not self.known(digest)
             answer = await self._flight.run(
-                digest, lambda: self._ask(token, digest, first_sight=first_sight, opaque=opaque)
+                digest, lambda: self._ask(token, digest, first_sight=first_sight, opaque=opaque, client=client)
             )
         else:
             self.cache_hits += 1
@@ -338,7 +382,9 @@ class Introspector:
 
     # -- one upstream call, shared by every request carrying the token ------------------------
 
-    async def _ask(self, token: str, digest: bytes, *, first_sight: bool, opaque: bool) -> _Answer:
+    async def _ask(
+        self, token: str, digest: bytes, *, first_sight: bool, opaque: bool, client: str | None = None
+    ) -> _Answer:
         problem = self.problem()
         if problem is not None:
             logger.error("tokenguard: cannot introspect: %s", problem)
@@ -348,7 +394,7 @@ class Introspector:
         ticket: int | None = None
         if first_sight:
             breaker = self.first_sight_breaker
-            ticket = self.first_sight.take(now)  # over budget: 503 at once, no call
+            ticket = self.first_sight.take(now, client)  # over budget: 503 at once, no call
             try:
                 breaker.admit(now)
             except IntrospectionUnavailable:
@@ -373,6 +419,8 @@ class Introspector:
         self._store(digest, answer)
         if opaque:  # a JWT proves itself by its signature: only opaque tokens need remembering
             self._remember(digest, answer)
+        if first_sight and answer.token is None:
+            self.first_sight.suspect(client, self._config.clock())  # a made-up value: hold its sender back
         return answer
 
     def _failed(self, exc: FetchError, breaker: CircuitBreaker) -> IntrospectionUnavailable:

@@ -57,8 +57,9 @@ class VerificationKey:
     thumbprint: str = ""
 
 
-#: What identifies one JWKS key: its ``kid`` (or None) and the SHA-256 of its public key material.
-KeyIdentity = tuple[str | None, str]
+#: What a verification relied on: the key's ``kid`` (or None), the SHA-256 of its public key
+#: material, and the algorithm it verified (which the key's ``alg``/``kty``/``crv`` must still allow).
+KeyIdentity = tuple[str | None, str, str]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class KeySet:
 
     keys: tuple[VerificationKey, ...] = ()
     by_kid: Mapping[str, tuple[VerificationKey, ...]] = field(default_factory=dict)
-    #: (kid, thumbprint) of every key: a key is the same key only if both match.
+    #: (kid, thumbprint, alg) for every key and algorithm it allows: a verification still stands only
+    #: if the same kid, the same material and the same algorithm are all still published.
     identities: frozenset[KeyIdentity] = frozenset()
 
     @classmethod
@@ -82,13 +84,13 @@ class KeySet:
         for key in keys:
             if key.kid is not None:
                 by_kid[key.kid] = (*by_kid.get(key.kid, ()), key)
-        return cls(keys, by_kid, frozenset((key.kid, key.thumbprint) for key in keys))
+        return cls(keys, by_kid, frozenset((key.kid, key.thumbprint, alg) for key in keys for alg in key.algorithms))
 
     def knows(self, kid: str) -> bool:
         return kid in self.by_kid
 
     def holds(self, identity: KeyIdentity) -> bool:
-        """Whether the key with this (kid, thumbprint) is in the set: same kid *and* same material."""
+        """Whether this (kid, thumbprint, alg) is in the set: same kid, same material, alg still allowed."""
         return identity in self.identities
 
     def candidates(self, kid: str | None, alg: str) -> tuple[VerificationKey, ...]:

@@ -397,7 +397,7 @@ class JWTValidator:
         # SHA-256 of the token bytes -> (token, exp, nbf, iat, key set, key identity).
         # - a hit is served only while exp/nbf/iat hold against the clock (floats read once: an app
         #   that mutates ``token.claims`` cannot stretch the life of a cached token);
-        # - and only while the key that verified it, by (kid, thumbprint), is in the CURRENT key set
+        # - and only while the key that verified it, by (kid, thumbprint, alg), is in the CURRENT key set
         #   and that set is usable now (fresh, or stale while the issuer fails): the entry remembers
         #   the KeySet object it was checked against, so the usual hit is one ``is`` comparison;
         #   a new set is searched once and the entry re-stamped, or the entry is dropped;
@@ -546,7 +546,7 @@ class JWTValidator:
     def _verify_signature(
         self, parsed: ParsedJWS, alg: str, kid: str | None, keys: KeySet | None
     ) -> KeyIdentity | None:
-        """Check the signature; return (kid, thumbprint) of the JWKS key that verified it (None for HMAC)."""
+        """Check the signature; return (kid, thumbprint, alg) of the JWKS key that verified it (None for HMAC)."""
         if alg in HMAC_ALGORITHMS:
             assert self._config.shared_secret is not None  # config refuses HS* without a secret
             candidates: tuple[tuple[KeyIdentity | None, Verifier], ...] = (
@@ -573,7 +573,7 @@ class JWTValidator:
         raise InvalidToken("bad_signature", "The access token's signature is invalid.")
 
     def _verifiers(self, keys: KeySet, kid: str | None, alg: str) -> tuple[tuple[KeyIdentity, Verifier], ...]:
-        """((kid, thumbprint), prepared verifier) of each candidate key, memoised per key set.
+        """((kid, thumbprint, alg), prepared verifier) of each candidate key, memoised per key set.
 
         A refresh brings a new KeySet object, hence a new memo: a verifier never outlives its key.
         """
@@ -581,7 +581,9 @@ class JWTValidator:
             self._memo_keys, self._memo = keys, {}
         found = self._memo.get((kid, alg))
         if found is None:
-            found = tuple(((key.kid, key.thumbprint), verifier(alg, key.key)) for key in keys.candidates(kid, alg))
+            found = tuple(
+                ((key.kid, key.thumbprint, alg), verifier(alg, key.key)) for key in keys.candidates(kid, alg)
+            )
             if len(self._memo) < 256:  # bounded: kids come from tokens, but only known ones get here
                 self._memo[(kid, alg)] = found
         return found

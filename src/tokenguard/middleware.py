@@ -97,6 +97,14 @@ class TokenUser(BaseUser):
         return f"TokenUser(identity={self.identity!r})"
 
 
+def _client_of(scope: Scope) -> str | None:
+    """The peer's address as the server reports it (ASGI ``client``), or ``None``."""
+    client = scope.get("client")
+    if isinstance(client, (tuple, list)) and client and isinstance(client[0], str):
+        return client[0]
+    return None
+
+
 def _is_preflight(scope: Scope) -> bool:
     """A CORS preflight (Fetch standard §3.2.2) carries no credentials and must pass untouched."""
     if scope.get("method") != "OPTIONS":
@@ -327,7 +335,9 @@ class TokenGuard:
             return receive
         token: AccessToken | None = None
         try:
-            token = await self.authenticator.authenticate(scope.get("headers", ()), requirement)
+            token = await self.authenticator.authenticate(
+                scope.get("headers", ()), requirement, client=_client_of(scope)
+            )
             if requirement.details:
                 receive = await self._check_details(scope, receive, requirement, decision.path_params, token)
         except TokenGuardError as exc:

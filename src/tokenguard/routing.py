@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from starlette._utils import get_route_path
+from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Match
 
 from tokenguard._lru import LRU
@@ -92,25 +93,33 @@ class _DispatchCheck:
     The guard predicts the endpoint before the app runs; this check makes a wrong prediction cost a
     second check (the endpoint's own policy is applied here), never a bypass. The common case — the
     route the router picked is the one predicted — is one identity comparison.
+
+    One check per route object, whichever guard installed it: the guard that handled the request is
+    read from the scope (``scope["tokenguard"]``), so route objects shared by many apps (an app
+    factory over module-level routes) carry one check and keep no guard alive. A request that passed
+    no guard (an app that shares the routes but is not guarded) goes through untouched.
     """
 
-    __slots__ = ("handle", "resolver", "route")
+    __slots__ = ("handle", "route")
 
-    def __init__(self, route: Any, handle: Any, resolver: RouteResolver) -> None:
+    def __init__(self, route: Any, handle: Any) -> None:
         self.route = route
         self.handle = handle
-        self.resolver = resolver
 
     def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         # Not a coroutine function: the common case hands the router the route's own ``handle``
         # awaitable, adding no frame to every request.
         decision = scope.get(DECISION_KEY)
         if (decision is None or decision.route is not self.route) and _endpoint_runs(self.route, scope):
-            return self._confirmed(scope, receive, send)
+            resolver = getattr(scope.get("tokenguard"), "resolver", None)
+            if isinstance(resolver, RouteResolver):
+                return self._confirmed(resolver, scope, receive, send)
         return self.handle(scope, receive, send)  # type: ignore[no-any-return]
 
-    async def _confirmed(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        receive = await self.resolver.confirm(self.route, scope, receive, send)
+    async def _confirmed(
+        self, resolver: RouteResolver, scope: MutableMapping[str, Any], receive: Any, send: Any
+    ) -> None:
+        receive = await resolver.confirm(self.route, scope, receive, send)
         if receive is not None:
             await self.handle(scope, receive, send)
 
@@ -133,16 +142,18 @@ class _RouteTable:
 
     __slots__ = ("app", "lists", "top")
 
-    def __init__(self, app: Any, resolver: RouteResolver | None = None) -> None:
+    def __init__(self, app: Any, install_checks: bool = False) -> None:
         self.app = app
         self.top = _routes(app)
         seen: dict[int, tuple[Any, Sequence[Any], list[Any]]] = {}
         if self.top is not None:
             _route_lists(None, self.top, seen, 0)
-        if resolver is not None:
+        if install_checks:
             for _, routes, _copy in seen.values():
                 for route in routes:
-                    _install_check(route, resolver)
+                    _install_check(route)
+                    for copy in _fastapi_route_copies(route):
+                        _install_check(copy)
         #: ``None`` when the tree is too large to fingerprint: nothing is memoised for this app then.
         self.lists: tuple[tuple[Any, Sequence[Any], list[Any]], ...] | None = (
             tuple(seen.values()) if len(seen) <= _MAX_ROUTE_LISTS else None
@@ -169,29 +180,57 @@ def _route_lists(
             _route_lists(route, sub_routes, seen, depth + 1)
 
 
-def _install_check(route: Any, resolver: RouteResolver) -> None:
-    """Put a ``_DispatchCheck`` in front of an endpoint route's ``handle`` (once per resolver).
+def _install_check(route: Any) -> None:
+    """Put a ``_DispatchCheck`` in front of an endpoint route's ``handle`` (once per route object).
 
     Routers call ``route.handle(scope, receive, send)`` on the route objects of their tables —
     Starlette's ``Router`` and FastAPI's included routers alike — so an instance attribute of that
-    name is the one hook every dispatch passes through. Routes that a framework copies privately
-    (FastAPI re-creates plain Starlette routes of an included ``APIRouter``) are covered by the
-    prediction alone.
+    name is the one hook every dispatch passes through.
     """
     if not hasattr(route, "endpoint") or _sub_routes(route) is not None:
         return
-    handle = getattr(route, "handle", None)
     current = vars(route).get("handle") if hasattr(route, "__dict__") else None
-    while isinstance(current, _DispatchCheck):
-        if current.resolver is resolver:
-            return
-        current = current.handle
+    if isinstance(current, _DispatchCheck):
+        return
+    handle = getattr(route, "handle", None)
     if not callable(handle):
         return
     try:
-        route.handle = _DispatchCheck(route, handle, resolver)
-    except (AttributeError, TypeError):  # a route class with __slots__: the prediction alone decides
+        route.handle = _DispatchCheck(route, handle)
+    except Exception:  # a route class that refuses attributes: the prediction alone decides for it
         logger.debug("tokenguard: cannot install a dispatch check on %s", type(route).__name__)
+
+
+def _fastapi_route_copies(route: Any) -> list[Any]:
+    """The routes FastAPI dispatches instead of ``route``'s own when ``route`` is an included router.
+
+    FastAPI (0.16x) re-creates the plain Starlette routes (``Route``, ``WebSocketRoute``,
+    ``APIWebSocketRoute``) of an included ``APIRouter`` per inclusion and calls the copies' ``handle``;
+    the copies live in the private ``effective_candidates()`` of its ``_IncludedRouter``. This is the
+    one place tokenguard reads them; ``tests/test_assurance_routing.py`` fails loudly when FastAPI
+    changes how it dispatches included routes. Anything unexpected gives no copies (the prediction
+    alone then decides for those routes, as it did before the dispatch check).
+    """
+    candidates_of = getattr(route, "effective_candidates", None)
+    if not callable(candidates_of):
+        return []
+    copies: list[Any] = []
+    pending, seen = [candidates_of], 0
+    try:
+        while pending and seen < _MAX_ROUTE_LISTS:
+            seen += 1
+            for candidate in pending.pop()():
+                nested = getattr(candidate, "effective_candidates", None)
+                if callable(nested):
+                    pending.append(nested)
+                    continue
+                copy = getattr(candidate, "starlette_route", None)
+                if copy is not None and hasattr(copy, "endpoint"):
+                    copies.append(copy)
+    except Exception as exc:
+        logger.debug("tokenguard: cannot read FastAPI's included routes: %s", type(exc).__name__)
+        return copies
+    return copies
 
 
 def _sub_routes(route: Any) -> Sequence[Any] | None:
@@ -205,7 +244,9 @@ def _sub_routes(route: Any) -> Sequence[Any] | None:
         return _routes(included)
     sub_routes = _routes(route)
     if not sub_routes and hasattr(route, "app") and not hasattr(route, "endpoint"):
-        sub_routes = _routes(routed_app(route.app)) or sub_routes
+        # A mounted app without a route table (StaticFiles, a raw ASGI app) holds no list at all: its
+        # Mount's fresh ``[]`` must not read as a list that changed on every request.
+        return _routes(routed_app(route.app))
     return sub_routes
 
 
@@ -229,17 +270,25 @@ class RouteResolver:
     async def confirm(self, route: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> Any:
         """The router is about to run ``route``'s endpoint, not the one predicted: make sure that
         endpoint's own policy was applied; apply it now if not. Returns the ``receive`` to go on with,
-        or ``None`` when the request was refused."""
+        or ``None`` when the request was refused.
+
+        An unmarked endpoint gets the strictest of the rules/default for the path the guard saw and
+        for the path the router dispatched (relative to the app's root, which the app may have set
+        after the guard ran: FastAPI's ``root_path``).
+        """
+        self.mismatches += 1
         decision = scope.get(DECISION_KEY)
-        fallback = decision.fallback if decision is not None and decision.fallback is not None else self._default
         try:
-            required = endpoint_requirement(route.endpoint, scope) or fallback
+            required = endpoint_requirement(route.endpoint, scope)
+            if required is None:
+                predicted = decision.fallback if decision is not None and decision.fallback is not None else None
+                required = _strictest([predicted or self._default, self._fallback(_app_route_path(scope), scope)])
         except Exception as exc:  # marks that cannot combine: fail closed
             logger.error("tokenguard: the policy of the dispatched endpoint is unknown: %s", type(exc).__name__)
             required = None
         if required is not None and decision is not None and scope.get(REQUIREMENT_KEY) == required:
-            return receive  # another route than predicted, but the very policy it needs was applied
-        self.mismatches += 1
+            logger.info("tokenguard: the router dispatched to another route than predicted, with the same policy")
+            return receive
         logger.warning(
             "tokenguard: the router dispatched to %s, not the endpoint the guard predicted; applying its policy now",
             _path_of(route) or type(route).__name__,
@@ -247,6 +296,10 @@ class RouteResolver:
         if required is None or self.enforce is None:
             return await _refuse_unknown(scope, receive, send)
         return await self.enforce(scope, receive, send, required)
+
+    def _fallback(self, path: str, scope: Mapping[str, Any]) -> Requirement:
+        rule = first_rule(self._rules, path, scope.get("method"))
+        return rule if rule is not None else self._default
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -304,7 +357,7 @@ class RouteResolver:
         self._cache.clear()
         if len(self._tables) >= 16:
             self._tables.clear()
-        table = _RouteTable(app, self)
+        table = _RouteTable(app, install_checks=True)
         self._tables[id(app)] = table
         return table.lists is not None
 
@@ -333,9 +386,10 @@ class RouteResolver:
 
     def _resolve(self, scope: MutableMapping[str, Any], app: Any, routes: Sequence[Any] | None) -> RouteDecision:
         found = None
+        probe = _probe_scope(scope, app)
         if routes is not None:
             try:
-                found = _find(routes, _probe_scope(scope), 0, "")
+                found = _find(routes, probe, 0, "")
             except Exception as exc:  # a custom route that cannot be probed: fall back, never 500
                 logger.warning("tokenguard: route matching failed (%s); using rules/default", type(exc).__name__)
         template = found.template if found is not None else None
@@ -344,8 +398,7 @@ class RouteResolver:
         # Only an endpoint the router will run decides by its marks: a partial match is answered by
         # the router (405) without running its endpoint, so it gets the rules/default like no match.
         # Rules match the path as the routes see it: without a mount's or server's root_path prefix.
-        rule = first_rule(self._rules, get_route_path(scope), scope.get("method"))
-        fallback = rule if rule is not None else self._default
+        fallback = self._fallback(get_route_path(probe), scope)
         if found is not None and found.endpoint is not None and found.full:
             mark = endpoint_requirement(found.endpoint, scope)
             if mark is not None:
@@ -364,9 +417,13 @@ def _answers_options(found: _Found | None) -> bool:
     methods = getattr(found.route, "methods", None)
     if methods:  # an empty set (FastAPI's copies of included Starlette routes) means every method
         return "OPTIONS" in methods
-    if isinstance(found.endpoint, type):
-        return hasattr(found.endpoint, "options")  # HTTPEndpoint dispatches OPTIONS to ``options``
-    return True  # an ASGI app (or a partial of one) as the endpoint gets every method: fail closed
+    endpoint = found.endpoint
+    if isinstance(endpoint, type) and issubclass(endpoint, HTTPEndpoint) and endpoint.dispatch is HTTPEndpoint.dispatch:
+        # Starlette's own dispatch sends OPTIONS to ``options`` (or answers 405 without it).
+        return getattr(endpoint, "options", None) is not None
+    # Any other ASGI class or app (or a partial of one), an endpoint class with its own dispatch:
+    # it gets every method and may answer OPTIONS itself. Fail closed.
+    return True
 
 
 def _frozen(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -390,12 +447,42 @@ def routed_app(app: Any) -> Any:
     return None
 
 
-def _probe_scope(scope: MutableMapping[str, Any]) -> dict[str, Any]:
-    """A copy safe to hand to ``route.matches``: routers may write into the scope they match."""
+def _probe_scope(scope: MutableMapping[str, Any], app: Any = None) -> dict[str, Any]:
+    """A copy safe to hand to ``route.matches``: routers may write into the scope they match.
+
+    A FastAPI app created with ``root_path=`` writes it into the scope when it is called — after a
+    guard that wraps it — and its routes match against that: the probe does the same.
+    """
     probe = dict(scope)
     probe["fastapi"] = dict(scope.get("fastapi", {}))
     probe.pop("endpoint", None)
+    root_path = getattr(app, "root_path", None)
+    if isinstance(root_path, str) and root_path:
+        probe["root_path"] = root_path
     return probe
+
+
+def _app_route_path(scope: Mapping[str, Any]) -> str:
+    """At dispatch: the path relative to the app's own root (``app_root_path``, which Starlette keeps
+    as it was before any mount; else ``root_path``), as rules read it."""
+    path = scope.get("path", "")
+    root = scope.get("app_root_path", scope.get("root_path", ""))
+    if isinstance(root, str) and root and isinstance(path, str) and path.startswith(root):
+        rest = path[len(root) :]
+        if not rest or rest.startswith("/"):
+            return rest or "/"
+    return path if isinstance(path, str) else "/"
+
+
+def _strictest(requirements: Sequence[Requirement]) -> Requirement:
+    """Every non-public requirement applies together (``Requirement.merge``); public only if all are."""
+    closed = [requirement for requirement in requirements if not requirement.public]
+    if not closed:
+        return PUBLIC
+    merged = closed[0]
+    for requirement in closed[1:]:
+        merged = merged.merge(requirement)
+    return merged
 
 
 def _find(routes: Sequence[Any], scope: dict[str, Any], depth: int, prefix: str) -> _Found | None:
