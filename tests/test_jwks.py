@@ -39,10 +39,11 @@ from conftest import (
     private_key,
 )
 from tokenguard import TokenGuard
+from tokenguard._discovery import well_known_urls
 from tokenguard.authenticator import Authenticator
 from tokenguard.config import GuardConfig
 from tokenguard.errors import InvalidToken, KeysUnavailable
-from tokenguard.jwks import KeySet, max_age, parse_jwk, parse_jwks, well_known_urls
+from tokenguard.jwks import KeySet, max_age, parse_jwk, parse_jwks
 from tokenguard.models import AccessToken
 
 TENANT = "https://idp.example.com/tenant"

@@ -16,11 +16,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from tokenguard._cli_output import CliError, Printer
+from tokenguard._discovery import well_known_urls
 from tokenguard._http import FetchError, HttpClientOption, HttpClientPool, HttpResult
 from tokenguard.authenticator import Authenticator
 from tokenguard.config import GuardConfig, check_url, is_loopback_host
 from tokenguard.errors import ConfigurationError, UnavailableError
-from tokenguard.jwks import parse_jwk, well_known_urls
+from tokenguard.jwks import parse_jwk
 
 Severity = Literal["error", "warning", "note"]
 

@@ -62,12 +62,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityS
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tokenguard._discovery import well_known_urls
 from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientOption, HttpClientPool, safe_url
 from tokenguard.challenge import challenge
 from tokenguard.config import check_url
 from tokenguard.errors import AuthError, ConfigurationError, InsufficientScope, MissingToken
-from tokenguard.jwks import well_known_urls
 from tokenguard.middleware import TokenCredentials, TokenGuard
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule, first_rule, requirement_of

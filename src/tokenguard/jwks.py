@@ -21,20 +21,19 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tokenguard._discovery import discover
 from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientPool, safe_url
-from tokenguard.config import GuardConfig, JWKSOptions, check_url
-from tokenguard.errors import ConfigurationError, InvalidToken, KeysUnavailable
+from tokenguard.config import GuardConfig, JWKSOptions
+from tokenguard.errors import InvalidToken, KeysUnavailable
 
 logger = logging.getLogger("tokenguard")
 
-_METADATA_MAX_BYTES = 256 * 1024
 #: The longest wait between attempts against a failing issuer (unless ``retry_after`` is longer):
 #: an issuer that comes back is used again within this many seconds.
 _RETRY_CAP = 60.0
@@ -212,19 +211,6 @@ def _delta_seconds(argument: str | None) -> float | None:
     return float(_DELTA_SECONDS_MAX if len(argument) > 10 else min(int(argument), _DELTA_SECONDS_MAX))
 
 
-def well_known_urls(issuer: str) -> tuple[str, ...]:
-    """Metadata URLs to try, in order: RFC 8414 §3.1 (path-inserted), OpenID Connect Discovery 1.0 §4
-    (appended), and for an issuer with a path the appended RFC 8414 form that several servers use
-    instead of §3.1 (Keycloak, Okta, Spring Authorization Server). Each must name the issuer exactly."""
-    parts = urlsplit(issuer)
-    path = parts.path.rstrip("/")
-    rfc8414 = urlunsplit((parts.scheme, parts.netloc, "/.well-known/oauth-authorization-server" + path, "", ""))
-    openid = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    if not path:
-        return rfc8414, openid
-    return rfc8414, openid, issuer.rstrip("/") + "/.well-known/oauth-authorization-server"
-
-
 class _Freshness:
     """When a cached document was fetched, how long it may be used, and when to try again after a failure.
 
@@ -322,18 +308,15 @@ class IssuerMetadata:
 
     async def _fetch(self) -> dict[str, Any]:
         self.fetches += 1
-        causes: list[str] = []
-        # RFC 8414 §3.1 first, then OpenID Connect Discovery 1.0 §4 (DESIGN.md §1).
-        for url in well_known_urls(self._config.issuer):
-            try:
-                document, ttl = await self._fetch_one(url)
-            except FetchError as exc:
-                causes.append(str(exc))
-                continue
-            self._document = document
-            self._state.accept(self._config.clock(), ttl, self._config.jwks)
-            return document
-        return self._failed("; ".join(causes))
+        try:
+            found = await discover(self._http, self._config.issuer, timeout=self._config.http_timeout)
+        except FetchError as exc:
+            return self._failed(str(exc))
+        jwks = self._config.jwks
+        ttl = max_age(found.headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl)
+        self._document = found.document
+        self._state.accept(self._config.clock(), ttl, jwks)
+        return found.document
 
     def _failed(self, cause: str) -> dict[str, Any]:
         now = self._config.clock()
@@ -343,33 +326,6 @@ class IssuerMetadata:
             return self._document
         logger.error("tokenguard: issuer metadata unavailable: %s", cause)
         raise KeysUnavailable(f"issuer metadata unavailable: {cause}", math.ceil(delay))
-
-    async def _fetch_one(self, url: str) -> tuple[dict[str, Any], float]:
-        result = await self._http.get(url, timeout=self._config.http_timeout, max_bytes=_METADATA_MAX_BYTES)
-        if result.status != 200:
-            raise FetchError(f"GET {safe_url(url)} answered {result.status}")
-        document = result.json_object(url)
-        # RFC 8414 §3.3: the "issuer" value returned MUST be identical to the issuer identifier,
-        # else the metadata MUST NOT be used (it stops an impersonating issuer's keys being trusted).
-        named = document.get("issuer")
-        if named != self._config.issuer:
-            raise FetchError(f"{safe_url(url)} names issuer {_shorten(repr(named))}, not {self._config.issuer!r}")
-        for name in ("jwks_uri", "introspection_endpoint"):
-            value = document.get(name)
-            if value is not None:
-                try:
-                    # RFC 7662 §4 requires TLS to the introspection endpoint, and keys fetched over plain
-                    # http could be swapped in transit: https only (http on loopback, for development).
-                    check_url(name, value)
-                except ConfigurationError as exc:
-                    raise FetchError(f"{safe_url(url)}: {_shorten(str(exc))}") from exc
-        jwks = self._config.jwks
-        return document, max_age(result.headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl)
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    """Issuer-controlled text in a log line is bounded."""
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 #: Called with (kids of removed keys, whether remembered tokens cannot be told apart by kid).
