@@ -97,6 +97,12 @@ class TokenUser(BaseUser):
         return f"TokenUser(identity={self.identity!r})"
 
 
+#: ASGI messages that start an answer: after one, a refusal can no longer be sent.
+_ANSWER_STARTS = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.http.response.start", "websocket.close"}
+)
+
+
 def _client_of(scope: Scope) -> str | None:
     """The peer's address as the server reports it (ASGI ``client``), or ``None``."""
     client = scope.get("client")
@@ -314,8 +320,35 @@ class TokenGuard:
             await self.app(scope, receive, send)
             return
         checked = await self._enforce(scope, receive, send, decision, requirement, started)
-        if checked is not None:
+        if checked is None:
+            return
+        if hasattr(decision.route, "dependant"):
+            # A FastAPI route: its dependencies (``tokenguard.fastapi.scopes``) may refuse too.
+            await self._run_rendering_refusals(scope, checked, send, decision, started)
+        else:
             await self.app(scope, checked, send)
+
+    async def _run_rendering_refusals(
+        self, scope: Scope, receive: Receive, send: Send, decision: RouteDecision, started: float
+    ) -> None:
+        """Run the app; an ``AuthError`` it raises before answering is rendered here, by the one
+        renderer, so a refusal looks the same whichever layer made it (``challenge.render``)."""
+        answered = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] in _ANSWER_STARTS
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except AuthError as exc:
+            if answered:
+                raise
+            denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
+            token = exc.token if exc.token is not None else getattr(scope.get("auth"), "token", None)
+            self._decided(scope, decision, started, "deny", exc.reason, denial.status, token)
+            await _send_denial(scope, receive, send, denial)
 
     async def _enforce(
         self,
