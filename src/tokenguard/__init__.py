@@ -1,5 +1,7 @@
 """tokenguard: OAuth 2.0 bearer-token protection for Starlette and FastAPI APIs."""
 
+from tokenguard._details import RequestContext
+from tokenguard.credentials import TokenCredentials, TokenUser
 from tokenguard.errors import (
     AuthError,
     ConfigurationError,
@@ -11,10 +13,9 @@ from tokenguard.errors import (
     TokenGuardError,
     UnavailableError,
 )
-from tokenguard.middleware import TokenCredentials, TokenGuard, TokenUser
+from tokenguard.middleware import TokenGuard
 from tokenguard.models import AccessToken
 from tokenguard.policy import (
-    RequestContext,
     Requirement,
     Rule,
     public,

@@ -6,11 +6,13 @@ Every option is checked when the configuration is built, and a wrong one raises
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import ipaddress
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -249,3 +251,126 @@ class GuardConfig:
     @property
     def effective_realm(self) -> str:
         return self.realm if self.realm is not None else self.audience[0]
+
+
+def guard_configs(
+    *,
+    issuer: str | Sequence[str],
+    audience: str | Sequence[str],
+    jwks_uri: str | None = None,
+    introspection_endpoint: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    introspection_auth_method: ClientAuthMethod = "client_secret_basic",
+    algorithms: Sequence[str] | None = None,
+    leeway: float = 30.0,
+    introspection_cache_ttl: float = 30.0,
+    introspection_negative_cache_ttl: float = 5.0,
+    introspection_cache_size: int = 10_000,
+    introspection_timeout: float = 3.0,
+    introspection_requires_aud: bool = True,
+    breaker_threshold: int = 5,
+    breaker_cooldown: float = 10.0,
+    introspection_first_sight_rate: float = 10.0,
+    introspection_first_sight_burst: int = 20,
+    introspection_first_sight_concurrency: int = 8,
+    default: DefaultPolicy = "authenticated",
+    shared_secret: bytes | None = None,
+    strict_rfc9068: bool = False,
+    max_token_bytes: int = 16 * 1024,
+    realm: str | None = None,
+    http_timeout: float = 5.0,
+    retry_after: int = 5,
+    verified_cache_size: int = 10_000,
+    jwks_cache_ttl: float = 3600.0,
+    jwks_min_ttl: float = 300.0,
+    jwks_max_ttl: float = 86400.0,
+    jwks_refetch_cooldown: float = 30.0,
+    jwks_stale_ttl: float = 86400.0,
+    introspection_credentials: Mapping[str, tuple[str, str]] | None = None,
+    max_body_bytes: int = 64 * 1024,
+    clock: Callable[[], float] = time.time,
+) -> tuple[GuardConfig, ...]:
+    """One ``GuardConfig`` per issuer, from ``TokenGuard``'s options (the names README documents).
+
+    Each option is validated where it lands (``GuardConfig``, ``JWKSOptions``,
+    ``IntrospectionOptions``), and a ``ConfigurationError`` names it. ``jwks_uri``,
+    ``introspection_endpoint`` and ``shared_secret`` name one issuer's endpoints or keys, so they need
+    a single issuer; ``introspection_credentials`` gives each issuer its own introspection client.
+    """
+    issuers = issuer_list(issuer)
+    if len(issuers) > 1:
+        for name, value in (
+            ("jwks_uri", jwks_uri),
+            ("introspection_endpoint", introspection_endpoint),
+            ("shared_secret", shared_secret),
+        ):
+            if value is not None:
+                raise ConfigurationError(f"{name} belongs to one issuer and cannot be used with several issuers")
+    unknown = sorted(set(introspection_credentials or {}) - set(issuers))
+    if unknown:
+        raise ConfigurationError(f"introspection_credentials names issuers that are not configured: {unknown}")
+    first = GuardConfig(
+        issuer=issuers[0],
+        audience=audience if isinstance(audience, str) else tuple(audience),  # type: ignore[arg-type]
+        jwks_uri=jwks_uri,
+        algorithms=tuple(algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
+        leeway=leeway,
+        shared_secret=shared_secret,
+        strict_rfc9068=strict_rfc9068,
+        max_token_bytes=max_token_bytes,
+        max_body_bytes=max_body_bytes,
+        realm=realm,
+        default=default,
+        http_timeout=http_timeout,
+        retry_after=retry_after,
+        verified_cache_size=verified_cache_size,
+        jwks=JWKSOptions(
+            default_ttl=jwks_cache_ttl,
+            min_ttl=jwks_min_ttl,
+            max_ttl=jwks_max_ttl,
+            refetch_cooldown=jwks_refetch_cooldown,
+            stale_ttl=jwks_stale_ttl,
+        ),
+        introspection=IntrospectionOptions(
+            endpoint=introspection_endpoint,
+            client_id=client_id,
+            client_secret=client_secret,
+            auth_method=introspection_auth_method,
+            cache_ttl=introspection_cache_ttl,
+            negative_cache_ttl=introspection_negative_cache_ttl,
+            cache_size=introspection_cache_size,
+            timeout=introspection_timeout,
+            require_aud=introspection_requires_aud,
+            breaker_threshold=breaker_threshold,
+            breaker_cooldown=breaker_cooldown,
+            first_sight_rate=introspection_first_sight_rate,
+            first_sight_burst=introspection_first_sight_burst,
+            first_sight_concurrency=introspection_first_sight_concurrency,
+        ),
+        clock=clock,
+    )
+    return tuple(
+        _with_credentials(dataclasses.replace(first, issuer=name), introspection_credentials) for name in issuers
+    )
+
+
+#: The ``TokenGuard`` options that ``guard_configs`` takes.
+CONFIG_OPTIONS = frozenset(inspect.signature(guard_configs).parameters)
+
+
+def _with_credentials(config: GuardConfig, credentials: Mapping[str, tuple[str, str]] | None) -> GuardConfig:
+    """Per-issuer introspection credentials override the shared ``client_id``/``client_secret``.
+
+    With several issuers, each authorization server registers the resource server on its own; one
+    shared secret would be shown to every issuer's introspection endpoint.
+    """
+    if not credentials or config.issuer not in credentials:
+        return config
+    pair = credentials[config.issuer]
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(v, str) and v for v in pair)):
+        raise ConfigurationError(
+            f"introspection_credentials[{config.issuer!r}] must be a (client_id, client_secret) pair of strings"
+        )
+    options = dataclasses.replace(config.introspection, client_id=pair[0], client_secret=pair[1])
+    return dataclasses.replace(config, introspection=options)

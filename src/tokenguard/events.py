@@ -55,11 +55,12 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tokenguard.errors import REASONS
+from tokenguard.models import AccessToken
 
 logger = logging.getLogger("tokenguard")
 
@@ -152,6 +153,32 @@ class DecisionEvent:
 
 
 _TEXT_FIELDS = ("method", "route", "source", "issuer", "kid", "client_id", "subject_hash")
+
+
+def decision_event(
+    scope: Mapping[str, Any],
+    route: str | None,
+    outcome: Outcome,
+    reason: str,
+    status: int,
+    token: AccessToken | None,
+    latency: float,
+) -> DecisionEvent:
+    """The event of one decision about the request ``scope`` (an ASGI scope), on ``route`` (a template)."""
+    return DecisionEvent(
+        outcome=outcome,
+        reason=reason,
+        status=status,
+        method=scope.get("method", "WEBSOCKET") if scope["type"] == "http" else "WEBSOCKET",
+        route=route or "<unmatched>",
+        latency=latency,
+        source=token.source if token is not None else None,
+        issuer=token.issuer if token is not None else None,
+        kid=token.key_id if token is not None else None,
+        client_id=token.client_id if token is not None else None,
+        subject_hash=subject_hash(token.subject) if token is not None else None,
+        scopes=tuple(sorted(token.scopes)) if token is not None else (),
+    )
 
 DecisionHook = Callable[[DecisionEvent], None]
 

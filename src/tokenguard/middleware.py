@@ -4,97 +4,41 @@ Shape after Starlette's own authentication middleware: pass other scope types th
 answer a refusal with one ASGI response and return, put the results in ``scope``. Never
 ``BaseHTTPMiddleware``: it skips WebSockets and breaks contextvars.
 
-It also serves the RFC 9728 protected resource metadata document (public, no token) and names its
-URL in every challenge, and, for routes with ``authorization_details`` guards, builds the request
-context the checks see: path parameters, query, and on ``@sensitive`` routes the JSON body, read
-once (size-capped) and replayed to the endpoint.
+``__call__`` reads as the pipeline (docs/ARCHITECTURE.md): which policy (``routing``), check the
+token against it (``authenticator``, then ``_details`` for RFC 9396), refuse (``challenge.render``)
+or go on, report (``events``). The options are assembled by ``config.guard_configs``; the RFC 9728
+document is answered by ``resource_metadata.serve``; ``request.auth``/``request.user`` are
+``credentials``' types.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
-from starlette.datastructures import QueryParams
+from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenguard._details import check_details
 from tokenguard._http import HttpClientOption
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
 from tokenguard.challenge import Denial, render
-from tokenguard.config import (
-    DEFAULT_ALGORITHMS,
-    ClientAuthMethod,
-    DefaultPolicy,
-    GuardConfig,
-    IntrospectionOptions,
-    JWKSOptions,
-    issuer_list,
-)
-from tokenguard.errors import AuthError, ConfigurationError, InvalidRequest, TokenGuardError, UnavailableError
-from tokenguard.events import DecisionEvent, DecisionHook, Metrics, Outcome, emit, subject_hash
+from tokenguard.config import CONFIG_OPTIONS, ClientAuthMethod, DefaultPolicy, guard_configs
+from tokenguard.credentials import TokenCredentials, TokenUser
+from tokenguard.errors import AuthError, ConfigurationError, TokenGuardError, UnavailableError
+from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
 from tokenguard.models import AccessToken
-from tokenguard.policy import AUTHENTICATED, PUBLIC, RequestContext, Requirement, Rule, parse_json_body
-from tokenguard.resource_metadata import CACHE_CONTROL, ResourceMetadata, build_resource_metadata
+from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule
+from tokenguard.resource_metadata import ResourceMetadata, build_resource_metadata
+from tokenguard.resource_metadata import serve as serve_metadata
 from tokenguard.routing import DECISION_KEY, REQUIREMENT_KEY, RouteDecision, RouteResolver, declared_requirements
 
+__all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
+
 logger = logging.getLogger("tokenguard")
-
-
-class TokenCredentials(AuthCredentials):
-    """``request.auth``: the granted scopes, the claims, and what decided (``"jwt"``/``"introspection"``)."""
-
-    def __init__(self, token: AccessToken) -> None:
-        # AuthCredentials.__init__ only stores a list of scopes; set it directly (hot path).
-        self.scopes = sorted(token.scopes)
-        self.token = token
-        self.source = token.source
-        self._claims: dict[str, Any] | None = None
-
-    @property
-    def claims(self) -> dict[str, Any]:
-        """The token's claims as a dict of this request's own (a cached token is shared: copy on first use)."""
-        if self._claims is None:
-            self._claims = copy.deepcopy(dict(self.token.claims))  # nested lists and objects too
-        return self._claims
-
-    def __repr__(self) -> str:
-        return f"TokenCredentials(scopes={self.scopes!r}, source={self.source!r})"
-
-
-class TokenUser(BaseUser):
-    """``request.user``: ``identity`` is ``sub``, or ``client_id`` for a client-credentials token."""
-
-    def __init__(self, token: AccessToken) -> None:
-        self.token = token
-
-    @property
-    def is_authenticated(self) -> bool:
-        return True
-
-    @property
-    def display_name(self) -> str:
-        return self.token.identity
-
-    @property
-    def identity(self) -> str:
-        return self.token.identity
-
-    @property
-    def subject(self) -> str | None:
-        return self.token.subject
-
-    @property
-    def client_id(self) -> str | None:
-        return self.token.client_id
-
-    def __repr__(self) -> str:
-        return f"TokenUser(identity={self.identity!r})"
 
 
 #: ASGI messages that start an answer: after one, a refusal can no longer be sent.
@@ -117,23 +61,6 @@ def _is_preflight(scope: Scope) -> bool:
         return False
     names = {name.lower() for name, _ in scope.get("headers", ())}
     return b"origin" in names and b"access-control-request-method" in names
-
-
-def _with_credentials(config: GuardConfig, credentials: Mapping[str, tuple[str, str]] | None) -> GuardConfig:
-    """Per-issuer introspection credentials override the shared ``client_id``/``client_secret``.
-
-    With several issuers, each authorization server registers the resource server on its own; one
-    shared secret would be shown to every issuer's introspection endpoint.
-    """
-    if not credentials or config.issuer not in credentials:
-        return config
-    pair = credentials[config.issuer]
-    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(v, str) and v for v in pair)):
-        raise ConfigurationError(
-            f"introspection_credentials[{config.issuer!r}] must be a (client_id, client_secret) pair of strings"
-        )
-    options = dataclasses.replace(config.introspection, client_id=pair[0], client_secret=pair[1])
-    return dataclasses.replace(config, introspection=options)
 
 
 class TokenGuard:
@@ -198,63 +125,10 @@ class TokenGuard:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
-        issuers = issuer_list(issuer)
-        if len(issuers) > 1:
-            for name, value in (
-                ("jwks_uri", jwks_uri),
-                ("introspection_endpoint", introspection_endpoint),
-                ("shared_secret", shared_secret),
-            ):
-                if value is not None:
-                    raise ConfigurationError(f"{name} belongs to one issuer and cannot be used with several issuers")
-        self.config = GuardConfig(
-            issuer=issuers[0],
-            audience=audience if isinstance(audience, str) else tuple(audience),  # type: ignore[arg-type]
-            jwks_uri=jwks_uri,
-            algorithms=tuple(algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
-            leeway=leeway,
-            shared_secret=shared_secret,
-            strict_rfc9068=strict_rfc9068,
-            max_token_bytes=max_token_bytes,
-            max_body_bytes=max_body_bytes,
-            realm=realm,
-            default=default,
-            http_timeout=http_timeout,
-            retry_after=retry_after,
-            verified_cache_size=verified_cache_size,
-            jwks=JWKSOptions(
-                default_ttl=jwks_cache_ttl,
-                min_ttl=jwks_min_ttl,
-                max_ttl=jwks_max_ttl,
-                refetch_cooldown=jwks_refetch_cooldown,
-                stale_ttl=jwks_stale_ttl,
-            ),
-            introspection=IntrospectionOptions(
-                endpoint=introspection_endpoint,
-                client_id=client_id,
-                client_secret=client_secret,
-                auth_method=introspection_auth_method,
-                cache_ttl=introspection_cache_ttl,
-                negative_cache_ttl=introspection_negative_cache_ttl,
-                cache_size=introspection_cache_size,
-                timeout=introspection_timeout,
-                require_aud=introspection_requires_aud,
-                breaker_threshold=breaker_threshold,
-                breaker_cooldown=breaker_cooldown,
-                first_sight_rate=introspection_first_sight_rate,
-                first_sight_burst=introspection_first_sight_burst,
-                first_sight_concurrency=introspection_first_sight_concurrency,
-            ),
-            clock=clock,
-        )
-        unknown = sorted(set(introspection_credentials or {}) - set(issuers))
-        if unknown:
-            raise ConfigurationError(f"introspection_credentials names issuers that are not configured: {unknown}")
-        self.configs = tuple(
-            _with_credentials(dataclasses.replace(self.config, issuer=issuer), introspection_credentials)
-            for issuer in issuers
-        )
+        options = locals()
+        self.configs = guard_configs(**{name: options[name] for name in CONFIG_OPTIONS})
         self.config = self.configs[0]
+        issuers = self.issuers
         # One issuer: the Authenticator is called directly, with no dispatch in between.
         self.authenticator: Authenticator | MultiIssuerAuthenticator = (
             Authenticator(self.config, http_client=http_client)
@@ -291,7 +165,11 @@ class TokenGuard:
         scope["tokenguard"] = self
         started = time.perf_counter()
         if scope["type"] == "http" and scope["path"] in self._metadata_paths:
-            await self._serve_metadata(scope, send, started)
+            assert self.resource_metadata is not None
+            status = await serve_metadata(self.resource_metadata, scope, send, self._declared(scope))
+            outcome: Outcome = "allow" if status == 200 else "deny"
+            reason = "public" if status == 200 else "method_not_allowed"
+            self._decided(scope, RouteDecision(PUBLIC, scope["path"]), started, outcome, reason, status, None)
             return
         try:
             decision = self.resolver.decide(scope, self.app)
@@ -313,10 +191,8 @@ class TokenGuard:
         # router actually picks (routing.py, ``_DispatchCheck``).
         scope[DECISION_KEY] = decision
         requirement = decision.requirement
-        if requirement.public:  # inline: no token work, and no extra frame on public routes
-            scope[REQUIREMENT_KEY] = requirement
-            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
-            self._decided(scope, decision, started, "allow", "public", 200, None)
+        if requirement.public:  # no token work, and no extra frame on public routes
+            self._allow_anonymous(scope, decision, started)
             await self.app(scope, receive, send)
             return
         checked = await self._enforce(scope, receive, send, decision, requirement, started)
@@ -350,6 +226,11 @@ class TokenGuard:
             self._decided(scope, decision, started, "deny", exc.reason, denial.status, token)
             await _send_denial(scope, receive, send, denial)
 
+    def _allow_anonymous(self, scope: Scope, decision: RouteDecision, started: float) -> None:
+        scope[REQUIREMENT_KEY] = decision.requirement
+        scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
+        self._decided(scope, decision, started, "allow", "public", 200, None)
+
     async def _enforce(
         self,
         scope: Scope,
@@ -360,19 +241,26 @@ class TokenGuard:
         started: float,
     ) -> Receive | None:
         """Apply ``requirement``: the ``receive`` the app must use, or ``None`` once a refusal was sent."""
+        if requirement.public:
+            self._allow_anonymous(scope, decision, started)
+            return receive
         # The policy applied, for the app and for the dispatch check.
         scope[REQUIREMENT_KEY] = requirement
-        if requirement.public:
-            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
-            self._decided(scope, decision, started, "allow", "public", 200, None)
-            return receive
         token: AccessToken | None = None
         try:
             token = await self.authenticator.authenticate(
                 scope.get("headers", ()), requirement, client=_client_of(scope)
             )
             if requirement.details:
-                receive = await self._check_details(scope, receive, requirement, decision.path_params, token)
+                receive = await check_details(
+                    scope,
+                    receive,
+                    requirement.details,
+                    decision.path_params,
+                    token,
+                    read_body_too=requirement.needs_body,
+                    max_body_bytes=self.config.max_body_bytes,
+                )
         except TokenGuardError as exc:
             denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
@@ -403,64 +291,10 @@ class TokenGuard:
         )
         return await self._enforce(scope, receive, send, decision, requirement, time.perf_counter())
 
-    async def _check_details(
-        self,
-        scope: Scope,
-        receive: Receive,
-        requirement: Requirement,
-        path_params: Mapping[str, Any],
-        token: AccessToken,
-    ) -> Receive:
-        """Run the route's ``authorization_details`` checks; return the ``receive`` the app must use.
-
-        The body is read only when the checks may look at it (``@sensitive`` routes), and only after
-        the token passed every other check, so an anonymous client cannot make us buffer anything.
-        """
-        body: Any = None
-        if requirement.needs_body and scope["type"] == "http":
-            data, receive = await _read_body(scope, receive, self.config.max_body_bytes)
-            body = parse_json_body(data)
-        query = QueryParams(scope.get("query_string", b""))
-        context = RequestContext(
-            method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
-            path=scope["path"],
-            token=token,
-            path_params=path_params,
-            query=dict(query),
-            query_items=tuple(query.multi_items()),
-            body=body,
-        )
-        await requirement.check_authorization_details(token, context)
-        return receive
-
-    async def _serve_metadata(self, scope: Scope, send: Send, started: float) -> None:
-        """RFC 9728 §3.2: the metadata as JSON, to anyone (no token), cacheable."""
-        assert self.resource_metadata is not None
-        decision = RouteDecision(PUBLIC, scope["path"])
-        if scope.get("method") not in ("GET", "HEAD"):
-            self._decided(scope, decision, started, "deny", "method_not_allowed", 405, None)
-            headers = [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]
-            await send({"type": "http.response.start", "status": 405, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        requirements = [*declared_requirements(scope.get("app") or self.app), *self._rule_requirements()]
-        body = self.resource_metadata.body(
-            (name for requirement in requirements for name in requirement.required_scopes),
-            (name for requirement in requirements for name in requirement.details_types),
-        )
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"cache-control", CACHE_CONTROL.encode("ascii")),
-            # Public data: a browser-based client on another origin may read it.
-            (b"access-control-allow-origin", b"*"),
-            (b"content-length", str(len(body)).encode("ascii")),
-        ]
-        self._decided(scope, decision, started, "allow", "public", 200, None)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body if scope.get("method") == "GET" else b""})
-
-    def _rule_requirements(self) -> list[Requirement]:
-        return [rule.requirement for rule in self.resolver.rules]
+    def _declared(self, scope: Scope) -> list[Requirement]:
+        """Every policy the app declares (marks and rules): what RFC 9728 metadata lists."""
+        rules = (rule.requirement for rule in self.resolver.rules)
+        return [*declared_requirements(scope.get("app") or self.app), *rules]
 
     def _decided(
         self,
@@ -482,35 +316,11 @@ class TokenGuard:
             self.metrics.count(outcome, reason)
             return
         try:
-            self._report(scope, decision, started, outcome, reason, status, token)
+            latency = time.perf_counter() - started
+            event = decision_event(scope, decision.template, outcome, reason, status, token, latency)
+            emit(event, self.metrics, self._hooks)
         except Exception as exc:
             logger.error("tokenguard: decision reporting failed: %s", type(exc).__name__)
-
-    def _report(
-        self,
-        scope: Scope,
-        decision: RouteDecision,
-        started: float,
-        outcome: Outcome,
-        reason: str,
-        status: int,
-        token: AccessToken | None,
-    ) -> None:
-        event = DecisionEvent(
-            outcome=outcome,
-            reason=reason,
-            status=status,
-            method=scope.get("method", "WEBSOCKET") if scope["type"] == "http" else "WEBSOCKET",
-            route=decision.template or "<unmatched>",
-            latency=time.perf_counter() - started,
-            source=token.source if token is not None else None,
-            issuer=token.issuer if token is not None else None,
-            kid=token.key_id if token is not None else None,
-            client_id=token.client_id if token is not None else None,
-            subject_hash=subject_hash(token.subject) if token is not None else None,
-            scopes=tuple(sorted(token.scopes)) if token is not None else (),
-        )
-        emit(event, self.metrics, self._hooks)
 
     @property
     def realm(self) -> str:
@@ -583,38 +393,6 @@ class TokenGuard:
             return message
 
         return wrapped
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive]:
-    """Read the whole body (at most ``limit`` bytes) and return it with a ``receive`` that replays it."""
-    declared = next((value for name, value in scope.get("headers", ()) if name.lower() == b"content-length"), b"")
-    if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        # Refused before reading a byte: the announced size alone is over the cap.
-        raise InvalidRequest("bad_request_body", "The request body is too large.")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise InvalidRequest("bad_request_body", "The request body was not received completely.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise InvalidRequest("bad_request_body", "The request body is too large.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    data = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": data, "more_body": False}
-        return await receive()  # after the body: http.disconnect, when the client goes
-
-    return data, replay
 
 
 async def _send_denial(scope: Scope, receive: Receive, send: Send, denial: Denial) -> None:

@@ -11,24 +11,19 @@ entry of a given type that a user-supplied check finds covers the request.
 
 from __future__ import annotations
 
-import copy
 import functools
-import inspect
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tokenguard._strictjson import reject_lone_surrogates, strict_decoder
+from tokenguard._details import DetailsCheck, DetailsGuard, RequestContext, enforce_details
 from tokenguard.errors import (
-    AuthError,
     ConfigurationError,
     InsufficientScope,
     InsufficientUserAuthentication,
-    InvalidRequest,
-    InvalidToken,
 )
 from tokenguard.models import AccessToken
 
@@ -37,103 +32,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__tokenguard_requirement__"
 
 logger = logging.getLogger("tokenguard")
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """What an ``authorization_details`` check sees of the request; framework-free and read-only.
-
-    ``query`` maps each name to its last value, as Starlette's ``request.query_params[name]`` and
-    FastAPI's scalar query parameters read it; ``query_items`` has every pair in order. ``body`` is
-    the parsed JSON body on ``@sensitive`` routes (``None`` when empty, and on other routes).
-    """
-
-    method: str
-    path: str
-    token: AccessToken
-    path_params: Mapping[str, Any] = field(default_factory=dict)
-    query: Mapping[str, str] = field(default_factory=dict)
-    query_items: tuple[tuple[str, str], ...] = ()
-    body: Any = None
-
-
-#: ``check(entry, request) -> bool`` (or an awaitable of it): ``True`` when ``entry`` covers the request.
-DetailsCheck = Callable[[dict[str, Any], RequestContext], "bool | Awaitable[bool]"]
-
-
-@dataclass(frozen=True)
-class DetailsGuard:
-    """One ``@require_authorization_details`` mark: an entry of ``type`` that ``check`` accepts."""
-
-    type: str
-    check: DetailsCheck | None = None
-
-    async def enforce(self, entries: tuple[dict[str, Any], ...], context: RequestContext) -> None:
-        """Pass when one entry of this type is accepted by the check; else raise the refusal."""
-        candidates = [entry for entry in entries if entry["type"] == self.type]
-        if not candidates:
-            raise _details_denied(f'The access token grants no authorization_details of type "{self.type}".')
-        if self.check is None:
-            return
-        refusal: AuthError | None = None
-        for entry in candidates:
-            try:
-                if await self._run(entry, context):
-                    return
-            except AuthError as exc:  # the check's own refusal, with its own description
-                refusal = refusal or exc
-        raise refusal or _details_denied(
-            f'The request is not covered by the access token\'s authorization_details of type "{self.type}".'
-        )
-
-    async def _run(self, entry: dict[str, Any], context: RequestContext) -> bool:
-        assert self.check is not None
-        try:
-            # A copy: a check that edits its entry must not edit the claims of a cached token.
-            result = self.check(copy.deepcopy(entry), context)
-            if inspect.isawaitable(result):
-                result = await result
-        except AuthError as exc:
-            if isinstance(exc, InsufficientScope) and exc.reason == "insufficient_scope":
-                exc.reason = "insufficient_authorization_details"
-            raise
-        except Exception as exc:
-            # A broken check refuses (fail closed, 403), never a 500; the log names the check, not the data.
-            name = getattr(self.check, "__qualname__", type(self.check).__name__)
-            logger.error(
-                "tokenguard: authorization_details check %s for type %r raised %s; refusing the request",
-                name,
-                self.type,
-                type(exc).__name__,
-            )
-            raise _details_denied(
-                f'The access token\'s authorization_details of type "{self.type}" could not be checked.',
-                reason="authorization_details_check_failed",
-            ) from exc
-        # Only an explicit True allows: a check that forgets to return (None) refuses.
-        return result is True
-
-
-def _details_denied(description: str, *, reason: str = "insufficient_authorization_details") -> InsufficientScope:
-    # RFC 6750 §3.1 insufficient_scope: the token is valid but does not grant this request (RFC 9396 §9).
-    denied = InsufficientScope((), description)
-    denied.reason = reason
-    return denied
-
-
-def authorization_details_of(claims: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
-    """The ``authorization_details`` of a token (empty when absent); 401 when malformed."""
-    if "authorization_details" not in claims:
-        return ()
-    value = claims["authorization_details"]
-    # RFC 9396 §2: a JSON array of JSON objects, each with a "type" string (REQUIRED).
-    if not isinstance(value, list) or not all(
-        isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"] for entry in value
-    ):
-        raise InvalidToken("bad_claim", "The access token's authorization_details claim is malformed.")
-    # Each request's checks get their own copies: a check that edits an entry cannot change what the
-    # next request with the same (cached) token is checked against.
-    return tuple(copy.deepcopy(value))
 
 
 @dataclass(frozen=True)
@@ -221,11 +119,7 @@ class Requirement:
 
     async def check_authorization_details(self, token: AccessToken, context: RequestContext) -> None:
         """RFC 9396 §9: each required type has an entry in the token that the route's check accepts."""
-        if not self.details:
-            return
-        entries = authorization_details_of(token.claims)
-        for guard in self.details:
-            await guard.enforce(entries, context)
+        await enforce_details(self.details, token, context)
 
     def _challenge_scopes(self, granted: frozenset[str]) -> tuple[str, ...]:
         # RFC 6750 §3: "scope" lists the scopes necessary to access the resource.
@@ -373,22 +267,6 @@ def require_authorization_details(details_type: str, /, *, check: DetailsCheck |
     if check is not None and not callable(check):
         raise ConfigurationError("@require_authorization_details: check must be a callable (entry, request) -> bool")
     return lambda func: _mark(func, Requirement(details=(DetailsGuard(details_type, check),)))
-
-
-_BODY_DECODER = strict_decoder(finite_floats=True)
-
-
-def parse_json_body(data: bytes) -> Any:
-    """The request body as JSON for the checks: ``None`` when empty, 400 when it is not strict JSON."""
-    if not data.strip():
-        return None
-    try:
-        text = data.decode("utf-8")
-        value = _BODY_DECODER.decode(text)
-        reject_lone_surrogates(text, value)
-        return value
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise InvalidRequest("bad_request_body", "The request body is not valid JSON.") from exc
 
 
 def requirement_of(endpoint: object) -> Requirement | None:

@@ -1,7 +1,8 @@
 """OAuth 2.0 Protected Resource Metadata (RFC 9728): what this resource publishes about itself.
 
-Framework-free: ``ResourceMetadata`` builds the document and knows where it is served; the
-middleware serves it and puts its URL in every challenge (RFC 9728 §5.1).
+Framework-free: ``ResourceMetadata`` builds the document and knows where it is served; ``serve``
+answers a request for it (plain ASGI messages); the guard routes such requests here and puts the
+URL in every challenge (RFC 9728 §5.1).
 
 The resource identifier is the ``resource=`` option when given, else the first audience that is an
 absolute https URL (http on loopback, for development) without query or fragment. Without one,
@@ -12,13 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tokenguard.config import check_url
 from tokenguard.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tokenguard.policy import Requirement
 
 logger = logging.getLogger("tokenguard")
 
@@ -146,3 +150,36 @@ def build_resource_metadata(
         )
         return None
     return ResourceMetadata(identifier, tuple(issuers), fields)
+
+
+async def serve(
+    metadata: ResourceMetadata,
+    scope: Mapping[str, Any],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    requirements: Iterable[Requirement],
+) -> int:
+    """RFC 9728 §3.2: the metadata as JSON, to anyone (no token), cacheable; GET and HEAD only.
+
+    ``requirements`` are the app's declared policies, whose scopes and ``authorization_details``
+    types the document lists. Returns the status sent (200, or 405 for another method).
+    """
+    if scope.get("method") not in ("GET", "HEAD"):
+        headers = [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 405, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return 405
+    declared = list(requirements)
+    body = metadata.body(
+        (name for requirement in declared for name in requirement.required_scopes),
+        (name for requirement in declared for name in requirement.details_types),
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"cache-control", CACHE_CONTROL.encode("ascii")),
+        # Public data: a browser-based client on another origin may read it.
+        (b"access-control-allow-origin", b"*"),
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body if scope.get("method") == "GET" else b""})
+    return 200

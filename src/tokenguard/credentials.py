@@ -1,0 +1,62 @@
+"""What the guard puts in ``request.auth`` and ``request.user``: Starlette's authentication types,
+filled from the validated ``AccessToken``. [adapter]"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from starlette.authentication import AuthCredentials, BaseUser
+
+from tokenguard.models import AccessToken
+
+
+class TokenCredentials(AuthCredentials):
+    """``request.auth``: the granted scopes, the claims, and what decided (``"jwt"``/``"introspection"``)."""
+
+    def __init__(self, token: AccessToken) -> None:
+        # AuthCredentials.__init__ only stores a list of scopes; set it directly (hot path).
+        self.scopes = sorted(token.scopes)
+        self.token = token
+        self.source = token.source
+        self._claims: dict[str, Any] | None = None
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        """The token's claims as a dict of this request's own (a cached token is shared: copy on first use)."""
+        if self._claims is None:
+            self._claims = copy.deepcopy(dict(self.token.claims))  # nested lists and objects too
+        return self._claims
+
+    def __repr__(self) -> str:
+        return f"TokenCredentials(scopes={self.scopes!r}, source={self.source!r})"
+
+
+class TokenUser(BaseUser):
+    """``request.user``: ``identity`` is ``sub``, or ``client_id`` for a client-credentials token."""
+
+    def __init__(self, token: AccessToken) -> None:
+        self.token = token
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.token.identity
+
+    @property
+    def identity(self) -> str:
+        return self.token.identity
+
+    @property
+    def subject(self) -> str | None:
+        return self.token.subject
+
+    @property
+    def client_id(self) -> str | None:
+        return self.token.client_id
+
+    def __repr__(self) -> str:
+        return f"TokenUser(identity={self.identity!r})"
