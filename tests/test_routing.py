@@ -16,10 +16,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import Rule, TokenGuard, public, require_scopes
 from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement
 from tokenguard.routing import RouteResolver
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -42,7 +43,7 @@ async def plain_endpoint(request: Request) -> PlainTextResponse:
     return PlainTextResponse("plain")
 
 
-def guarded(app: Any, clock: FakeClock, **options: Any) -> TestClient:
+def guarded(app: Any, clock: ManualClock, **options: Any) -> TestClient:
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
     return TestClient(app)
 
@@ -57,7 +58,7 @@ def assert_scoped(client: TestClient, idp: Issuer, url: str, scope: str = "admin
 # -- Mount, Router, Host ---------------------------------------------------------------------------
 
 
-def test_marks_inside_a_mounted_starlette_app(idp: Issuer, clock: FakeClock) -> None:
+def test_marks_inside_a_mounted_starlette_app(idp: Issuer, clock: ManualClock) -> None:
     """Routes of a mounted Starlette app keep their marks: public stays open, scoped stays scoped."""
     sub = Starlette(routes=[Route("/open", open_endpoint), Route("/admin", admin_endpoint)])
     client = guarded(Starlette(routes=[Mount("/api", app=sub)]), clock)
@@ -65,7 +66,7 @@ def test_marks_inside_a_mounted_starlette_app(idp: Issuer, clock: FakeClock) -> 
     assert_scoped(client, idp, "/api/admin")
 
 
-def test_marks_inside_mount_routes_and_routers(idp: Issuer, clock: FakeClock) -> None:
+def test_marks_inside_mount_routes_and_routers(idp: Issuer, clock: ManualClock) -> None:
     """``Mount(routes=...)``, a mounted ``Router`` and nested mounts are all searched."""
     inner = Router(routes=[Route("/open", open_endpoint), Route("/admin", admin_endpoint)])
     app = Starlette(
@@ -81,7 +82,7 @@ def test_marks_inside_mount_routes_and_routers(idp: Issuer, clock: FakeClock) ->
         assert_scoped(client, idp, f"{prefix}/admin")
 
 
-def test_marks_inside_a_mounted_app_wrapped_in_middleware(idp: Issuer, clock: FakeClock) -> None:
+def test_marks_inside_a_mounted_app_wrapped_in_middleware(idp: Issuer, clock: ManualClock) -> None:
     """A mounted app wrapped in middleware is looked through to its routes."""
     sub = Starlette(routes=[Route("/open", open_endpoint), Route("/admin", admin_endpoint)])
     client = guarded(Starlette(routes=[Mount("/api", app=GZipMiddleware(sub))]), clock)
@@ -89,7 +90,7 @@ def test_marks_inside_a_mounted_app_wrapped_in_middleware(idp: Issuer, clock: Fa
     assert_scoped(client, idp, "/api/admin")
 
 
-def test_unmatched_path_inside_a_mount_gets_the_default(idp: Issuer, clock: FakeClock) -> None:
+def test_unmatched_path_inside_a_mount_gets_the_default(idp: Issuer, clock: ManualClock) -> None:
     """A path under a mount that no inner route matches: 401 without a token, the app's 404 with one."""
     sub = Starlette(routes=[Route("/open", open_endpoint)])
     client = guarded(Starlette(routes=[Mount("/api", app=sub)]), clock)
@@ -97,7 +98,7 @@ def test_unmatched_path_inside_a_mount_gets_the_default(idp: Issuer, clock: Fake
     assert client.get("/api/missing", headers=bearer(idp.token())).status_code == 404
 
 
-def test_host_routes_are_matched_by_host_header(idp: Issuer, clock: FakeClock) -> None:
+def test_host_routes_are_matched_by_host_header(idp: Issuer, clock: ManualClock) -> None:
     """``Host`` routing: the same path is public on one host and scoped on another, in any order."""
     app = Starlette(
         routes=[
@@ -112,7 +113,7 @@ def test_host_routes_are_matched_by_host_header(idp: Issuer, clock: FakeClock) -
         assert client.get("http://admin.example.com/page", headers=bearer(idp.token(scope="x"))).status_code == 403
 
 
-def test_path_params_and_convertors(idp: Issuer, clock: FakeClock) -> None:
+def test_path_params_and_convertors(idp: Issuer, clock: ManualClock) -> None:
     """A route with path params is matched like the router does; a convertor miss is unmatched."""
     app = Starlette(routes=[Route("/photos/{photo_id:int}", admin_endpoint), Route("/open/{name}", open_endpoint)])
     client = guarded(app, clock)
@@ -122,7 +123,7 @@ def test_path_params_and_convertors(idp: Issuer, clock: FakeClock) -> None:
     assert client.get("/photos/not-a-number", headers=bearer(idp.token(scope="x"))).status_code == 404
 
 
-def test_method_mismatch_gets_the_default_policy(idp: Issuer, clock: FakeClock) -> None:
+def test_method_mismatch_gets_the_default_policy(idp: Issuer, clock: ManualClock) -> None:
     """A wrong method reaches no endpoint (the router answers 405): the default policy applies, not
     the policy of the route it did not reach — a valid token without the GET route's scope sees 405."""
     app = Starlette(routes=[Route("/admin", admin_endpoint, methods=["GET"])])
@@ -132,7 +133,7 @@ def test_method_mismatch_gets_the_default_policy(idp: Issuer, clock: FakeClock) 
     assert client.post("/admin", headers=bearer(idp.token(scope="admin"))).status_code == 405
 
 
-def test_method_mismatch_on_a_public_route_is_not_public(idp: Issuer, clock: FakeClock) -> None:
+def test_method_mismatch_on_a_public_route_is_not_public(idp: Issuer, clock: ManualClock) -> None:
     """The 405 of a public GET route is not public: with the default policy, no token is a 401."""
     app = Starlette(routes=[Route("/open", open_endpoint, methods=["GET"])])
     client = guarded(app, clock)
@@ -140,7 +141,7 @@ def test_method_mismatch_on_a_public_route_is_not_public(idp: Issuer, clock: Fak
     assert client.post("/open").status_code == 401
 
 
-def test_one_path_with_per_method_routes(idp: Issuer, clock: FakeClock) -> None:
+def test_one_path_with_per_method_routes(idp: Issuer, clock: ManualClock) -> None:
     """Two routes on one path with different methods each keep their own policy."""
     app = Starlette(
         routes=[Route("/items", open_endpoint, methods=["GET"]), Route("/items", admin_endpoint, methods=["POST"])]
@@ -184,7 +185,7 @@ RULES = [
 ]
 
 
-def test_rule_opens_static_files(idp: Issuer, clock: FakeClock, static_dir: Path) -> None:
+def test_rule_opens_static_files(idp: Issuer, clock: ManualClock, static_dir: Path) -> None:
     """A public rule opens a StaticFiles mount, for the methods it lists only."""
     client = guarded(rules_app(static_dir), clock, rules=RULES)
     response = client.get("/static/app.js")
@@ -194,7 +195,7 @@ def test_rule_opens_static_files(idp: Issuer, clock: FakeClock, static_dir: Path
     assert client.post("/static/app.js").status_code == 401  # method filter: the default applies
 
 
-def test_rules_first_match_wins(idp: Issuer, clock: FakeClock, static_dir: Path) -> None:
+def test_rules_first_match_wins(idp: Issuer, clock: ManualClock, static_dir: Path) -> None:
     """Rules are tried in order: the scoped /reports/secret rule is listed first and wins."""
     client = guarded(rules_app(static_dir), clock, rules=RULES)
     assert client.get("/reports/summary").text == "raw GET"
@@ -203,7 +204,7 @@ def test_rules_first_match_wins(idp: Issuer, clock: FakeClock, static_dir: Path)
     assert reordered.get("/reports/secret/2024").status_code == 200
 
 
-def test_rule_paths_match_on_segment_boundaries(idp: Issuer, clock: FakeClock) -> None:
+def test_rule_paths_match_on_segment_boundaries(idp: Issuer, clock: ManualClock) -> None:
     """A rule for /reports does not cover /reportsX."""
     app = Starlette(routes=[Mount("/reportsX", app=raw_asgi_app), Mount("/reports", app=raw_asgi_app)])
     client = guarded(app, clock, rules=[Rule("/reports", public=True)])
@@ -211,7 +212,7 @@ def test_rule_paths_match_on_segment_boundaries(idp: Issuer, clock: FakeClock) -
     assert client.get("/reportsX/a").status_code == 401
 
 
-def test_marks_beat_rules(idp: Issuer, clock: FakeClock, static_dir: Path) -> None:
+def test_marks_beat_rules(idp: Issuer, clock: ManualClock, static_dir: Path) -> None:
     """A decorated route under a rule's path keeps its own mark."""
     rules = [Rule("/reports", scopes=["admin"]), Rule("/plain", public=True)]
     client = guarded(rules_app(static_dir), clock, rules=rules)
@@ -220,14 +221,14 @@ def test_marks_beat_rules(idp: Issuer, clock: FakeClock, static_dir: Path) -> No
     assert client.get("/plain").status_code == 200  # an undecorated route takes the rule
 
 
-def test_rules_beat_the_default(idp: Issuer, clock: FakeClock, static_dir: Path) -> None:
+def test_rules_beat_the_default(idp: Issuer, clock: ManualClock, static_dir: Path) -> None:
     """With ``default="public"`` a scoped rule still guards its mounted app."""
     client = guarded(rules_app(static_dir), clock, default="public", rules=[Rule("/internal", scopes=["admin"])])
     assert client.get("/plain").status_code == 200
     assert_scoped(client, idp, "/internal/anything")
 
 
-def test_rules_apply_to_unmatched_paths(idp: Issuer, clock: FakeClock) -> None:
+def test_rules_apply_to_unmatched_paths(idp: Issuer, clock: ManualClock) -> None:
     """A rule also decides for paths no route matches (the app answers 404 then)."""
     client = guarded(Starlette(routes=[]), clock, rules=[Rule("/", public=True)])
     assert client.get("/nothing-here").status_code == 404
@@ -257,7 +258,7 @@ def fastapi_photos_router() -> APIRouter:
     return router
 
 
-def test_fastapi_included_router_with_prefix(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_included_router_with_prefix(idp: Issuer, clock: ManualClock) -> None:
     """Marks on routes of an APIRouter included with a prefix are found (FastAPI does not flatten it)."""
     app = FastAPI()
     app.include_router(fastapi_photos_router(), prefix="/v1")
@@ -268,7 +269,7 @@ def test_fastapi_included_router_with_prefix(idp: Issuer, clock: FakeClock) -> N
     assert client.get("/v1/items/7", headers=bearer(idp.token(scope="admin"))).json() == {"item_id": 7}
 
 
-def test_fastapi_nested_include_router(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_nested_include_router(idp: Issuer, clock: ManualClock) -> None:
     """Routers included in routers included in the app are searched to any depth."""
     inner = fastapi_photos_router()
     middle = APIRouter()
@@ -283,7 +284,7 @@ def test_fastapi_nested_include_router(idp: Issuer, clock: FakeClock) -> None:
     assert client.get("/api/v2/photos/missing").status_code == 401
 
 
-def test_fastapi_router_included_twice(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_router_included_twice(idp: Issuer, clock: ManualClock) -> None:
     """One router included under two prefixes is guarded under both."""
     router = fastapi_photos_router()
     app = FastAPI()
@@ -295,7 +296,7 @@ def test_fastapi_router_included_twice(idp: Issuer, clock: FakeClock) -> None:
         assert_scoped(client, idp, f"{prefix}/admin")
 
 
-def test_fastapi_starlette_routes_and_mounts_inside_routers(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_starlette_routes_and_mounts_inside_routers(idp: Issuer, clock: ManualClock) -> None:
     """Plain Starlette routes and mounts inside an included APIRouter keep their marks."""
     router = APIRouter()
     router.add_route("/raw-open", open_endpoint)
@@ -310,7 +311,7 @@ def test_fastapi_starlette_routes_and_mounts_inside_routers(idp: Issuer, clock: 
     assert_scoped(client, idp, "/r/sub/admin")
 
 
-def test_fastapi_method_mismatch_in_router(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_method_mismatch_in_router(idp: Issuer, clock: ManualClock) -> None:
     """A wrong method on an included route is refused without a token (not a 405 leak)."""
     app = FastAPI()
     app.include_router(fastapi_photos_router(), prefix="/v1")
@@ -320,7 +321,7 @@ def test_fastapi_method_mismatch_in_router(idp: Issuer, clock: FakeClock) -> Non
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
-def test_fastapi_documentation_is_public_by_default(idp: Issuer, clock: FakeClock, path: str) -> None:
+def test_fastapi_documentation_is_public_by_default(idp: Issuer, clock: ManualClock, path: str) -> None:
     """FastAPI's own /docs, /redoc, /openapi.json and oauth2 redirect need no token."""
     app = FastAPI()
     app.include_router(fastapi_photos_router())
@@ -329,7 +330,7 @@ def test_fastapi_documentation_is_public_by_default(idp: Issuer, clock: FakeCloc
     assert client.get("/admin").status_code == 401
 
 
-def test_fastapi_custom_documentation_urls(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_custom_documentation_urls(idp: Issuer, clock: ManualClock) -> None:
     """Custom docs URLs are public; a disabled docs URL is just an unmatched path."""
     app = FastAPI(docs_url="/api-docs", redoc_url=None, openapi_url="/schema.json")
     client = guarded(app, clock)
@@ -339,7 +340,7 @@ def test_fastapi_custom_documentation_urls(idp: Issuer, clock: FakeClock) -> Non
     assert client.get("/docs").status_code == 401
 
 
-def test_documentation_routes_can_be_guarded_by_a_mark(idp: Issuer, clock: FakeClock) -> None:
+def test_documentation_routes_can_be_guarded_by_a_mark(idp: Issuer, clock: ManualClock) -> None:
     """A user who serves the docs themselves decides: a marked /docs route keeps its mark."""
     app = FastAPI(docs_url=None)
 
@@ -351,7 +352,7 @@ def test_documentation_routes_can_be_guarded_by_a_mark(idp: Issuer, clock: FakeC
     assert_scoped(guarded(app, clock), idp, "/docs")
 
 
-def test_docs_path_inside_a_mount_is_not_treated_as_documentation(idp: Issuer, clock: FakeClock) -> None:
+def test_docs_path_inside_a_mount_is_not_treated_as_documentation(idp: Issuer, clock: ManualClock) -> None:
     """Only FastAPI's own top-level doc routes are public; a mounted route at /docs keeps the default."""
     app = FastAPI()
     app.mount("/internal", Starlette(routes=[Route("/docs", plain_endpoint)]))
@@ -361,7 +362,7 @@ def test_docs_path_inside_a_mount_is_not_treated_as_documentation(idp: Issuer, c
     assert client.get("/docs").status_code == 200
 
 
-def test_mounted_fastapi_sub_app(idp: Issuer, clock: FakeClock) -> None:
+def test_mounted_fastapi_sub_app(idp: Issuer, clock: ManualClock) -> None:
     """A FastAPI app mounted in another keeps its marks."""
     sub = FastAPI()
     sub.include_router(fastapi_photos_router(), prefix="/p")
@@ -375,7 +376,7 @@ def test_mounted_fastapi_sub_app(idp: Issuer, clock: FakeClock) -> None:
 # -- the route cache -----------------------------------------------------------------------------------
 
 
-def test_route_cache_is_bounded(idp: Issuer, clock: FakeClock) -> None:
+def test_route_cache_is_bounded(idp: Issuer, clock: ManualClock) -> None:
     """``route_cache_size`` bounds the memoised results; evicted entries are resolved again correctly."""
     app = Starlette(routes=[Route("/open/{name}", open_endpoint), Route("/admin/{name}", admin_endpoint)])
     guard = TokenGuard(app, issuer=ISSUER, audience=AUDIENCE, clock=clock, route_cache_size=3)
@@ -387,7 +388,7 @@ def test_route_cache_is_bounded(idp: Issuer, clock: FakeClock) -> None:
     assert guard.status()["route_cache_entries"] == 3
 
 
-def test_route_added_after_first_requests_is_seen(idp: Issuer, clock: FakeClock) -> None:
+def test_route_added_after_first_requests_is_seen(idp: Issuer, clock: ManualClock) -> None:
     """A route added at runtime is guarded by its marks, not by a cached default."""
     app = Starlette(routes=[Route("/open", open_endpoint)])
     client = guarded(app, clock, default="public")
@@ -406,7 +407,7 @@ class ExplodingRoute(BaseRoute):
         await Response("never")(scope, receive, send)
 
 
-def test_a_route_that_cannot_be_probed_falls_back_to_rules(idp: Issuer, clock: FakeClock) -> None:
+def test_a_route_that_cannot_be_probed_falls_back_to_rules(idp: Issuer, clock: ManualClock) -> None:
     """Matching errors never become a 500 in the guard: rules, then the default, decide."""
     resolver = RouteResolver([Rule("/open", public=True)], AUTHENTICATED)
 
@@ -441,7 +442,7 @@ def test_resolver_reads_marks_of_websocket_routes() -> None:
     assert resolver.decide(websocket).requirement == Requirement(all_scopes=frozenset({"chat"}))
 
 
-def test_json_404_for_unmatched_with_valid_token(idp: Issuer, clock: FakeClock) -> None:
+def test_json_404_for_unmatched_with_valid_token(idp: Issuer, clock: ManualClock) -> None:
     """The guard does not alter app responses once a request is let through (the app's 404 body)."""
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -452,3 +453,40 @@ def test_json_404_for_unmatched_with_valid_token(idp: Issuer, clock: FakeClock) 
     response = client.get("/x", headers=bearer(idp.token()))
     assert response.status_code == 404
     assert response.json() == {"detail": "nope"}
+
+
+def test_route_path_is_starlettes_rule() -> None:
+    """``routing.route_path`` restates Starlette's private ``get_route_path``: fail loudly if it changes."""
+    import itertools
+
+    from starlette._utils import get_route_path
+
+    from tokenguard.routing import route_path
+
+    paths = ["", "/", "/api", "/api/", "/api/x", "/apix", "/apix/y", "/x/api", "//api", "/api//x", "/ä/ö"]
+    roots = ["", "/", "/api", "/api/", "/ap", "/ä", "//"]
+    for path, root in itertools.product(paths, roots):
+        scope = {"type": "http", "path": path, "root_path": root}
+        assert route_path(scope) == get_route_path(scope), (path, root)
+
+
+def test_fastapi_included_router_match_is_what_routing_reads() -> None:
+    """routing reads FastAPI's private ``_IncludedRouter._match`` (included routers are not flattened in
+    recent releases): (match, child scope, route, context). Fail loudly when FastAPI changes it."""
+    from starlette.routing import Match
+
+    router = APIRouter(prefix="/r")
+
+    @router.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item": item_id}
+
+    app = FastAPI()
+    app.include_router(router)
+    (included,) = [route for route in app.router.routes if hasattr(route, "original_router")]
+    result = included._match({"type": "http", "method": "GET", "path": "/r/items/3", "root_path": "", "headers": []})
+    assert isinstance(result, tuple)
+    assert len(result) == 4
+    assert result[0] is Match.FULL
+    assert result[2].endpoint is item
+    assert result[3].path == "/r/items/{item_id}"

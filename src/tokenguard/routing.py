@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from starlette._utils import get_route_path
 from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Match
 
@@ -398,7 +397,7 @@ class RouteResolver:
         # Only an endpoint the router will run decides by its marks: a partial match is answered by
         # the router (405) without running its endpoint, so it gets the rules/default like no match.
         # Rules match the path as the routes see it: without a mount's or server's root_path prefix.
-        fallback = self._fallback(get_route_path(probe), scope)
+        fallback = self._fallback(route_path(probe), scope)
         if found is not None and found.endpoint is not None and found.full:
             mark = endpoint_requirement(found.endpoint, scope)
             if mark is not None:
@@ -460,6 +459,22 @@ def _probe_scope(scope: MutableMapping[str, Any], app: Any = None) -> dict[str, 
     if isinstance(root_path, str) and root_path:
         probe["root_path"] = root_path
     return probe
+
+
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The path as the app's routes see it: ``path`` without the ``root_path`` prefix.
+
+    The rule Starlette's routers apply (its private ``starlette._utils.get_route_path``), written here
+    so no private framework module is imported; ``tests/test_routing.py`` compares the two on many
+    inputs and fails loudly if Starlette's rule changes.
+    """
+    path: str = scope["path"]
+    root_path = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
 def _app_route_path(scope: Mapping[str, Any]) -> str:
