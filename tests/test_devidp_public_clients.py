@@ -23,8 +23,8 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from tokenguard import ConfigurationError
-from tokenguard._cli_devidp import SPA_CLIENT_ID, SPA_REDIRECT_URIS, _build, _describe
-from tokenguard._cli_output import Printer
+from tokenguard.cli._devidp import SPA_CLIENT_ID, SPA_REDIRECT_URIS, _build, _describe
+from tokenguard.cli._output import Printer
 from tokenguard.cli import main
 from tokenguard.testing import (
     DEFAULT_CLIENT_ID,

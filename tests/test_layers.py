@@ -1,10 +1,13 @@
-"""Import layering (DESIGN.md §4): the core never imports Starlette or FastAPI, and imports run one way.
+"""Import layering (docs/ARCHITECTURE.md, "Layers"): every module has a layer, imports run one way.
 
-    adapters (routing, middleware, fastapi) → authenticator → jwt_validator, introspection, policy,
-    extract, challenge → jwks, models, config (and the private helpers) → errors
+    facade (tokenguard) / cli / testing
+        → adapters (middleware, routing, credentials, fastapi) and add-ons (redaction, integrations)
+        → core, in levels: a core module imports only from strictly lower levels (no sideways imports)
+        → nothing from Starlette or FastAPI, anywhere in the core
 
 Imports are read with ``ast`` (nothing is executed), including imports under ``TYPE_CHECKING``,
-inside functions, and ``importlib.import_module("...")`` calls with a literal name.
+inside functions, and ``importlib.import_module("...")`` calls with a literal name. A module missing
+from the table fails the test: a new module must say where it belongs.
 """
 
 from __future__ import annotations
@@ -17,37 +20,58 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "tokenguard"
 FRAMEWORKS = ("starlette", "fastapi")
-ADAPTERS = frozenset({"tokenguard.middleware", "tokenguard.routing", "tokenguard.fastapi"})
-OUTSIDE_CORE = frozenset({"tokenguard", "tokenguard.cli", "tokenguard.__main__"})  # the package and the CLI
 
-#: Layer of each core module; a module may import only from its own layer or below.
-LAYERS: dict[str, int] = {
+#: The core, by level: a core module may import only core modules of a strictly lower level.
+CORE_LEVELS: dict[str, int] = {
     "tokenguard.errors": 0,
+    "tokenguard._strictjson": 0,
+    "tokenguard._lru": 0,
+    "tokenguard._flight": 0,
+    "tokenguard._signatures": 0,
     "tokenguard.models": 1,
     "tokenguard.config": 1,
-    "tokenguard.jwks": 1,
+    "tokenguard._jose": 1,
     "tokenguard._http": 1,
-    "tokenguard._flight": 1,
-    "tokenguard._lru": 1,
-    "tokenguard._strictjson": 0,
-    "tokenguard._signatures": 1,
-    "tokenguard.events": 1,
-    "tokenguard.redaction": 1,
-    "tokenguard.resource_metadata": 2,
-    "tokenguard.integrations": 2,
-    "tokenguard.integrations._common": 2,
-    "tokenguard.integrations.prometheus": 2,
-    "tokenguard.integrations.opentelemetry": 2,
-    "tokenguard.jwt_validator": 2,
-    "tokenguard.introspection": 2,
-    "tokenguard.policy": 2,
+    "tokenguard._claims": 1,
     "tokenguard.extract": 2,
     "tokenguard.challenge": 2,
-    "tokenguard.authenticator": 3,
-    "tokenguard.routing": 4,
-    "tokenguard.middleware": 4,
-    "tokenguard.fastapi": 4,
+    "tokenguard.events": 2,
+    "tokenguard._discovery": 2,
+    "tokenguard._details": 2,
+    "tokenguard.jwks": 3,
+    "tokenguard.policy": 3,
+    "tokenguard.resource_metadata": 4,
+    "tokenguard.jwt_validator": 4,
+    "tokenguard.introspection": 5,
+    "tokenguard.authenticator": 6,
 }
+#: Framework adapters: they may import the core and each other, never testing or the CLI.
+ADAPTERS = frozenset(
+    {
+        "tokenguard.routing",
+        "tokenguard.credentials",
+        "tokenguard.middleware",
+        "tokenguard.fastapi",
+        "tokenguard.fastapi._openapi",
+    }
+)
+#: Add-ons: optional pieces an app attaches itself (a logging filter, metrics exporters); not the pipeline.
+ADDONS = frozenset(
+    {
+        "tokenguard.redaction",
+        "tokenguard.integrations",
+        "tokenguard.integrations._common",
+        "tokenguard.integrations.opentelemetry",
+        "tokenguard.integrations.prometheus",
+    }
+)
+#: The development identity provider and the pytest plugin.
+TESTING_PREFIX = "tokenguard.testing"
+#: The command line.
+CLI_PREFIX = "tokenguard.cli"
+OUTSIDE_CORE = frozenset({"tokenguard", "tokenguard.__main__"})  # the facade and ``python -m tokenguard``
+#: Private framework modules: never imported (restate the rule, and pin it with a test, instead).
+PRIVATE_FRAMEWORK = ("starlette._", "fastapi._")
 
 
 def module_name(path: Path) -> str:
@@ -61,16 +85,30 @@ MODULES: dict[str, Path] = {module_name(path): path for path in sorted(PACKAGE.r
 
 
 def is_testing(name: str) -> bool:
-    return name == "tokenguard.testing" or name.startswith("tokenguard.testing.")
+    return name == TESTING_PREFIX or name.startswith(TESTING_PREFIX + ".")
 
 
 def is_cli(name: str) -> bool:
-    """``cli.py`` and its private helper modules ``_cli_*.py``."""
-    return name in OUTSIDE_CORE or name.startswith("tokenguard._cli_")
+    """The ``tokenguard.cli`` package, the facade and ``python -m tokenguard``."""
+    return name in OUTSIDE_CORE or name == CLI_PREFIX or name.startswith(CLI_PREFIX + ".")
 
 
 def is_core(name: str) -> bool:
-    return name not in ADAPTERS and not is_cli(name) and not is_testing(name)
+    return name in CORE_LEVELS
+
+
+def kind(name: str) -> str:
+    if is_core(name):
+        return "core"
+    if name in ADAPTERS:
+        return "adapter"
+    if name in ADDONS:
+        return "add-on"
+    if is_testing(name):
+        return "testing"
+    if is_cli(name):
+        return "cli"
+    return "unknown"
 
 
 CORE = sorted(name for name in MODULES if is_core(name))
@@ -142,6 +180,7 @@ def test_the_module_scan_sees_the_package() -> None:
     assert "tokenguard.authenticator" in CORE
     assert "tokenguard.middleware" not in CORE
     assert "tokenguard.cli" not in CORE
+    assert kind("tokenguard.cli._check") == "cli"
     assert "starlette" in external_roots("tokenguard.middleware")
     assert "tokenguard.authenticator" in closure("tokenguard.middleware")
     assert "tokenguard.middleware" in closure("tokenguard")  # the facade re-exports the adapter
@@ -180,17 +219,41 @@ def test_core_module_never_imports_adapters_testing_or_cli(name: str) -> None:
         assert is_core(target), f"{name} imports {target}, which is outside the core"
 
 
-@pytest.mark.parametrize("name", sorted(set(LAYERS) & set(MODULES)))
-def test_imports_run_one_way(name: str) -> None:
-    """A module imports only from its own layer or the layers below it."""
+def test_every_module_has_a_layer() -> None:
+    """No module is silently outside the table: a new module must be placed (core level, adapter, add-on…)."""
+    unplaced = sorted(name for name in MODULES if kind(name) == "unknown")
+    assert not unplaced, f"modules with no layer in tests/test_layers.py: {unplaced}"
+    stale = sorted(set(CORE_LEVELS) - set(MODULES))
+    assert not stale, f"the table names modules that do not exist: {stale}"
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_imports_only_lower_levels(name: str) -> None:
+    """Within the core, a module imports only from strictly lower levels: no sideways imports."""
     for target in internal_imports(name):
-        if target in LAYERS:
-            assert LAYERS[target] <= LAYERS[name], f"{name} (layer {LAYERS[name]}) imports {target} ({LAYERS[target]})"
+        assert is_core(target), f"{name} imports {target}, which is outside the core"
+        assert CORE_LEVELS[target] < CORE_LEVELS[name], (
+            f"{name} (level {CORE_LEVELS[name]}) imports {target} (level {CORE_LEVELS[target]})"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS | ADDONS))
+def test_adapters_and_addons_never_import_testing_or_the_cli(name: str) -> None:
+    for target in closure(name):
+        assert not is_testing(target), f"{name} reaches {target}"
+        assert not is_cli(target), f"{name} reaches {target}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_private_framework_imports(name: str) -> None:
+    """No ``starlette._*`` or ``fastapi._*`` module is imported (tests may compare against them)."""
+    for target in imported_names(name):
+        assert not target.startswith(PRIVATE_FRAMEWORK), f"{name} imports the private {target}"
 
 
 def test_internal_imports_have_no_cycles() -> None:
-    """No core or adapter module reaches itself through its imports."""
-    for name in [*CORE, *sorted(ADAPTERS & set(MODULES))]:
+    """No core, adapter or add-on module reaches itself through its imports."""
+    for name in [*CORE, *sorted((ADAPTERS | ADDONS) & set(MODULES))]:
         assert name not in closure(name), f"{name} is part of an import cycle"
 
 
