@@ -24,12 +24,11 @@ from conftest import (
     METADATA_URL,
     OPENID_URL,
     T0,
-    FakeClock,
     Issuer,
     b64url,
 )
 from tokenguard.cli import main
-from tokenguard.testing import RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, DevIdP
+from tokenguard.testing import RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, DevIdP, ManualClock
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str, **options: Any) -> tuple[int, str, str]:
@@ -52,7 +51,7 @@ def assert_one_clean_line(err: str) -> None:
 
 
 def test_inspect_decodes_a_valid_token_and_says_it_did_not_verify(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock
+    capsys: pytest.CaptureFixture[str], clock: ManualClock
 ) -> None:
     """A good token: exit 0, the first line says it was not verified, claims and times are shown."""
     token = Issuer(clock).token(exp=int(T0) + 250)
@@ -70,7 +69,7 @@ def test_inspect_decodes_a_valid_token_and_says_it_did_not_verify(
 
 
 def test_inspect_expired_token_says_how_long_ago_and_exits_1(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock
+    capsys: pytest.CaptureFixture[str], clock: ManualClock
 ) -> None:
     """An expired token: "expired 2h ago" and exit 1 (tokenguard refuses it under any configuration)."""
     token = Issuer(clock).token(iat=int(T0) - 7500, exp=int(T0) - 7200)
@@ -80,7 +79,7 @@ def test_inspect_expired_token_says_how_long_ago_and_exits_1(
 
 
 def test_inspect_expiry_inside_the_leeway_is_only_a_warning(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock
+    capsys: pytest.CaptureFixture[str], clock: ManualClock
 ) -> None:
     """Expired 10 s ago: tokenguard's default 30 s leeway still accepts it, so a warning and exit 0."""
     token = Issuer(clock).token(iat=int(T0) - 310, exp=int(T0) - 10)
@@ -89,7 +88,7 @@ def test_inspect_expiry_inside_the_leeway_is_only_a_warning(
     assert "warning  expired 10s ago (still inside tokenguard's default 30 s leeway)" in out
 
 
-def test_inspect_not_yet_valid_token(capsys: pytest.CaptureFixture[str], clock: FakeClock) -> None:
+def test_inspect_not_yet_valid_token(capsys: pytest.CaptureFixture[str], clock: ManualClock) -> None:
     """nbf an hour ahead: "valid in 1h" in the times, an error in the findings."""
     token = Issuer(clock).token(nbf=int(T0) + 3600, exp=int(T0) + 7200)
     code, out, _ = run(capsys, "inspect", token, clock=clock)
@@ -109,7 +108,7 @@ def test_inspect_jwe_shows_its_header_and_is_refused(capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize("alg", ["none", "NoNe", "NONE"])
-def test_inspect_flags_alg_none_in_any_casing(capsys: pytest.CaptureFixture[str], clock: FakeClock, alg: str) -> None:
+def test_inspect_flags_alg_none_in_any_casing(capsys: pytest.CaptureFixture[str], clock: ManualClock, alg: str) -> None:
     """alg none, whatever its casing, is an error: the token is unsigned."""
     claims = Issuer(clock).claims()
     code, out, _ = run(capsys, "inspect", unsigned({"alg": alg, "typ": "at+jwt", "kid": "k"}, claims), clock=clock)
@@ -120,7 +119,7 @@ def test_inspect_flags_alg_none_in_any_casing(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("name", ["jku", "x5u", "x5c", "jwk"])
 def test_inspect_warns_on_headers_that_name_their_own_key(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, name: str
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, name: str
 ) -> None:
     """jku/x5u/x5c/jwk are warned about; tokenguard ignores them, so the token is not refused for it."""
     value: Any = {"kty": "oct"} if name == "jwk" else ["MIIB"] if name == "x5c" else "https://evil.example/keys"
@@ -131,7 +130,7 @@ def test_inspect_warns_on_headers_that_name_their_own_key(
 
 
 def test_inspect_warns_on_hmac_missing_kid_and_plain_jwt_typ(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock
+    capsys: pytest.CaptureFixture[str], clock: ManualClock
 ) -> None:
     """HS256, no kid and typ JWT each get their own warning."""
     claims = Issuer(clock).claims()
@@ -143,7 +142,7 @@ def test_inspect_warns_on_hmac_missing_kid_and_plain_jwt_typ(
     assert "typ 'JWT', not 'at+jwt'" in out
 
 
-def test_inspect_refuses_crit_and_foreign_typ(capsys: pytest.CaptureFixture[str], clock: FakeClock) -> None:
+def test_inspect_refuses_crit_and_foreign_typ(capsys: pytest.CaptureFixture[str], clock: ManualClock) -> None:
     """crit and a typ that is not an access-token type are errors (exit 1)."""
     token = Issuer(clock).token(headers={"crit": ["exp"], "typ": "dpop+jwt"})
     code, out, _ = run(capsys, "inspect", token, clock=clock)
@@ -183,7 +182,7 @@ def test_inspect_unreadable_parts_are_one_line_errors_with_exit_2(
 
 
 def test_inspect_reads_the_token_from_stdin(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`-` reads stdin; surrounding whitespace and a pasted "Bearer " prefix are dropped."""
     token = Issuer(clock).token()
@@ -203,7 +202,7 @@ def test_inspect_empty_stdin_is_an_input_error(
     assert "stdin was empty" in err
 
 
-def test_inspect_json_output(capsys: pytest.CaptureFixture[str], clock: FakeClock) -> None:
+def test_inspect_json_output(capsys: pytest.CaptureFixture[str], clock: ManualClock) -> None:
     """--json: one JSON document with header, claims, times and coded findings; never the token."""
     token = Issuer(clock).token(headers={"jku": "https://evil.example/k"})
     code, out, _ = run(capsys, "inspect", "--json", token, clock=clock)
@@ -222,7 +221,7 @@ def test_inspect_json_output(capsys: pytest.CaptureFixture[str], clock: FakeCloc
 
 
 def test_inspect_verifies_with_the_middleware_code(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, idp: Issuer
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, idp: Issuer
 ) -> None:
     """A real token against a real JWKS (respx): VALID, identity and scopes, exit 0."""
     token = idp.token(scope="read:photos write:photos")
@@ -244,7 +243,7 @@ def test_inspect_verifies_with_the_middleware_code(
 )
 def test_inspect_says_why_verification_fails(
     capsys: pytest.CaptureFixture[str],
-    clock: FakeClock,
+    clock: ManualClock,
     idp: Issuer,
     claims: dict[str, Any],
     kid: str,
@@ -258,7 +257,9 @@ def test_inspect_says_why_verification_fails(
     assert f"INVALID  {reason}: The access token" in out
 
 
-def test_inspect_reports_a_forged_signature(capsys: pytest.CaptureFixture[str], clock: FakeClock, idp: Issuer) -> None:
+def test_inspect_reports_a_forged_signature(
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, idp: Issuer
+) -> None:
     """Signed by another key under the issuer's kid: bad_signature, in the JSON verification block too."""
     forged = idp.token("rsa-1", key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
     code, out, _ = run(capsys, "inspect", "--json", forged, "--issuer", ISSUER, "--audience", AUDIENCE, clock=clock)
@@ -269,7 +270,7 @@ def test_inspect_reports_a_forged_signature(capsys: pytest.CaptureFixture[str], 
 
 
 def test_inspect_verification_against_an_unreachable_issuer_exits_2(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, respx_mock: respx.MockRouter
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """Keys that cannot be had are "could not check" (exit 2), never "invalid"."""
     respx_mock.get(url__startswith=ISSUER).mock(side_effect=httpx.ConnectError("refused"))
@@ -294,7 +295,7 @@ def test_inspect_issuer_without_audience_is_a_usage_error(capsys: pytest.Capture
 # -- check ------------------------------------------------------------------------------------
 
 
-def test_check_a_healthy_issuer(capsys: pytest.CaptureFixture[str], clock: FakeClock, idp: Issuer) -> None:
+def test_check_a_healthy_issuer(capsys: pytest.CaptureFixture[str], clock: ManualClock, idp: Issuer) -> None:
     """Metadata and JWKS fine: the keys are listed, TokenGuard loads them, exit 0."""
     code, out, _ = run(capsys, "check", "--issuer", ISSUER, "--audience", AUDIENCE, clock=clock)
     assert code == 0, out
@@ -324,11 +325,12 @@ def _serve(
     router: respx.MockRouter, metadata: dict[str, Any], jwks: dict[str, Any], headers: dict[str, str] | None = None
 ) -> None:
     router.get(METADATA_URL).mock(return_value=httpx.Response(200, json=metadata, headers=headers or {}))
+    router.get(OPENID_URL).mock(return_value=httpx.Response(404))  # tried when the metadata above is refused
     router.get(JWKS_URL).mock(return_value=httpx.Response(200, json=jwks))
 
 
 def test_check_issuer_mismatch_exits_1(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, respx_mock: respx.MockRouter
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """Metadata naming another issuer (even a trailing slash) is an error, exit 1."""
     issuer = Issuer(clock)
@@ -340,7 +342,7 @@ def test_check_issuer_mismatch_exits_1(
 
 
 def test_check_flags_bad_keys(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, respx_mock: respx.MockRouter
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """An oct key, a 1024-bit RSA key and a key without kid are each flagged; exit 1."""
     issuer = Issuer(clock)
@@ -367,7 +369,7 @@ def test_check_flags_bad_keys(
 
 
 def test_check_missing_introspection_endpoint_is_only_a_warning(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, respx_mock: respx.MockRouter
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """No introspection endpoint: warned about (sensitive routes need it), exit still 0."""
     issuer = Issuer(clock)
@@ -379,7 +381,7 @@ def test_check_missing_introspection_endpoint_is_only_a_warning(
 
 
 def test_check_missing_jwks_uri_is_an_error(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, respx_mock: respx.MockRouter
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """Metadata without jwks_uri: no keys at all, exit 1."""
     issuer = Issuer(clock)
@@ -391,7 +393,7 @@ def test_check_missing_jwks_uri_is_an_error(
 
 
 def test_check_falls_back_to_openid_discovery_and_reports_clock_skew(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, respx_mock: respx.MockRouter
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """RFC 8414 path 404 → OpenID path; a Date header 2 minutes ahead is reported and warned about."""
     issuer = Issuer(clock)
@@ -408,7 +410,7 @@ def test_check_falls_back_to_openid_discovery_and_reports_clock_skew(
 
 
 def test_check_plain_http_issuer_off_loopback_is_an_error(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock, respx_mock: respx.MockRouter
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """http:// on a public host is flagged even when everything else answers."""
     plain = "http://idp.example.com"
@@ -417,10 +419,44 @@ def test_check_plain_http_issuer_off_loopback_is_an_error(
     respx_mock.get(f"{plain}/.well-known/oauth-authorization-server").mock(
         return_value=httpx.Response(200, json=metadata)
     )
+    respx_mock.get(f"{plain}/.well-known/openid-configuration").mock(return_value=httpx.Response(404))
     code, out, _ = run(capsys, "check", "--issuer", plain, clock=clock)
     assert code == 1
     assert "the issuer is not https:// and not on loopback" in out
-    assert "jwks_uri must use https://" in out
+    assert out.count("jwks_uri must use https://") == 1  # discovery's refusal, not said again
+
+
+def test_check_reports_what_each_metadata_url_did(
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
+) -> None:
+    """No usable metadata: one error naming each URL tried, with its status or why it was unreachable."""
+    respx_mock.get(METADATA_URL).mock(return_value=httpx.Response(404))
+    respx_mock.get(OPENID_URL).mock(side_effect=httpx.ConnectError("connection refused"))
+    code, out, _ = run(capsys, "check", "--issuer", ISSUER, "--json", clock=clock)
+    assert code == 1
+    report = json.loads(out)
+    assert report["metadata_url"] is None
+    [error] = [p["message"] for p in report["problems"] if p["severity"] == "error"]
+    assert error.startswith("no authorization-server metadata: ")
+    assert f"GET {METADATA_URL} answered 404" in error
+    assert f"GET {OPENID_URL} failed: ConnectError" in error
+
+
+def test_check_skips_a_refused_document_as_the_middleware_does(
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
+) -> None:
+    """RFC 8414 metadata naming another issuer, OpenID metadata fine: the guard uses the latter, so a warning."""
+    issuer = Issuer(clock)
+    respx_mock.get(METADATA_URL).mock(
+        return_value=httpx.Response(200, json={**issuer.metadata(), "issuer": "https://other.example.com"})
+    )
+    respx_mock.get(OPENID_URL).mock(return_value=httpx.Response(200, json=issuer.metadata()))
+    respx_mock.get(JWKS_URL).mock(return_value=httpx.Response(200, json=issuer.jwks()))
+    code, out, _ = run(capsys, "check", "--issuer", ISSUER, "--audience", AUDIENCE, "--no-color", clock=clock)
+    assert code == 0, out
+    assert f"Metadata  {OPENID_URL}" in out
+    assert f"warning  {METADATA_URL} names issuer 'https://other.example.com', not '{ISSUER}'" in out
+    assert "TokenGuard  loads 3 key(s)" in out
 
 
 def test_check_requires_an_issuer(capsys: pytest.CaptureFixture[str]) -> None:
@@ -579,7 +615,7 @@ def test_dev_idp_serves_on_a_port(tmp_path: Path) -> None:
 
 
 def test_an_unexpected_failure_is_one_line_without_the_token(
-    capsys: pytest.CaptureFixture[str], clock: FakeClock
+    capsys: pytest.CaptureFixture[str], clock: ManualClock
 ) -> None:
     """A bug below the command is reported as one stderr line, exit 2, token-shaped text abbreviated."""
     token = Issuer(clock).token()

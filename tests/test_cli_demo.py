@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from tokenguard._cli_demo import CLIENT_ID, build_idp
-from tokenguard._cli_demo import main as play
-from tokenguard._cli_output import Printer
 from tokenguard.cli import main
+from tokenguard.cli._demo import CLIENT_ID, build_idp
+from tokenguard.cli._demo import main as play
+from tokenguard.cli._output import Printer
 from tokenguard.testing import ManualClock, OAuthError
 
 STEPS = [

@@ -28,8 +28,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tokenguard import TokenGuard, public, require_scopes, sensitive
-from tokenguard._cli_inspect import decode
-from tokenguard._cli_output import Printer, abbreviate, duration
+from tokenguard.cli._inspect import decode
+from tokenguard.cli._output import Printer, abbreviate, duration
 from tokenguard.testing import DevIdP, ManualClock
 
 API_URL = "https://photos.tokenguard.test"

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tokenguard._cli_output import CliError, Printer, duration, utc
 from tokenguard._http import HttpClientOption
 from tokenguard._strictjson import strict_pairs
 from tokenguard.authenticator import Authenticator
+from tokenguard.cli._output import CliError, Printer, duration, utc
 from tokenguard.config import DEFAULT_ALGORITHMS, HMAC_ALGORITHMS, GuardConfig, IntrospectionOptions
 from tokenguard.errors import AuthError, ConfigurationError, UnavailableError
 from tokenguard.jwt_validator import classify, parse_jws
@@ -115,8 +115,6 @@ def _segment(token_part: str, name: str) -> tuple[bytes, list[str]]:
         return base64.urlsafe_b64decode(bare + "=" * (-len(bare) % 4)), notes
     except (binascii.Error, ValueError) as exc:
         raise CliError(f"the {name} segment is not valid base64url") from exc
-
-
 
 
 def _object(data: bytes, name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
-from tokenguard._cli_output import CliError, Printer
+from tokenguard.cli._output import CliError, Printer
 from tokenguard.config import check_url, is_loopback_host
 from tokenguard.errors import ConfigurationError
 from tokenguard.testing import DEV_USER_GRANT, RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, Client, DevIdP

@@ -5,6 +5,15 @@ that cannot be reached. Errors are one line on stderr, never a traceback, and ne
 
 ``main(argv, *, http_client=..., clock=...)`` takes the same ``http_client`` option as
 ``TokenGuard`` (a client or a factory), so tests reach an in-process issuer without a network.
+
+This module parses the arguments and dispatches; each command lives in its own private module,
+imported only when that command runs:
+
+    _demo     ``tokenguard demo``     the leaked-refresh-token story, in process
+    _devidp   ``tokenguard dev-idp``  the development IdP on a port (uvicorn)
+    _inspect  ``tokenguard inspect``  decode a token, flag risky parts, verify it with the middleware's code
+    _check    ``tokenguard check``    an issuer's metadata (through ``tokenguard._discovery``), keys and clock
+    _output   what they share: the printer, colour, durations, dates, token abbreviations
 """
 
 from __future__ import annotations
@@ -20,8 +29,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from tokenguard import __version__
-from tokenguard._cli_output import CliError, Printer, abbreviate, wants_color
 from tokenguard._http import HttpClientOption
+from tokenguard.cli._output import CliError, Printer, abbreviate, wants_color
 
 _PROG = "tokenguard"
 _TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_.~+/=-]{32,}")
@@ -150,7 +159,7 @@ def _printer(args: argparse.Namespace) -> Printer:
 
 
 def _cmd_inspect(args: argparse.Namespace, http_client: HttpClientOption, clock: Callable[[], float]) -> int:
-    from tokenguard import _cli_inspect as inspector
+    from tokenguard.cli import _inspect as inspector
 
     if (args.issuer is None) != (args.audience is None):
         raise CliError("--issuer and --audience go together")
@@ -188,7 +197,7 @@ def _cmd_inspect(args: argparse.Namespace, http_client: HttpClientOption, clock:
 
 
 def _cmd_check(args: argparse.Namespace, http_client: HttpClientOption, clock: Callable[[], float]) -> int:
-    from tokenguard import _cli_check as check
+    from tokenguard.cli import _check as check
 
     report = asyncio.run(check.run(args.issuer, args.audience, http_client=http_client, clock=clock))
     out = _printer(args)
@@ -200,13 +209,13 @@ def _cmd_check(args: argparse.Namespace, http_client: HttpClientOption, clock: C
 
 
 def _cmd_demo(args: argparse.Namespace, http_client: HttpClientOption, clock: Callable[[], float]) -> int:
-    from tokenguard import _cli_demo as demo
+    from tokenguard.cli import _demo as demo
 
     return demo.main(_printer(args))
 
 
 def _cmd_dev_idp(args: argparse.Namespace, http_client: HttpClientOption, clock: Callable[[], float]) -> int:
-    from tokenguard import _cli_devidp as dev_idp
+    from tokenguard.cli import _devidp as dev_idp
 
     return dev_idp.main(
         _printer(args),
@@ -281,7 +290,3 @@ def _one_line(text: str, limit: int = 200) -> str:
     """One line, short, and with anything token-shaped abbreviated: a message may quote its input."""
     text = _TOKEN_SHAPED.sub(lambda match: abbreviate(match.group()), " ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

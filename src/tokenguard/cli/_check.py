@@ -1,8 +1,10 @@
 """``tokenguard check``: is this issuer fit to be a ``TokenGuard`` issuer?
 
-Fetches the metadata (RFC 8414 path, then OpenID discovery) and the JWKS through tokenguard's own
-HTTP seam and key parser, lists the keys, flags problems, measures clock skew against the issuer's
-``Date`` header, and finally loads the keys with the middleware's own ``Authenticator``.
+Finds the metadata with the middleware's own discovery client (``tokenguard._discovery``: the RFC 8414
+path, then OpenID discovery, each document held to the exact-issuer and https-endpoint rules), fetches
+the JWKS through tokenguard's own HTTP seam and key parser, lists the keys, flags problems, measures
+clock skew against the issuer's ``Date`` header, and finally loads the keys with the middleware's own
+``Authenticator``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from tokenguard._cli_output import CliError, Printer
-from tokenguard._discovery import well_known_urls
+from tokenguard._discovery import Attempt, Discovered, DiscoveryFailed, discover, metadata_problem
 from tokenguard._http import FetchError, HttpClientOption, HttpClientPool, HttpResult
 from tokenguard.authenticator import Authenticator
+from tokenguard.cli._output import CliError, Printer
 from tokenguard.config import GuardConfig, check_url, is_loopback_host
 from tokenguard.errors import ConfigurationError, UnavailableError
 from tokenguard.jwks import parse_jwk
@@ -61,6 +63,8 @@ class Report:
     skew: float | None = None
     loaded_kids: list[str] | None = None
     problems: list[Problem] = field(default_factory=list)
+    #: Why discovery refused the metadata shown (``None`` when it was used).
+    refusal: str | None = None
 
     def add(self, severity: Severity, message: str) -> None:
         self.problems.append(Problem(severity, message))
@@ -82,10 +86,10 @@ async def run(
     """Every check, in order; ``CliError`` (exit 2) when the issuer cannot be reached at all."""
     report = Report(issuer, audience)
     _check_issuer_url(report)
-    http = HttpClientPool(http_client, timeout=_TIMEOUT)
+    http = _Pool(http_client, timeout=_TIMEOUT)
     try:
-        result = await _fetch_metadata(report, http)
-        report.skew = _skew(result.headers, clock())
+        headers = await _discover(report, http)
+        report.skew = _skew(headers, clock())
         _check_metadata(report)
         await _fetch_jwks(report, http)
     finally:
@@ -112,45 +116,66 @@ def _check_issuer_url(report: Report) -> None:
         report.add("error", "the issuer URL has a query or fragment component, which RFC 8414 §2 forbids")
 
 
-async def _fetch_metadata(report: Report, http: HttpClientPool) -> HttpResult:
-    unreachable: list[str] = []
-    answered: list[str] = []
-    first: HttpResult | None = None
-    for url in well_known_urls(report.issuer):
-        try:
-            result = await http.get(url, timeout=_TIMEOUT, max_bytes=_MAX_BYTES)
-        except FetchError as exc:
-            unreachable.append(str(exc))
-            continue
-        first = first or result
-        if result.status != 200:
-            answered.append(f"{url} answered {result.status}")
-            continue
-        try:
-            report.metadata = result.json_object(url)
-        except FetchError as exc:
-            answered.append(str(exc))
-            continue
-        report.metadata_url = url
+class _Pool(HttpClientPool):
+    """The HTTP seam, remembering the headers of the first answer: when no metadata is usable, the
+    clock skew is still read from whatever the issuer answered first."""
+
+    first_headers: Mapping[str, str] | None = None
+
+    async def get(self, url: str, *, timeout: float, max_bytes: int) -> HttpResult:
+        result = await super().get(url, timeout=timeout, max_bytes=max_bytes)
+        if self.first_headers is None:
+            self.first_headers = result.headers
         return result
-    if first is None:
-        raise CliError(f"cannot reach the issuer {report.issuer}: {'; '.join(unreachable)}")
-    report.add("error", "no authorization-server metadata: " + "; ".join(answered + unreachable))
-    return first
+
+
+async def _discover(report: Report, http: _Pool) -> Mapping[str, str]:
+    """The metadata as the middleware finds it; returns the headers to read the clock skew from.
+
+    Each URL tried is an ``Attempt`` (unreachable, which status, or why its document was refused).
+    None answering at all is a ``CliError`` (exit 2). A document that was read but refused is still
+    shown, keys and all, with the reason as an error; refused ones the middleware skips for a later
+    usable one are warnings.
+    """
+    attempts: list[Attempt] = []
+    found: Discovered | None
+    try:
+        found = await discover(http, report.issuer, timeout=_TIMEOUT, max_bytes=_MAX_BYTES, on_attempt=attempts.append)
+    except DiscoveryFailed:
+        found = None  # what each URL did is in `attempts`
+    refused = [attempt for attempt in attempts if attempt.document is not None and attempt.problem is not None]
+    if found is not None:
+        report.metadata, report.metadata_url = dict(found.document), found.url
+        for attempt in refused:
+            report.add("warning", f"{attempt.problem}: TokenGuard skips it and uses {found.url}")
+        return found.headers
+    if http.first_headers is None:  # no URL answered at all
+        problems = "; ".join(attempt.problem or attempt.url for attempt in attempts)
+        raise CliError(f"cannot reach the issuer {report.issuer}: {problems}")
+    if not refused:
+        report.add("error", "no authorization-server metadata: " + "; ".join(_problems(attempts)))
+        return http.first_headers
+    # The first document read is still shown, keys and all, with the reason discovery refused it.
+    first = refused[0]
+    document = first.document or {}
+    report.metadata, report.metadata_url = dict(document), first.url
+    report.refusal = metadata_problem(document, report.issuer) or first.problem
+    report.add("error", f"the metadata {report.refusal}; TokenGuard refuses this metadata")
+    return http.first_headers
+
+
+def _problems(attempts: list[Attempt]) -> list[str]:
+    """What each URL did: the ones that answered first, then the unreachable ones."""
+    answered = [attempt.problem or attempt.url for attempt in attempts if attempt.status is not None]
+    return answered + [attempt.problem or attempt.url for attempt in attempts if attempt.status is None]
 
 
 def _check_metadata(report: Report) -> None:
+    """The fields the guard needs, one error or warning for each (the issuer was held to RFC 8414
+    §3.3 by discovery, above)."""
     document = report.metadata
     if not document:
         return
-    named = document.get("issuer")
-    if named != report.issuer:
-        # RFC 8414 §3.3: the "issuer" value returned MUST be identical to the issuer identifier.
-        report.add(
-            "error",
-            f"the metadata names issuer {named!r}, not {report.issuer!r} (RFC 8414 §3.3 "
-            "requires them identical, character for character); TokenGuard refuses this metadata",
-        )
     jwks_uri = document.get("jwks_uri")
     if not isinstance(jwks_uri, str) or not jwks_uri:
         report.add("error", "the metadata has no jwks_uri: there are no keys to verify tokens with")
@@ -171,7 +196,10 @@ def _url_ok(report: Report, name: str, url: str) -> bool:
     try:
         check_url(name, url)
     except ConfigurationError as exc:
-        report.add("error", f"metadata {exc}")
+        # Discovery refuses a document for the first such URL it meets; that refusal, already an
+        # error (possibly cut short), is not said twice.
+        if report.refusal is None or not str(exc).startswith(report.refusal.removesuffix("...")):
+            report.add("error", f"metadata {exc}")
         return False
     return True
 
