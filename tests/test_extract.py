@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tokenguard.challenge import render
 from tokenguard.errors import InvalidRequest, InvalidToken, MissingToken
-from tokenguard.extract import extract_bearer, parse_authorization
+from tokenguard.extract import authorization_values, bearer_from, parse_authorization
+
+
+def extract_bearer(headers: Any, max_bytes: int) -> str:
+    """The bearer token of an ASGI header list, as the guard's pipeline reads it."""
+    return bearer_from(authorization_values(headers), max_bytes)
+
 
 MAX = 64
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"

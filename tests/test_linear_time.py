@@ -37,15 +37,22 @@ import pytest
 
 from conftest import AUDIENCE, ISSUER, b64url
 from tokenguard import redaction
-from tokenguard._strictjson import strict_decoder
+from tokenguard._details import parse_json_body
+from tokenguard._jose import classify, parse_jws
+from tokenguard._strictjson import _too_deep, strict_decoder
 from tokenguard.authenticator import Authenticator
 from tokenguard.challenge import render
 from tokenguard.config import GuardConfig
 from tokenguard.errors import AuthError, InvalidRequest, InvalidToken, MissingToken
-from tokenguard.extract import cached_candidate, extract_bearer, parse_authorization
-from tokenguard.jwt_validator import _too_deep, classify, parse_jws
-from tokenguard.policy import AUTHENTICATED, parse_json_body
+from tokenguard.extract import authorization_values, bearer_from, cached_candidate, parse_authorization
+from tokenguard.policy import AUTHENTICATED
 from tokenguard.redaction import REDACTED, TokenRedactingFilter, redact
+
+
+def extract_bearer(headers: Any, max_bytes: int) -> str:
+    """The bearer token of an ASGI header list, as the guard's pipeline reads it."""
+    return bearer_from(authorization_values(headers), max_bytes)
+
 
 T = TypeVar("T")
 

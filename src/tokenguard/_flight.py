@@ -15,7 +15,7 @@ class SingleFlight(Generic[K, V]):
 
     The shared call runs as its own task and is awaited through ``asyncio.shield``, so a caller
     that is cancelled (a client hung up) does not cancel the call for the others waiting on it.
-    Tasks are created for the running loop only, never at construction (DESIGN.md §2), and are
+    Tasks are created for the running loop only, never at construction (docs/ARCHITECTURE.md), and are
     filed under that loop: a task left pending by a loop that has since closed is never awaited,
     and two loops running at once (one per thread) each keep their own call in flight.
     """

@@ -72,6 +72,15 @@ def check_url(name: str, url: str) -> str:
     return url
 
 
+def check_issuer(issuer: str) -> str:
+    """RFC 8414 §2: the issuer identifier is an https URL (http on loopback, for development) that
+    "has no query or fragment components"."""
+    check_url("issuer", issuer)  # refuses other schemes and fragments
+    if urlsplit(issuer).query:
+        raise ConfigurationError(f"issuer must not have a query, got {issuer!r}")
+    return issuer
+
+
 def issuer_list(issuer: str | Sequence[str]) -> tuple[str, ...]:
     """``issuer=`` as a tuple: one issuer identifier, or a non-empty list of distinct ones.
 
@@ -111,7 +120,7 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class JWKSOptions:
-    """How keys are fetched and kept (DESIGN.md §3)."""
+    """How keys are fetched and kept (docs/ARCHITECTURE.md, "JWKS cache")."""
 
     default_ttl: float = 3600.0
     min_ttl: float = 300.0
@@ -204,10 +213,7 @@ class GuardConfig:
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_url("issuer", self.issuer)
-        if urlsplit(self.issuer).query:
-            # RFC 8414 §2: the issuer identifier "has no query or fragment components".
-            raise ConfigurationError(f"issuer must not have a query, got {self.issuer!r}")
+        check_issuer(self.issuer)
         object.__setattr__(self, "audience", _as_tuple("audience", self.audience))
         if self.jwks_uri is not None:
             check_url("jwks_uri", self.jwks_uri)

@@ -1,6 +1,6 @@
 """Issuer discovery (RFC 8414, OpenID Connect Discovery) and the JWKS cache (RFC 7517).
 
-One ``JWKSCache`` per issuer, shared by every request of the process (DESIGN.md §3):
+One ``JWKSCache`` per issuer, shared by every request of the process (docs/ARCHITECTURE.md, "JWKS cache"):
 
 - fetched at first use, kept for the issuer's ``Cache-Control: max-age`` clamped to sane bounds,
   refreshed in the background before it expires (from 80% of that time on, by default);
@@ -333,7 +333,7 @@ KeysListener = Callable[[frozenset[str], bool], None]
 
 
 class JWKSCache:
-    """The issuer's signing keys, shared by all requests (DESIGN.md §3).
+    """The issuer's signing keys, shared by all requests (docs/ARCHITECTURE.md, "JWKS cache").
 
     Its invariants (ARCHITECTURE.md, "Caches never outlive what they stand for"): keys are used
     without a fetch only before their max-age (``Cache-Control``, clamped to [jwks_min_ttl,
@@ -400,7 +400,7 @@ class JWKSCache:
         if self._flight.in_flight("jwks"):
             keys = await self._flight.run("jwks", self._fetch)  # join the fetch already under way
         elif now >= self._state.retry_at and now - self._last_refetch >= self._config.jwks.refetch_cooldown:
-            # The cool-down is started by unknown-kid refetches only (DESIGN.md §3).
+            # The cool-down is started by unknown-kid refetches only (docs/ARCHITECTURE.md, "JWKS cache").
             self._last_refetch = now
             keys = await self._flight.run("jwks", self._fetch)
         if keys.knows(kid):

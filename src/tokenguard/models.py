@@ -69,7 +69,3 @@ class AccessToken:
             key_id=key_id,
         )
         return token
-
-    def has_scopes(self, *scopes: str) -> bool:
-        """True when every scope given is granted (exact string match)."""
-        return all(scope in self.scopes for scope in scopes)

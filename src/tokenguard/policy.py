@@ -162,6 +162,7 @@ PUBLIC = Requirement(public=True)
 
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ): printable ASCII but SP, '"' and '\\'.
+# RFC 9470 §3 acr values share the alphabet: a space-separated list inside a quoted string.
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 ScopesArg = str | Iterable[str]
@@ -222,8 +223,6 @@ def public(func: F) -> F:
     return _mark(func, Requirement(public=True))
 
 
-# RFC 9470 §3: acr_values is a space-separated list inside a quoted string: no space, '"' or '\\'.
-_ACR_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def require_auth_level(*, acr_values: str | Iterable[str] = (), max_age: int | None = None) -> Callable[[F], F]:
@@ -240,7 +239,7 @@ def require_auth_level(*, acr_values: str | Iterable[str] = (), max_age: int | N
 def _auth_level(acr_values: str | Iterable[str], max_age: int | None, who: str) -> Requirement:
     values = (acr_values,) if isinstance(acr_values, str) else tuple(acr_values)
     for value in values:
-        if not isinstance(value, str) or _ACR_VALUE.fullmatch(value) is None:
+        if not isinstance(value, str) or _SCOPE_TOKEN.fullmatch(value) is None:
             raise ConfigurationError(f"{who}: {value!r} is not a valid acr value")
     if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0):
         raise ConfigurationError(f"{who}: max_age must be a whole number of seconds >= 0, got {max_age!r}")

@@ -38,7 +38,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from tokenguard.config import check_url, is_loopback_host
+from tokenguard.config import check_issuer, is_loopback_host
 from tokenguard.errors import ConfigurationError
 from tokenguard.testing._keys import SIGNING_ALGORITHMS, KeyRing
 from tokenguard.testing._ledger import Ledger, digest, new_id
@@ -225,10 +225,7 @@ class DevIdP:
         authorization_details_types: Iterable[str] | None = None,
         cors_origins: str | Iterable[str] | None = None,
     ) -> None:
-        self.issuer = check_url("issuer", issuer)
-        if urlsplit(issuer).query:
-            # RFC 8414 §2: the issuer "has no query or fragment components".
-            raise ConfigurationError(f"issuer must not have a query, got {issuer!r}")
+        self.issuer = check_issuer(issuer)
         if not callable(clock):
             raise ConfigurationError("clock must be a callable returning seconds since the epoch")
         self.clock = clock
