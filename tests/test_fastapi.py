@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -13,9 +15,11 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import AccessToken, TokenGuard, public, require_any_scope, require_scopes
+from tokenguard.events import DecisionEvent
 from tokenguard.fastapi import bearer_scheme, current_token, require, scopes
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -24,6 +28,30 @@ REALM = AUDIENCE
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def wire_form(response: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A refusal as the client receives it, with its ``error_description`` (the only text that may
+    differ between two refusals of one kind) blanked in the body and the challenge.
+
+    Headers keep their order and byte values; ``content-length`` is checked against the body, then
+    dropped (it follows the description's length).
+    """
+    body = json.loads(response.content)
+    assert list(body)[:2] == (["error", "error_description"] if "error" in body else ["error_description"])
+    body["error_description"] = "..."
+    headers: list[tuple[bytes, bytes]] = []
+    for name, value in response.headers.raw:
+        if name.lower() == b"content-length":
+            assert int(value) == len(response.content)
+            continue
+        if name.lower() == b"www-authenticate":
+            start = value.find(b'error_description="')
+            if start >= 0:
+                end = value.index(b'"', start + len(b'error_description="'))
+                value = value[:start] + b'error_description="..."' + value[end + 1 :]
+        headers.append((name.lower(), value))
+    return response.status_code, headers, json.dumps(body, separators=(",", ":")).encode()
 
 
 def pagination(limit: int = Query(10, le=100)) -> dict[str, int]:
@@ -79,13 +107,13 @@ def build_app() -> FastAPI:
     return app
 
 
-def guarded(app: Any, clock: FakeClock, **options: Any) -> TestClient:
+def guarded(app: Any, clock: ManualClock, **options: Any) -> TestClient:
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
     return TestClient(app)
 
 
 @pytest.fixture
-def client(idp: Issuer, clock: FakeClock) -> TestClient:
+def client(idp: Issuer, clock: ManualClock) -> TestClient:
     return guarded(build_app(), clock)
 
 
@@ -136,7 +164,7 @@ def test_undecorated_fastapi_route_is_guarded(client: TestClient, idp: Issuer) -
     assert client.get("/plain", headers=bearer(idp.token(scope=""))).json() == {"plain": "yes"}
 
 
-def test_functools_wraps_wrapper_on_fastapi(idp: Issuer, clock: FakeClock) -> None:
+def test_functools_wraps_wrapper_on_fastapi(idp: Issuer, clock: ManualClock) -> None:
     """A functools.wraps wrapper between the mark and @app.get keeps both the mark and the signature."""
     app = FastAPI()
 
@@ -158,7 +186,7 @@ def test_functools_wraps_wrapper_on_fastapi(idp: Issuer, clock: FakeClock) -> No
     assert client.get("/wrapped/3", headers=bearer(idp.token(scope="admin"))).json() == {"n": 3}
 
 
-def test_class_based_endpoint_in_fastapi(idp: Issuer, clock: FakeClock) -> None:
+def test_class_based_endpoint_in_fastapi(idp: Issuer, clock: ManualClock) -> None:
     """A Starlette HTTPEndpoint added to a FastAPI app keeps its per-method marks."""
 
     class Photos(HTTPEndpoint):
@@ -178,7 +206,7 @@ def test_class_based_endpoint_in_fastapi(idp: Issuer, clock: FakeClock) -> None:
     assert client.put("/photos", headers=bearer(idp.token(scope="write:photos"))).status_code == 200
 
 
-def test_marks_on_router_path_functions_in_either_order(idp: Issuer, clock: FakeClock) -> None:
+def test_marks_on_router_path_functions_in_either_order(idp: Issuer, clock: ManualClock) -> None:
     """Marks above @router.get work for routes of an included router too."""
     router = APIRouter()
 
@@ -217,6 +245,10 @@ def test_current_token_on_a_public_route_is_401(client: TestClient) -> None:
     assert response.status_code == 401
     metadata = f"{REALM}/.well-known/oauth-protected-resource"
     assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}", resource_metadata="{metadata}"'
+    assert response.headers["cache-control"] == "no-store"
+    # The same refusal, byte for byte, as the guard's own for a request without a token.
+    assert response.content == client.get("/plain").content
+    assert response.headers.raw == client.get("/plain").headers.raw
 
 
 def test_security_scopes_grants_with_every_scope(client: TestClient, idp: Issuer) -> None:
@@ -233,7 +265,47 @@ def test_security_scopes_missing_is_403_with_challenge(client: TestClient, idp: 
     assert challenge.startswith(f'Bearer realm="{REALM}"')
     assert 'error="insufficient_scope"' in challenge
     assert 'scope="write:photos"' in challenge
-    assert response.json()["detail"]["error"] == "insufficient_scope"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json() == {
+        "error": "insufficient_scope",
+        "error_description": "The access token does not grant the scope this resource requires.",
+        "scope": "write:photos",
+    }
+
+
+def test_security_refusal_is_the_guards_refusal(idp: Issuer, clock: ManualClock) -> None:
+    """One renderer: a 403 from Security(scopes, ...) is, on the wire, the 403 of @require_scopes on the
+    same app (status, body members and their order, every header and its order; only the description
+    text may differ), and the guard reports it as its own decision."""
+    app = FastAPI()
+
+    @app.post("/decorated")
+    @require_scopes("write:photos")
+    async def decorated() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.post("/dependency")
+    async def dependency(token: Annotated[AccessToken, Security(scopes, scopes=["write:photos"])]) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    events: list[DecisionEvent] = []
+    client = guarded(app, clock, on_decision=events.append)
+    headers = bearer(idp.token(scope="read:photos"))
+    by_guard = client.post("/decorated", headers=headers)
+    by_dependency = client.post("/dependency", headers=headers)
+    assert by_guard.status_code == by_dependency.status_code == 403
+    assert wire_form(by_dependency) == wire_form(by_guard)
+    assert dict(wire_form(by_dependency)[1])[b"cache-control"] == b"no-store"
+    assert json.loads(by_dependency.content)["scope"] == "write:photos"
+    refused = events[-1]
+    assert (refused.outcome, refused.reason, refused.status, refused.route) == (
+        "deny",
+        "insufficient_scope",
+        403,
+        "/dependency",
+    )
+    # Granted, the dependency hands the token on as before.
+    assert client.post("/dependency", headers=bearer(idp.token(scope="write:photos"))).json() == {"ok": "yes"}
 
 
 def test_require_alias_needs_every_scope(client: TestClient, idp: Issuer) -> None:
@@ -245,7 +317,7 @@ def test_require_alias_needs_every_scope(client: TestClient, idp: Issuer) -> Non
     assert 'scope="admin write:photos"' in refused.headers["www-authenticate"]
 
 
-def test_security_scopes_accumulate_from_router_dependencies(idp: Issuer, clock: FakeClock) -> None:
+def test_security_scopes_accumulate_from_router_dependencies(idp: Issuer, clock: ManualClock) -> None:
     """Scopes from a router-level Security and a route-level one are both required."""
     router = APIRouter(dependencies=[Security(scopes, scopes=["tenant"])])
 
@@ -268,12 +340,39 @@ def test_forged_token_never_reaches_the_dependency(client: TestClient, idp: Issu
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
-def test_dependencies_without_the_guard_refuse(idp: Issuer) -> None:
-    """Without the middleware nothing was validated: current_token refuses with 401, never trusts the header."""
-    client = TestClient(build_app())
-    response = client.get("/me", headers=bearer(idp.token()))
-    assert response.status_code == 401
-    assert response.headers["www-authenticate"].startswith("Bearer realm=")
+@pytest.mark.parametrize(
+    ("method", "path", "template"),
+    [("GET", "/me", "/me"), ("POST", "/photos", "/photos"), ("DELETE", "/photos/1", "/photos/{photo_id}")],
+)
+def test_dependencies_without_the_guard_fail_and_say_why(
+    idp: Issuer, caplog: pytest.LogCaptureFixture, method: str, path: str, template: str
+) -> None:
+    """Without the middleware nothing was validated: the dependencies never trust the header. The
+    refusal they raise has no guard to render it, so it is a 500, and an ERROR names the cause."""
+    client = TestClient(build_app(), raise_server_exceptions=False)
+    token = idp.token(scope="write:photos admin")
+    with caplog.at_level(logging.ERROR, logger="tokenguard"):
+        response = client.request(method, path, headers=bearer(token))
+    assert response.status_code == 500
+    assert "alice" not in response.text
+    assert token not in response.text
+    assert "www-authenticate" not in response.headers
+    errors = [record for record in caplog.records if record.name == "tokenguard" and record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert "TokenGuard middleware is missing" in message
+    assert f"route {template} " in message
+    assert token not in message
+
+
+def test_no_missing_guard_error_with_the_guard(
+    client: TestClient, idp: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the guard, a dependency's refusal is an ordinary refusal: nothing is logged as missing."""
+    with caplog.at_level(logging.ERROR, logger="tokenguard"):
+        assert client.get("/maybe").status_code == 401
+        assert client.post("/photos", headers=bearer(idp.token(scope="read:photos"))).status_code == 403
+    assert "middleware is missing" not in caplog.text
 
 
 # -- OpenAPI ----------------------------------------------------------------------------------------------
@@ -302,7 +401,7 @@ def test_openapi_declares_the_bearer_scheme_and_scopes(client: TestClient) -> No
     assert "security" not in document["paths"]["/plain"]["get"]
 
 
-def test_bearer_scheme_does_not_refuse_on_its_own(idp: Issuer, clock: FakeClock) -> None:
+def test_bearer_scheme_does_not_refuse_on_its_own(idp: Issuer, clock: ManualClock) -> None:
     """The scheme is documentation only: on a public route with a Basic header the path function still runs."""
     app = FastAPI()
 

@@ -206,6 +206,49 @@ def test_routes_left_out_of_the_document_stay_out(document: dict[str, Any]) -> N
     assert "/hidden" not in document["paths"]
 
 
+def test_fastapis_documentation_routes_stay_out_of_the_document(dev_idp: DevIdP, guarded_app: GuardedApp) -> None:
+    """/openapi.json, /docs, its OAuth2 redirect page and /redoc are served without a token and are not
+    operations of the document (FastAPI leaves them out; the policy resolution does not add them)."""
+    app = guarded_app(build_app())
+    install_openapi(app, client_id="photos-docs")
+    with TestClient(app) as client:
+        document = client.get("/openapi.json").json()
+        for path in ("/docs", "/docs/oauth2-redirect", "/redoc"):
+            assert client.get(path).status_code == 200, path
+    # Exactly the app's own operations: no documentation route among them.
+    assert set(document["paths"]) == {
+        "/photos",
+        "/photos/{photo_id}",
+        "/albums/{album_id}",
+        "/shared",
+        "/transfers",
+        "/me",
+        "/plain",
+        "/health",
+        "/admin/users",
+    }
+
+
+def test_a_rule_limited_to_methods_decides_per_operation(dev_idp: DevIdP, guarded_app: GuardedApp) -> None:
+    """The OpenAPI document asks the same question the guard asks, per method: a Rule for POST only
+    gives its scopes to the POST operation, the GET one keeps the default."""
+    app = FastAPI()
+
+    @app.get("/notes")
+    async def read_notes() -> list[str]:
+        return []
+
+    @app.post("/notes")
+    async def write_notes() -> list[str]:
+        return []
+
+    app = guarded_app(app, rules=[Rule("/notes", methods="POST", scopes="write:notes")])
+    install_openapi(app)
+    document = document_of(app)
+    assert security_of(document, "/notes") == oauth([])
+    assert security_of(document, "/notes", "post") == oauth(["write:notes"])
+
+
 def test_every_requirement_names_a_declared_scheme_and_scope(document: dict[str, Any]) -> None:
     """The document is consistent: each requirement's scheme exists, and its scopes are in the flow."""
     schemes = document["components"]["securitySchemes"]
@@ -294,6 +337,11 @@ def test_issuer_metadata_given_as_a_document(dev_idp: DevIdP) -> None:
     assert flow["tokenUrl"] == f"{dev_idp.issuer}/token"
     with pytest.raises(ConfigurationError, match="names issuer"):
         install_openapi(build_app(), issuer="https://other.example", issuer_metadata=dev_idp.metadata())
+    # The document is checked as discovery checks one (``_discovery.metadata_problem``).
+    with pytest.raises(ConfigurationError, match="jwks_uri must use https"):
+        install_openapi(
+            build_app(), issuer=LOGIN, issuer_metadata=login_metadata(jwks_uri="http://login.example.org/jwks")
+        )
 
 
 def login_metadata(**overrides: Any) -> dict[str, Any]:

@@ -193,31 +193,35 @@ class TokenGuard:
         requirement = decision.requirement
         if requirement.public:  # no token work, and no extra frame on public routes
             self._allow_anonymous(scope, decision, started)
-            await self.app(scope, receive, send)
-            return
-        checked = await self._enforce(scope, receive, send, decision, requirement, started)
-        if checked is None:
-            return
-        if hasattr(decision.route, "dependant"):
-            # A FastAPI route: its dependencies (``tokenguard.fastapi.scopes``) may refuse too.
-            await self._run_rendering_refusals(scope, checked, send, decision, started)
+            checked: Receive | None = receive
         else:
-            await self.app(scope, checked, send)
+            checked = await self._enforce(scope, receive, send, decision, requirement, started)
+        if checked is not None:
+            await self._run_app(scope, checked, send, decision, started)
 
-    async def _run_rendering_refusals(
+    async def _run_app(
         self, scope: Scope, receive: Receive, send: Send, decision: RouteDecision, started: float
     ) -> None:
-        """Run the app; an ``AuthError`` it raises before answering is rendered here, by the one
-        renderer, so a refusal looks the same whichever layer made it (``challenge.render``)."""
+        """Run the app; an ``AuthError`` it raises before answering (a ``tokenguard.fastapi``
+        dependency, an endpoint raising ``InsufficientScope``) is rendered here, by the one renderer,
+        so a refusal looks the same whichever layer made it (``challenge.render``).
+
+        Only FastAPI routes, whose dependencies refuse this way, pay for tracking whether the answer
+        has started; elsewhere an error raised after the answer started fails as the server decides.
+        """
         answered = False
+        if hasattr(decision.route, "dependant"):
 
-        async def tracked(message: Message) -> None:
-            nonlocal answered
-            answered = answered or message["type"] in _ANSWER_STARTS
-            await send(message)
+            async def tracked(message: Message) -> None:
+                nonlocal answered
+                answered = answered or message["type"] in _ANSWER_STARTS
+                await send(message)
 
+            app_send: Send = tracked
+        else:
+            app_send = send
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, app_send)
         except AuthError as exc:
             if answered:
                 raise

@@ -1,17 +1,4 @@
-"""FastAPI dependencies, and the OAuth 2.0 security scheme in the OpenAPI document. [adapter]
-
-The middleware has already validated the token; these dependencies hand it to path functions and
-offer FastAPI's ``Security(...)`` style as an alternative to the decorators::
-
-    @app.get("/me")
-    async def me(token: AccessToken = Depends(current_token)): ...
-
-    @app.post("/photos")
-    async def upload(token: AccessToken = Security(scopes, scopes=["write:photos"])): ...
-
-Both depend on ``bearer_scheme``, so routes that use them show the bearer security scheme (and the
-scopes they need) in FastAPI's OpenAPI document. The scheme never reads the token itself: the
-middleware has decided before any dependency runs.
+"""The OAuth 2.0 security scheme in FastAPI's OpenAPI document: ``install_openapi``. [adapter]
 
 **Swagger UI that signs in.** ``install_openapi(app, client_id="photos-docs")`` registers an OAuth 2.0
 authorization-code scheme (``"OAuth2"``) in the document and configures Swagger UI for it::
@@ -22,18 +9,19 @@ authorization-code scheme (``"OAuth2"``) in the document and configures Swagger 
 
 - Endpoints: ``authorization_url`` and ``token_url`` when given; else the ``authorization_endpoint``
   and ``token_endpoint`` of ``issuer_metadata`` (an RFC 8414 document); else those of the issuer's
-  metadata, fetched (RFC 8414, then OpenID discovery; the document's ``issuer`` must match) when
-  ``/openapi.json`` is first served. ``issuer`` defaults to the ``TokenGuard`` added to the app with
-  ``add_middleware`` (its first issuer, when it has several), and so does ``http_client``. While the
-  metadata cannot be had, the document offers the bearer scheme only (a pasted token), a warning is
-  logged, and the fetch is tried again on a later request (at most every 30 s).
+  metadata, found by ``tokenguard._discovery.discover`` (RFC 8414, then OpenID discovery; the
+  document's ``issuer`` must match) when ``/openapi.json`` is first served. ``issuer`` defaults to the
+  ``TokenGuard`` added to the app with ``add_middleware`` (its first issuer, when it has several), and
+  so does ``http_client``. While the metadata cannot be had, the document offers the bearer scheme
+  only (a pasted token), a warning is logged, and the fetch is tried again on a later request (at
+  most every 30 s).
 - Scopes: every scope a route declares (``@require_scopes``, ``@require_any_scope``, ``Security(scopes,
   scopes=[...])``) is listed in the flow, with its description from ``scope_descriptions``.
-- Each operation's ``security`` lists what the guard will require of it: its marks, else the
-  guard's ``rules``, else its ``default``, plus the scopes of its ``Security`` dependencies. All the
-  scopes of one requirement object are needed; ``@require_any_scope`` gives one object per choice
-  (the OpenAPI way to say "or"). ``{"BearerToken": []}`` follows as an alternative, for a token pasted
-  by hand. Public routes carry no ``security``.
+- Each operation's ``security`` lists what the guard will require of it (``_requirement``: its
+  marks, else the guard's ``rules``, else its ``default``), plus the scopes of its ``Security``
+  dependencies. All the scopes of one requirement object are needed; ``@require_any_scope`` gives one
+  object per choice (the OpenAPI way to say "or"). ``{"BearerToken": []}`` follows as an alternative,
+  for a token pasted by hand. Public routes carry no ``security``.
 - Swagger UI: authorization code with PKCE (RFC 7636, S256), ``client_id`` pre-filled. Its redirect
   page (FastAPI's ``swagger_ui_oauth2_redirect_url``, ``/docs/oauth2-redirect`` by default) must be a
   registered redirect URI of that client at the issuer, and the issuer's token endpoint must answer
@@ -42,7 +30,7 @@ authorization-code scheme (``"OAuth2"``) in the document and configures Swagger 
   clients.
 
 Without ``install_openapi`` the document is FastAPI's own (the bearer scheme on routes that use the
-dependencies).
+dependencies). ``import fastapi`` here is the third-party FastAPI (absolute imports).
 """
 
 from __future__ import annotations
@@ -56,27 +44,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastapi.routing
-from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from fastapi.security import HTTPBearer
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokenguard._discovery import well_known_urls
+from tokenguard._discovery import METADATA_MAX_BYTES, discover, metadata_problem
 from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientOption, HttpClientPool, safe_url
-from tokenguard.challenge import challenge
 from tokenguard.config import check_url
-from tokenguard.errors import AuthError, ConfigurationError, InsufficientScope, MissingToken
-from tokenguard.middleware import TokenCredentials, TokenGuard
-from tokenguard.models import AccessToken
-from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule, first_rule, requirement_of
-
-__all__ = ["bearer_scheme", "current_token", "install_openapi", "require", "scopes"]
+from tokenguard.errors import ConfigurationError
+from tokenguard.middleware import TokenGuard
+from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule, first_rule
+from tokenguard.routing import endpoint_requirement
 
 logger = logging.getLogger("tokenguard")
 
-#: The OpenAPI security scheme of routes using these dependencies (RFC 6750 bearer tokens).
+#: The OpenAPI security scheme of routes using the dependencies (RFC 6750 bearer tokens). Defined
+#: here, beside the document code that names it, and re-exported by ``tokenguard.fastapi``.
 bearer_scheme = HTTPBearer(
     auto_error=False,
     scheme_name="BearerToken",
@@ -84,59 +70,6 @@ bearer_scheme = HTTPBearer(
     description="An OAuth 2.0 access token from the issuer, sent as `Authorization: Bearer <token>`.",
 )
 
-
-def _refuse(request: Request, error: AuthError) -> HTTPException:
-    guard = request.scope.get("tokenguard")
-    realm = guard.realm if guard is not None else "api"
-    detail: dict[str, Any] = {"error": error.error_code, "error_description": error.description}
-    if isinstance(error, InsufficientScope):
-        detail["scope"] = " ".join(error.required)
-    return HTTPException(
-        status_code=error.status_code,
-        detail=detail,
-        headers={
-            "WWW-Authenticate": challenge(
-                error, realm=realm, resource_metadata=guard.resource_metadata_url if guard is not None else None
-            )
-        },
-    )
-
-
-def _token_of(request: Request) -> AccessToken:
-    auth = request.scope.get("auth")
-    if not isinstance(auth, TokenCredentials):
-        raise _refuse(request, MissingToken())
-    return auth.token
-
-
-def current_token(
-    request: Request,
-    _scheme: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
-) -> AccessToken:
-    """The validated access token of this request (401 on a route the guard left public)."""
-    return _token_of(request)
-
-
-def scopes(
-    security_scopes: SecurityScopes,
-    request: Request,
-    _scheme: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
-) -> AccessToken:
-    """``Security(scopes, scopes=[...])``: the token must grant every listed scope, else 403."""
-    token = _token_of(request)
-    missing = [name for name in security_scopes.scopes if name not in token.scopes]
-    if missing:
-        raise _refuse(request, InsufficientScope(security_scopes.scopes))
-    return token
-
-
-#: Alias of ``scopes``: ``Security(require, scopes=["write:photos"])`` reads well too.
-require = scopes
-
-
-# -- the OpenAPI document --------------------------------------------------------------------------
-
-_METADATA_MAX_BYTES = 256 * 1024
 _FETCH_TIMEOUT = 5.0
 _RETRY_SECONDS = 30.0
 #: ``@require_any_scope`` groups multiply into alternatives; past this many, one over-wide object.
@@ -193,6 +126,9 @@ def install_openapi(
     app.swagger_ui_init_oauth = {**init_oauth, **(app.swagger_ui_init_oauth or {})}
 
 
+# -- the endpoints -----------------------------------------------------------------------------------
+
+
 def _given_endpoints(
     issuer: str | None,
     metadata: Mapping[str, Any] | None,
@@ -222,13 +158,16 @@ def _checked_endpoints(authorization_url: str, token_url: str, refresh_url: str 
 
 
 def _endpoints_of(metadata: Mapping[str, Any], *, issuer: str | None, refresh_url: str | None = None) -> _Endpoints:
-    """The browser-facing endpoints of an RFC 8414 §2 document; ``ConfigurationError`` names what is wrong."""
+    """The browser-facing endpoints of an RFC 8414 §2 document; ``ConfigurationError`` names what is wrong.
+
+    With ``issuer``, the document is first checked as discovery checks one (``metadata_problem``:
+    RFC 8414 §3.3, the ``issuer`` it names must be identical). A discovered document has passed that
+    check already and comes with ``issuer=None``.
+    """
     if not isinstance(metadata, Mapping):
         raise ConfigurationError("issuer_metadata must be a mapping (an RFC 8414 document)")
-    # RFC 8414 §3.3: the "issuer" value returned MUST be identical to the issuer identifier.
-    if issuer is not None and metadata.get("issuer") != issuer:
-        named = repr(metadata.get("issuer"))[:200]  # issuer-controlled text in a log line is bounded
-        raise ConfigurationError(f"the metadata names issuer {named}, not {issuer!r}")
+    if issuer is not None and (problem := metadata_problem(metadata, issuer)) is not None:
+        raise ConfigurationError(f"the metadata {problem}")
     authorization_url, token_url = metadata.get("authorization_endpoint"), metadata.get("token_endpoint")
     if not isinstance(authorization_url, str) or not isinstance(token_url, str):
         # RFC 8414 §2: authorization_endpoint is absent when no grant uses it; then no code flow.
@@ -244,27 +183,33 @@ def _descriptions(given: Mapping[str, str] | None) -> dict[str, str]:
     return dict(given)
 
 
-async def _discover(issuer: str, http_client: HttpClientOption) -> _Endpoints:
-    """The issuer's endpoints from its metadata: RFC 8414 §3.1 first, then OpenID Connect Discovery §4."""
+async def _discover_endpoints(issuer: str, http_client: HttpClientOption) -> _Endpoints:
+    """The issuer's browser-facing endpoints, from the metadata the one discovery client finds.
+
+    ``discover`` tries the well-known URLs and checks the document's ``issuer``; what the code flow
+    needs on top (an authorization and a token endpoint, https) is checked here.
+    """
     check_url("issuer", issuer)
     pool = HttpClientPool(http_client, timeout=_FETCH_TIMEOUT)
-    causes: list[str] = []
     try:
-        for url in well_known_urls(issuer):
-            try:
-                result = await pool.get(url, timeout=_FETCH_TIMEOUT, max_bytes=_METADATA_MAX_BYTES)
-                if result.status != 200:
-                    raise FetchError(f"GET {safe_url(url)} answered {result.status}")
-                return _endpoints_of(result.json_object(url), issuer=issuer)
-            except (FetchError, ConfigurationError) as exc:
-                causes.append(f"{safe_url(url)}: {exc}" if isinstance(exc, ConfigurationError) else str(exc))
+        found = await discover(pool, issuer, timeout=_FETCH_TIMEOUT, max_bytes=METADATA_MAX_BYTES)
     finally:
         await pool.aclose()
-    raise FetchError("; ".join(causes))
+    try:
+        return _endpoints_of(found.document, issuer=None)  # ``discover`` checked the issuer
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{safe_url(found.url)}: {exc}") from exc
+
+
+# -- the guard's policy ------------------------------------------------------------------------------
 
 
 def _guard_options(app: FastAPI) -> dict[str, Any]:
-    """The options of the ``TokenGuard`` added with ``app.add_middleware`` (empty when there is none)."""
+    """The options of the ``TokenGuard`` added with ``app.add_middleware`` (empty when there is none).
+
+    The one place this package reads the guard's options: the document is built before (or without)
+    any request, so the middleware instance may not exist yet.
+    """
     for middleware in app.user_middleware:
         cls = getattr(middleware, "cls", None)
         if isinstance(cls, type) and issubclass(cls, TokenGuard):
@@ -275,6 +220,31 @@ def _guard_options(app: FastAPI) -> dict[str, Any]:
     return {}
 
 
+@dataclass(frozen=True)
+class _Policy:
+    """The guard's fallback policy: its ``rules`` and its ``default``."""
+
+    rules: tuple[Rule, ...] = ()
+    default: Requirement = AUTHENTICATED
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> _Policy:
+        default = PUBLIC if options.get("default") == "public" else AUTHENTICATED
+        return cls(tuple(options.get("rules", ())), default)
+
+
+def _requirement(policy: _Policy, endpoint: Any, method: str, path: str) -> Requirement:
+    """What the guard requires of ``method`` on ``endpoint`` at ``path``, decided as the guard decides.
+
+    The endpoint's merged marks (``routing.endpoint_requirement``: class endpoints merge the class's
+    and the handler's), else the first matching rule (``policy.first_rule``), else the default.
+    """
+    marks = endpoint_requirement(endpoint, {"type": "http", "method": method})
+    if marks is not None:
+        return marks
+    return first_rule(policy.rules, path, method) or policy.default
+
+
 def _first_issuer(value: object) -> str | None:
     if isinstance(value, str):
         return value
@@ -283,8 +253,15 @@ def _first_issuer(value: object) -> str | None:
     return None
 
 
+# -- the document ------------------------------------------------------------------------------------
+
+
 def _operations(app: FastAPI) -> Iterator[tuple[str, str, Any]]:
-    """(path template, method, endpoint) of every operation FastAPI puts in the document."""
+    """(path template, method, endpoint) of every operation FastAPI puts in the document.
+
+    Only ``APIRoute``s included in the schema: FastAPI's own documentation routes (``/openapi.json``,
+    ``/docs``, ``/redoc``) are plain Starlette routes outside the document, and stay out.
+    """
     iterate: Callable[[Any], Iterable[Any]] | None = getattr(fastapi.routing, "iter_route_contexts", None)
     # Recent FastAPI keeps included routers as branches and walks them with iter_route_contexts;
     # older releases copied their routes into ``app.routes``.
@@ -376,7 +353,7 @@ class _OpenAPISecurity:
         if self._endpoints is not None:
             return
         try:
-            self._endpoints = await _discover(issuer, http_client)
+            self._endpoints = await _discover_endpoints(issuer, http_client)
         except (FetchError, ConfigurationError) as exc:
             self._retry_at = time.monotonic() + _RETRY_SECONDS
             logger.warning("tokenguard: OpenAPI OAuth2 scheme left out, issuer metadata unavailable: %s", exc)
@@ -394,18 +371,14 @@ class _OpenAPISecurity:
         return document
 
     def _secured(self, document: dict[str, Any]) -> dict[str, Any]:
-        guard = _guard_options(self._app)
-        default = PUBLIC if guard.get("default") == "public" else AUTHENTICATED
-        rules: tuple[Rule, ...] = tuple(guard.get("rules", ()))
+        policy = _Policy.of(_guard_options(self._app))
         declared: set[str] = set()
         paths = document.get("paths", {})
         for path, method, endpoint in _operations(self._app):
             operation = paths.get(path, {}).get(method.lower())
             if not isinstance(operation, dict):
                 continue
-            requirement = requirement_of(endpoint)
-            if requirement is None:
-                requirement = first_rule(rules, path, method) or default
+            requirement = _requirement(policy, endpoint, method, path)
             security, alternatives = self._operation_security(operation.get("security", []), requirement)
             declared.update(*alternatives)
             if security:
@@ -414,7 +387,7 @@ class _OpenAPISecurity:
                 operation.pop("security", None)
             if not requirement.public:
                 # RFC 9396 guards (``details``) refuse with 403 as well, whatever the scopes.
-                _document_refusals(operation, scoped=any(alternatives) or bool(getattr(requirement, "details", ())))
+                _document_refusals(operation, scoped=any(alternatives) or bool(requirement.details))
         components = document.setdefault("components", {})
         schemes = dict(components.get("securitySchemes", {}))
         schemes.setdefault(bearer_scheme.scheme_name, jsonable_encoder(bearer_scheme.model, by_alias=True))

@@ -1,0 +1,87 @@
+"""FastAPI dependencies, and the OAuth 2.0 security scheme in the OpenAPI document. [adapter]
+
+The middleware has already validated the token; these dependencies hand it to path functions and
+offer FastAPI's ``Security(...)`` style as an alternative to the decorators::
+
+    @app.get("/me")
+    async def me(token: AccessToken = Depends(current_token)): ...
+
+    @app.post("/photos")
+    async def upload(token: AccessToken = Security(scopes, scopes=["write:photos"])): ...
+
+Both depend on ``bearer_scheme``, so routes that use them show the bearer security scheme (and the
+scopes they need) in FastAPI's OpenAPI document. The scheme never reads the token itself: the
+middleware has decided before any dependency runs.
+
+A dependency refuses by raising the ``AuthError`` (``MissingToken``, ``InsufficientScope``); the
+guard catches it before the route has answered and renders it with ``challenge.render``, so the
+refusal has the same body, ``WWW-Authenticate`` and ``Cache-Control: no-store`` as the guard's own.
+Without a ``TokenGuard`` in front of the app nothing was validated: the error becomes a 500 and an
+ERROR line on the ``tokenguard`` logger says the middleware is missing.
+
+``install_openapi(app, client_id=...)`` (``tokenguard.fastapi._openapi``) adds the OAuth 2.0
+authorization-code scheme to the document, so Swagger UI signs in.
+
+Inside this package ``import fastapi`` is the third-party FastAPI (absolute imports only).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, SecurityScopes
+
+from tokenguard.errors import AuthError, InsufficientScope, MissingToken
+from tokenguard.fastapi._openapi import bearer_scheme, install_openapi
+from tokenguard.credentials import TokenCredentials
+from tokenguard.models import AccessToken
+
+__all__ = ["bearer_scheme", "current_token", "install_openapi", "require", "scopes"]
+
+logger = logging.getLogger("tokenguard")
+
+
+def _refusal(request: Request, error: AuthError) -> AuthError:
+    """``error``, to be raised: the guard renders it. Without a guard it will be a 500: say why."""
+    if request.scope.get("tokenguard") is None:
+        # The route's template, never the request's path: a client's text stays out of the log.
+        route = getattr(request.scope.get("route"), "path", None)
+        logger.error(
+            "tokenguard: the TokenGuard middleware is missing: route %s uses a tokenguard.fastapi dependency "
+            "but no TokenGuard validated the request (app.add_middleware(TokenGuard, ...)); answered 500",
+            route if isinstance(route, str) else "<unknown>",
+        )
+    return error
+
+
+def _token_of(request: Request) -> AccessToken:
+    auth = request.scope.get("auth")
+    if not isinstance(auth, TokenCredentials):
+        raise _refusal(request, MissingToken())
+    return auth.token
+
+
+def current_token(
+    request: Request,
+    _scheme: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
+) -> AccessToken:
+    """The validated access token of this request (401 on a route the guard left public)."""
+    return _token_of(request)
+
+
+def scopes(
+    security_scopes: SecurityScopes,
+    request: Request,
+    _scheme: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
+) -> AccessToken:
+    """``Security(scopes, scopes=[...])``: the token must grant every listed scope, else 403."""
+    token = _token_of(request)
+    missing = [name for name in security_scopes.scopes if name not in token.scopes]
+    if missing:
+        raise _refusal(request, InsufficientScope(security_scopes.scopes))
+    return token
+
+
+#: Alias of ``scopes``: ``Security(require, scopes=["write:photos"])`` reads well too.
+require = scopes
