@@ -1,12 +1,16 @@
-"""Shared test helpers: real keys, real signed tokens, a real JWKS served through respx, a fake clock."""
+"""Shared test helpers: real keys, real signed tokens, a real JWKS served through respx, a manual clock.
+
+Keys and clock are the package's own (``tokenguard.testing.SigningKey`` and ``ManualClock``); the
+private keys behind them are generated once per test session (RSA generation is slow).
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -14,7 +18,8 @@ import jwt
 import pytest
 import respx
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from tokenguard.testing import ManualClock, SigningKey
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "https://api.example.com"
@@ -24,43 +29,8 @@ JWKS_URL = f"{ISSUER}/jwks"
 INTROSPECTION_URL = f"{ISSUER}/introspect"
 T0 = 1_800_000_000.0
 
-
-class FakeClock:
-    """An injectable clock: tests move time instead of sleeping."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class SigningKey:
-    """A private key with its kid and algorithm, able to publish its public JWK."""
-
-    kid: str | None
-    alg: str
-    private: Any
-    jwk_extra: dict[str, Any] = field(default_factory=dict)
-
-    def public_jwk(self) -> dict[str, Any]:
-        public = self.private.public_key()
-        if self.alg.startswith(("RS", "PS")):
-            jwk = json.loads(RSAAlgorithm.to_jwk(public))
-        elif self.alg.startswith("ES"):
-            jwk = json.loads(ECAlgorithm.to_jwk(public))
-        else:
-            jwk = json.loads(OKPAlgorithm.to_jwk(public))
-        if self.kid is not None:
-            jwk["kid"] = self.kid
-        jwk["use"] = "sig"
-        jwk.update(self.jwk_extra)
-        return jwk
-
+#: How the issuer publishes its keys: without ``alg``, so a key is not tied to one algorithm.
+NO_ALG = {"alg": None}
 
 _KEY_CACHE: dict[str, Any] = {}
 
@@ -89,13 +59,13 @@ def b64url(data: bytes) -> str:
 class Issuer:
     """A real authorization server's signing side: keys, JWKS, metadata, minted tokens."""
 
-    def __init__(self, clock: FakeClock, issuer: str = ISSUER) -> None:
+    def __init__(self, clock: ManualClock, issuer: str = ISSUER) -> None:
         self.clock = clock
         self.issuer = issuer
         self.keys: list[SigningKey] = [
-            SigningKey("rsa-1", "RS256", private_key("rsa")),
-            SigningKey("ec-1", "ES256", private_key("ec256")),
-            SigningKey("ed-1", "EdDSA", private_key("ed25519")),
+            SigningKey("RS256", private_key("rsa"), kid="rsa-1", jwk_extra=NO_ALG),
+            SigningKey("ES256", private_key("ec256"), kid="ec-1", jwk_extra=NO_ALG),
+            SigningKey("EdDSA", private_key("ed25519"), kid="ed-1", jwk_extra=NO_ALG),
         ]
         self.jwks_headers: dict[str, str] = {"Cache-Control": "max-age=3600"}
         self.jwks_calls = 0
@@ -106,6 +76,11 @@ class Issuer:
 
     def key(self, kid: str) -> SigningKey:
         return next(k for k in self.keys if k.kid == kid)
+
+    def republish(self, kid: str, **jwk_extra: Any) -> None:
+        """Publish the key ``kid`` with these JWK members instead (``None`` leaves one out)."""
+        index = self.keys.index(self.key(kid))
+        self.keys[index] = dataclasses.replace(self.keys[index], jwk_extra=jwk_extra)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk() for k in self.keys]}
@@ -191,12 +166,12 @@ class Issuer:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 @pytest.fixture
-def idp(clock: FakeClock, respx_mock: respx.MockRouter) -> Issuer:
+def idp(clock: ManualClock, respx_mock: respx.MockRouter) -> Issuer:
     issuer = Issuer(clock)
     issuer.install(respx_mock)
     return issuer
@@ -204,3 +179,4 @@ def idp(clock: FakeClock, respx_mock: respx.MockRouter) -> Issuer:
 
 def now() -> float:
     return time.time()
+

@@ -20,6 +20,12 @@ another origin needs the DevIdP to answer CORS for it::
 
 It is for development and tests only: it approves every authorization request it is sent.
 The pytest fixtures (``dev_idp``, ``issue_token``, ``guarded_app``) are in ``pytest_plugin``.
+
+The pieces work on their own too. ``SigningKey`` signs with any algorithm a guard accepts by
+default (RS*, PS*, ES256/384/512, EdDSA; ``SigningKey.generate("PS256")`` makes a key of the right
+type) and publishes its JWK, shaped like a given issuer's with ``jwk_extra`` (``{"alg": None}``
+leaves ``alg`` out); ``KeyRing`` holds one key per algorithm (``KeyRing.generate(["ES384", "EdDSA"])``);
+``ManualClock`` is a clock that moves only when told to (``clock.advance(301)``).
 """
 
 from tokenguard.testing._clock import ManualClock

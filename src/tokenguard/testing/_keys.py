@@ -3,32 +3,51 @@
 Each key's ``kid`` is its RFC 7638 thumbprint, so a key loaded from a file keeps the ``kid`` it had
 when it signed, and tokens issued before a restart still verify. A key file holds the *private*
 JWKS: it is written readable by its owner only, and must never be served.
+
+A ``SigningKey`` signs with any asymmetric algorithm a ``TokenGuard`` accepts by default
+(``ALGORITHMS``): RSA keys for RS256/384/512 and PS256/384/512 (RFC 7518 §3.3, §3.5), EC keys on the
+algorithm's own curve for ES256/384/512 (RFC 7518 §3.4), Ed25519 or Ed448 keys for EdDSA (RFC 8037).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tokenguard.errors import ConfigurationError
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+
+_RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+# RFC 7518 §3.4: each ECDSA algorithm names its curve.
+_EC_CURVES: dict[str, tuple[type[ec.EllipticCurve], str]] = {
+    "ES256": (ec.SECP256R1, "P-256"),
+    "ES384": (ec.SECP384R1, "P-384"),
+    "ES512": (ec.SECP521R1, "P-521"),
+}
+
+#: Every algorithm a ``SigningKey`` signs with: the asymmetric algorithms a guard accepts by default.
+ALGORITHMS: tuple[str, ...] = (*_RSA_ALGORITHMS, *_EC_CURVES, "EdDSA")
 
 #: The algorithms the DevIdP signs with: one RSA and one EC key (RFC 7518 §3.1).
 SIGNING_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
 
-# RFC 7638 §3.2: the required members of each key type, in the thumbprint's lexicographic order.
-_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y")}
+# RFC 7638 §3.2 and RFC 8037 §2: the required members of each key type, in lexicographic order.
+_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+# The members that are the key itself: ``jwk_extra`` may not change them.
+_KEY_MEMBERS = frozenset({"kty", "n", "e", "crv", "x", "y"}) | _PRIVATE_MEMBERS
 
 
 def _b64url(data: bytes) -> str:
@@ -44,21 +63,58 @@ def thumbprint(jwk: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """One private signing key, its algorithm and its ``kid``."""
+    """One private signing key, its algorithm and its ``kid``.
+
+    ``alg`` is one of ``ALGORITHMS`` and ``private`` a key of its type: RSA of at least 2048 bits
+    for RS*/PS*, EC on P-256/P-384/P-521 for ES256/ES384/ES512, Ed25519 or Ed448 for EdDSA.
+    ``kid`` defaults to the key's RFC 7638 thumbprint.
+
+    ``jwk_extra`` shapes the published JWK (``public_jwk``) to look like a given issuer's: its
+    members are added to ``kid``, ``use`` and ``alg`` or replace them, and a member given as
+    ``None`` is left out (``{"alg": None}`` publishes a key without ``alg``, as some issuers do;
+    ``{"kid": None}`` one without ``kid``). It cannot change the key material (``kty``, ``n``,
+    ``e``, ``crv``, ``x``, ``y``, private members), and is not written to a key file.
+    """
 
     alg: str
     private: PrivateKey = field(repr=False)
     kid: str = ""
+    jwk_extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         _check_key(self.alg, self.private)
+        if not isinstance(self.kid, str):
+            raise ConfigurationError(f"a signing key's kid must be a string, got {type(self.kid).__name__}")
+        object.__setattr__(self, "jwk_extra", _check_extra(self.jwk_extra))
         if not self.kid:
             object.__setattr__(self, "kid", thumbprint(self._jwk(self.private.public_key())))
 
+    @classmethod
+    def generate(cls, alg: str = "RS256", *, kid: str = "", jwk_extra: Mapping[str, Any] | None = None) -> SigningKey:
+        """A fresh key for ``alg``: RSA 2048 for RS*/PS*, the alg's curve for ES*, Ed25519 for EdDSA."""
+        private: PrivateKey
+        if alg in _RSA_ALGORITHMS:
+            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif alg in _EC_CURVES:
+            private = ec.generate_private_key(_EC_CURVES[alg][0]())
+        elif alg == "EdDSA":
+            private = ed25519.Ed25519PrivateKey.generate()
+        else:
+            raise ConfigurationError(f"signing algorithm must be one of {list(ALGORITHMS)}, got {alg!r}")
+        return cls(alg, private, kid=kid, jwk_extra={} if jwk_extra is None else jwk_extra)
+
     def public_jwk(self) -> dict[str, Any]:
-        """The JWK a resource server verifies with (RFC 7517 §4): no private member."""
+        """The JWK a resource server verifies with (RFC 7517 §4): no private member.
+
+        It has ``kid``, ``use`` (``sig``) and ``alg``, then the members of ``jwk_extra``.
+        """
         jwk = self._jwk(self.private.public_key())
         jwk.update(kid=self.kid, alg=self.alg, use="sig")
+        for name, value in self.jwk_extra.items():
+            if value is None:
+                jwk.pop(name, None)
+            else:
+                jwk[name] = copy.deepcopy(value)
         return jwk
 
     def private_jwk(self) -> dict[str, Any]:
@@ -68,21 +124,45 @@ class SigningKey:
         return jwk
 
     def _jwk(self, key: Any) -> dict[str, Any]:
-        algorithm = RSAAlgorithm if self.alg == "RS256" else ECAlgorithm
-        return dict(algorithm.to_jwk(key, as_dict=True))
+        return dict(_jwk_algorithm(self.alg).to_jwk(key, as_dict=True))
 
 
-def _check_key(alg: str, key: object) -> None:
-    if alg == "RS256":
-        # RFC 7518 §3.3: "A key of size 2048 bits or larger MUST be used with these algorithms."
+def _jwk_algorithm(alg: str) -> type[RSAAlgorithm] | type[ECAlgorithm] | type[OKPAlgorithm]:
+    if alg in _RSA_ALGORITHMS:
+        return RSAAlgorithm
+    if alg in _EC_CURVES:
+        return ECAlgorithm
+    return OKPAlgorithm
+
+
+def _check_key(alg: object, key: object) -> None:
+    if alg in _RSA_ALGORITHMS:
+        # RFC 7518 §3.3, §3.5: "A key of size 2048 bits or larger MUST be used with these algorithms."
         if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-            raise ConfigurationError("an RS256 signing key must be an RSA private key of at least 2048 bits")
-    elif alg == "ES256":
-        # RFC 7518 §3.4: ES256 is ECDSA on P-256 only.
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise ConfigurationError("an ES256 signing key must be an EC P-256 private key")
+            article = "a" if alg.startswith("PS") else "an"  # "a PS256", "an RS256": as they are read aloud
+            raise ConfigurationError(f"{article} {alg} signing key must be an RSA private key of at least 2048 bits")
+    elif isinstance(alg, str) and alg in _EC_CURVES:
+        # RFC 7518 §3.4: each ES* algorithm is ECDSA on one curve only.
+        curve, name = _EC_CURVES[alg]
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, curve):
+            raise ConfigurationError(f"an {alg} signing key must be an EC {name} private key")
+    elif alg == "EdDSA":
+        # RFC 8037 §3.1: EdDSA signs with an Ed25519 or Ed448 key.
+        if not isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+            raise ConfigurationError("an EdDSA signing key must be an Ed25519 or Ed448 private key")
     else:
-        raise ConfigurationError(f"signing algorithm must be one of {list(SIGNING_ALGORITHMS)}, got {alg!r}")
+        raise ConfigurationError(f"signing algorithm must be one of {list(ALGORITHMS)}, got {alg!r}")
+
+
+def _check_extra(extra: object) -> Mapping[str, Any]:
+    if not isinstance(extra, Mapping):
+        raise ConfigurationError(f"jwk_extra must be a mapping of JWK members, got {type(extra).__name__}")
+    for name in extra:
+        if not isinstance(name, str):
+            raise ConfigurationError(f"jwk_extra: member names must be strings, got {name!r}")
+        if name in _KEY_MEMBERS:
+            raise ConfigurationError(f"jwk_extra cannot set or remove {name!r}: it is part of the key itself")
+    return MappingProxyType(copy.deepcopy(dict(extra)))
 
 
 class KeyRing:
@@ -91,6 +171,8 @@ class KeyRing:
     def __init__(self, keys: Iterable[SigningKey]) -> None:
         self._keys: dict[str, SigningKey] = {}
         for key in keys:
+            if not isinstance(key, SigningKey):
+                raise ConfigurationError(f"a key ring holds SigningKey objects, got {type(key).__name__}")
             if key.alg in self._keys:
                 raise ConfigurationError(f"more than one {key.alg} key given")
             self._keys[key.alg] = key
@@ -98,14 +180,11 @@ class KeyRing:
             raise ConfigurationError("a key ring needs at least one signing key")
 
     @classmethod
-    def generate(cls) -> KeyRing:
-        """Fresh keys: RSA 2048 for RS256 and EC P-256 for ES256."""
-        return cls(
-            [
-                SigningKey("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
-                SigningKey("ES256", ec.generate_private_key(ec.SECP256R1())),
-            ]
-        )
+    def generate(cls, algorithms: Iterable[str] = SIGNING_ALGORITHMS) -> KeyRing:
+        """Fresh keys, one per algorithm (see ``SigningKey.generate``): by default RS256 and ES256."""
+        if isinstance(algorithms, str):
+            raise ConfigurationError(f"algorithms must be a list of names, not the string {algorithms!r}")
+        return cls(SigningKey.generate(alg) for alg in algorithms)
 
     @classmethod
     def from_jwks(cls, document: Mapping[str, Any]) -> KeyRing:
@@ -162,16 +241,18 @@ def _signing_key(entry: object) -> SigningKey:
     if not isinstance(entry, dict):
         raise ConfigurationError("each key in a key file must be a JSON object")
     alg, kid = entry.get("alg"), entry.get("kid")
-    if alg not in SIGNING_ALGORITHMS:
-        raise ConfigurationError(f"key file: 'alg' must be one of {list(SIGNING_ALGORITHMS)}, got {alg!r}")
+    if alg not in ALGORITHMS:
+        raise ConfigurationError(f"key file: 'alg' must be one of {list(ALGORITHMS)}, got {alg!r}")
     if not _PRIVATE_MEMBERS & entry.keys():
         raise ConfigurationError("key file: a key has no private part (is this a public JWKS?)")
-    algorithm = RSAAlgorithm if alg == "RS256" else ECAlgorithm
     try:
-        private = algorithm.from_jwk(entry)
+        private = _jwk_algorithm(str(alg)).from_jwk(entry)
     except Exception as exc:  # PyJWT raises several unrelated types for a bad JWK
         raise ConfigurationError(f"key file: cannot load the {alg} key: {type(exc).__name__}") from exc
-    if not isinstance(private, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+    if not isinstance(
+        private,
+        (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey),
+    ):
         raise ConfigurationError("key file: a key has no private part (is this a public JWKS?)")
     key = SigningKey(str(alg), private)
     if kid is not None and kid != key.kid:
