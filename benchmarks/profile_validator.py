@@ -39,7 +39,8 @@ def _per_op_async(loop: asyncio.AbstractEventLoop, operation: Callable[[], Await
 
 
 def _stages(alg: str, token: str, keys: Keys, validator: Any, loop: asyncio.AbstractEventLoop, n: int) -> None:
-    from tokenguard import jwt_validator as module
+    from tokenguard import _jose as module
+    from tokenguard import jwt_validator as validator_module
 
     parsed = module.parse_jws(token)
     head, body, signature = token.split(".")
@@ -59,8 +60,8 @@ def _stages(alg: str, token: str, keys: Keys, validator: Any, loop: asyncio.Abst
             _per_op(lambda: (module._b64decode(head), module._b64decode(body), module._b64decode(signature)), n),
         ),
         (
-            "    _json_object x2 (strict hooks)",
-            _per_op(lambda: (module._json_object(header_bytes), module._json_object(body_bytes)), n),
+            "    json_segment x2 (strict hooks)",
+            _per_op(lambda: (module.json_segment(header_bytes), module.json_segment(body_bytes)), n),
         ),
         (
             "      for scale: json.loads x2, no hooks",
@@ -88,7 +89,7 @@ def _stages(alg: str, token: str, keys: Keys, validator: Any, loop: asyncio.Abst
             "  _access_token (aud, identity, scopes, AccessToken)",
             _per_op(lambda: validator._access_token(parsed.claims, kid), n),
         ),
-        ("  token_digest (SHA-256, cached path only)", _per_op(lambda: module.token_digest(token), n)),
+        ("  token_digest (SHA-256, cached path only)", _per_op(lambda: validator_module.token_digest(token), n)),
         ("Authenticator.validate adds: classify()", _per_op(lambda: module.classify(token), n)),
     ]
     print(f"\n{alg}: stage breakdown, µs per call ({n} calls each)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tokenguard._strictjson import reject_lone_surrogates, strict_decoder
+from tokenguard._strictjson import strict_loads
 from tokenguard.errors import AuthError, InsufficientScope, InvalidRequest, InvalidToken
 from tokenguard.models import AccessToken
 
@@ -125,7 +125,6 @@ def authorization_details_of(claims: Mapping[str, Any]) -> tuple[dict[str, Any],
     return tuple(copy.deepcopy(value))
 
 
-_BODY_DECODER = strict_decoder(finite_floats=True)
 
 
 def parse_json_body(data: bytes) -> Any:
@@ -133,10 +132,7 @@ def parse_json_body(data: bytes) -> Any:
     if not data.strip():
         return None
     try:
-        text = data.decode("utf-8")
-        value = _BODY_DECODER.decode(text)
-        reject_lone_surrogates(text, value)
-        return value
+        return strict_loads(data, object_only=False, max_depth=None)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidRequest("bad_request_body", "The request body is not valid JSON.") from exc
 

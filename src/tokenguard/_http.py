@@ -8,7 +8,6 @@ change to this module alone. Foreign exceptions are translated once, at this bou
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import weakref
 from collections.abc import Callable, Mapping
@@ -17,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from tokenguard._strictjson import NotAnObject, strict_loads
 
 #: What a user may pass as ``http_client``: a client used as given, or a factory called per event loop.
 HttpClientOption = httpx.AsyncClient | Callable[[], httpx.AsyncClient] | None
@@ -60,22 +61,28 @@ class HttpResult:
     body: bytes
 
     def json_object(self, url: str) -> dict[str, Any]:
-        """Parse the body as a JSON object, or raise ``FetchError``."""
+        """Parse the body as a JSON object, or raise ``FetchError``.
+
+        Strict (``_strictjson``): duplicate member names and NaN/Infinity (or a number no double can
+        hold) are refused, as in tokens: with two ``jwks_uri`` or two ``keys`` members, two readers
+        could each see a different one. Read as ``json.loads`` read it otherwise: UTF-16/32 and a
+        UTF-8 BOM are accepted, and depth is bounded by the size cap and Python's recursion limit.
+        """
         try:
-            document = json.loads(self.body)
-        except (ValueError, RecursionError) as exc:
+            return strict_loads(self.body, max_depth=None, lone_surrogates=True, detect_encoding=True)
+        except NotAnObject as exc:
+            raise FetchError(f"{safe_url(url)} returned JSON that is not an object") from exc
+        except ValueError as exc:
             raise FetchError(f"{safe_url(url)} returned a body that is not JSON") from exc
-        if not isinstance(document, dict):
-            raise FetchError(f"{safe_url(url)} returned JSON that is not an object")
-        return document
 
 
 class HttpClientPool:
     """Hands out one ``httpx.AsyncClient`` per running event loop, created lazily.
 
-    One app may be driven by several loops in turn (DESIGN.md §2 "Event loops"); a client, its
-    connection pool and its locks belong to the loop that made them, so none is built at import or
-    construction. A client the user supplied is used as given; a factory is called once per loop.
+    One app may be driven by several loops in turn (``asyncio.run`` called more than once, a test
+    suite with a loop per test); a client, its connection pool and its locks belong to the loop that
+    made them, so none is built at import or construction. A client the user supplied is used as
+    given; a factory is called once per loop.
     """
 
     def __init__(self, client: HttpClientOption = None, *, timeout: float = 5.0) -> None:

@@ -1,20 +1,24 @@
 """Strict JSON decoding, shared by every place that reads JSON an outsider wrote.
 
-Tokens (RFC 7515 §4, RFC 7519 §4), introspection answers (RFC 7662 §2.2) and request bodies read
-for ``authorization_details`` checks are all decoded this way: duplicate member names are refused,
-never "last one wins" (RFC 8259 §4: names SHOULD be unique; with two ``aud`` or two ``active``
-members, two readers could each see a different one), ``NaN``/``Infinity`` are not JSON
-(RFC 8259 §6), and strings holding a lone surrogate are refused (RFC 7493 §2.1, I-JSON: such a
-string has no UTF-8 form, so an app that writes the claim out — a JSON response, a log line — would
-fail on it).
+``strict_loads`` is the one decoder. Tokens (RFC 7515 §4, RFC 7519 §4, via ``_jose``), introspection
+answers (RFC 7662 §2.2), issuer documents (JWKS, RFC 8414 / OpenID metadata, via
+``HttpResult.json_object``) and request bodies read for ``authorization_details`` checks are all
+decoded by it: duplicate member names are refused, never "last one wins" (RFC 8259 §4: names SHOULD
+be unique; with two ``aud`` or two ``active`` members, two readers could each see a different one),
+``NaN``/``Infinity`` are not JSON (RFC 8259 §6). By default it also refuses numbers no double can
+hold, nesting deeper than ``MAX_DEPTH`` (RFC 8259 §9), and strings holding a lone surrogate
+(RFC 7493 §2.1, I-JSON: such a string has no UTF-8 form, so an app that writes the claim out — a
+JSON response, a log line — would fail on it); a caller that decides those elsewhere turns them off.
 """
 
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 import re
-from typing import Any
+from itertools import accumulate
+from typing import Any, Literal, overload
 
 #: The only way a lone surrogate reaches a decoded string: a ``\uD800``-``\uDFFF`` escape (UTF-8
 #: decoding already refuses encoded surrogates). Fixed length, so the search is linear.
@@ -79,3 +83,123 @@ def has_lone_surrogate(value: Any) -> bool:
         elif isinstance(item, list):
             pending.extend(item)
     return False
+
+
+#: RFC 8259 §9: "An implementation may set limits on the maximum depth of nesting." Real claim sets
+#: nest a few levels; a fixed limit gives the same answer on every Python, whose own limit differs
+#: (3.13 parses 6000 levels that 3.11 refuses), and keeps out structures deep enough to overflow the
+#: stack of the app's own code (e.g. json.dumps of request.auth.claims).
+MAX_DEPTH = 32
+#: The escapes that decide where JSON strings end (RFC 8259 §7): "\\\\" (a backslash) and '\\"' (a quote
+#: that does not end the string). ``str.replace`` removes them left to right, pairing backslashes as
+#: the decoder does (a run of 2k+1 keeps its last one, which escapes what follows); after that every '"'
+#: opens or closes a string. (The regex this replaces, r'"(?:[^"\\]|\\.)*"', retried from every escaped
+#: quote of a string that never closes and read the rest of the text again each time: O(n²), 250 ms
+#: for a forged 16 KiB token, before any key or signature was looked at.)
+_JSON_ESCAPES = ("\\\\", '\\"')
+#: ``bytes.translate`` arguments that turn the text outside strings into one signed byte per bracket:
+#: +1 for "[" and "{", -1 (0xFF) for "]" and "}"; every other byte is deleted.
+_BRACKET_STEPS = (bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff"), bytes(set(range(256)) - set(b"[]{}")))
+
+
+def _too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """True when ``text`` opens more than ``limit`` arrays/objects at once (strings skipped).
+
+    Brackets count as the JSON decoder meets them, up to its first error: inside a string they do not
+    count, and after a string that never closes there is nothing it would read. Linear by construction:
+    a fixed number of passes in C (replace, split, join, encode, translate) and one running sum.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case, decided without scanning
+    backslash, quote = _JSON_ESCAPES
+    # Every other piece is outside a string; a string that never closes is the last, odd, piece.
+    outside = "".join(text.replace(backslash, "").replace(quote, "").split('"')[::2])
+    # Non-ASCII is never a bracket: dropped by the encoder, the other non-brackets by translate.
+    steps = outside.encode("ascii", "ignore").translate(*_BRACKET_STEPS)
+    return max(accumulate(memoryview(steps).cast("b")), default=0) > limit
+
+
+class NotAnObject(ValueError):
+    """Valid JSON whose top-level value is not an object (``strict_loads(..., object_only=True)``)."""
+
+
+# No per-integer hook: tokens carry many integers and a hook costs a Python call each. Python's own
+# limit (sys.get_int_max_str_digits, 4300 digits) and the token size cap bound the parsing work.
+# One decoder per float rule, each with its C scanner: a text that starts with "{" goes straight to
+# the scanner (what JSONDecoder.decode does after skipping leading whitespace), the hot path of tokens.
+_FINITE = strict_decoder(finite_floats=True)
+_LENIENT = strict_decoder()
+_SCAN_FINITE: Any = json.scanner.make_scanner(_FINITE)  # type: ignore[arg-type]  # typeshed names the class oddly
+_SCAN_LENIENT: Any = json.scanner.make_scanner(_LENIENT)  # type: ignore[arg-type]
+
+
+@overload
+def strict_loads(
+    data: bytes | str,
+    *,
+    object_only: Literal[True] = ...,
+    max_depth: int | None = ...,
+    finite_floats: bool = ...,
+    lone_surrogates: bool = ...,
+    detect_encoding: bool = ...,
+) -> dict[str, Any]: ...
+@overload
+def strict_loads(
+    data: bytes | str,
+    *,
+    object_only: bool,
+    max_depth: int | None = ...,
+    finite_floats: bool = ...,
+    lone_surrogates: bool = ...,
+    detect_encoding: bool = ...,
+) -> Any: ...
+def strict_loads(
+    data: bytes | str,
+    *,
+    object_only: bool = True,
+    max_depth: int | None = MAX_DEPTH,
+    finite_floats: bool = True,
+    lone_surrogates: bool = False,
+    detect_encoding: bool = False,
+) -> Any:
+    """The one strict JSON decoder; raises ``ValueError`` saying why (``NotAnObject`` for valid JSON
+    that is not an object when ``object_only``). Each caller maps the error to its own refusal.
+
+    Always: UTF-8 only for bytes (RFC 8259 §8.1), duplicate member names and NaN/Infinity refused,
+    nothing but whitespace after the value. The defaults are the strictest (tokens use them):
+
+    - ``object_only``: the value must be a JSON object (``False``: any JSON value, e.g. a request body);
+    - ``max_depth``: more nested arrays/objects than this are refused before decoding (``None``: only
+      Python's recursion limit, reported as a ``ValueError`` too);
+    - ``finite_floats``: numbers no double can hold (``1e400``) are refused rather than read as infinity;
+    - ``lone_surrogates``: ``True`` lets strings with a lone surrogate through, for a caller that
+      refuses them itself with another outcome (an introspection answer: the token, not the issuer);
+    - ``detect_encoding``: bytes in UTF-16/32, or UTF-8 with a BOM, are read as ``json.loads`` reads
+      them (RFC 8259 §8.1 lets a parser ignore a BOM): issuer documents, read that way before.
+    """
+    try:
+        if isinstance(data, str):
+            text = data
+        elif detect_encoding:
+            text = data.decode(json.detect_encoding(data), "surrogatepass")
+        else:
+            text = data.decode("utf-8")
+        # The bracket count is ``_too_deep``'s own first step, repeated here to spare the hot path a call.
+        if max_depth is not None and text.count("[") + text.count("{") > max_depth and _too_deep(text, max_depth):
+            raise ValueError("nested too deeply")
+        if text[:1] == "{":
+            # Only whitespace may follow the object (RFC 8259 §2).
+            value, end = (_SCAN_FINITE if finite_floats else _SCAN_LENIENT)(text, 0)
+            if end != len(text) and text[end:].strip(" \t\n\r"):
+                raise ValueError("extra data after the JSON value")
+        else:
+            value = (_FINITE if finite_floats else _LENIENT).decode(text)
+    except StopIteration as exc:
+        raise ValueError("not JSON") from exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    if not lone_surrogates and "\\" in text:  # one character is found faster than two: the common case
+        reject_lone_surrogates(text, value)
+    if object_only and not isinstance(value, dict):
+        raise NotAnObject("JSON that is not an object")
+    return value

@@ -12,19 +12,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from tokenguard._http import HttpClientOption, HttpClientPool
+from tokenguard._jose import classify, parse_jws
 from tokenguard.config import GuardConfig
 from tokenguard.errors import AuthError, IntrospectionUnavailable, InvalidToken, UnavailableError
 from tokenguard.extract import authorization_values, bearer_from, cached_candidate
 from tokenguard.introspection import Introspector
 from tokenguard.jwks import IssuerMetadata, JWKSCache
-from tokenguard.jwt_validator import JWTValidator, classify, parse_jws
+from tokenguard.jwt_validator import JWTValidator
 from tokenguard.models import AccessToken
 from tokenguard.policy import Requirement
 
 logger = logging.getLogger("tokenguard")
+
+
+def _kind(token: str) -> Literal["jws", "opaque"]:
+    """A compact JWS or an opaque value; any other JOSE shape is refused, here and nowhere else.
+
+    A JSON header with another shape (a JWE, RFC 7516, or a JWS with extra parts) is a 401
+    ``unsupported_token``: RFC 9068 §4 decrypts only what a resource server negotiated with the
+    issuer, and tokenguard negotiates no encryption.
+    """
+    kind = classify(token)
+    if kind == "jwe":
+        raise InvalidToken("unsupported_token", "Encrypted or malformed JOSE tokens are not accepted.")
+    return kind
 
 
 class _Pipeline:
@@ -83,11 +97,7 @@ class Authenticator(_Pipeline):
 
     async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
         """Validate one raw token string; introspect it when ``sensitive`` or when it is opaque."""
-        kind = classify(token)
-        if kind == "jwe":
-            # DESIGN.md §2.3: a JOSE header with another shape (a JWE, a JWS with extra parts) is refused.
-            raise InvalidToken("unsupported_token", "Encrypted or malformed JOSE tokens are not accepted.")
-        if kind == "opaque":
+        if _kind(token) == "opaque":
             return await self._opaque(token, sensitive=sensitive, client=client)
         local = await self.validator.validate(token)
         if sensitive:
@@ -98,7 +108,8 @@ class Authenticator(_Pipeline):
     async def _opaque(self, token: str, *, sensitive: bool, client: str | None = None) -> AccessToken:
         """RFC 7662 §1: an opaque token means something only to its issuer, so only it can tell."""
         if not sensitive and not await self.can_introspect():
-            # Nothing can check it here: refused as a token we do not understand (DESIGN.md §2.4).
+            # Nothing can check it here: refused as a token we do not understand (docs/ARCHITECTURE.md,
+            # "The request pipeline", step 2: an opaque token is introspected or not accepted at all).
             raise InvalidToken("opaque_not_supported", "The access token is not a JWT.")
         # On a sensitive route a missing setting is the route's fault: 503 naming it, never a 401.
         return await self.introspector.introspect(token, client=client)
@@ -213,12 +224,9 @@ class MultiIssuerAuthenticator(_Pipeline):
         return None
 
     async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
-        kind = classify(token)
-        if kind == "jws":
+        if _kind(token) == "jws":
             return await self._issuer_of(token).validate(token, sensitive=sensitive)
-        if kind == "opaque":
-            return await (await self._introspecting()).validate(token, sensitive=sensitive, client=client)
-        raise InvalidToken("unsupported_token", "Encrypted or malformed JOSE tokens are not accepted.")
+        return await (await self._introspecting()).validate(token, sensitive=sensitive, client=client)
 
     def _issuer_of(self, token: str) -> Authenticator:
         # RFC 8725 §3.8 / RFC 9068 §4: the issuer is matched exactly; the unverified "iss" only

@@ -19,7 +19,6 @@ known to be real (flaw 6 of the assurance review; the caches' invariants are in 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import re
@@ -31,22 +30,22 @@ from urllib.parse import quote_plus
 
 from cachetools import TLRUCache
 
-from tokenguard._flight import SingleFlight
-from tokenguard._http import FetchError, HttpClientPool, safe_url
-from tokenguard._lru import LRU
-from tokenguard._strictjson import has_lone_surrogate, strict_decoder
-from tokenguard.config import GuardConfig
-from tokenguard.errors import IntrospectionUnavailable, InvalidToken
-from tokenguard.jwks import IssuerMetadata
-from tokenguard.jwt_validator import (
+from tokenguard._claims import (
     check_audience,
     check_lifetime,
     check_token_kind,
     has_scope_claim,
     identity_of,
     scopes_of,
-    token_digest,
 )
+from tokenguard._flight import SingleFlight
+from tokenguard._http import FetchError, HttpClientPool, safe_url
+from tokenguard._lru import LRU
+from tokenguard._strictjson import NotAnObject, has_lone_surrogate, strict_loads
+from tokenguard.config import GuardConfig
+from tokenguard.errors import IntrospectionUnavailable, InvalidToken
+from tokenguard.jwks import IssuerMetadata
+from tokenguard.jwt_validator import token_digest
 from tokenguard.models import AccessToken
 
 logger = logging.getLogger("tokenguard")
@@ -595,18 +594,20 @@ def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
     )
 
 
-_DECODER = strict_decoder()
-
-
 def _json_object(body: bytes, url: str) -> dict[str, Any]:
-    """RFC 7662 §2.2: the answer is a JSON object; anything else is no answer (a 503, not a 401)."""
+    """RFC 7662 §2.2: the answer is a JSON object; anything else is no answer (a 503, not a 401).
+
+    Strict, as every JSON from outside (``_strictjson``), but two refusals are left to the claim
+    checks, where they refuse the token (401) instead of the answer (503): a lone surrogate
+    (``_checked_token``), a number no double holds (``check_lifetime``: ``exp`` of 1e400). Depth is
+    bounded by the response size cap and Python's recursion limit, as for issuer documents.
+    """
     try:
-        document = _DECODER.decode(body.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        return strict_loads(body, max_depth=None, finite_floats=False, lone_surrogates=True)
+    except NotAnObject as exc:
+        raise FetchError(f"POST {safe_url(url)} returned JSON that is not an object") from exc
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise FetchError(f"POST {safe_url(url)} returned a body that is not JSON") from exc
-    if not isinstance(document, dict):
-        raise FetchError(f"POST {safe_url(url)} returned JSON that is not an object")
-    return document
 
 
 def _error_code(body: bytes, token: str) -> str:
@@ -616,10 +617,10 @@ def _error_code(body: bytes, token: str) -> str:
     wrote freely, and never something that echoes the token, can reach the log.
     """
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
+        document = strict_loads(body, max_depth=None, lone_surrogates=True, detect_encoding=True)
+    except ValueError:
         return ""
-    error = document.get("error") if isinstance(document, dict) else None
+    error = document.get("error")
     if not isinstance(error, str) or _ERROR_CODE.fullmatch(error) is None or error in token:
         return ""
     return f" ({error})"

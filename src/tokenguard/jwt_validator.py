@@ -1,359 +1,41 @@
 """Local validation of one JWT access token (RFC 7515, RFC 7519, RFC 8725, RFC 9068).
 
-The compact serialization is parsed here, strictly: canonical unpadded base64url only, JSON objects
-only, no duplicate member names, no NaN/Infinity or out-of-range floats, nesting at most 32 deep; the
-numeric dates it reads must be finite JSON numbers. PyJWT supplies the keys and the signature
-algorithms; claims are checked here, in the order that keeps an attacker from making us fetch keys
-(issuer and lifetime before any key lookup, so a stale or foreign token never triggers a refetch).
+The compact serialization is parsed strictly by ``_jose.parse_jws`` (canonical unpadded base64url,
+strict JSON objects); the claim rules it shares with introspection (audience, lifetime, token kind,
+identity, scopes) are in ``_claims``. PyJWT supplies the keys and the signature algorithms. Here:
+the header checks, and the order that keeps an attacker from making us fetch keys (issuer and
+lifetime before any key lookup, so a stale or foreign token never triggers a refetch), the signature,
+and the verified-token cache.
 """
 
 from __future__ import annotations
 
-import binascii
 import hashlib
-import json
-import json.scanner
-import math
-import re
-import sys
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
+from tokenguard._claims import (
+    check_audience,
+    check_dates,
+    check_lifetime,
+    check_token_kind,
+    identity_of,
+    number_claim,
+    scopes_of,
+    string_claim,
+)
+from tokenguard._jose import ParsedJWS
+from tokenguard._jose import classify as classify  # re-exported for the CLI's ``inspect``; home: ``_jose``
+from tokenguard._jose import parse_jws as parse_jws  # re-exported likewise
 from tokenguard._lru import LRU
 from tokenguard._signatures import Verifier, verifier
-from tokenguard._strictjson import reject_lone_surrogates, strict_decoder
 from tokenguard.config import HMAC_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
 from tokenguard.jwks import JWKSCache, KeyIdentity, KeySet
 from tokenguard.models import AccessToken
 
-TokenKind = Literal["jws", "jwe", "opaque"]
-
-# RFC 7515 §2 / RFC 4648 §5: base64url without padding. Three segments, non-empty signature.
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-# The last character of a canonical encoding has its unused low bits set to zero (RFC 4648 §3.5).
-_CANONICAL_LAST = {
-    2: frozenset("AQgw"),
-    3: frozenset("AEIMQUYcgkosw048"),
-}
 _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _RFC9068_TYP = frozenset({"at+jwt", "application/at+jwt"})
-
-
-_B64URL_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
-_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_PADDING = (b"", b"", b"==", b"=")
-_CANONICAL_LAST_BYTES = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
-
-
-def _b64decode(segment: str | bytes) -> bytes:
-    """Strict base64url: rejects padding, stray characters and non-canonical trailing bits."""
-    raw = segment.encode("ascii", "replace") if isinstance(segment, str) else segment
-    if _B64URL_SEGMENT.fullmatch(raw) is None:
-        raise InvalidToken("malformed_token", "The access token is malformed.")
-    return _b64decode_checked(raw)
-
-
-if sys.version_info >= (3, 11):
-    #: Python 3.11+ can refuse non-alphabet characters while decoding (binascii strict_mode).
-    _STRICT_A2B = True
-
-    def _a2b(data: bytes) -> bytes:
-        return binascii.a2b_base64(data, strict_mode=True)
-
-else:  # pragma: no cover - Python 3.10: the compact-JWS regex checks the alphabet instead
-    _STRICT_A2B = False
-    _a2b = binascii.a2b_base64
-
-
-def _b64decode_checked(raw: bytes) -> bytes:
-    """``_b64decode`` for a segment whose alphabet is already checked (the compact-JWS match)."""
-    remainder = len(raw) % 4
-    if remainder == 1 or (remainder and raw[-1] not in _CANONICAL_LAST_BYTES[remainder]):
-        raise InvalidToken("malformed_token", "The access token is malformed.")
-    try:
-        return _a2b(raw.translate(_TO_STANDARD) + _PADDING[remainder])
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidToken("malformed_token", "The access token is malformed.") from exc
-
-
-# No per-integer hook: tokens carry many integers and a hook costs a Python call each. Python's own
-# limit (sys.get_int_max_str_digits, 4300 digits) and the token size cap bound the parsing work; the
-# numbers the validator reads go through ``_number``, which refuses what no double can hold.
-_FAST_DECODER = strict_decoder(finite_floats=True)
-
-
-_SCAN: Any = json.scanner.make_scanner(_FAST_DECODER)  # type: ignore[arg-type]  # typeshed names the class oddly
-
-#: RFC 8259 §9: "An implementation may set limits on the maximum depth of nesting." Real claim sets
-#: nest a few levels; a fixed limit gives the same answer on every Python, whose own limit differs
-#: (3.13 parses 6000 levels that 3.11 refuses), and keeps out structures deep enough to overflow the
-#: stack of the app's own code (e.g. json.dumps of request.auth.claims).
-_MAX_DEPTH = 32
-#: The escapes that decide where JSON strings end (RFC 8259 §7): "\\\\" (a backslash) and '\\"' (a quote
-#: that does not end the string). ``str.replace`` removes them left to right, pairing backslashes as
-#: the decoder does (a run of 2k+1 keeps its last one, which escapes what follows); after that every '"'
-#: opens or closes a string. (The regex this replaces, r'"(?:[^"\\]|\\.)*"', retried from every escaped
-#: quote of a string that never closes and read the rest of the text again each time: O(n²), 250 ms
-#: for a forged 16 KiB token, before any key or signature was looked at.)
-_JSON_ESCAPES = ("\\\\", '\\"')
-#: ``bytes.translate`` arguments that turn the text outside strings into one signed byte per bracket:
-#: +1 for "[" and "{", -1 (0xFF) for "]" and "}"; every other byte is deleted.
-_BRACKET_STEPS = (bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff"), bytes(set(range(256)) - set(b"[]{}")))
-
-
-def _too_deep(text: str) -> bool:
-    """True when ``text`` opens more than ``_MAX_DEPTH`` arrays/objects at once (strings skipped).
-
-    Brackets count as the JSON decoder meets them, up to its first error: inside a string they do not
-    count, and after a string that never closes there is nothing it would read. Linear by construction:
-    a fixed number of passes in C (replace, split, join, encode, translate) and one running sum.
-    """
-    if text.count("[") + text.count("{") <= _MAX_DEPTH:
-        return False  # the common case, decided without scanning
-    from itertools import accumulate  # here, on the rare path: this helper's only import
-
-    backslash, quote = _JSON_ESCAPES
-    # Every other piece is outside a string; a string that never closes is the last, odd, piece.
-    outside = "".join(text.replace(backslash, "").replace(quote, "").split('"')[::2])
-    # Non-ASCII is never a bracket: dropped by the encoder, the other non-brackets by translate.
-    steps = outside.encode("ascii", "ignore").translate(*_BRACKET_STEPS)
-    return max(accumulate(memoryview(steps).cast("b")), default=0) > _MAX_DEPTH
-
-
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        text = data.decode("utf-8")
-        if _too_deep(text):
-            raise ValueError("nested too deeply")
-        if text[:1] == "{":
-            # The common shape, straight to the C scanner (what JSONDecoder.decode does after skipping
-            # leading whitespace); only whitespace may follow the object (RFC 8259 §2).
-            value, end = _SCAN(text, 0)
-            if end != len(text) and text[end:].strip(" \t\n\r"):
-                raise ValueError("extra data after the JSON value")
-        else:
-            value = _FAST_DECODER.decode(text)
-        reject_lone_surrogates(text, value)
-    except StopIteration as exc:
-        raise InvalidToken("malformed_token", "The access token is malformed.") from exc
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise InvalidToken("malformed_token", "The access token is malformed.") from exc
-    if not isinstance(value, dict):
-        raise InvalidToken("malformed_token", "The access token is malformed.")
-    return value
-
-
-def classify(token: str) -> TokenKind:
-    """JWS (three segments), refused JOSE (a JSON header with another shape, e.g. JWE), or opaque."""
-    if token.count(".") == 2:
-        return "jws"
-    head = token.split(".", 1)[0]
-    try:
-        _json_object(_b64decode(head))
-    except InvalidToken:
-        return "opaque"
-    return "jwe"
-
-
-class ParsedJWS:
-    """A compact JWS split and decoded, not yet trusted."""
-
-    __slots__ = ("claims", "header", "signature", "signing_input")
-
-    def __init__(self, header: dict[str, Any], claims: dict[str, Any], signing_input: bytes, signature: bytes) -> None:
-        self.header = header
-        self.claims = claims
-        self.signing_input = signing_input
-        self.signature = signature
-
-
-def parse_jws(token: str) -> ParsedJWS:
-    """Split and decode a compact JWS strictly (RFC 7515 §7.1)."""
-    if _STRICT_A2B:
-        # a2b_base64(strict_mode=True) refuses any character outside the (translated) alphabet, so
-        # only the characters translation would smuggle in (+, /, =) and the shape are checked here.
-        try:
-            raw = token.encode("ascii")
-        except UnicodeEncodeError as exc:
-            raise InvalidToken("malformed_token", "The access token is malformed.") from exc
-        first = raw.find(b".")
-        second = raw.find(b".", first + 1)
-        if (
-            first < 1
-            or second < first + 2
-            or second == len(raw) - 1
-            or raw.find(b".", second + 1) != -1
-            or b"+" in raw
-            or b"/" in raw
-            or b"=" in raw
-        ):
-            raise InvalidToken("malformed_token", "The access token is malformed.")
-    else:
-        if _COMPACT_JWS.fullmatch(token) is None:
-            raise InvalidToken("malformed_token", "The access token is malformed.")
-        raw = token.encode("ascii")
-        first = raw.index(b".")
-        second = raw.index(b".", first + 1)
-    return ParsedJWS(
-        _json_object(_b64decode_checked(raw[:first])),
-        _json_object(_b64decode_checked(raw[first + 1 : second])),
-        raw[:second],
-        _b64decode_checked(raw[second + 1 :]),
-    )
-
-
-def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        if required or name in claims:
-            raise InvalidToken("missing_claim", "The access token lacks a required claim.")
-        return None
-    # RFC 7519 §2 NumericDate is a JSON number: "1700000000" (a string) and true are refused.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
-    try:
-        number = float(value)
-    except OverflowError as exc:
-        raise InvalidToken("bad_claim", "The access token has a malformed claim.") from exc
-    # NaN compares false with everything, so an "exp" of NaN (lenient JSON, e.g. an introspection
-    # answer) would never expire; infinities are refused with it.
-    if not math.isfinite(number):
-        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
-    return number
-
-
-def _string(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
-    return value
-
-
-#: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ) — printable ASCII but '"' and '\\'.
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-
-
-def has_scope_claim(claims: Mapping[str, Any]) -> bool:
-    """Whether ``claims`` say anything about scopes (``scope`` or ``scp``, even null or empty)."""
-    return "scope" in claims or "scp" in claims
-
-
-def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
-    """Scopes from ``scope`` (RFC 8693 §4.2 / RFC 9068 §2.2.3, space-separated) or ``scp``.
-
-    The one scope parser, for JWT claims and introspection answers alike. RFC 6749 §3.3: scope tokens
-    are separated by SP (%x20) only, and each is ``1*( %x21 / %x23-5B / %x5D-7E )``. A piece that is
-    not a valid scope token grants nothing: it is dropped whole, never split further (so
-    ``"read\u00a0admin"`` grants neither ``read`` nor ``admin``). A ``scp`` string is read like
-    ``scope``; each element of a ``scope``/``scp`` list must be one scope token, else it is dropped.
-    A claim of another JSON type (a number, an object, a list holding a non-string) is malformed.
-    """
-    value = claims.get("scope", claims.get("scp"))
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        if value.isascii() and _SCOPE_TOKEN.fullmatch(value.replace(" ", "!")) is not None:
-            return frozenset(value.split(" ")) - {""}  # the common case: every piece is a scope token
-        return frozenset(piece for piece in value.split(" ") if _SCOPE_TOKEN.fullmatch(piece) is not None)
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return frozenset(item for item in value if _SCOPE_TOKEN.fullmatch(item) is not None)
-    raise InvalidToken("bad_claim", "The access token has a malformed scope claim.")
-
-
-def check_lifetime(claims: Mapping[str, Any], now: float, leeway: float, *, require_exp: bool) -> float | None:
-    """``exp``, ``nbf``, ``iat`` against the clock with leeway (RFC 7519 §4.1.4, §4.1.5, §4.1.6)."""
-    exp = _number(claims, "exp", required=require_exp)
-    check_dates(exp, _number(claims, "nbf", required=False), _number(claims, "iat", required=False), now, leeway)
-    return exp
-
-
-def check_dates(exp: float | None, nbf: float | None, iat: float | None, now: float, leeway: float) -> None:
-    """Dates already read as numbers, against the clock with leeway."""
-    # RFC 7519 §4.1.4: "the current date/time MUST be before the expiration date/time".
-    if exp is not None and now >= exp + leeway:
-        raise InvalidToken("expired", "The access token has expired.")
-    # RFC 7519 §4.1.5: "the current date/time MUST be after or equal to the not-before date/time".
-    if nbf is not None and now + leeway < nbf:
-        raise InvalidToken("not_yet_valid", "The access token is not valid yet.")
-    if iat is not None and now + leeway < iat:
-        raise InvalidToken("not_yet_valid", "The access token was issued in the future.")
-
-
-def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, required: bool = True) -> None:
-    """RFC 7519 §4.1.3: the recipient MUST identify itself with a value in ``aud``, else reject."""
-    aud = claims.get("aud")
-    if type(aud) is str and aud in audiences:  # the common case, decided at once
-        return
-    if aud is None or aud == []:
-        # An empty list names no audience, like an absent claim (ORY Hydra sends "aud": [] for a token
-        # granted none): refused when the audience is required, let through only when it is relaxed.
-        if required:
-            raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
-        return
-    values = [aud] if isinstance(aud, str) else aud
-    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
-        raise InvalidToken("bad_claim", "The access token has a malformed audience claim.")
-    if not any(value in audiences for value in values):
-        raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
-
-
-#: Vendor markers of tokens that are not access tokens: Keycloak's "typ" claim ("ID", "Refresh",
-#: "Offline", "Logout") and Amazon Cognito's "token_use" ("id").
-_NOT_ACCESS_TYP = frozenset({"id", "refresh", "offline", "logout", "id_token", "refresh_token"})
-_ACCESS_TOKEN_USE = frozenset({"access", "access_token"})
-#: Claims only an OpenID Connect ID token carries (OIDC Core §3.1.3.6 at_hash, §3.3.2.11 c_hash).
-_ID_TOKEN_ONLY = ("at_hash", "c_hash")
-
-
-def check_token_kind(claims: Mapping[str, Any]) -> None:
-    """Refuse ID, refresh and logout tokens that an issuer marks as such in the claims.
-
-    RFC 8725 §3.11 / RFC 9068 §4: a JWT of another kind must not be accepted as an access token. The
-    header ``typ`` catches issuers that type their tokens; these markers catch those that do not (an
-    ID token whose ``aud`` happens to equal the API's audience would otherwise pass).
-    """
-    if not (
-        "typ" in claims or "token_use" in claims or "cnf" in claims or "at_hash" in claims or "c_hash" in claims
-    ):
-        return  # the common case: none of the markers, decided with five lookups
-    typ = claims.get("typ")
-    use = claims.get("token_use")
-    if (
-        (isinstance(typ, str) and typ.lower() in _NOT_ACCESS_TYP)
-        or (use is not None and (not isinstance(use, str) or use.lower() not in _ACCESS_TOKEN_USE))
-        or any(name in claims for name in _ID_TOKEN_ONLY)
-    ):
-        raise InvalidToken("unsupported_token", "The token is not an access token.")
-    confirmation = claims.get("cnf")
-    # RFC 9449 §7.1 (DPoP "jkt") and RFC 8705 §3 (mTLS "x5t#S256"): a sender-constrained token must be
-    # presented with proof of possession, which a bearer-only resource server cannot check; accepted
-    # as a plain bearer token it would let a thief use it (RFC 9449 §7.2: MUST NOT).
-    # RFC 7800 §3.1: any confirmation member (jwk, jwe, jku, kid, and the two above) binds the token to
-    # a key whose possession is never proven here.
-    if confirmation is not None and (not isinstance(confirmation, dict) or confirmation):
-        raise InvalidToken(
-            "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
-        )
-
-
-#: Where issuers that predate RFC 9068's ``client_id`` put the client: OpenID Connect's ``azp``
-#: (Auth0, Keycloak, Entra v2), Okta's ``cid``, Entra v1's ``appid``.
-_CLIENT_ID_FALLBACKS = ("azp", "cid", "appid")
-
-
-def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """``sub`` and the client id; a token with neither names nobody and is refused.
-
-    The client id is ``client_id`` (RFC 9068 §2.2), else the first string among the vendor claims that
-    carry it; ``strict_rfc9068`` still requires ``client_id`` itself.
-    """
-    subject, client_id = _string(claims, "sub"), _string(claims, "client_id")
-    if not client_id:
-        client_id = next((v for n in _CLIENT_ID_FALLBACKS if isinstance(v := claims.get(n), str) and v), None)
-    if not subject and not client_id:
-        raise InvalidToken("no_identity", "The access token names no subject or client.")
-    return subject or None, client_id or None
 
 
 def token_digest(token: str) -> bytes:
@@ -449,8 +131,8 @@ class JWTValidator:
             self._verified[pending.digest] = (
                 access_token,
                 float(claims["exp"]),
-                _number(claims, "nbf", required=False),
-                _number(claims, "iat", required=False),
+                number_claim(claims, "nbf", required=False),
+                number_claim(claims, "iat", required=False),
                 keys if identity is not None else None,
                 identity,
             )
@@ -614,7 +296,7 @@ class JWTValidator:
             float(claims["exp"]),
             "jwt",
             self._config.issuer,
-            _string(claims, "jti"),
+            string_claim(claims, "jti"),
             kid,
         )
 

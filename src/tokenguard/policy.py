@@ -14,11 +14,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tokenguard._claims import SCOPE_TOKEN
 from tokenguard._details import DetailsCheck, DetailsGuard, RequestContext, enforce_details
 from tokenguard.errors import (
     ConfigurationError,
@@ -161,9 +161,8 @@ AUTHENTICATED = Requirement()
 PUBLIC = Requirement(public=True)
 
 
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ): printable ASCII but SP, '"' and '\\'.
-# RFC 9470 §3 acr values share the alphabet: a space-separated list inside a quoted string.
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# RFC 6749 §3.3 scope-token (``_claims.SCOPE_TOKEN``); RFC 9470 §3 acr values share the alphabet.
+_SCOPE_TOKEN = SCOPE_TOKEN
 
 ScopesArg = str | Iterable[str]
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tokenguard._http import HttpClientOption
+from tokenguard._jose import classify, parse_jws
 from tokenguard._strictjson import strict_pairs
 from tokenguard.authenticator import Authenticator
 from tokenguard.cli._output import CliError, Printer, duration, utc
 from tokenguard.config import DEFAULT_ALGORITHMS, HMAC_ALGORITHMS, GuardConfig, IntrospectionOptions
 from tokenguard.errors import AuthError, ConfigurationError, UnavailableError
-from tokenguard.jwt_validator import classify, parse_jws
 
 Severity = Literal["error", "warning"]
 

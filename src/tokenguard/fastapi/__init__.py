@@ -32,9 +32,9 @@ import logging
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, SecurityScopes
 
+from tokenguard.credentials import TokenCredentials
 from tokenguard.errors import AuthError, InsufficientScope, MissingToken
 from tokenguard.fastapi._openapi import bearer_scheme, install_openapi
-from tokenguard.credentials import TokenCredentials
 from tokenguard.models import AccessToken
 
 __all__ = ["bearer_scheme", "current_token", "install_openapi", "require", "scopes"]

@@ -1,0 +1,173 @@
+"""Claim rules shared by both validators: what a claim set must say to be an access token here.
+
+Local JWT validation (``jwt_validator``) and introspection answers (``introspection``) read claims
+with the same rules, from this one place: audience (RFC 7519 §4.1.3), lifetime and numeric dates
+(RFC 7519 §4.1.4-§4.1.6), token kind (RFC 8725 §3.11, RFC 9068 §4, RFC 9449 §7), identity (``sub``
+and the client id, RFC 9068 §2.2) and scopes (RFC 6749 §3.3). Each refusal is an ``InvalidToken``
+whose reason the caller passes on unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tokenguard.errors import InvalidToken
+
+
+def number_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    """A NumericDate claim as a finite float; ``None`` when absent and not ``required`` (null is not absent)."""
+    value = claims.get(name)
+    if value is None:
+        if required or name in claims:
+            raise InvalidToken("missing_claim", "The access token lacks a required claim.")
+        return None
+    # RFC 7519 §2 NumericDate is a JSON number: "1700000000" (a string) and true are refused.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.") from exc
+    # NaN compares false with everything, so an "exp" of NaN (lenient JSON, e.g. an introspection
+    # answer) would never expire; infinities are refused with it.
+    if not math.isfinite(number):
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
+    return number
+
+
+def string_claim(claims: Mapping[str, Any], name: str) -> str | None:
+    """A claim that, when present and not null, must be a string."""
+    value = claims.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidToken("bad_claim", "The access token has a malformed claim.")
+    return value
+
+
+#: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ) — printable ASCII but '"' and '\\'.
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def has_scope_claim(claims: Mapping[str, Any]) -> bool:
+    """Whether ``claims`` say anything about scopes (``scope`` or ``scp``, even null or empty)."""
+    return "scope" in claims or "scp" in claims
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from ``scope`` (RFC 8693 §4.2 / RFC 9068 §2.2.3, space-separated) or ``scp``.
+
+    The one scope parser, for JWT claims and introspection answers alike. RFC 6749 §3.3: scope tokens
+    are separated by SP (%x20) only, and each is ``1*( %x21 / %x23-5B / %x5D-7E )``. A piece that is
+    not a valid scope token grants nothing: it is dropped whole, never split further (so
+    ``"read\u00a0admin"`` grants neither ``read`` nor ``admin``). A ``scp`` string is read like
+    ``scope``; each element of a ``scope``/``scp`` list must be one scope token, else it is dropped.
+    A claim of another JSON type (a number, an object, a list holding a non-string) is malformed.
+    """
+    value = claims.get("scope", claims.get("scp"))
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        if value.isascii() and SCOPE_TOKEN.fullmatch(value.replace(" ", "!")) is not None:
+            return frozenset(value.split(" ")) - {""}  # the common case: every piece is a scope token
+        return frozenset(piece for piece in value.split(" ") if SCOPE_TOKEN.fullmatch(piece) is not None)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(item for item in value if SCOPE_TOKEN.fullmatch(item) is not None)
+    raise InvalidToken("bad_claim", "The access token has a malformed scope claim.")
+
+
+def check_lifetime(claims: Mapping[str, Any], now: float, leeway: float, *, require_exp: bool) -> float | None:
+    """``exp``, ``nbf``, ``iat`` against the clock with leeway (RFC 7519 §4.1.4, §4.1.5, §4.1.6)."""
+    exp = number_claim(claims, "exp", required=require_exp)
+    nbf, iat = number_claim(claims, "nbf", required=False), number_claim(claims, "iat", required=False)
+    check_dates(exp, nbf, iat, now, leeway)
+    return exp
+
+
+def check_dates(exp: float | None, nbf: float | None, iat: float | None, now: float, leeway: float) -> None:
+    """Dates already read as numbers, against the clock with leeway."""
+    # RFC 7519 §4.1.4: "the current date/time MUST be before the expiration date/time".
+    if exp is not None and now >= exp + leeway:
+        raise InvalidToken("expired", "The access token has expired.")
+    # RFC 7519 §4.1.5: "the current date/time MUST be after or equal to the not-before date/time".
+    if nbf is not None and now + leeway < nbf:
+        raise InvalidToken("not_yet_valid", "The access token is not valid yet.")
+    if iat is not None and now + leeway < iat:
+        raise InvalidToken("not_yet_valid", "The access token was issued in the future.")
+
+
+def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, required: bool = True) -> None:
+    """RFC 7519 §4.1.3: the recipient MUST identify itself with a value in ``aud``, else reject."""
+    aud = claims.get("aud")
+    if type(aud) is str and aud in audiences:  # the common case, decided at once
+        return
+    if aud is None or aud == []:
+        # An empty list names no audience, like an absent claim (ORY Hydra sends "aud": [] for a token
+        # granted none): refused when the audience is required, let through only when it is relaxed.
+        if required:
+            raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
+        return
+    values = [aud] if isinstance(aud, str) else aud
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise InvalidToken("bad_claim", "The access token has a malformed audience claim.")
+    if not any(value in audiences for value in values):
+        raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
+
+
+#: Vendor markers of tokens that are not access tokens: Keycloak's "typ" claim ("ID", "Refresh",
+#: "Offline", "Logout") and Amazon Cognito's "token_use" ("id").
+_NOT_ACCESS_TYP = frozenset({"id", "refresh", "offline", "logout", "id_token", "refresh_token"})
+_ACCESS_TOKEN_USE = frozenset({"access", "access_token"})
+#: Claims only an OpenID Connect ID token carries (OIDC Core §3.1.3.6 at_hash, §3.3.2.11 c_hash).
+_ID_TOKEN_ONLY = ("at_hash", "c_hash")
+
+
+def check_token_kind(claims: Mapping[str, Any]) -> None:
+    """Refuse ID, refresh and logout tokens that an issuer marks as such in the claims.
+
+    RFC 8725 §3.11 / RFC 9068 §4: a JWT of another kind must not be accepted as an access token. The
+    header ``typ`` catches issuers that type their tokens; these markers catch those that do not (an
+    ID token whose ``aud`` happens to equal the API's audience would otherwise pass).
+    """
+    if not (
+        "typ" in claims or "token_use" in claims or "cnf" in claims or "at_hash" in claims or "c_hash" in claims
+    ):
+        return  # the common case: none of the markers, decided with five lookups
+    typ = claims.get("typ")
+    use = claims.get("token_use")
+    if (
+        (isinstance(typ, str) and typ.lower() in _NOT_ACCESS_TYP)
+        or (use is not None and (not isinstance(use, str) or use.lower() not in _ACCESS_TOKEN_USE))
+        or any(name in claims for name in _ID_TOKEN_ONLY)
+    ):
+        raise InvalidToken("unsupported_token", "The token is not an access token.")
+    confirmation = claims.get("cnf")
+    # RFC 9449 §7.1 (DPoP "jkt") and RFC 8705 §3 (mTLS "x5t#S256"): a sender-constrained token must be
+    # presented with proof of possession, which a bearer-only resource server cannot check; accepted
+    # as a plain bearer token it would let a thief use it (RFC 9449 §7.2: MUST NOT).
+    # RFC 7800 §3.1: any confirmation member (jwk, jwe, jku, kid, and the two above) binds the token to
+    # a key whose possession is never proven here.
+    if confirmation is not None and (not isinstance(confirmation, dict) or confirmation):
+        raise InvalidToken(
+            "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
+        )
+
+
+#: Where issuers that predate RFC 9068's ``client_id`` put the client: OpenID Connect's ``azp``
+#: (Auth0, Keycloak, Entra v2), Okta's ``cid``, Entra v1's ``appid``.
+_CLIENT_ID_FALLBACKS = ("azp", "cid", "appid")
+
+
+def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``sub`` and the client id; a token with neither names nobody and is refused.
+
+    The client id is ``client_id`` (RFC 9068 §2.2), else the first string among the vendor claims that
+    carry it; ``strict_rfc9068`` still requires ``client_id`` itself.
+    """
+    subject, client_id = string_claim(claims, "sub"), string_claim(claims, "client_id")
+    if not client_id:
+        client_id = next((v for n in _CLIENT_ID_FALLBACKS if isinstance(v := claims.get(n), str) and v), None)
+    if not subject and not client_id:
+        raise InvalidToken("no_identity", "The access token names no subject or client.")
+    return subject or None, client_id or None
