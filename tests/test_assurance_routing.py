@@ -19,12 +19,13 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import Rule, TokenGuard, public, require_auth_level, require_scopes, sensitive
 from tokenguard.errors import ConfigurationError
 from tokenguard.events import DecisionEvent
 from tokenguard.policy import Requirement
 from tokenguard.routing import declared_requirements, endpoint_requirement
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -33,7 +34,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def guarded(app: Any, clock: FakeClock, **options: Any) -> TestClient:
+def guarded(app: Any, clock: ManualClock, **options: Any) -> TestClient:
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
     return TestClient(app)
 
@@ -68,7 +69,7 @@ class Accounts(HTTPEndpoint):
         return PlainTextResponse("deleted")
 
 
-def test_class_scopes_still_apply_when_the_handler_has_a_mark(idp: Issuer, clock: FakeClock) -> None:
+def test_class_scopes_still_apply_when_the_handler_has_a_mark(idp: Issuer, clock: ManualClock) -> None:
     client = guarded(Starlette(routes=[Route("/accounts", Accounts)]), clock)
     # Only `read`, but the step-up the handler asks for: the class's `admin` still applies.
     assert client.delete("/accounts", headers=bearer(idp.token(scope="read", acr="mfa"))).status_code == 403
@@ -106,7 +107,7 @@ def test_websocket_endpoint_merges_class_and_every_handler() -> None:
     assert merged == Requirement(all_scopes=frozenset({"chat", "post"}), sensitive=True)
 
 
-def test_websocket_class_scope_applies_with_a_marked_on_connect(idp: Issuer, clock: FakeClock) -> None:
+def test_websocket_class_scope_applies_with_a_marked_on_connect(idp: Issuer, clock: ManualClock) -> None:
     @require_scopes("chat")
     class Room(WebSocketEndpoint):
         @require_auth_level(max_age=600)
@@ -122,7 +123,7 @@ def test_websocket_class_scope_applies_with_a_marked_on_connect(idp: Issuer, clo
         ws.close()
 
 
-def test_marks_that_cannot_combine_are_refused_when_the_app_starts(idp: Issuer, clock: FakeClock) -> None:
+def test_marks_that_cannot_combine_are_refused_when_the_app_starts(idp: Issuer, clock: ManualClock) -> None:
     @public
     class Mixed(HTTPEndpoint):
         @require_scopes("admin")
@@ -144,7 +145,7 @@ def test_marks_that_cannot_combine_are_refused_when_the_app_starts(idp: Issuer, 
 # -- flaw 2: only FastAPI's own docs routes are public, only for GET/HEAD ----------------------------
 
 
-def test_docs_path_with_docs_turned_off_is_not_public(idp: Issuer, clock: FakeClock) -> None:
+def test_docs_path_with_docs_turned_off_is_not_public(idp: Issuer, clock: ManualClock) -> None:
     app = FastAPI(openapi_url=None)
 
     @app.get("/docs")
@@ -156,7 +157,7 @@ def test_docs_path_with_docs_turned_off_is_not_public(idp: Issuer, clock: FakeCl
     assert client.get("/docs", headers=bearer(idp.token())).status_code == 200
 
 
-def test_user_handler_on_a_docs_path_is_not_public(idp: Issuer, clock: FakeClock) -> None:
+def test_user_handler_on_a_docs_path_is_not_public(idp: Issuer, clock: ManualClock) -> None:
     app = FastAPI()
 
     @app.post("/docs")
@@ -174,7 +175,7 @@ def test_user_handler_on_a_docs_path_is_not_public(idp: Issuer, clock: FakeClock
 # -- flaw 3: decisions follow routes added after the first request ------------------------------------
 
 
-def test_route_added_to_an_included_router_after_a_405_is_seen(idp: Issuer, clock: FakeClock) -> None:
+def test_route_added_to_an_included_router_after_a_405_is_seen(idp: Issuer, clock: ManualClock) -> None:
     app = FastAPI()
     router = APIRouter()
 
@@ -198,7 +199,7 @@ def test_route_added_to_an_included_router_after_a_405_is_seen(idp: Issuer, cloc
     assert client.post("/x", headers=bearer(idp.token(scope="admin"))).status_code == 200
 
 
-def test_route_added_inside_a_mount_after_first_requests_is_seen(idp: Issuer, clock: FakeClock) -> None:
+def test_route_added_inside_a_mount_after_first_requests_is_seen(idp: Issuer, clock: ManualClock) -> None:
     inner = Starlette(routes=[Route("/open", open_get)])
     client = guarded(Starlette(routes=[Mount("/api", app=inner)]), clock)
     assert client.get("/api/open").status_code == 200
@@ -209,7 +210,7 @@ def test_route_added_inside_a_mount_after_first_requests_is_seen(idp: Issuer, cl
     assert client.post("/api/open", headers=bearer(idp.token(scope="admin"))).status_code == 200
 
 
-def test_top_level_route_list_replaced_is_seen(idp: Issuer, clock: FakeClock) -> None:
+def test_top_level_route_list_replaced_is_seen(idp: Issuer, clock: ManualClock) -> None:
     app = Starlette(routes=[Route("/thing", open_get)])
     client = guarded(app, clock)
     assert client.get("/thing").status_code == 200
@@ -224,7 +225,7 @@ async def item(request: Request) -> PlainTextResponse:
     return PlainTextResponse("item")
 
 
-def test_route_labels_under_a_templated_mount_stay_bounded(idp: Issuer, clock: FakeClock) -> None:
+def test_route_labels_under_a_templated_mount_stay_bounded(idp: Issuer, clock: ManualClock) -> None:
     events: list[DecisionEvent] = []
     tenant = Starlette(routes=[Route("/items/{item_id}", item)])
     app = Starlette(routes=[Mount("/t/{tenant}", app=tenant)])
@@ -236,7 +237,7 @@ def test_route_labels_under_a_templated_mount_stay_bounded(idp: Issuer, clock: F
     assert labels == {"/t/{tenant}/items/{item_id}", "/t/{tenant}/{path}"}
 
 
-def test_route_labels_of_included_routers_are_templates(idp: Issuer, clock: FakeClock) -> None:
+def test_route_labels_of_included_routers_are_templates(idp: Issuer, clock: ManualClock) -> None:
     events: list[DecisionEvent] = []
     app = FastAPI()
     router = APIRouter(prefix="/orgs/{org}")
@@ -268,7 +269,7 @@ class RouterOnlyRoute(Route):
 
 
 def test_dispatch_check_applies_the_policy_of_the_endpoint_that_runs(
-    idp: Issuer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    idp: Issuer, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = Starlette(routes=[RouterOnlyRoute("/thing", admin_post, methods=["GET"]), Route("/thing", open_get)])
     client = guarded(app, clock)
@@ -281,7 +282,7 @@ def test_dispatch_check_applies_the_policy_of_the_endpoint_that_runs(
     assert "not the endpoint the guard predicted" in caplog.text
 
 
-def test_dispatch_check_passes_when_the_policy_is_the_same(idp: Issuer, clock: FakeClock) -> None:
+def test_dispatch_check_passes_when_the_policy_is_the_same(idp: Issuer, clock: ManualClock) -> None:
     @require_scopes("admin")
     async def other_admin(request: Request) -> PlainTextResponse:
         return PlainTextResponse("other")
@@ -295,7 +296,7 @@ def test_dispatch_check_passes_when_the_policy_is_the_same(idp: Issuer, clock: F
     assert guard.status()["route_mismatches"] == 1
 
 
-def test_dispatch_check_fails_closed_on_marks_that_cannot_combine(idp: Issuer, clock: FakeClock) -> None:
+def test_dispatch_check_fails_closed_on_marks_that_cannot_combine(idp: Issuer, clock: ManualClock) -> None:
     @public
     class Broken(HTTPEndpoint):
         @require_scopes("admin")
@@ -309,7 +310,7 @@ def test_dispatch_check_fails_closed_on_marks_that_cannot_combine(idp: Issuer, c
     assert "never" not in response.text
 
 
-def test_dispatch_check_on_a_websocket_route(idp: Issuer, clock: FakeClock) -> None:
+def test_dispatch_check_on_a_websocket_route(idp: Issuer, clock: ManualClock) -> None:
     @require_scopes("chat")
     async def chat(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -338,7 +339,7 @@ def test_dispatch_check_on_a_websocket_route(idp: Issuer, clock: FakeClock) -> N
         assert ws.receive_text() == "hello"
 
 
-def test_dispatch_checks_are_installed_on_included_fastapi_routes(idp: Issuer, clock: FakeClock) -> None:
+def test_dispatch_checks_are_installed_on_included_fastapi_routes(idp: Issuer, clock: ManualClock) -> None:
     from tokenguard.routing import _DispatchCheck
 
     app = FastAPI()
@@ -361,7 +362,7 @@ def test_dispatch_checks_are_installed_on_included_fastapi_routes(idp: Issuer, c
     assert guard.status()["route_mismatches"] == 0
 
 
-def test_query_method_handler_marks_apply(idp: Issuer, clock: FakeClock) -> None:
+def test_query_method_handler_marks_apply(idp: Issuer, clock: ManualClock) -> None:
     """Starlette 1.x dispatches QUERY to ``query``: its marks add to the class's like any other."""
 
     @require_scopes("read")
@@ -376,7 +377,7 @@ def test_query_method_handler_marks_apply(idp: Issuer, clock: FakeClock) -> None
     assert client.request("QUERY", "/search", headers=bearer(idp.token(scope="read search"))).text == "found"
 
 
-def test_route_trees_too_large_to_fingerprint_are_decided_afresh(idp: Issuer, clock: FakeClock) -> None:
+def test_route_trees_too_large_to_fingerprint_are_decided_afresh(idp: Issuer, clock: ManualClock) -> None:
     from tokenguard.routing import _MAX_ROUTE_LISTS
 
     mounts = [Mount(f"/m{i}", routes=[Route("/x", open_get)]) for i in range(_MAX_ROUTE_LISTS + 1)]
@@ -405,12 +406,12 @@ class RewritePath:
         await self.app(scope, receive, send)
 
 
-def rewritten(app: Any, clock: FakeClock, aliases: dict[str, str], **options: Any) -> TestClient:
+def rewritten(app: Any, clock: ManualClock, aliases: dict[str, str], **options: Any) -> TestClient:
     app.add_middleware(RewritePath, aliases=aliases)  # inside the guard: added first
     return guarded(app, clock, **options)
 
 
-def test_dispatch_check_covers_fastapi_copies_of_included_starlette_routes(idp: Issuer, clock: FakeClock) -> None:
+def test_dispatch_check_covers_fastapi_copies_of_included_starlette_routes(idp: Issuer, clock: ManualClock) -> None:
     """FastAPI re-creates a plain Starlette route of an included router; its copy is what runs, so the
     copy carries the dispatch check: a path rewritten behind the guard still meets the admin mark."""
 
@@ -446,7 +447,7 @@ def test_fastapi_route_copies_are_found() -> None:
     assert copies[0].path == "/outer/inner/export"
 
 
-def test_dispatch_check_applies_path_rules_of_the_dispatched_path(idp: Issuer, clock: FakeClock) -> None:
+def test_dispatch_check_applies_path_rules_of_the_dispatched_path(idp: Issuer, clock: ManualClock) -> None:
     """An unmarked endpoint reached through a rewritten path: the rules of the path the router ran apply."""
 
     async def users(request: Request) -> PlainTextResponse:
@@ -459,7 +460,7 @@ def test_dispatch_check_applies_path_rules_of_the_dispatched_path(idp: Issuer, c
     assert client.get("/people", headers=bearer(idp.token(scope="admin"))).text == "users"
 
 
-def test_fastapi_root_path_is_predicted(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_root_path_is_predicted(idp: Issuer, clock: ManualClock) -> None:
     """A guard wrapping ``FastAPI(root_path=...)`` predicts with the root_path FastAPI will set."""
     import warnings
 
@@ -478,7 +479,7 @@ def test_fastapi_root_path_is_predicted(idp: Issuer, clock: FakeClock) -> None:
     assert guard.status()["route_mismatches"] == 0
 
 
-def test_one_dispatch_check_per_route_whatever_the_number_of_apps(idp: Issuer, clock: FakeClock) -> None:
+def test_one_dispatch_check_per_route_whatever_the_number_of_apps(idp: Issuer, clock: ManualClock) -> None:
     """An app factory over module-level routes: each new app and guard reuse the one check, keep none alive."""
     import gc
     import weakref
@@ -500,7 +501,7 @@ def test_one_dispatch_check_per_route_whatever_the_number_of_apps(idp: Issuer, c
     assert sum(ref() is not None for ref in guards) <= 1
 
 
-def test_an_unguarded_app_sharing_routes_is_left_alone(idp: Issuer, clock: FakeClock) -> None:
+def test_an_unguarded_app_sharing_routes_is_left_alone(idp: Issuer, clock: ManualClock) -> None:
     @require_scopes("admin")
     async def internal(request: Request) -> PlainTextResponse:
         return PlainTextResponse("internal")
@@ -511,7 +512,7 @@ def test_an_unguarded_app_sharing_routes_is_left_alone(idp: Issuer, clock: FakeC
     assert TestClient(Starlette(routes=shared)).get("/internal").text == "internal"
 
 
-def test_a_mount_of_an_app_without_routes_keeps_the_route_cache(idp: Issuer, clock: FakeClock) -> None:
+def test_a_mount_of_an_app_without_routes_keeps_the_route_cache(idp: Issuer, clock: ManualClock) -> None:
     async def raw(scope: Any, receive: Any, send: Any) -> None:
         await PlainTextResponse("raw")(scope, receive, send)
 
@@ -523,7 +524,7 @@ def test_a_mount_of_an_app_without_routes_keeps_the_route_cache(idp: Issuer, clo
     assert guard_of(client).status()["route_cache_entries"] == 2
 
 
-def test_preflight_does_not_open_a_class_endpoint_with_its_own_dispatch(idp: Issuer, clock: FakeClock) -> None:
+def test_preflight_does_not_open_a_class_endpoint_with_its_own_dispatch(idp: Issuer, clock: ManualClock) -> None:
     @require_scopes("admin")
     class Proxy(HTTPEndpoint):
         async def dispatch(self) -> None:

@@ -527,8 +527,8 @@ def test_a_lone_surrogate_in_an_introspection_answer_is_a_401_and_moves_no_break
 
 
 def test_request_bodies_with_a_lone_surrogate_are_a_400() -> None:
+    from tokenguard._details import parse_json_body
     from tokenguard.errors import InvalidRequest
-    from tokenguard.policy import parse_json_body
 
     assert parse_json_body(b'{"amount": "\\ud83d\\ude00"}') == {"amount": "\U0001f600"}
     assert parse_json_body(b'{"note": "\\\\ud800"}') == {"note": "\\ud800"}  # an escaped backslash: text

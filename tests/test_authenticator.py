@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from conftest import AUDIENCE, ISSUER, JWKS_URL, OPENID_URL, FakeClock, Issuer, private_key
+from conftest import AUDIENCE, ISSUER, JWKS_URL, OPENID_URL, Issuer, private_key
 from test_introspection import CLIENT_ID, CLIENT_SECRET, IntrospectionEndpoint, opaque
 from tokenguard.authenticator import Authenticator
 from tokenguard.config import GuardConfig, IntrospectionOptions
@@ -23,6 +23,7 @@ from tokenguard.errors import (
     UnavailableError,
 )
 from tokenguard.policy import Requirement
+from tokenguard.testing import ManualClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.respx(assert_all_called=False)]
 
@@ -37,12 +38,12 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def endpoint(respx_mock: respx.MockRouter, clock: FakeClock, idp: Issuer) -> IntrospectionEndpoint:
+def endpoint(respx_mock: respx.MockRouter, clock: ManualClock, idp: Issuer) -> IntrospectionEndpoint:
     return IntrospectionEndpoint(respx_mock, clock)
 
 
 @pytest.fixture
-async def build(clock: FakeClock, idp: Issuer) -> AsyncIterator[Callable[..., Authenticator]]:
+async def build(clock: ManualClock, idp: Issuer) -> AsyncIterator[Callable[..., Authenticator]]:
     made: list[Authenticator] = []
 
     def factory(*, credentials: bool = True, **introspection: Any) -> Authenticator:

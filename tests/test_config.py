@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import AUDIENCE, ISSUER, FakeClock
+from conftest import AUDIENCE, ISSUER
 from tokenguard.config import (
     DEFAULT_ALGORITHMS,
     HMAC_ALGORITHMS,
@@ -18,6 +18,7 @@ from tokenguard.config import (
     is_loopback_host,
 )
 from tokenguard.errors import ConfigurationError
+from tokenguard.testing import ManualClock
 
 SECRET = b"s" * 32
 
@@ -187,7 +188,7 @@ def test_config_is_frozen() -> None:
 
 def test_clock_is_injectable() -> None:
     """clock= accepts any callable; it is not part of equality."""
-    clock = FakeClock()
+    clock = ManualClock()
     assert build(clock=clock).clock is clock
     assert build(clock=clock) == build()
 

@@ -23,9 +23,9 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from tokenguard import ConfigurationError
+from tokenguard.cli import main
 from tokenguard.cli._devidp import SPA_CLIENT_ID, SPA_REDIRECT_URIS, _build, _describe
 from tokenguard.cli._output import Printer
-from tokenguard.cli import main
 from tokenguard.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,

@@ -19,8 +19,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, ISSUER, JWKS_URL, FakeClock, Issuer, SigningKey, private_key
+from conftest import AUDIENCE, ISSUER, JWKS_URL, Issuer, private_key
 from tokenguard import TokenGuard, public
+from tokenguard.testing import ManualClock, SigningKey
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -45,17 +46,17 @@ async def client_id(request: Request) -> JSONResponse:
     return JSONResponse({"client": id(client), "loop": id(asyncio.get_running_loop())})
 
 
-def make_guard(clock: FakeClock, **options: Any) -> TokenGuard:
+def make_guard(clock: ManualClock, **options: Any) -> TokenGuard:
     app = Starlette(routes=[Route("/me", me), Route("/client", client_id)])
     return TokenGuard(app, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
 
 
 def rotate_in_new_key(idp: Issuer) -> None:
     """The issuer publishes a key it did not have at the first fetch."""
-    idp.keys.append(SigningKey("rsa-2", "RS256", private_key("rsa", slot=2)))
+    idp.keys.append(SigningKey("RS256", private_key("rsa", slot=2), kid="rsa-2"))
 
 
-def test_one_app_through_several_testclient_blocks(idp: Issuer, clock: FakeClock) -> None:
+def test_one_app_through_several_testclient_blocks(idp: Issuer, clock: ManualClock) -> None:
     """Three ``with TestClient`` blocks in turn all work; the JWKS cache outlives each loop."""
     guard = make_guard(clock)
     with TestClient(guard) as client:
@@ -67,7 +68,7 @@ def test_one_app_through_several_testclient_blocks(idp: Issuer, clock: FakeClock
     assert idp.jwks_calls == 1
 
 
-def test_unknown_kid_refetch_in_a_later_block(idp: Issuer, clock: FakeClock) -> None:
+def test_unknown_kid_refetch_in_a_later_block(idp: Issuer, clock: ManualClock) -> None:
     """A JWKS refetch for a new kid works in the second loop: its HTTP client and flight are that loop's."""
     guard = make_guard(clock)
     with TestClient(guard) as client:
@@ -81,7 +82,7 @@ def test_unknown_kid_refetch_in_a_later_block(idp: Issuer, clock: FakeClock) -> 
     assert idp.jwks_calls == 2
 
 
-def test_requests_outside_a_with_block_each_on_their_own_loop(idp: Issuer, clock: FakeClock) -> None:
+def test_requests_outside_a_with_block_each_on_their_own_loop(idp: Issuer, clock: ManualClock) -> None:
     """Without ``with``, every TestClient request runs on a fresh loop; all work, refetch included."""
     guard = make_guard(clock)
     client = TestClient(guard)
@@ -94,7 +95,7 @@ def test_requests_outside_a_with_block_each_on_their_own_loop(idp: Issuer, clock
     assert idp.jwks_calls == 2
 
 
-def test_http_client_is_made_per_loop_and_closed_at_shutdown(idp: Issuer, clock: FakeClock) -> None:
+def test_http_client_is_made_per_loop_and_closed_at_shutdown(idp: Issuer, clock: ManualClock) -> None:
     """Each loop gets its own HTTP client, created lazily; lifespan shutdown closes that loop's client."""
     guard = make_guard(clock)
     with TestClient(guard) as client:
@@ -110,7 +111,7 @@ def test_http_client_is_made_per_loop_and_closed_at_shutdown(idp: Issuer, clock:
     assert first["client"] != second["client"]
 
 
-def test_http_client_factory_is_called_once_per_loop(idp: Issuer, clock: FakeClock) -> None:
+def test_http_client_factory_is_called_once_per_loop(idp: Issuer, clock: ManualClock) -> None:
     """``http_client=`` as a factory: called lazily, once for each loop that needs the issuer."""
     made: list[httpx.AsyncClient] = []
 
@@ -132,7 +133,7 @@ def test_http_client_factory_is_called_once_per_loop(idp: Issuer, clock: FakeClo
     assert len(made) == 2
 
 
-def test_prefetch_runs_on_every_startup_without_refetching_fresh_keys(idp: Issuer, clock: FakeClock) -> None:
+def test_prefetch_runs_on_every_startup_without_refetching_fresh_keys(idp: Issuer, clock: ManualClock) -> None:
     """``prefetch=True`` with two lifespans in turn: keys fetched once, then served from the cache."""
     guard = make_guard(clock, prefetch=True)
     with TestClient(guard):
@@ -172,7 +173,7 @@ async def _request(guard: TokenGuard, token: str) -> int:
 
 
 def test_fetch_left_in_flight_on_a_stopped_loop_is_not_awaited(
-    idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter
+    idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """A JWKS fetch still pending on a loop that stopped is never joined from the next loop.
 

@@ -2,7 +2,7 @@
 
 Every reason code that the middleware can produce is triggered by a real request: real signed tokens
 from conftest's ``Issuer``, its metadata and JWKS and an RFC 7662 endpoint served through respx, time
-moved by a ``FakeClock``. Each test checks the HTTP answer (status and ``error``) and the event.
+moved by a ``ManualClock``. Each test checks the HTTP answer (status and ``error``) and the event.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import tokenguard.events
-from conftest import AUDIENCE, ISSUER, T0, FakeClock, Issuer, b64url, private_key
+from conftest import AUDIENCE, ISSUER, T0, Issuer, b64url, private_key
 from test_introspection import CLIENT_ID, CLIENT_SECRET, IntrospectionEndpoint
 from tokenguard import TokenGuard, public, require_scopes, sensitive
 from tokenguard.events import REASON_CODES, DecisionEvent, Metrics, emit, subject_hash
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -78,7 +79,7 @@ class Recorder:
         return self.events[-1]
 
 
-def make_guard(clock: FakeClock, *hooks: Any, **options: Any) -> TokenGuard:
+def make_guard(clock: ManualClock, *hooks: Any, **options: Any) -> TokenGuard:
     settings: dict[str, Any] = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **options}
     return TokenGuard(
         Starlette(routes=ROUTES), issuer=ISSUER, audience=AUDIENCE, clock=clock, on_decision=list(hooks), **settings
@@ -86,7 +87,7 @@ def make_guard(clock: FakeClock, *hooks: Any, **options: Any) -> TokenGuard:
 
 
 @pytest.fixture
-def endpoint(respx_mock: respx.MockRouter, clock: FakeClock, idp: Issuer) -> IntrospectionEndpoint:
+def endpoint(respx_mock: respx.MockRouter, clock: ManualClock, idp: Issuer) -> IntrospectionEndpoint:
     return IntrospectionEndpoint(respx_mock, clock)
 
 
@@ -253,7 +254,7 @@ TESTED_ELSEWHERE = {
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.reason}-{case.status}")
 def test_each_reason_code_is_reported_with_its_answer(
-    case: Case, clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    case: Case, clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """The request gets the exact status and ``error``; the hook gets one event with the matching fields."""
     recorder = Recorder()
@@ -273,7 +274,7 @@ def test_each_reason_code_is_reported_with_its_answer(
     assert event.latency > 0
 
 
-def test_metadata_document_refuses_other_methods_with_its_own_code(clock: FakeClock, idp: Issuer) -> None:
+def test_metadata_document_refuses_other_methods_with_its_own_code(clock: ManualClock, idp: Issuer) -> None:
     """POST to the RFC 9728 document is a 405 whose event says method_not_allowed, not a token reason."""
     recorder = Recorder()
     guard = make_guard(clock, recorder)
@@ -302,7 +303,7 @@ def test_every_reason_code_is_documented() -> None:
 
 
 def test_an_allow_event_carries_the_token_context_without_the_token(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """kid, iss, client_id, scopes and a short hash of sub; nothing of the token itself."""
     recorder = Recorder()
@@ -321,7 +322,7 @@ def test_an_allow_event_carries_the_token_context_without_the_token(
 
 
 def test_an_introspected_allow_names_introspection_as_the_source(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """On a @sensitive route the event's source is "introspection", with the key that signed the JWT."""
     recorder = Recorder()
@@ -331,7 +332,7 @@ def test_an_introspected_allow_names_introspection_as_the_source(
     assert (recorder.last.reason, recorder.last.source, recorder.last.kid) == ("ok", "introspection", "rsa-1")
 
 
-def test_events_are_frozen(clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
+def test_events_are_frozen(clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
     """A hook cannot change what other hooks (or the log) see."""
     recorder = Recorder()
     with TestClient(make_guard(clock, recorder)) as client:
@@ -341,7 +342,7 @@ def test_events_are_frozen(clock: FakeClock, idp: Issuer, endpoint: Introspectio
 
 
 def test_unmatched_paths_preflights_and_websockets_are_reported(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """A path with no route is "<unmatched>"; a CORS preflight is public; a refused WebSocket is "WEBSOCKET"."""
     recorder = Recorder()
@@ -359,7 +360,7 @@ def test_unmatched_paths_preflights_and_websockets_are_reported(
 
 
 def test_decisions_are_logged_with_structured_fields(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An allow is logged at DEBUG, a refusal at INFO, on the ``tokenguard`` logger with ``tg_`` fields."""
     caplog.set_level(logging.DEBUG, logger="tokenguard")
@@ -381,7 +382,7 @@ def test_decisions_are_logged_with_structured_fields(
 # -- hooks -------------------------------------------------------------------------------------------------
 
 
-def test_every_hook_gets_the_same_event(clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
+def test_every_hook_gets_the_same_event(clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
     """Several hooks are called in order with one shared event per decision."""
     first, second = Recorder(), Recorder()
     with TestClient(make_guard(clock, first, second)) as client:
@@ -391,7 +392,7 @@ def test_every_hook_gets_the_same_event(clock: FakeClock, idp: Issuer, endpoint:
     assert all(a is b for a, b in zip(first.events, second.events, strict=True))
 
 
-def test_a_single_callable_is_accepted(clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
+def test_a_single_callable_is_accepted(clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
     """``on_decision=hook`` (not a list) works too."""
     recorder = Recorder()
     guard = TokenGuard(Starlette(routes=ROUTES), issuer=ISSUER, audience=AUDIENCE, clock=clock, on_decision=recorder)
@@ -401,7 +402,7 @@ def test_a_single_callable_is_accepted(clock: FakeClock, idp: Issuer, endpoint: 
 
 
 def test_a_failing_hook_breaks_nothing(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hook that raises: the request is answered, later hooks still run, the error is counted and
     logged by the hook's name and the exception type only (its message could hold anything)."""
@@ -426,7 +427,7 @@ def test_a_failing_hook_breaks_nothing(
 # -- counters ----------------------------------------------------------------------------------------------
 
 
-def test_decisions_and_jwks_counters_move(clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
+def test_decisions_and_jwks_counters_move(clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
     """Decisions by outcome and reason; JWKS fetches (first use, unknown-kid refetch) and a failed refresh."""
     guard = make_guard(clock)
     with TestClient(guard) as client:
@@ -456,7 +457,7 @@ def test_decisions_and_jwks_counters_move(clock: FakeClock, idp: Issuer, endpoin
 
 
 def test_introspection_counters_and_breaker_state_move(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """Calls, cache hits and misses, and the breaker going open and closed again."""
     guard = make_guard(clock, breaker_threshold=2, breaker_cooldown=10.0)
@@ -488,7 +489,7 @@ def test_introspection_counters_and_breaker_state_move(
 
 
 def test_counters_move_with_no_hook_and_no_logging(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With nobody listening no event is built, but every decision is still counted."""
     caplog.set_level(logging.WARNING, logger="tokenguard")
@@ -566,7 +567,7 @@ def test_emit_counts_logs_and_contains_hook_errors(caplog: pytest.LogCaptureFixt
 
 
 def test_the_event_is_reported_before_the_endpoint_runs(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """The decision is reported when it is made, before the app runs (not after the response)."""
     recorder = Recorder()

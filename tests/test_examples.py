@@ -8,19 +8,20 @@ import respx
 from examples import fastapi_app, starlette_app
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, Issuer
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
 
-def _introspection(respx_mock: respx.MockRouter, clock: FakeClock, *, active: bool) -> None:
+def _introspection(respx_mock: respx.MockRouter, clock: ManualClock, *, active: bool) -> None:
     body = {"active": active, "aud": AUDIENCE, "iss": ISSUER, "sub": "alice", "scope": "write:transfers"}
     body["exp"] = clock() + 300
     respx_mock.post(INTROSPECTION_URL).mock(return_value=httpx.Response(200, json=body))
 
 
 @pytest.mark.parametrize("module", [starlette_app, fastapi_app], ids=["starlette", "fastapi"])
-def test_example_photos_needs_the_read_scope(module: object, idp: Issuer, clock: FakeClock) -> None:
+def test_example_photos_needs_the_read_scope(module: object, idp: Issuer, clock: ManualClock) -> None:
     """GET /photos: 401 without a token, 403 without read:photos, 200 with it."""
     app = module.create_app(issuer=ISSUER, audience=AUDIENCE, clock=clock)  # type: ignore[attr-defined]
     with TestClient(app) as client:
@@ -36,7 +37,7 @@ def test_example_photos_needs_the_read_scope(module: object, idp: Issuer, clock:
 @pytest.mark.parametrize("module", [starlette_app, fastapi_app], ids=["starlette", "fastapi"])
 @pytest.mark.parametrize("active", [True, False])
 def test_example_transfers_are_introspected(
-    module: object, active: bool, idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter
+    module: object, active: bool, idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """POST /transfers asks the issuer: an active token passes, a revoked one gets 401."""
     _introspection(respx_mock, clock, active=active)

@@ -16,8 +16,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import TokenGuard, require_scopes
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -27,7 +28,7 @@ async def photos(request: Request) -> JSONResponse:
     return JSONResponse({"owner": request.user.identity, "scopes": request.auth.scopes})
 
 
-def _client(clock: FakeClock, cache: int) -> TestClient:
+def _client(clock: ManualClock, cache: int) -> TestClient:
     app = Starlette(routes=[Route("/photos", photos)])
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, verified_cache_size=cache)
     return TestClient(app)
@@ -56,7 +57,9 @@ def _answer(client: TestClient, headers: list[tuple[str, str]]) -> tuple[int, st
     [{}, {"scope": "profile"}, {"aud": "https://other.example"}, {"exp": None}],
     ids=["valid", "no-scope", "wrong-aud", "no-exp"],
 )
-def test_cached_and_uncached_paths_agree(idp: Issuer, clock: FakeClock, shape: str, claims: dict[str, object]) -> None:
+def test_cached_and_uncached_paths_agree(
+    idp: Issuer, clock: ManualClock, shape: str, claims: dict[str, object]
+) -> None:
     """Same answers, first and second time, with and without the verified cache."""
     token = idp.token(**claims)
     headers = SHAPES[shape](token)
@@ -70,7 +73,7 @@ def test_cached_and_uncached_paths_agree(idp: Issuer, clock: FakeClock, shape: s
     assert len(set(answers)) == 1, answers
 
 
-def test_the_fast_path_rechecks_expiry_on_every_hit(idp: Issuer, clock: FakeClock) -> None:
+def test_the_fast_path_rechecks_expiry_on_every_hit(idp: Issuer, clock: ManualClock) -> None:
     """A cached token is refused once the clock passes exp + leeway, exactly as an uncached one."""
     token = idp.token(exp=int(clock()) + 60)
     headers = [("Authorization", f"Bearer {token}")]
@@ -85,7 +88,7 @@ def test_the_fast_path_rechecks_expiry_on_every_hit(idp: Issuer, clock: FakeCloc
         assert 'error="invalid_token"' in (expired[1] or "")
 
 
-def test_a_forged_copy_of_a_cached_token_is_not_served_from_the_cache(idp: Issuer, clock: FakeClock) -> None:
+def test_a_forged_copy_of_a_cached_token_is_not_served_from_the_cache(idp: Issuer, clock: ManualClock) -> None:
     """One changed signature byte is other bytes: a miss, then the full path refuses it."""
     token = idp.token()
     head, body, signature = token.split(".")
@@ -95,7 +98,7 @@ def test_a_forged_copy_of_a_cached_token_is_not_served_from_the_cache(idp: Issue
         assert _answer(client, [("Authorization", f"Bearer {forged}")])[0] == 401
 
 
-def test_an_endpoint_cannot_change_what_the_next_request_is_checked_against(idp: Issuer, clock: FakeClock) -> None:
+def test_an_endpoint_cannot_change_what_the_next_request_is_checked_against(idp: Issuer, clock: ManualClock) -> None:
     """request.auth.claims is a private deep copy; the shared token's claims are read-only."""
     from tokenguard import require_auth_level
 

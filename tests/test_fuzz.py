@@ -38,9 +38,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, T0, FakeClock, Issuer, b64url
+from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, T0, Issuer, b64url
 from tokenguard import TokenGuard, require_scopes, sensitive
 from tokenguard.config import DEFAULT_ALGORITHMS
+from tokenguard.testing import ManualClock
 
 CLIENT_ID, CLIENT_SECRET = "photos-api", "fuzz-secret"
 LEEWAY = 30.0
@@ -140,7 +141,7 @@ async def asgi_get(app: Any, headers: list[tuple[bytes, bytes]], path: str) -> R
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    clock = FakeClock(T0)
+    clock = ManualClock(T0)
     issuer = Issuer(clock)
     app = Starlette(routes=[Route("/me", me), Route("/photos", photos), Route("/transfer", transfer)])
     loop = asyncio.new_event_loop()

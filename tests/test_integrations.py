@@ -1,7 +1,7 @@
 """``tokenguard.integrations``: the Prometheus and OpenTelemetry adapters, fed by real guarded apps.
 
 Requests go through a real Starlette app guarded by ``TokenGuard`` (real signed tokens, JWKS and
-introspection through respx, a ``FakeClock``). Prometheus metrics are read back from a private
+introspection through respx, a ``ManualClock``). Prometheus metrics are read back from a private
 ``CollectorRegistry``; OpenTelemetry metrics from the SDK's ``InMemoryMetricReader`` (opentelemetry-sdk
 is a test-only dependency: the adapter itself needs opentelemetry-api alone).
 """
@@ -22,9 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, ISSUER, T0, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, T0, Issuer
 from test_introspection import CLIENT_ID, CLIENT_SECRET, IntrospectionEndpoint
 from tokenguard import TokenGuard, public, require_scopes, sensitive
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -52,7 +53,7 @@ ROUTES = [
 ]
 
 
-def make_guard(clock: FakeClock, **options: Any) -> TokenGuard:
+def make_guard(clock: ManualClock, **options: Any) -> TokenGuard:
     return TokenGuard(
         Starlette(routes=ROUTES),
         issuer=ISSUER,
@@ -65,7 +66,7 @@ def make_guard(clock: FakeClock, **options: Any) -> TokenGuard:
 
 
 @pytest.fixture
-def endpoint(respx_mock: respx.MockRouter, clock: FakeClock, idp: Issuer) -> IntrospectionEndpoint:
+def endpoint(respx_mock: respx.MockRouter, clock: ManualClock, idp: Issuer) -> IntrospectionEndpoint:
     return IntrospectionEndpoint(respx_mock, clock)
 
 
@@ -118,7 +119,7 @@ def test_adapters_import_without_their_package_and_say_which_extra_to_install(
 # -- Prometheus --------------------------------------------------------------------------------------------
 
 
-def test_prometheus_hook_counts_decisions_by_outcome_reason_and_route(clock: FakeClock, idp: Issuer) -> None:
+def test_prometheus_hook_counts_decisions_by_outcome_reason_and_route(clock: ManualClock, idp: Issuer) -> None:
     """``tokenguard_decisions_total`` by outcome/reason/route template, and the latency histogram."""
     prometheus_client = pytest.importorskip("prometheus_client")
     from tokenguard.integrations.prometheus import PrometheusHook
@@ -143,7 +144,7 @@ def test_prometheus_hook_counts_decisions_by_outcome_reason_and_route(clock: Fak
     assert "summer" not in prometheus_client.generate_latest(registry).decode()
 
 
-def test_prometheus_hook_prefix_and_buckets(clock: FakeClock, idp: Issuer) -> None:
+def test_prometheus_hook_prefix_and_buckets(clock: ManualClock, idp: Issuer) -> None:
     """A prefix renames both metrics; custom buckets are used; one registry holds two prefixes."""
     prometheus_client = pytest.importorskip("prometheus_client")
     from tokenguard.integrations.prometheus import PrometheusHook
@@ -164,7 +165,7 @@ def test_prometheus_hook_prefix_and_buckets(clock: FakeClock, idp: Issuer) -> No
 
 
 def test_prometheus_collector_exposes_a_guards_state(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """Readiness, keys, freshness, last fetch, caches, breaker state and counters, read at scrape time."""
     prometheus_client = pytest.importorskip("prometheus_client")
@@ -203,7 +204,7 @@ def test_prometheus_collector_exposes_a_guards_state(
     assert value("tokenguard_hook_errors_total") == 0
 
 
-def test_prometheus_collector_binds_from_a_metrics_endpoint(clock: FakeClock, idp: Issuer) -> None:
+def test_prometheus_collector_binds_from_a_metrics_endpoint(clock: ManualClock, idp: Issuer) -> None:
     """The documented pattern: an unbound collector yields nothing, then a public /metrics binds it."""
     prometheus_client = pytest.importorskip("prometheus_client")
     from tokenguard.integrations.prometheus import PrometheusHook, TokenGuardCollector
@@ -239,7 +240,7 @@ def test_prometheus_collector_binds_from_a_metrics_endpoint(clock: FakeClock, id
     assert 'tokenguard_decisions_total{outcome="allow",reason="public",route="/metrics"} 1.0' in text
 
 
-def test_prometheus_collector_names_clash_is_refused_at_registration(clock: FakeClock) -> None:
+def test_prometheus_collector_names_clash_is_refused_at_registration(clock: ManualClock) -> None:
     """``describe()`` gives the names up front, so a second collector with the same prefix is refused."""
     prometheus_client = pytest.importorskip("prometheus_client")
     from tokenguard.integrations.prometheus import TokenGuardCollector
@@ -276,7 +277,7 @@ def otel() -> Any:
     provider.shutdown()
 
 
-def test_otel_hook_records_decisions_and_latency(clock: FakeClock, idp: Issuer, otel: Any) -> None:
+def test_otel_hook_records_decisions_and_latency(clock: ManualClock, idp: Issuer, otel: Any) -> None:
     """``tokenguard.decisions`` by outcome/reason/route and ``tokenguard.decision.duration`` in seconds."""
     from tokenguard.integrations.opentelemetry import DEFAULT_BOUNDARIES, OpenTelemetryHook
 
@@ -305,7 +306,7 @@ def test_otel_hook_records_decisions_and_latency(clock: FakeClock, idp: Issuer, 
 
 
 def test_otel_hook_observes_a_guards_state(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint, otel: Any
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, otel: Any
 ) -> None:
     """``observe(guard)`` reports readiness, keys, breaker state and counters at each collection."""
     from tokenguard.integrations.opentelemetry import OpenTelemetryHook
@@ -355,7 +356,7 @@ def test_otel_hook_observes_a_guards_state(
         assert value("tokenguard.introspection.breaker.state", state="open") == 0
 
 
-def test_otel_hook_works_with_the_api_alone(clock: FakeClock, idp: Issuer) -> None:
+def test_otel_hook_works_with_the_api_alone(clock: ManualClock, idp: Issuer) -> None:
     """Without an SDK the global meter is the API's no-op meter: decisions go through, nothing breaks."""
     pytest.importorskip("opentelemetry.metrics")
     from opentelemetry.metrics import NoOpMeter

@@ -31,8 +31,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from conftest import FakeClock, b64url, private_key
+from conftest import T0, b64url, private_key
 from tokenguard import TokenGuard, require_scopes, sensitive
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -198,7 +199,7 @@ async def transfer(request: Request) -> JSONResponse:
     return describe(request)
 
 
-def client(server: Server, clock: FakeClock, audience: str, **options: Any) -> TestClient:
+def client(server: Server, clock: ManualClock, audience: str, **options: Any) -> TestClient:
     app = Starlette(routes=[Route("/me", me), Route("/photos", photos), Route("/transfer", transfer)])
     app.add_middleware(
         TokenGuard,
@@ -230,14 +231,14 @@ def refused(response: httpx.Response, status: int, error: str) -> str:
     return str(body["error_description"])
 
 
-def times(clock: FakeClock, lifetime: int = 300) -> dict[str, int]:
+def times(clock: ManualClock, lifetime: int = 300) -> dict[str, int]:
     now = int(clock())
     return {"iat": now, "exp": now + lifetime}
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 # -- Keycloak ----------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def keycloak(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def keycloak_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
+def keycloak_claims(clock: ManualClock, **overrides: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
         **times(clock),
         "jti": str(uuid.uuid4()),
@@ -288,7 +289,7 @@ def keycloak_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def test_keycloak_user_token_passes_ordinary_and_scoped_routes(keycloak: Server, clock: FakeClock) -> None:
+def test_keycloak_user_token_passes_ordinary_and_scoped_routes(keycloak: Server, clock: ManualClock) -> None:
     """A Keycloak user token (typ JWT, payload typ Bearer, aud list, scope string) reaches scoped routes as sub."""
     token = keycloak.token(keycloak_claims(clock), kid="kc-sig")
     with client(keycloak, clock, "photos-api") as http:
@@ -299,7 +300,7 @@ def test_keycloak_user_token_passes_ordinary_and_scoped_routes(keycloak: Server,
     assert body["scopes"] == ["email", "openid", "photos.read", "profile"]
 
 
-def test_keycloak_default_account_audience_is_refused(keycloak: Server, clock: FakeClock) -> None:
+def test_keycloak_default_account_audience_is_refused(keycloak: Server, clock: ManualClock) -> None:
     """Keycloak's default aud "account" (no audience mapper) is not this API's audience: 401 invalid_token."""
     token = keycloak.token(keycloak_claims(clock, aud="account"), kid="kc-sig")
     with client(keycloak, clock, "photos-api") as http:
@@ -307,7 +308,7 @@ def test_keycloak_default_account_audience_is_refused(keycloak: Server, clock: F
     assert "not meant for this resource" in description
 
 
-def test_keycloak_missing_scope_is_403_naming_the_scope(keycloak: Server, clock: FakeClock) -> None:
+def test_keycloak_missing_scope_is_403_naming_the_scope(keycloak: Server, clock: ManualClock) -> None:
     """A valid Keycloak token without the route's scope gets 403 insufficient_scope with scope="photos.read"."""
     token = keycloak.token(keycloak_claims(clock, scope="openid profile"), kid="kc-sig")
     with client(keycloak, clock, "photos-api") as http:
@@ -316,7 +317,7 @@ def test_keycloak_missing_scope_is_403_naming_the_scope(keycloak: Server, clock:
     assert 'scope="photos.read"' in response.headers["www-authenticate"]
 
 
-def test_keycloak_service_account_identity_is_its_sub(keycloak: Server, clock: FakeClock) -> None:
+def test_keycloak_service_account_identity_is_its_sub(keycloak: Server, clock: ManualClock) -> None:
     """A Keycloak client-credentials token carries sub (the service-account user) and client_id: identity is sub."""
     claims = keycloak_claims(
         clock,
@@ -335,7 +336,7 @@ def test_keycloak_service_account_identity_is_its_sub(keycloak: Server, clock: F
     assert body["client_id"] == "reports-job"
 
 
-def test_keycloak_id_token_is_not_an_access_token(keycloak: Server, clock: FakeClock) -> None:
+def test_keycloak_id_token_is_not_an_access_token(keycloak: Server, clock: ManualClock) -> None:
     """A Keycloak ID token (payload typ "ID", at_hash) whose aud is the API is refused with 401 invalid_token."""
     claims = keycloak_claims(
         clock,
@@ -353,7 +354,7 @@ def test_keycloak_id_token_is_not_an_access_token(keycloak: Server, clock: FakeC
     assert "not an access token" in description
 
 
-def test_keycloak_token_signed_with_its_encryption_key_is_refused(keycloak: Server, clock: FakeClock) -> None:
+def test_keycloak_token_signed_with_its_encryption_key_is_refused(keycloak: Server, clock: ManualClock) -> None:
     """A token naming Keycloak's use=enc RSA-OAEP key is never verified with it: 401 invalid_token, not 500."""
     token = keycloak.token(keycloak_claims(clock), kid="kc-enc", key=RSA_ENC)
     with client(keycloak, clock, "photos-api") as http:
@@ -362,7 +363,7 @@ def test_keycloak_token_signed_with_its_encryption_key_is_refused(keycloak: Serv
 
 
 def test_keycloak_sensitive_route_accepts_its_introspection_answer(
-    keycloak: Server, clock: FakeClock, respx_mock: respx.MockRouter
+    keycloak: Server, clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """Keycloak's introspection answer (whole claim set + active, client_id, username, token_type Bearer) → 200."""
     claims = keycloak_claims(clock)
@@ -379,7 +380,7 @@ def test_keycloak_sensitive_route_accepts_its_introspection_answer(
     assert b"token_type_hint=access_token" in sent.content
 
 
-def test_keycloak_inactive_answer_is_401(keycloak: Server, clock: FakeClock, respx_mock: respx.MockRouter) -> None:
+def test_keycloak_inactive_answer_is_401(keycloak: Server, clock: ManualClock, respx_mock: respx.MockRouter) -> None:
     """Keycloak answers {"active": false} for a revoked token: the sensitive route gives 401 invalid_token."""
     token = keycloak.token(keycloak_claims(clock), kid="kc-sig")
     introspection(respx_mock, f"{KC_OIDC}/token/introspect", httpx.Response(200, json={"active": False}))
@@ -388,7 +389,7 @@ def test_keycloak_inactive_answer_is_401(keycloak: Server, clock: FakeClock, res
         refused(http.get("/transfer", headers=bearer(token)), 401, "invalid_token")
 
 
-def test_keycloak_tokens_fail_rfc9068_strict_mode(keycloak: Server, clock: FakeClock) -> None:
+def test_keycloak_tokens_fail_rfc9068_strict_mode(keycloak: Server, clock: ManualClock) -> None:
     """Keycloak types its access tokens "JWT", not "at+jwt": strict RFC 9068 mode refuses them (401)."""
     token = keycloak.token(keycloak_claims(clock, client_id="photos-web"), kid="kc-sig")
     with client(keycloak, clock, "photos-api", strict_rfc9068=True) as http:
@@ -416,7 +417,7 @@ def auth0(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def auth0_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
+def auth0_claims(clock: ManualClock, **overrides: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "iss": AUTH0_ISSUER,
         "sub": "auth0|64f1c0ffee",
@@ -429,7 +430,7 @@ def auth0_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
     return claims
 
 
-def test_auth0_user_token_with_trailing_slash_issuer(auth0: Server, clock: FakeClock) -> None:
+def test_auth0_user_token_with_trailing_slash_issuer(auth0: Server, clock: ManualClock) -> None:
     """Auth0: issuer with a trailing slash, aud [api, userinfo], discovery only at the OpenID path → 200 as sub."""
     token = auth0.token(auth0_claims(clock), kid="auth0-kid-1")
     with client(auth0, clock, AUTH0_API) as http:
@@ -438,7 +439,7 @@ def test_auth0_user_token_with_trailing_slash_issuer(auth0: Server, clock: FakeC
     assert "photos.read" in body["scopes"]
 
 
-def test_auth0_machine_to_machine_token(auth0: Server, clock: FakeClock) -> None:
+def test_auth0_machine_to_machine_token(auth0: Server, clock: ManualClock) -> None:
     """An Auth0 client-credentials token (gty, sub "<id>@clients", no client_id claim): identity is that sub."""
     claims = auth0_claims(
         clock,
@@ -455,7 +456,7 @@ def test_auth0_machine_to_machine_token(auth0: Server, clock: FakeClock) -> None
     assert body["client_id"] == "M2mClientId"  # Auth0 names the client in azp, read when client_id is absent
 
 
-def test_auth0_issuer_configured_without_trailing_slash_is_401(auth0: Server, clock: FakeClock) -> None:
+def test_auth0_issuer_configured_without_trailing_slash_is_401(auth0: Server, clock: ManualClock) -> None:
     """Issuer configured as "https://tenant.eu.auth0.com" (no slash): every Auth0 token is 401 "another issuer"."""
     token = auth0.token(auth0_claims(clock), kid="auth0-kid-1")
     misconfigured = Server("auth0", AUTH0_ISSUER.rstrip("/"), auth0.jwks_uri, auth0.keys)
@@ -465,7 +466,7 @@ def test_auth0_issuer_configured_without_trailing_slash_is_401(auth0: Server, cl
     assert auth0.jwks_calls == 0  # iss is compared exactly (RFC 9068 §4) before any key is fetched
 
 
-def test_auth0_sensitive_route_has_no_introspection(auth0: Server, clock: FakeClock) -> None:
+def test_auth0_sensitive_route_has_no_introspection(auth0: Server, clock: ManualClock) -> None:
     """Auth0 publishes no introspection_endpoint: a @sensitive route fails closed with 503, never 200 or 401."""
     token = auth0.token(auth0_claims(clock), kid="auth0-kid-1")
     with client(auth0, clock, AUTH0_API) as http:
@@ -492,7 +493,7 @@ def okta(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def okta_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
+def okta_claims(clock: ManualClock, **overrides: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "ver": 1,
         "jti": "AT.q1w2e3r4t5y6",
@@ -509,7 +510,7 @@ def okta_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
     return claims
 
 
-def test_okta_scp_list_satisfies_scoped_route(okta: Server, clock: FakeClock) -> None:
+def test_okta_scp_list_satisfies_scoped_route(okta: Server, clock: ManualClock) -> None:
     """Okta: no header typ, scp as a list, cid/uid, n with a leading zero octet in the JWKS → 200 as sub."""
     token = okta.token(okta_claims(clock), kid="okta-kid", typ=None)
     with client(okta, clock, "api://default") as http:
@@ -523,14 +524,14 @@ def test_okta_scp_list_satisfies_scoped_route(okta: Server, clock: FakeClock) ->
     }
 
 
-def test_okta_scp_list_without_the_scope_is_403(okta: Server, clock: FakeClock) -> None:
+def test_okta_scp_list_without_the_scope_is_403(okta: Server, clock: ManualClock) -> None:
     """An Okta token whose scp list lacks the route's scope gets 403 insufficient_scope."""
     token = okta.token(okta_claims(clock, scp=["openid", "photos.write"]), kid="okta-kid", typ=None)
     with client(okta, clock, "api://default") as http:
         refused(http.get("/photos", headers=bearer(token)), 403, "insufficient_scope")
 
 
-def test_okta_client_credentials_identity(okta: Server, clock: FakeClock) -> None:
+def test_okta_client_credentials_identity(okta: Server, clock: ManualClock) -> None:
     """An Okta client-credentials token has sub equal to cid and no uid: identity is that client id."""
     claims = okta_claims(clock, cid="0oa1batchjob", sub="0oa1batchjob", uid=None, scp=["photos.read"])
     token = okta.token({k: v for k, v in claims.items() if v is not None}, kid="okta-kid", typ=None)
@@ -538,7 +539,7 @@ def test_okta_client_credentials_identity(okta: Server, clock: FakeClock) -> Non
         assert http.get("/photos", headers=bearer(token)).json()["identity"] == "0oa1batchjob"
 
 
-def test_okta_sensitive_route_introspects(okta: Server, clock: FakeClock, respx_mock: respx.MockRouter) -> None:
+def test_okta_sensitive_route_introspects(okta: Server, clock: ManualClock, respx_mock: respx.MockRouter) -> None:
     """Okta's /v1/introspect answer (scope string, username, uid, token_type Bearer) confirms the token → 200."""
     claims = okta_claims(clock)
     token = okta.token(claims, kid="okta-kid", typ=None)
@@ -587,7 +588,7 @@ def entra(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def entra_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
+def entra_claims(clock: ManualClock, **overrides: Any) -> dict[str, Any]:
     now = int(clock())
     claims: dict[str, Any] = {
         "aud": ENTRA_API,
@@ -612,7 +613,7 @@ def entra_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def test_entra_delegated_token_scp_string(entra: Server, clock: FakeClock) -> None:
+def test_entra_delegated_token_scp_string(entra: Server, clock: ManualClock) -> None:
     """Entra v2 delegated token: scp space-separated, key without alg but with x5c, redirecting RFC 8414 path → 200."""
     kid = "nOo3ZDrODXEK1jKWhXslHR_KXEg"
     token = entra.token(entra_claims(clock), kid=kid, x5t=kid)
@@ -622,7 +623,7 @@ def test_entra_delegated_token_scp_string(entra: Server, clock: FakeClock) -> No
     assert body["scopes"] == ["User.Read", "photos.read"]
 
 
-def test_entra_app_token_roles_are_not_scopes(entra: Server, clock: FakeClock) -> None:
+def test_entra_app_token_roles_are_not_scopes(entra: Server, clock: ManualClock) -> None:
     """An Entra app-only token (roles, no scp, sub == oid) passes ordinary routes but gets 403 on scoped ones."""
     oid = "a1b2c3d4-0000-4000-8000-00000000abcd"
     claims = entra_claims(
@@ -657,7 +658,7 @@ def cognito(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def cognito_access_claims(clock: FakeClock) -> dict[str, Any]:
+def cognito_access_claims(clock: ManualClock) -> dict[str, Any]:
     return {
         "sub": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
         "cognito:groups": ["admins"],
@@ -676,7 +677,7 @@ def cognito_access_claims(clock: FakeClock) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("audience", [COGNITO_CLIENT, "photos"])
-def test_cognito_access_token_without_aud_is_refused(cognito: Server, clock: FakeClock, audience: str) -> None:
+def test_cognito_access_token_without_aud_is_refused(cognito: Server, clock: ManualClock, audience: str) -> None:
     """Cognito access tokens carry client_id and no aud: whatever audience is configured, they get 401."""
     token = cognito.token(cognito_access_claims(clock), kid="cognito-kid=", typ=None)
     with client(cognito, clock, audience) as http:
@@ -684,7 +685,7 @@ def test_cognito_access_token_without_aud_is_refused(cognito: Server, clock: Fak
     assert "not meant for this resource" in description
 
 
-def test_cognito_id_token_with_matching_aud_is_refused(cognito: Server, clock: FakeClock) -> None:
+def test_cognito_id_token_with_matching_aud_is_refused(cognito: Server, clock: ManualClock) -> None:
     """A Cognito ID token (token_use id) whose aud equals the configured app client id is refused: 401."""
     claims = {**cognito_access_claims(clock), "aud": COGNITO_CLIENT, "token_use": "id", "email": "a@example.com"}
     del claims["client_id"], claims["scope"]
@@ -714,7 +715,7 @@ def node_oidc(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def op_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
+def op_claims(clock: ManualClock, **overrides: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "jti": "tZ7ZP8d0m8sJ9r2QqfE1a",
         "sub": "alice",
@@ -729,7 +730,9 @@ def op_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("strict", [False, True])
-def test_node_oidc_provider_at_jwt_passes_strict_and_lenient(node_oidc: Server, clock: FakeClock, strict: bool) -> None:
+def test_node_oidc_provider_at_jwt_passes_strict_and_lenient(
+    node_oidc: Server, clock: ManualClock, strict: bool
+) -> None:
     """node-oidc-provider JWT access tokens (typ at+jwt, client_id, jti, iat) pass, in strict RFC 9068 mode too."""
     token = node_oidc.token(op_claims(clock), kid="op-rsa", typ="at+jwt")
     with client(node_oidc, clock, OP_API, strict_rfc9068=strict) as http:
@@ -738,14 +741,14 @@ def test_node_oidc_provider_at_jwt_passes_strict_and_lenient(node_oidc: Server, 
     assert body["client_id"] == "photos-web"
 
 
-def test_node_oidc_provider_es256_key_without_alg(node_oidc: Server, clock: FakeClock) -> None:
+def test_node_oidc_provider_es256_key_without_alg(node_oidc: Server, clock: ManualClock) -> None:
     """An ES256 token verified by an EC P-256 JWK that has no alg member → 200."""
     token = node_oidc.token(op_claims(clock), kid="op-ec", typ="at+jwt", key=EC, alg="ES256")
     with client(node_oidc, clock, OP_API) as http:
         assert http.get("/photos", headers=bearer(token)).status_code == 200
 
 
-def test_node_oidc_provider_client_credentials_identity_is_client_id(node_oidc: Server, clock: FakeClock) -> None:
+def test_node_oidc_provider_client_credentials_identity_is_client_id(node_oidc: Server, clock: ManualClock) -> None:
     """A client-credentials at+jwt with client_id and no sub: identity is client_id; strict mode wants sub (401)."""
     token = node_oidc.token(
         op_claims(clock, sub=None, scope="photos.read", client_id="batch"), kid="op-rsa", typ="at+jwt"
@@ -759,7 +762,9 @@ def test_node_oidc_provider_client_credentials_identity_is_client_id(node_oidc: 
     assert "lacks a required claim" in description
 
 
-def test_node_oidc_provider_sensitive_route(node_oidc: Server, clock: FakeClock, respx_mock: respx.MockRouter) -> None:
+def test_node_oidc_provider_sensitive_route(
+    node_oidc: Server, clock: ManualClock, respx_mock: respx.MockRouter
+) -> None:
     """node-oidc-provider's introspection answer (token_type Bearer, scope, sub, aud, client_id) → 200."""
     claims = op_claims(clock)
     token = node_oidc.token(claims, kid="op-rsa", typ="at+jwt")
@@ -792,7 +797,7 @@ def test_node_oidc_provider_sensitive_route(node_oidc: Server, clock: FakeClock,
     ],
 )
 def test_jwks_cache_control_variations(
-    node_oidc: Server, clock: FakeClock, cache_control: str | None, ttl: int
+    node_oidc: Server, clock: ManualClock, cache_control: str | None, ttl: int
 ) -> None:
     """JWKS kept for the issuer's Cache-Control (clamped to [300 s, 1 day]): no refetch before, one after."""
     node_oidc.jwks_cache_control = cache_control
@@ -821,7 +826,7 @@ def hydra(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def hydra_answer(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
+def hydra_answer(clock: ManualClock, **overrides: Any) -> dict[str, Any]:
     now = int(clock())
     answer: dict[str, Any] = {
         "active": True,
@@ -842,12 +847,12 @@ def hydra_answer(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
     return answer
 
 
-def hydra_client(hydra: Server, clock: FakeClock, **options: Any) -> TestClient:
+def hydra_client(hydra: Server, clock: ManualClock, **options: Any) -> TestClient:
     return client(hydra, clock, OP_API, introspection_endpoint=HYDRA_INTROSPECT, **options)
 
 
 def test_hydra_opaque_token_is_introspected_on_any_route(
-    hydra: Server, clock: FakeClock, respx_mock: respx.MockRouter
+    hydra: Server, clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """Hydra's ory_at_ opaque token is introspected at the configured admin endpoint: 200, then cached."""
     route = introspection(respx_mock, HYDRA_INTROSPECT, httpx.Response(200, json=hydra_answer(clock)))
@@ -859,7 +864,7 @@ def test_hydra_opaque_token_is_introspected_on_any_route(
     assert route.call_count == 1  # the second request was answered from the cache
 
 
-def test_hydra_empty_audience_list_is_refused(hydra: Server, clock: FakeClock, respx_mock: respx.MockRouter) -> None:
+def test_hydra_empty_audience_list_is_refused(hydra: Server, clock: ManualClock, respx_mock: respx.MockRouter) -> None:
     """Hydra answers aud [] for a token granted no audience: with audience required, 401 invalid_token."""
     introspection(respx_mock, HYDRA_INTROSPECT, httpx.Response(200, json=hydra_answer(clock, aud=[])))
     with hydra_client(hydra, clock) as http:
@@ -867,7 +872,7 @@ def test_hydra_empty_audience_list_is_refused(hydra: Server, clock: FakeClock, r
 
 
 def test_hydra_empty_audience_list_with_aud_relaxed(
-    hydra: Server, clock: FakeClock, respx_mock: respx.MockRouter
+    hydra: Server, clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """With introspection_requires_aud=False, Hydra's aud [] (no audience granted) is treated as absent → 200."""
     introspection(respx_mock, HYDRA_INTROSPECT, httpx.Response(200, json=hydra_answer(clock, aud=[])))
@@ -876,7 +881,7 @@ def test_hydra_empty_audience_list_with_aud_relaxed(
 
 
 def test_hydra_refresh_token_introspected_active_is_refused(
-    hydra: Server, clock: FakeClock, respx_mock: respx.MockRouter
+    hydra: Server, clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """Hydra says active for a refresh token (token_use refresh_token): it is not an access token, 401."""
     answer = hydra_answer(clock, token_use="refresh_token")
@@ -900,7 +905,7 @@ def test_hydra_refresh_token_introspected_active_is_refused(
     ids=["inactive", "401-invalid_client", "400-html", "200-html"],
 )
 def test_hydra_introspection_answers(
-    hydra: Server, clock: FakeClock, respx_mock: respx.MockRouter, response: httpx.Response, status: int, error: str
+    hydra: Server, clock: ManualClock, respx_mock: respx.MockRouter, response: httpx.Response, status: int, error: str
 ) -> None:
     """Inactive → 401; our credentials refused (401 JSON), a 400 HTML page, an HTML 200 → 503 (fail closed)."""
     introspection(respx_mock, HYDRA_INTROSPECT, response)
@@ -924,7 +929,7 @@ def google(respx_mock: respx.MockRouter) -> Server:
     return server
 
 
-def test_google_opaque_access_token(google: Server, clock: FakeClock) -> None:
+def test_google_opaque_access_token(google: Server, clock: ManualClock) -> None:
     """Google access tokens are opaque and Google has no RFC 7662 endpoint: 401 on ordinary, 503 on sensitive routes."""
     token = "ya29.a0AfB_byC1d2E3f4G5h6I7j8K9l0MnOpQrStUvWxYz"
     with client(google, clock, "https://photos.example.com") as http:

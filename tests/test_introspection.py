@@ -19,11 +19,12 @@ import httpx
 import pytest
 import respx
 
-from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, T0, FakeClock, Issuer
+from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, T0, Issuer
 from tokenguard.authenticator import Authenticator
 from tokenguard.config import GuardConfig, IntrospectionOptions
 from tokenguard.errors import IntrospectionUnavailable, InvalidToken
 from tokenguard.introspection import CircuitBreaker
+from tokenguard.testing import ManualClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.respx(assert_all_called=False)]
 
@@ -47,7 +48,7 @@ class IntrospectionEndpoint:
     def __init__(
         self,
         router: respx.MockRouter,
-        clock: FakeClock,
+        clock: ManualClock,
         *,
         url: str = INTROSPECTION_URL,
         client_id: str = CLIENT_ID,
@@ -127,19 +128,19 @@ def opaque() -> str:
     return secrets.token_urlsafe(24)
 
 
-def make_authenticator(clock: FakeClock, **introspection: Any) -> Authenticator:
+def make_authenticator(clock: ManualClock, **introspection: Any) -> Authenticator:
     options: dict[str, Any] = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **introspection}
     config = GuardConfig(issuer=ISSUER, audience=AUDIENCE, clock=clock, introspection=IntrospectionOptions(**options))
     return Authenticator(config)
 
 
 @pytest.fixture
-def endpoint(respx_mock: respx.MockRouter, clock: FakeClock, idp: Issuer) -> IntrospectionEndpoint:
+def endpoint(respx_mock: respx.MockRouter, clock: ManualClock, idp: Issuer) -> IntrospectionEndpoint:
     return IntrospectionEndpoint(respx_mock, clock)
 
 
 @pytest.fixture
-async def build(clock: FakeClock, idp: Issuer) -> AsyncIterator[Callable[..., Authenticator]]:
+async def build(clock: ManualClock, idp: Issuer) -> AsyncIterator[Callable[..., Authenticator]]:
     made: list[Authenticator] = []
 
     def factory(**introspection: Any) -> Authenticator:
@@ -209,7 +210,7 @@ async def test_request_uses_a_three_second_timeout_by_default(
 async def test_client_secret_basic_form_encodes_id_and_secret(
     build: Callable[..., Authenticator],
     respx_mock: respx.MockRouter,
-    clock: FakeClock,
+    clock: ManualClock,
     client_id: str,
     client_secret: str,
 ) -> None:
@@ -225,7 +226,7 @@ async def test_client_secret_basic_form_encodes_id_and_secret(
 
 
 async def test_client_secret_post_sends_credentials_in_the_body(
-    build: Callable[..., Authenticator], respx_mock: respx.MockRouter, clock: FakeClock
+    build: Callable[..., Authenticator], respx_mock: respx.MockRouter, clock: ManualClock
 ) -> None:
     """client_secret_post puts client_id and client_secret in the form body, with no Basic header."""
     server = IntrospectionEndpoint(respx_mock, clock, client_id="a&b c", client_secret="x:y+z%")
@@ -239,7 +240,7 @@ async def test_client_secret_post_sends_credentials_in_the_body(
 
 
 async def test_configured_endpoint_is_used_without_metadata(
-    build: Callable[..., Authenticator], respx_mock: respx.MockRouter, clock: FakeClock, idp: Issuer
+    build: Callable[..., Authenticator], respx_mock: respx.MockRouter, clock: ManualClock, idp: Issuer
 ) -> None:
     """introspection_endpoint= takes precedence: the issuer's metadata is not even fetched for it."""
     url = "https://auth.example.com/oauth2/introspect"
@@ -340,7 +341,7 @@ async def test_scopes_and_claims_come_from_the_answer(auth: Authenticator, endpo
 
 
 async def test_revocation_takes_effect_when_the_cache_entry_expires(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock
 ) -> None:
     """An active answer is reused for 30 s (no call, revocation unseen), then asked again."""
     token = opaque()
@@ -357,7 +358,7 @@ async def test_revocation_takes_effect_when_the_cache_entry_expires(
 
 
 async def test_cache_lifetime_is_capped_by_the_token_expiry(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock
 ) -> None:
     """lifetime = min(ttl, exp - now): a token expiring in 10 s is asked about again after 10 s."""
     token = opaque()
@@ -374,7 +375,7 @@ async def test_cache_lifetime_is_capped_by_the_token_expiry(
 
 
 async def test_configured_cache_ttl_is_used(
-    build: Callable[..., Authenticator], endpoint: IntrospectionEndpoint, clock: FakeClock
+    build: Callable[..., Authenticator], endpoint: IntrospectionEndpoint, clock: ManualClock
 ) -> None:
     """introspection_cache_ttl sets the lifetime of active answers."""
     auth = build(cache_ttl=2.0)
@@ -389,7 +390,7 @@ async def test_configured_cache_ttl_is_used(
 
 
 async def test_inactive_answers_are_cached_for_the_negative_ttl(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock
 ) -> None:
     """An inactive answer is reused for 5 s (so garbage cannot hammer the issuer), then asked again."""
     token = opaque()
@@ -407,7 +408,7 @@ async def test_inactive_answers_are_cached_for_the_negative_ttl(
 
 
 async def test_refused_answers_are_cached_like_inactive_ones(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock
 ) -> None:
     """An active answer that fails a check (wrong audience) is cached as briefly as an inactive one."""
     token = opaque()
@@ -581,7 +582,7 @@ async def test_a_lone_cancelled_request_still_completes_and_caches_the_call(
 
 
 async def test_garbage_tokens_cost_one_call_each_then_none(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock
 ) -> None:
     """Distinct garbage tokens cost at most one call each, within the first-sight budget; then none.
 
@@ -651,7 +652,9 @@ async def test_failures_are_unavailable_and_logged(
     assert token not in str(caught.value)
 
 
-async def test_failures_are_not_cached(auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock) -> None:
+async def test_failures_are_not_cached(
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock
+) -> None:
     """A failed call leaves nothing in the cache: the next request asks again and can succeed."""
     token = opaque()
     endpoint.activate(token)
@@ -709,7 +712,7 @@ async def fail_times(auth: Authenticator, count: int, lane: Lane) -> list[Intros
 async def test_breaker_opens_after_five_failures_and_answers_at_once(
     auth: Authenticator,
     endpoint: IntrospectionEndpoint,
-    clock: FakeClock,
+    clock: ManualClock,
     caplog: pytest.LogCaptureFixture,
     lane: Lane,
 ) -> None:
@@ -778,7 +781,7 @@ async def test_success_resets_the_consecutive_failure_count(
 
 
 async def test_breaker_lets_one_probe_through_after_the_cooldown_and_closes(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock, lane: Lane
 ) -> None:
     """After the cool-down one probe goes upstream; its success closes the breaker for everyone."""
     endpoint.failure = httpx.Response(500)
@@ -797,7 +800,7 @@ async def test_breaker_lets_one_probe_through_after_the_cooldown_and_closes(
 
 
 async def test_a_failed_probe_opens_the_breaker_again(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock, lane: Lane
 ) -> None:
     """A probe that fails starts a new full cool-down; nothing goes upstream during it."""
     endpoint.failure = httpx.Response(500)
@@ -813,7 +816,7 @@ async def test_a_failed_probe_opens_the_breaker_again(
 
 
 async def test_half_open_breaker_admits_a_single_probe(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock, lane: Lane
 ) -> None:
     """While the probe is in flight, concurrent requests with other tokens get 503 without a call."""
     endpoint.failure = httpx.Response(500)
@@ -843,7 +846,7 @@ async def _gather_after_release(endpoint: IntrospectionEndpoint, tasks: list[asy
 
 
 async def test_a_cancelled_probe_does_not_wedge_the_breaker(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: FakeClock, lane: Lane
+    auth: Authenticator, endpoint: IntrospectionEndpoint, clock: ManualClock, lane: Lane
 ) -> None:
     """If the probe's call dies without a verdict, the next request may probe instead of 503 forever."""
     endpoint.failure = httpx.Response(500)
@@ -890,7 +893,7 @@ def test_breaker_state_machine_without_a_network() -> None:
 
 
 async def test_the_token_never_reaches_logs_or_reprs(
-    auth: Authenticator, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture, clock: FakeClock
+    auth: Authenticator, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture, clock: ManualClock
 ) -> None:
     """Through success, refusal, failure and an open breaker, no log record or repr holds the token."""
     caplog.set_level(logging.DEBUG)

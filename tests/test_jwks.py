@@ -1,6 +1,6 @@
 """Discovery (RFC 8414, OpenID) and the JWKS cache (DESIGN.md §3), through real keys, real tokens and respx.
 
-Time only moves when a test advances the ``FakeClock``; a JWKS fetch that must stay in flight waits on
+Time only moves when a test advances the ``ManualClock``; a JWKS fetch that must stay in flight waits on
 an ``asyncio.Event`` the test controls, so nothing here sleeps.
 """
 
@@ -33,9 +33,7 @@ from conftest import (
     METADATA_URL,
     OPENID_URL,
     T0,
-    FakeClock,
     Issuer,
-    SigningKey,
     private_key,
 )
 from tokenguard import TokenGuard
@@ -45,6 +43,7 @@ from tokenguard.config import GuardConfig
 from tokenguard.errors import InvalidToken, KeysUnavailable
 from tokenguard.jwks import KeySet, max_age, parse_jwk, parse_jwks
 from tokenguard.models import AccessToken
+from tokenguard.testing import ManualClock, SigningKey
 
 TENANT = "https://idp.example.com/tenant"
 TENANT_METADATA_URL = "https://idp.example.com/.well-known/oauth-authorization-server/tenant"
@@ -67,7 +66,7 @@ def openid_absent(respx_mock: respx.MockRouter) -> respx.Route:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def make_auth(clock: FakeClock, **options: Any) -> Authenticator:
+def make_auth(clock: ManualClock, **options: Any) -> Authenticator:
     options.setdefault("issuer", ISSUER)
     return Authenticator(GuardConfig(audience=AUDIENCE, clock=clock, **options))
 
@@ -83,7 +82,7 @@ def random_kid_token(idp: Issuer) -> str:
 
 
 def new_key(idp: Issuer, kid: str = "rsa-2", slot: int = 1) -> SigningKey:
-    key = SigningKey(kid, "RS256", private_key("rsa", slot))
+    key = SigningKey("RS256", private_key("rsa", slot), kid=kid)
     idp.keys.append(key)
     return key
 
@@ -136,7 +135,7 @@ async def protected(request: Request) -> JSONResponse:
     return JSONResponse({"identity": request.user.identity})
 
 
-def make_app(clock: FakeClock, **options: Any) -> Starlette:
+def make_app(clock: ManualClock, **options: Any) -> Starlette:
     app = Starlette(routes=[Route("/me", protected)])
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
     return app
@@ -176,7 +175,7 @@ def test_well_known_urls(issuer: str, rfc8414: str, openid: str) -> None:
 
 @pytest.mark.anyio
 async def test_issuer_with_a_path_uses_the_path_inserted_metadata_url(
-    respx_mock: respx.MockRouter, clock: FakeClock
+    respx_mock: respx.MockRouter, clock: ManualClock
 ) -> None:
     """An issuer https://host/tenant is discovered at https://host/.well-known/oauth-authorization-server/tenant."""
     tenant = Issuer(clock, issuer=TENANT)
@@ -190,7 +189,7 @@ async def test_issuer_with_a_path_uses_the_path_inserted_metadata_url(
 
 
 @pytest.mark.anyio
-async def test_appended_rfc8414_metadata_is_the_last_resort(respx_mock: respx.MockRouter, clock: FakeClock) -> None:
+async def test_appended_rfc8414_metadata_is_the_last_resort(respx_mock: respx.MockRouter, clock: ManualClock) -> None:
     """A server that serves only {issuer}/.well-known/oauth-authorization-server (Keycloak, Okta) is found."""
     tenant = Issuer(clock, issuer=TENANT)
     inserted = respx_mock.get(TENANT_METADATA_URL).respond(404)
@@ -203,7 +202,7 @@ async def test_appended_rfc8414_metadata_is_the_last_resort(respx_mock: respx.Mo
 
 
 @pytest.mark.anyio
-async def test_rfc8414_metadata_is_preferred(respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock) -> None:
+async def test_rfc8414_metadata_is_preferred(respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock) -> None:
     """When the RFC 8414 document answers, the OpenID one is never asked for."""
     await make_auth(clock).validate(idp.token())
     assert (requests_to(respx_mock, METADATA_URL), requests_to(respx_mock, OPENID_URL)) == (1, 0)
@@ -222,7 +221,7 @@ async def test_rfc8414_metadata_is_preferred(respx_mock: respx.MockRouter, idp: 
     ids=["404", "unreachable", "html", "json-array", "500"],
 )
 async def test_openid_discovery_is_the_fallback(
-    respx_mock: respx.MockRouter, clock: FakeClock, first_answer: Any
+    respx_mock: respx.MockRouter, clock: ManualClock, first_answer: Any
 ) -> None:
     """When the RFC 8414 URL is missing, unreachable or not JSON, issuer + /.well-known/openid-configuration is used."""
     idp = Issuer(clock)
@@ -241,7 +240,7 @@ async def test_openid_discovery_is_the_fallback(
     ids=["trailing-slash", "case", "other-host", "missing", "not-a-string"],
 )
 async def test_metadata_naming_another_issuer_is_refused(
-    respx_mock: respx.MockRouter, clock: FakeClock, named: Any
+    respx_mock: respx.MockRouter, clock: ManualClock, named: Any
 ) -> None:
     """RFC 8414 §3.3: metadata whose ``issuer`` is not identical to the configured one is never used."""
     idp = Issuer(clock)
@@ -256,7 +255,7 @@ async def test_metadata_naming_another_issuer_is_refused(
 
 
 def test_metadata_naming_another_issuer_is_a_503_through_the_app(
-    respx_mock: respx.MockRouter, clock: FakeClock
+    respx_mock: respx.MockRouter, clock: ManualClock
 ) -> None:
     """Through a real app, refused metadata is a 503 with Retry-After, not a 401: the token may be fine."""
     idp = Issuer(clock)
@@ -268,7 +267,7 @@ def test_metadata_naming_another_issuer_is_a_503_through_the_app(
 
 
 @pytest.mark.anyio
-async def test_explicit_jwks_uri_skips_discovery(respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock) -> None:
+async def test_explicit_jwks_uri_skips_discovery(respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock) -> None:
     """With ``jwks_uri`` configured, no metadata document is fetched at all."""
     token = await make_auth(clock, jwks_uri=JWKS_URL).validate(idp.token())
     assert token.subject == "alice"
@@ -289,7 +288,7 @@ async def test_explicit_jwks_uri_skips_discovery(respx_mock: respx.MockRouter, i
     ids=["http-jwks", "ftp-jwks", "relative-jwks", "list-jwks", "http-introspection"],
 )
 async def test_metadata_with_an_insecure_endpoint_is_refused(
-    respx_mock: respx.MockRouter, clock: FakeClock, name: str, value: Any
+    respx_mock: respx.MockRouter, clock: ManualClock, name: str, value: Any
 ) -> None:
     """RFC 8414 §2: a metadata endpoint that is not https (http only on loopback) makes the metadata unusable."""
     idp = Issuer(clock)
@@ -302,7 +301,7 @@ async def test_metadata_with_an_insecure_endpoint_is_refused(
 
 
 @pytest.mark.anyio
-async def test_metadata_with_a_loopback_http_jwks_uri_is_used(respx_mock: respx.MockRouter, clock: FakeClock) -> None:
+async def test_metadata_with_a_loopback_http_jwks_uri_is_used(respx_mock: respx.MockRouter, clock: ManualClock) -> None:
     """Plain http is allowed for a loopback JWKS (local development)."""
     idp = Issuer(clock)
     local = "http://127.0.0.1:9000/jwks"
@@ -313,7 +312,7 @@ async def test_metadata_with_a_loopback_http_jwks_uri_is_used(respx_mock: respx.
 
 
 @pytest.mark.anyio
-async def test_metadata_without_jwks_uri_is_unavailable(respx_mock: respx.MockRouter, clock: FakeClock) -> None:
+async def test_metadata_without_jwks_uri_is_unavailable(respx_mock: respx.MockRouter, clock: ManualClock) -> None:
     """Metadata that names no ``jwks_uri`` leaves no keys to use: 503, with the cause logged."""
     idp = Issuer(clock)
     respx_mock.get(METADATA_URL).respond(200, json={"issuer": ISSUER})
@@ -323,7 +322,7 @@ async def test_metadata_without_jwks_uri_is_unavailable(respx_mock: respx.MockRo
 
 
 @pytest.mark.anyio
-async def test_metadata_is_kept_for_its_own_max_age(respx_mock: respx.MockRouter, clock: FakeClock) -> None:
+async def test_metadata_is_kept_for_its_own_max_age(respx_mock: respx.MockRouter, clock: ManualClock) -> None:
     """Metadata is cached for its own Cache-Control max-age, not refetched with every JWKS fetch."""
     idp = Issuer(clock)
     metadata = respx_mock.get(METADATA_URL).respond(200, json=idp.metadata(), headers={"Cache-Control": "max-age=7200"})
@@ -376,7 +375,7 @@ def test_max_age(cache_control: str | None, seconds: float) -> None:
     [(None, 3600), ("max-age=600", 600), ("max-age=60", 300), ("max-age=200000", 86400), ("no-store", 300)],
 )
 async def test_keys_stay_fresh_for_the_clamped_max_age(
-    idp: Issuer, clock: FakeClock, cache_control: str | None, ttl: float
+    idp: Issuer, clock: ManualClock, cache_control: str | None, ttl: float
 ) -> None:
     """The JWKS is fresh for exactly the clamped max-age after it was fetched."""
     idp.jwks_headers = {} if cache_control is None else {"Cache-Control": cache_control}
@@ -389,7 +388,7 @@ async def test_keys_stay_fresh_for_the_clamped_max_age(
 
 
 @pytest.mark.anyio
-async def test_expired_keys_are_refetched_before_use(idp: Issuer, clock: FakeClock) -> None:
+async def test_expired_keys_are_refetched_before_use(idp: Issuer, clock: ManualClock) -> None:
     """Past its max-age, with the issuer up, the JWKS is fetched again before a token is checked against it."""
     idp.jwks_headers = {"Cache-Control": "max-age=600"}
     auth = make_auth(clock)
@@ -404,7 +403,7 @@ async def test_expired_keys_are_refetched_before_use(idp: Issuer, clock: FakeClo
 
 @pytest.mark.anyio
 async def test_background_refresh_at_80_percent_does_not_make_the_request_wait(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """At 80% of the TTL a request is answered from the cache at once while a refresh runs in the background."""
     idp.jwks_headers = {"Cache-Control": "max-age=1000"}
@@ -432,7 +431,7 @@ async def test_background_refresh_at_80_percent_does_not_make_the_request_wait(
 
 @pytest.mark.anyio
 async def test_background_refresh_starts_once_for_many_requests(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """Every request past the 80% mark is served at once, and only one refresh is started."""
     auth = make_auth(clock)
@@ -451,7 +450,7 @@ async def test_background_refresh_starts_once_for_many_requests(
 
 
 @pytest.mark.anyio
-async def test_new_kid_right_after_startup_is_accepted(idp: Issuer, clock: FakeClock) -> None:
+async def test_new_kid_right_after_startup_is_accepted(idp: Issuer, clock: ManualClock) -> None:
     """A key published just after the first fetch is accepted the first time a token names it."""
     auth = make_auth(clock)
     await auth.prefetch()
@@ -462,7 +461,7 @@ async def test_new_kid_right_after_startup_is_accepted(idp: Issuer, clock: FakeC
 
 
 @pytest.mark.anyio
-async def test_new_kid_right_after_a_scheduled_refresh_is_accepted(idp: Issuer, clock: FakeClock) -> None:
+async def test_new_kid_right_after_a_scheduled_refresh_is_accepted(idp: Issuer, clock: ManualClock) -> None:
     """A scheduled refresh does not start the cool-down: a key published after it is fetched at once."""
     auth = make_auth(clock)
     await auth.validate(idp.token())
@@ -476,7 +475,7 @@ async def test_new_kid_right_after_a_scheduled_refresh_is_accepted(idp: Issuer, 
 
 
 @pytest.mark.anyio
-async def test_unknown_kid_refetch_starts_the_cool_down(idp: Issuer, clock: FakeClock) -> None:
+async def test_unknown_kid_refetch_starts_the_cool_down(idp: Issuer, clock: ManualClock) -> None:
     """After an unknown-kid refetch, another new kid is refused without a fetch until 30 s have passed."""
     auth = make_auth(clock)
     await auth.validate(idp.token())
@@ -495,7 +494,7 @@ async def test_unknown_kid_refetch_starts_the_cool_down(idp: Issuer, clock: Fake
 
 
 @pytest.mark.anyio
-async def test_unknown_kid_storm_costs_one_fetch_per_cool_down(idp: Issuer, clock: FakeClock) -> None:
+async def test_unknown_kid_storm_costs_one_fetch_per_cool_down(idp: Issuer, clock: ManualClock) -> None:
     """200 concurrent tokens with random kids cause one refetch, none more within 30 s, one after; all 401."""
     auth = make_auth(clock)
     await auth.validate(idp.token())
@@ -520,7 +519,7 @@ async def test_unknown_kid_storm_costs_one_fetch_per_cool_down(idp: Issuer, cloc
 
 
 @pytest.mark.anyio
-async def test_unknown_kid_storm_on_a_cold_cache_is_bounded(idp: Issuer, clock: FakeClock) -> None:
+async def test_unknown_kid_storm_on_a_cold_cache_is_bounded(idp: Issuer, clock: ManualClock) -> None:
     """Random kids on a cold cache: the first fetch plus at most one refetch, and every request gets a 401."""
     auth = make_auth(clock)
     results = await asyncio.gather(*(auth.validate(random_kid_token(idp)) for _ in range(200)), return_exceptions=True)
@@ -529,7 +528,7 @@ async def test_unknown_kid_storm_on_a_cold_cache_is_bounded(idp: Issuer, clock: 
     assert all(isinstance(result, InvalidToken) and result.reason == "unknown_kid" for result in results)
 
 
-def test_unknown_kid_is_a_401_through_the_app(idp: Issuer, clock: FakeClock) -> None:
+def test_unknown_kid_is_a_401_through_the_app(idp: Issuer, clock: ManualClock) -> None:
     """Through a real app, a token naming an unknown kid gets 401 invalid_token, never a 500."""
     client = TestClient(make_app(clock))
     response = client.get("/me", headers=bearer(random_kid_token(idp)))
@@ -541,7 +540,9 @@ def test_unknown_kid_is_a_401_through_the_app(idp: Issuer, clock: FakeClock) -> 
 
 
 @pytest.mark.anyio
-async def test_cold_cache_requests_share_one_fetch(respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock) -> None:
+async def test_cold_cache_requests_share_one_fetch(
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
+) -> None:
     """100 concurrent requests on a cold cache make exactly one metadata fetch and one JWKS fetch."""
     auth = make_auth(clock)
     gate = gate_jwks(respx_mock, idp)
@@ -555,7 +556,7 @@ async def test_cold_cache_requests_share_one_fetch(respx_mock: respx.MockRouter,
 
 
 @pytest.mark.anyio
-async def test_cold_cache_failure_is_shared_too(respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock) -> None:
+async def test_cold_cache_failure_is_shared_too(respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock) -> None:
     """When the one shared fetch fails, every waiting request gets KeysUnavailable from that one attempt."""
     auth = make_auth(clock, jwks_uri=JWKS_URL)
     gate = gate_jwks(respx_mock, idp)
@@ -573,7 +574,7 @@ async def test_cold_cache_failure_is_shared_too(respx_mock: respx.MockRouter, id
 
 @pytest.mark.anyio
 async def test_warm_cache_outlives_an_outage_for_the_stale_period(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """With the issuer down, the last keys keep working past their max-age until the stale period ends, then 503."""
     auth = make_auth(clock)
@@ -599,7 +600,7 @@ async def test_warm_cache_outlives_an_outage_for_the_stale_period(
 
 
 @pytest.mark.anyio
-async def test_idle_cache_past_its_max_age_still_reports_usable(idp: Issuer, clock: FakeClock) -> None:
+async def test_idle_cache_past_its_max_age_still_reports_usable(idp: Issuer, clock: ManualClock) -> None:
     """Health checks see keys as usable through the stale period even with no traffic to refresh them."""
     auth = make_auth(clock)
     await auth.prefetch()
@@ -612,7 +613,7 @@ async def test_idle_cache_past_its_max_age_still_reports_usable(idp: Issuer, clo
 
 
 @pytest.mark.anyio
-async def test_outage_fetches_are_spaced_out(idp: Issuer, clock: FakeClock) -> None:
+async def test_outage_fetches_are_spaced_out(idp: Issuer, clock: ManualClock) -> None:
     """During an outage with a warm cache, requests use the stale keys and the issuer is asked rarely."""
     auth = make_auth(clock, jwks_uri=JWKS_URL)
     await auth.validate(idp.token())
@@ -638,7 +639,7 @@ async def test_outage_fetches_are_spaced_out(idp: Issuer, clock: FakeClock) -> N
 
 
 @pytest.mark.anyio
-async def test_issuer_back_after_an_outage_is_used_again(idp: Issuer, clock: FakeClock) -> None:
+async def test_issuer_back_after_an_outage_is_used_again(idp: Issuer, clock: ManualClock) -> None:
     """Once the issuer answers again, fresh keys replace the stale ones and new kids are found."""
     auth = make_auth(clock, jwks_uri=JWKS_URL)
     await auth.validate(idp.token())
@@ -677,7 +678,7 @@ async def test_issuer_back_after_an_outage_is_used_again(idp: Issuer, clock: Fak
     ids=["not-json", "json-array", "keys-not-a-list", "no-keys", "no-usable-key", "empty", "status-500", "huge"],
 )
 async def test_garbage_jwks_keeps_the_old_keys(
-    idp: Issuer, clock: FakeClock, garbage: Callable[[Issuer], httpx.Response]
+    idp: Issuer, clock: ManualClock, garbage: Callable[[Issuer], httpx.Response]
 ) -> None:
     """A JWKS replaced by garbage (or a body over the size cap) is refused and the last good keys stay in use."""
     auth = make_auth(clock)
@@ -693,7 +694,7 @@ async def test_garbage_jwks_keeps_the_old_keys(
 
 @pytest.mark.anyio
 async def test_cold_cache_with_the_issuer_down_fails_fast(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """Cold cache and a dead issuer: 503 (KeysUnavailable); right after, requests fail at once without calls."""
     auth = make_auth(clock)
@@ -718,7 +719,7 @@ async def test_cold_cache_with_the_issuer_down_fails_fast(
 
 
 @pytest.mark.anyio
-async def test_issuer_that_comes_back_is_used_within_the_backoff(idp: Issuer, clock: FakeClock) -> None:
+async def test_issuer_that_comes_back_is_used_within_the_backoff(idp: Issuer, clock: ManualClock) -> None:
     """After failures with a cold cache, the next attempt is at most a minute away and then succeeds."""
     auth = make_auth(clock)
     idp.down = True
@@ -729,7 +730,7 @@ async def test_issuer_that_comes_back_is_used_within_the_backoff(idp: Issuer, cl
     assert (await auth.validate(idp.token())).subject == "alice"
 
 
-def test_cold_cache_issuer_down_is_a_503_with_retry_after_through_the_app(idp: Issuer, clock: FakeClock) -> None:
+def test_cold_cache_issuer_down_is_a_503_with_retry_after_through_the_app(idp: Issuer, clock: ManualClock) -> None:
     """Through a real app: 503, Retry-After, temporarily_unavailable; the next request costs the issuer nothing."""
     idp.down = True
     client = TestClient(make_app(clock))
@@ -744,7 +745,7 @@ def test_cold_cache_issuer_down_is_a_503_with_retry_after_through_the_app(idp: I
 
 
 @pytest.mark.anyio
-async def test_key_rotation_during_an_outage_is_a_503_not_a_401(idp: Issuer, clock: FakeClock) -> None:
+async def test_key_rotation_during_an_outage_is_a_503_not_a_401(idp: Issuer, clock: ManualClock) -> None:
     """A token naming a new kid while the issuer is down may well be valid: KeysUnavailable, never unknown_kid."""
     auth = make_auth(clock)
     await auth.validate(idp.token())
@@ -759,7 +760,7 @@ async def test_key_rotation_during_an_outage_is_a_503_not_a_401(idp: Issuer, clo
 
 @pytest.mark.anyio
 async def test_unknown_kid_joining_a_failing_refresh_is_a_503(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """A new kid that waits on a background refresh which then fails gets 503, not 401."""
     auth = make_auth(clock, jwks_uri=JWKS_URL)
@@ -961,7 +962,7 @@ def test_parse_jwk_never_raises(entry: object) -> None:
 
 @pytest.mark.anyio
 async def test_symmetric_and_encryption_keys_in_the_jwks_are_not_found(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """Tokens naming an oct key or a use=enc key of the JWKS are refused as unknown_kid: those keys do not exist."""
     rsa_jwk = idp.key("rsa-1").public_jwk()
@@ -982,7 +983,7 @@ async def test_symmetric_and_encryption_keys_in_the_jwks_are_not_found(
 
 @pytest.mark.anyio
 async def test_key_alg_restriction_applies_to_tokens(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """A key published with alg RS256 does not verify a PS256 token, even one signed with that very key."""
     respx_mock.get(JWKS_URL).respond(200, json={"keys": [{**idp.key("rsa-1").public_jwk(), "alg": "RS256"}]})
@@ -995,7 +996,7 @@ async def test_key_alg_restriction_applies_to_tokens(
 
 @pytest.mark.anyio
 async def test_token_signed_by_the_second_of_two_keys_sharing_a_kid(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """With two keys under one kid, a token signed by either verifies."""
     other = private_key("rsa", 1)
@@ -1008,7 +1009,7 @@ async def test_token_signed_by_the_second_of_two_keys_sharing_a_kid(
 
 @pytest.mark.anyio
 async def test_token_without_kid_verifies_against_a_key_without_kid(
-    respx_mock: respx.MockRouter, idp: Issuer, clock: FakeClock
+    respx_mock: respx.MockRouter, idp: Issuer, clock: ManualClock
 ) -> None:
     """An issuer with one kid-less key: its tokens without kid verify."""
     respx_mock.get(JWKS_URL).respond(200, json={"keys": [jwk_of(private_key("ec256").public_key())]})
@@ -1028,7 +1029,7 @@ def test_keyset_of_indexes_by_kid() -> None:
 # -- event loops --------------------------------------------------------------------------------
 
 
-def test_same_authenticator_from_two_event_loops(idp: Issuer, clock: FakeClock) -> None:
+def test_same_authenticator_from_two_event_loops(idp: Issuer, clock: ManualClock) -> None:
     """One Authenticator used from two ``asyncio.run`` calls in turn: keys are shared, a client per loop."""
     auth = make_auth(clock)
 
@@ -1044,7 +1045,7 @@ def test_same_authenticator_from_two_event_loops(idp: Issuer, clock: FakeClock) 
     assert idp.jwks_calls == 2
 
 
-def test_refresh_pending_on_another_loop_is_not_awaited(respx_mock: respx.MockRouter, clock: FakeClock) -> None:
+def test_refresh_pending_on_another_loop_is_not_awaited(respx_mock: respx.MockRouter, clock: ManualClock) -> None:
     """A refresh still pending on a loop that stopped running is not joined by requests on a new loop."""
     idp = Issuer(clock)
     idp.install(respx_mock)
@@ -1077,7 +1078,7 @@ def test_refresh_pending_on_another_loop_is_not_awaited(respx_mock: respx.MockRo
         first_loop.close()
 
 
-def test_two_test_client_blocks_share_the_cache(idp: Issuer, clock: FakeClock) -> None:
+def test_two_test_client_blocks_share_the_cache(idp: Issuer, clock: ManualClock) -> None:
     """The same app driven by two TestClient blocks (two loops) authorises in both, fetching keys once."""
     app = make_app(clock)
     for _ in range(2):
@@ -1088,7 +1089,7 @@ def test_two_test_client_blocks_share_the_cache(idp: Issuer, clock: FakeClock) -
     assert idp.jwks_calls == 1
 
 
-def test_requests_each_on_a_new_loop(idp: Issuer, clock: FakeClock) -> None:
+def test_requests_each_on_a_new_loop(idp: Issuer, clock: ManualClock) -> None:
     """Without a ``with`` block every TestClient request runs on a fresh loop; refreshes keep working."""
     client = TestClient(make_app(clock))
     for _ in range(3):
@@ -1101,7 +1102,7 @@ def test_requests_each_on_a_new_loop(idp: Issuer, clock: FakeClock) -> None:
     ("kid_old", "kid_new"), [(None, None), ("k1", "k1"), ("k1", "k2")], ids=["no-kid", "reused", "new"]
 )
 def test_a_withdrawn_key_drops_the_tokens_it_verified(
-    idp: Issuer, clock: FakeClock, kid_old: str | None, kid_new: str | None
+    idp: Issuer, clock: ManualClock, kid_old: str | None, kid_new: str | None
 ) -> None:
     """Rotation is judged by key material, not kid: a withdrawn key's tokens leave the verified cache."""
     from starlette.applications import Starlette
@@ -1109,15 +1110,16 @@ def test_a_withdrawn_key_drops_the_tokens_it_verified(
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from conftest import SigningKey, private_key
+    from conftest import private_key
     from tokenguard import TokenGuard
 
     async def me(request: Request) -> PlainTextResponse:
         return PlainTextResponse(request.user.identity)
 
     idp.jwks_headers = {"Cache-Control": "max-age=300"}
-    old = SigningKey(kid_old, "RS256", private_key("rsa", 1))
-    new = SigningKey(kid_new, "RS256", private_key("rsa", 2))
+    # kid None: the key is published without a kid
+    old = SigningKey("RS256", private_key("rsa", 1), kid=kid_old or "", jwk_extra={"kid": kid_old})
+    new = SigningKey("RS256", private_key("rsa", 2), kid=kid_new or "", jwk_extra={"kid": kid_new})
     idp.keys = [old]
     old_token = idp.token(kid=None, key=old.private, headers={"kid": kid_old}, exp=int(clock()) + 7200)
     app = Starlette(routes=[Route("/me", me)])

@@ -29,13 +29,15 @@ from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
 
 import tokenguard.jwt_validator as jwt_validator_module
-from conftest import AUDIENCE, ISSUER, OPENID_URL, T0, FakeClock, Issuer, SigningKey, b64url, private_key
+from conftest import AUDIENCE, ISSUER, OPENID_URL, T0, Issuer, b64url, private_key
+from tokenguard._claims import check_audience, check_lifetime, identity_of, scopes_of
+from tokenguard._jose import classify
 from tokenguard.authenticator import Authenticator
 from tokenguard.challenge import challenge, render
 from tokenguard.config import DEFAULT_ALGORITHMS, GuardConfig, IntrospectionOptions
 from tokenguard.errors import REASONS, AuthError, InvalidToken, KeysUnavailable, TokenGuardError
-from tokenguard.jwt_validator import check_audience, check_lifetime, classify, identity_of, scopes_of
 from tokenguard.models import AccessToken
+from tokenguard.testing import ManualClock, SigningKey
 
 SECRET = b"0123456789abcdef0123456789abcdef-shared"
 ATTACKER_URL = "https://attacker.example"
@@ -109,7 +111,9 @@ def cache_size(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-async def build(idp: Issuer, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Callable[..., Guard]]:
+async def build(
+    idp: Issuer, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Callable[..., Guard]]:
     """Make guards for the test; their HTTP clients are closed afterwards."""
     caplog.set_level(logging.DEBUG)
     made: list[Authenticator] = []
@@ -209,7 +213,7 @@ def attacker_cert() -> str:
 )
 async def test_valid_token_per_algorithm(idp: Issuer, make_guard: Callable[..., Guard], kid: str, alg: str) -> None:
     """A token signed with each allowed algorithm by the issuer's key validates into an AccessToken."""
-    idp.keys.append(SigningKey("ec384-1", "ES384", private_key("ec384")))
+    idp.keys.append(SigningKey("ES384", private_key("ec384"), kid="ec384-1"))
     token = idp.token(kid, alg=alg, jti="t-1")
     result = await make_guard().accept(token)
     assert result.subject == "alice"
@@ -342,7 +346,7 @@ async def test_kid_naming_a_key_of_another_type_is_key_mismatch(
 @pytest.mark.anyio
 async def test_jwk_alg_restricts_the_key(idp: Issuer, guard: Guard) -> None:
     """An RSA JWK that declares alg RS256 verifies RS256 only: PS256 with the same key is refused."""
-    idp.key("rsa-1").jwk_extra = {"alg": "RS256"}
+    idp.republish("rsa-1", alg="RS256")
     await guard.accept(idp.token("rsa-1"))
     await guard.refuse(idp.token("rsa-1", alg="PS256"), "key_mismatch")
     await guard.refuse(idp.token(None, alg="PS256", key=private_key("rsa")), "key_mismatch")
@@ -464,7 +468,7 @@ async def test_issuer_must_match_exactly(idp: Issuer, guard: Guard, iss: Any) ->
 
 
 @pytest.mark.anyio
-async def test_foreign_or_stale_token_triggers_no_key_fetch(idp: Issuer, guard: Guard, clock: FakeClock) -> None:
+async def test_foreign_or_stale_token_triggers_no_key_fetch(idp: Issuer, guard: Guard, clock: ManualClock) -> None:
     """Issuer and lifetime are checked before any key lookup: an unknown kid then costs no JWKS fetch."""
     await guard.refuse(idp.token("rsa-1", headers={"kid": "new"}, iss="https://evil.example.com"), "wrong_issuer")
     await guard.refuse(idp.token("rsa-1", headers={"kid": "new"}, exp=int(clock()) - 3600), "expired")
@@ -536,7 +540,7 @@ async def test_several_configured_audiences(idp: Issuer, make_guard: Callable[..
     ids=repr,
 )
 async def test_lifetime_refused(
-    idp: Issuer, guard: Guard, clock: FakeClock, claims: dict[str, Any], reason: str
+    idp: Issuer, guard: Guard, clock: ManualClock, claims: dict[str, Any], reason: str
 ) -> None:
     """exp is required; expired (beyond the 30 s leeway), not-yet-valid nbf and future iat are refused."""
     values = {name: None if offset is None else int(clock()) + offset for name, offset in claims.items()}
@@ -549,14 +553,14 @@ async def test_lifetime_refused(
     [{"exp": -29}, {"exp": 1}, {"nbf": 30}, {"nbf": 0}, {"iat": 30}, {"iat": -86400}, {"iat": None}],
     ids=repr,
 )
-async def test_lifetime_within_leeway(idp: Issuer, guard: Guard, clock: FakeClock, claims: dict[str, Any]) -> None:
+async def test_lifetime_within_leeway(idp: Issuer, guard: Guard, clock: ManualClock, claims: dict[str, Any]) -> None:
     """Clock skew up to the leeway is tolerated for exp, nbf and iat; iat is optional."""
     values = {name: None if offset is None else int(clock()) + offset for name, offset in claims.items()}
     await guard.accept(idp.token("rsa-1", **values))
 
 
 @pytest.mark.anyio
-async def test_zero_leeway(idp: Issuer, make_guard: Callable[..., Guard], clock: FakeClock) -> None:
+async def test_zero_leeway(idp: Issuer, make_guard: Callable[..., Guard], clock: ManualClock) -> None:
     """With leeway=0, exp equal to now is expired and nbf one second ahead is not valid yet."""
     guard = make_guard(leeway=0)
     now = int(clock())
@@ -566,7 +570,7 @@ async def test_zero_leeway(idp: Issuer, make_guard: Callable[..., Guard], clock:
 
 
 @pytest.mark.anyio
-async def test_fractional_numeric_dates(idp: Issuer, guard: Guard, clock: FakeClock) -> None:
+async def test_fractional_numeric_dates(idp: Issuer, guard: Guard, clock: ManualClock) -> None:
     """NumericDate may be a non-integer JSON number (RFC 7519 §2)."""
     result = await guard.accept(idp.token("rsa-1", exp=clock() + 10.5, iat=clock() - 0.25))
     assert result.expires_at == clock() + 10.5
@@ -1001,7 +1005,7 @@ async def test_cache_hit_skips_the_signature(
 
 
 @pytest.mark.anyio
-async def test_cached_token_expires_with_the_clock(idp: Issuer, guard: Guard, clock: FakeClock) -> None:
+async def test_cached_token_expires_with_the_clock(idp: Issuer, guard: Guard, clock: ManualClock) -> None:
     """A cached token is refused once the injected clock passes exp + leeway, exactly like an uncached one."""
     token = idp.token("rsa-1", exp=int(clock()) + 60)
     first = await guard.accept(token)
@@ -1013,7 +1017,7 @@ async def test_cached_token_expires_with_the_clock(idp: Issuer, guard: Guard, cl
 
 @pytest.mark.anyio
 async def test_mutating_returned_claims_does_not_extend_a_cached_token(
-    idp: Issuer, guard: Guard, clock: FakeClock
+    idp: Issuer, guard: Guard, clock: ManualClock
 ) -> None:
     """An app cannot edit token.claims (read-only: the token is shared), nor stretch a cached token's life."""
     token = idp.token("rsa-1", exp=int(clock()) + 60)
@@ -1044,7 +1048,7 @@ async def test_key_removed_from_jwks_drops_cached_tokens(
     """Once the issuer stops publishing a key, tokens it signed are refused, cached or not, kid or not."""
     token = idp.token(kid, alg="RS256", key=private_key("rsa"))
     await guard.accept(token)
-    idp.keys = [SigningKey("rsa-2", "RS256", private_key("rsa", 1)), *idp.keys[1:]]
+    idp.keys = [SigningKey("RS256", private_key("rsa", 1), kid="rsa-2"), *idp.keys[1:]]
     await guard.accept(idp.token("rsa-2"))  # names an unknown kid: the JWKS is refetched
     assert "rsa-1" not in guard.auth.jwks.status()["kids"]
     await guard.refuse(token, reason)

@@ -1,7 +1,7 @@
 """End-to-end tests of ``TokenGuard`` through real Starlette apps (DESIGN.md §1, §2).
 
 Tokens are signed by conftest's ``Issuer`` with real keys; its metadata and JWKS are served
-through respx; time is the injected ``FakeClock``. Raw ASGI calls are used where a test must
+through respx; time is the injected ``ManualClock``. Raw ASGI calls are used where a test must
 send header bytes that an HTTP client would refuse to build.
 """
 
@@ -28,8 +28,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, ISSUER, METADATA_URL, OPENID_URL, FakeClock, Issuer, b64url, private_key
+from conftest import AUDIENCE, ISSUER, METADATA_URL, OPENID_URL, Issuer, b64url, private_key
 from tokenguard import TokenCredentials, TokenGuard, TokenUser, public, require_any_scope, require_scopes
+from tokenguard.testing import ManualClock
 
 # Most tests never reach the JWKS (public routes, refusals before any key lookup).
 pytestmark = pytest.mark.respx(assert_all_called=False)
@@ -134,14 +135,14 @@ ROUTES = [
 ]
 
 
-def make_app(clock: FakeClock, routes: list[Any] | None = None, **options: Any) -> Starlette:
+def make_app(clock: ManualClock, routes: list[Any] | None = None, **options: Any) -> Starlette:
     app = Starlette(routes=ROUTES if routes is None else routes)
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
     return app
 
 
 @pytest.fixture
-def client(idp: Issuer, clock: FakeClock) -> TestClient:
+def client(idp: Issuer, clock: ManualClock) -> TestClient:
     return TestClient(make_app(clock))
 
 
@@ -206,7 +207,7 @@ def test_undecorated_route_accepts_a_valid_token(client: TestClient, idp: Issuer
     assert response.json() == {"identity": "alice"}
 
 
-def test_default_public_opens_undecorated_routes(idp: Issuer, clock: FakeClock) -> None:
+def test_default_public_opens_undecorated_routes(idp: Issuer, clock: ManualClock) -> None:
     """``default="public"`` lets undecorated routes through; marked routes stay guarded."""
     client = TestClient(make_app(clock, default="public"))
     open_response = client.get("/starlette-requires")
@@ -236,7 +237,7 @@ def test_unmatched_path_gets_the_default_policy(client: TestClient, idp: Issuer)
     assert client.get("/does-not-exist", headers=bearer(idp.token())).status_code == 404
 
 
-def test_unmatched_path_with_default_public_is_a_plain_404(idp: Issuer, clock: FakeClock) -> None:
+def test_unmatched_path_with_default_public_is_a_plain_404(idp: Issuer, clock: ManualClock) -> None:
     """With ``default="public"`` an unmatched path reaches the app's 404 without a token."""
     client = TestClient(make_app(clock, default="public"))
     assert client.get("/does-not-exist").status_code == 404
@@ -267,7 +268,7 @@ def test_client_credentials_token_identity_is_client_id(client: TestClient, idp:
     assert body["identity"] == "billing-job"
 
 
-def test_auth_objects_are_plain_python_types(idp: Issuer, clock: FakeClock) -> None:
+def test_auth_objects_are_plain_python_types(idp: Issuer, clock: ManualClock) -> None:
     """scopes is a list of str and claims a JSON-serialisable dict, inside the endpoint itself."""
     seen: dict[str, Any] = {}
 
@@ -286,7 +287,7 @@ def test_auth_objects_are_plain_python_types(idp: Issuer, clock: FakeClock) -> N
     assert json.loads(json.dumps(seen["claims"]))["scope"] == "b a"
 
 
-def test_reprs_never_contain_the_token(client: TestClient, idp: Issuer, clock: FakeClock) -> None:
+def test_reprs_never_contain_the_token(client: TestClient, idp: Issuer, clock: ManualClock) -> None:
     """The repr of request.auth / request.user names scopes and identity, never the raw token."""
     seen: dict[str, str] = {}
     token = idp.token()
@@ -371,7 +372,9 @@ def test_basic_scheme_gets_a_bare_challenge(client: TestClient) -> None:
     "value",
     [b"Bearer", b"Bearer ", b"Bearer    ", b"Bearer a b", b"Bearer a,b", b"Bearer \x00abc", b"Bearer t\xc3\xa4st"],
 )
-async def test_empty_or_malformed_bearer_value_is_invalid_request(idp: Issuer, clock: FakeClock, value: bytes) -> None:
+async def test_empty_or_malformed_bearer_value_is_invalid_request(
+    idp: Issuer, clock: ManualClock, value: bytes
+) -> None:
     """An empty or malformed bearer value is 400 invalid_request."""
     status, headers, body = await asgi_http(make_app(clock), headers=[(b"authorization", value)])
     assert status == 400
@@ -380,7 +383,7 @@ async def test_empty_or_malformed_bearer_value_is_invalid_request(idp: Issuer, c
 
 
 @pytest.mark.anyio
-async def test_several_authorization_headers_are_invalid_request(idp: Issuer, clock: FakeClock) -> None:
+async def test_several_authorization_headers_are_invalid_request(idp: Issuer, clock: ManualClock) -> None:
     """Two Authorization headers (even two valid tokens) are 400 invalid_request, never a pick."""
     token = idp.token().encode()
     headers = [(b"authorization", b"Bearer " + token), (b"Authorization", b"Bearer " + token)]
@@ -425,7 +428,7 @@ def test_scheme_is_case_insensitive(client: TestClient, idp: Issuer) -> None:
 # -- CORS preflight -----------------------------------------------------------------------------------
 
 
-def cors_app(clock: FakeClock, *, guard_outermost: bool) -> Starlette:
+def cors_app(clock: ManualClock, *, guard_outermost: bool) -> Starlette:
     cors = Middleware(
         CORSMiddleware,
         allow_origins=["https://app.example"],
@@ -440,7 +443,7 @@ def cors_app(clock: FakeClock, *, guard_outermost: bool) -> Starlette:
 PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
 
 
-def test_cors_preflight_passes_untouched(idp: Issuer, clock: FakeClock) -> None:
+def test_cors_preflight_passes_untouched(idp: Issuer, clock: ManualClock) -> None:
     """An OPTIONS with Origin and Access-Control-Request-Method reaches CORSMiddleware untouched."""
     client = TestClient(cors_app(clock, guard_outermost=True))
     response = client.options("/photos", headers=PREFLIGHT)
@@ -456,7 +459,7 @@ def test_cors_preflight_reaches_the_app_without_cors_middleware(client: TestClie
     assert "www-authenticate" not in response.headers
 
 
-def test_preflight_to_an_endpoint_that_answers_options_is_guarded(idp: Issuer, clock: FakeClock) -> None:
+def test_preflight_to_an_endpoint_that_answers_options_is_guarded(idp: Issuer, clock: ManualClock) -> None:
     """A scoped endpoint that answers OPTIONS itself keeps its policy: a faked preflight never runs it anonymously."""
     ran: list[bool] = []
 
@@ -479,14 +482,14 @@ def test_preflight_to_an_endpoint_that_answers_options_is_guarded(idp: Issuer, c
     [{}, {"Origin": "https://app.example"}, {"Access-Control-Request-Method": "GET"}],
     ids=["plain", "origin-only", "method-only"],
 )
-def test_options_that_is_not_a_preflight_is_guarded(idp: Issuer, clock: FakeClock, headers: dict[str, str]) -> None:
+def test_options_that_is_not_a_preflight_is_guarded(idp: Issuer, clock: ManualClock, headers: dict[str, str]) -> None:
     """An OPTIONS without both preflight headers needs a token like any request."""
     client = TestClient(cors_app(clock, guard_outermost=True))
     response = client.options("/photos", headers=headers)
     assert response.status_code == 401
 
 
-def test_cors_outside_the_guard_lets_browsers_read_refusals(idp: Issuer, clock: FakeClock) -> None:
+def test_cors_outside_the_guard_lets_browsers_read_refusals(idp: Issuer, clock: ManualClock) -> None:
     """With CORSMiddleware outermost a 401 carries Access-Control-Allow-Origin, so a browser can read it."""
     client = TestClient(cors_app(clock, guard_outermost=False))
     response = client.get("/photos", headers={"Origin": "https://app.example"})
@@ -516,7 +519,7 @@ def test_forged_token_on_a_scoped_route_is_401_not_403(client: TestClient, idp: 
     assert 'error="invalid_token"' in challenge_of(response)
 
 
-def test_expired_token_is_401_invalid_token(client: TestClient, idp: Issuer, clock: FakeClock) -> None:
+def test_expired_token_is_401_invalid_token(client: TestClient, idp: Issuer, clock: ManualClock) -> None:
     """A token past exp (beyond the leeway) is refused with invalid_token, the clock being injected."""
     token = idp.token()
     assert client.get("/me", headers=bearer(token)).status_code == 200
@@ -533,7 +536,7 @@ def test_wrong_audience_is_401(client: TestClient, idp: Issuer) -> None:
     assert 'error="invalid_token"' in challenge_of(response)
 
 
-def test_custom_realm_is_used_in_every_challenge(idp: Issuer, clock: FakeClock) -> None:
+def test_custom_realm_is_used_in_every_challenge(idp: Issuer, clock: ManualClock) -> None:
     """``realm=`` replaces the default realm in WWW-Authenticate."""
     client = TestClient(make_app(clock, realm="photos"))
     assert client.get("/me").headers["www-authenticate"] == f'Bearer realm="photos", resource_metadata="{METADATA}"'
@@ -602,7 +605,7 @@ def nasty_values(idp: Issuer) -> list[bytes]:
 
 
 @pytest.mark.anyio
-async def test_no_garbage_header_causes_a_500(idp: Issuer, clock: FakeClock) -> None:
+async def test_no_garbage_header_causes_a_500(idp: Issuer, clock: ManualClock) -> None:
     """Every nasty Authorization value gets 400 or 401 with a Bearer challenge and a JSON body."""
     app = make_app(clock)
     for value in nasty_values(idp):
@@ -620,7 +623,7 @@ async def test_no_garbage_header_causes_a_500(idp: Issuer, clock: FakeClock) -> 
 
 
 @pytest.mark.anyio
-async def test_every_refusal_has_a_challenge_and_a_json_body(idp: Issuer, clock: FakeClock) -> None:
+async def test_every_refusal_has_a_challenge_and_a_json_body(idp: Issuer, clock: ManualClock) -> None:
     """400, 401 and 403 all carry ``WWW-Authenticate: Bearer realm=…`` and a JSON body; error= except when bare."""
     app = make_app(clock)
     cases = [
@@ -668,7 +671,7 @@ def take_issuer_down(idp: Issuer, respx_mock: respx.MockRouter) -> None:
     respx_mock.get(OPENID_URL).mock(side_effect=httpx.ConnectError("connection refused"))
 
 
-def test_issuer_down_with_a_cold_cache_is_503(idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter) -> None:
+def test_issuer_down_with_a_cold_cache_is_503(idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter) -> None:
     """No keys and an unreachable issuer: 503 with Retry-After, never a 401."""
     take_issuer_down(idp, respx_mock)
     client = TestClient(make_app(clock, retry_after=7))
@@ -679,7 +682,7 @@ def test_issuer_down_with_a_cold_cache_is_503(idp: Issuer, clock: FakeClock, res
     assert "www-authenticate" not in response.headers
 
 
-def test_bad_metadata_is_503(idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter) -> None:
+def test_bad_metadata_is_503(idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter) -> None:
     """Metadata naming another issuer is not trusted: the keys cannot be had, so 503."""
     respx_mock.get(METADATA_URL).mock(return_value=httpx.Response(200, json={"issuer": "https://evil.example"}))
     respx_mock.get(OPENID_URL).mock(return_value=httpx.Response(404))
@@ -707,7 +710,7 @@ def test_missing_token_is_401_even_when_the_issuer_is_down(client: TestClient, i
 # -- lifespan, prefetch, status -----------------------------------------------------------------------
 
 
-def lifespan_app(clock: FakeClock, events: list[str], **options: Any) -> tuple[Starlette, TokenGuard]:
+def lifespan_app(clock: ManualClock, events: list[str], **options: Any) -> tuple[Starlette, TokenGuard]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         events.append("startup")
@@ -719,7 +722,7 @@ def lifespan_app(clock: FakeClock, events: list[str], **options: Any) -> tuple[S
     return app, guard
 
 
-def test_lifespan_passes_through(idp: Issuer, clock: FakeClock) -> None:
+def test_lifespan_passes_through(idp: Issuer, clock: ManualClock) -> None:
     """The app's own startup and shutdown run under the guard."""
     events: list[str] = []
     _, guard = lifespan_app(clock, events)
@@ -730,7 +733,7 @@ def test_lifespan_passes_through(idp: Issuer, clock: FakeClock) -> None:
     assert idp.jwks_calls == 0  # no prefetch unless asked
 
 
-def test_prefetch_warms_the_jwks_at_startup(idp: Issuer, clock: FakeClock) -> None:
+def test_prefetch_warms_the_jwks_at_startup(idp: Issuer, clock: ManualClock) -> None:
     """``prefetch=True`` fetches metadata and JWKS during startup, before the first request."""
     events: list[str] = []
     _, guard = lifespan_app(clock, events, prefetch=True)
@@ -744,7 +747,7 @@ def test_prefetch_warms_the_jwks_at_startup(idp: Issuer, clock: FakeClock) -> No
 
 
 def test_prefetch_with_the_issuer_down_still_starts(
-    idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter
+    idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
     """A failed prefetch is logged; the app starts, is not ready, and token requests get 503."""
     take_issuer_down(idp, respx_mock)
@@ -757,7 +760,7 @@ def test_prefetch_with_the_issuer_down_still_starts(
         assert client.get("/me", headers=bearer(idp.token())).status_code == 503
 
 
-def test_status_snapshot(idp: Issuer, clock: FakeClock) -> None:
+def test_status_snapshot(idp: Issuer, clock: ManualClock) -> None:
     """status() reports the issuer, the keys known and the caches; ready() follows the keys."""
     _, guard = lifespan_app(clock, [])
     before = guard.status()
@@ -773,7 +776,7 @@ def test_status_snapshot(idp: Issuer, clock: FakeClock) -> None:
     json.dumps(after)  # a health endpoint can serve it as is
 
 
-def test_guard_can_wrap_an_app_directly(idp: Issuer, clock: FakeClock) -> None:
+def test_guard_can_wrap_an_app_directly(idp: Issuer, clock: ManualClock) -> None:
     """``TokenGuard(app, ...)`` without add_middleware reads the wrapped app's routes."""
     _, guard = lifespan_app(clock, [])
     client = TestClient(guard)
@@ -781,7 +784,7 @@ def test_guard_can_wrap_an_app_directly(idp: Issuer, clock: FakeClock) -> None:
     assert client.get("/photos", headers=bearer(idp.token(scope="x"))).status_code == 403
 
 
-def test_guard_finds_routes_through_other_middleware(idp: Issuer, clock: FakeClock) -> None:
+def test_guard_finds_routes_through_other_middleware(idp: Issuer, clock: ManualClock) -> None:
     """A guard wrapping another middleware still reads the routes of the app below it."""
     inner = Starlette(routes=ROUTES)
     wrapped = CORSMiddleware(inner, allow_origins=["https://app.example"])
@@ -790,7 +793,7 @@ def test_guard_finds_routes_through_other_middleware(idp: Issuer, clock: FakeClo
     assert client.get("/photos", headers=bearer(idp.token(scope="x"))).status_code == 403
 
 
-def test_scope_carries_the_guard(idp: Issuer, clock: FakeClock) -> None:
+def test_scope_carries_the_guard(idp: Issuer, clock: ManualClock) -> None:
     """The guard puts itself in the scope so adapters (FastAPI dependencies) find its realm."""
     seen: dict[str, Any] = {}
 

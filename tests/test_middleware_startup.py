@@ -11,9 +11,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import Rule, TokenGuard, public, require_scopes, sensitive
 from tokenguard.routing import declared_requirements
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -44,7 +45,7 @@ def test_declared_requirements_finds_marks_inside_mounts() -> None:
 
 
 def test_sensitive_route_without_credentials_is_logged_at_startup(
-    caplog: pytest.LogCaptureFixture, idp: Issuer, clock: FakeClock
+    caplog: pytest.LogCaptureFixture, idp: Issuer, clock: ManualClock
 ) -> None:
     """No client credentials + a @sensitive route: an error names the missing setting at startup."""
     with caplog.at_level(logging.ERROR, logger="tokenguard"), TestClient(_app(clock=clock)):
@@ -53,7 +54,7 @@ def test_sensitive_route_without_credentials_is_logged_at_startup(
 
 
 def test_sensitive_rule_without_credentials_is_logged_at_startup(
-    caplog: pytest.LogCaptureFixture, idp: Issuer, clock: FakeClock
+    caplog: pytest.LogCaptureFixture, idp: Issuer, clock: ManualClock
 ) -> None:
     """A sensitive Rule counts as a sensitive route for the startup check."""
     app = Starlette(routes=[Route("/health", health)])
@@ -64,7 +65,7 @@ def test_sensitive_rule_without_credentials_is_logged_at_startup(
 
 
 def test_configured_credentials_log_nothing_at_startup(
-    caplog: pytest.LogCaptureFixture, idp: Issuer, clock: FakeClock
+    caplog: pytest.LogCaptureFixture, idp: Issuer, clock: ManualClock
 ) -> None:
     """With credentials and an advertised endpoint, startup (with prefetch) logs no error."""
     app = _app(clock=clock, client_id="api", client_secret="secret", prefetch=True)
@@ -81,7 +82,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-def test_ready_warms_the_keys_in_the_background(idp: Issuer, clock: FakeClock) -> None:
+def test_ready_warms_the_keys_in_the_background(idp: Issuer, clock: ManualClock) -> None:
     """ready() is false on a cold cache but starts a fetch, so the next call is true."""
     app = Starlette(routes=[Route("/ready", ready)])
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
@@ -94,7 +95,7 @@ def test_ready_warms_the_keys_in_the_background(idp: Issuer, clock: FakeClock) -
     assert idp.jwks_calls == 1
 
 
-def test_ready_turns_false_after_the_stale_period(idp: Issuer, clock: FakeClock) -> None:
+def test_ready_turns_false_after_the_stale_period(idp: Issuer, clock: ManualClock) -> None:
     """Keys older than the stale period with the issuer down: not ready (and no 500)."""
     app = Starlette(routes=[Route("/ready", ready)])
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, prefetch=True)

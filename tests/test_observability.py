@@ -1,7 +1,7 @@
 """Token-safe logging and readiness, end to end through real guarded apps.
 
 Every failure path is driven through a real Starlette app: real signed JWTs and opaque tokens, the
-issuer's metadata, JWKS and RFC 7662 endpoint served through respx, time moved by a ``FakeClock``.
+issuer's metadata, JWKS and RFC 7662 endpoint served through respx, time moved by a ``ManualClock``.
 Two proofs about logs: tokenguard's own records never hold a token and carry the structured ``tg_``
 fields; and ``TokenRedactingFilter`` on a handler keeps every token out of what the process writes,
 including uvicorn's access log (``uvicorn.logging.AccessFormatter``, its default format, records made
@@ -33,11 +33,12 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import AccessFormatter
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from conftest import AUDIENCE, ISSUER, T0, FakeClock, Issuer, private_key
+from conftest import AUDIENCE, ISSUER, T0, Issuer, private_key
 from test_introspection import CLIENT_ID, CLIENT_SECRET, IntrospectionEndpoint
 from tokenguard import TokenGuard, public, require_scopes, sensitive
 from tokenguard.events import DecisionEvent, subject_hash
 from tokenguard.redaction import REDACTED, TokenRedactingFilter
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -78,7 +79,7 @@ ROUTES = [
 ]
 
 
-def make_app(clock: FakeClock, **options: Any) -> Starlette:
+def make_app(clock: ManualClock, **options: Any) -> Starlette:
     app = Starlette(routes=ROUTES)
     settings: dict[str, Any] = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **options}
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **settings)
@@ -86,7 +87,7 @@ def make_app(clock: FakeClock, **options: Any) -> Starlette:
 
 
 @pytest.fixture
-def endpoint(respx_mock: respx.MockRouter, clock: FakeClock, idp: Issuer) -> IntrospectionEndpoint:
+def endpoint(respx_mock: respx.MockRouter, clock: ManualClock, idp: Issuer) -> IntrospectionEndpoint:
     return IntrospectionEndpoint(respx_mock, clock)
 
 
@@ -196,7 +197,7 @@ def tokenguard_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
 @pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name)
 def test_tokenguards_own_records_hold_no_token_and_carry_structured_fields(
     path: FailurePath,
-    clock: FakeClock,
+    clock: ManualClock,
     idp: Issuer,
     endpoint: IntrospectionEndpoint,
     caplog: pytest.LogCaptureFixture,
@@ -300,7 +301,7 @@ def sinks() -> Iterator[tuple[io.StringIO, io.StringIO]]:
 
 
 def test_the_filter_keeps_every_token_out_of_every_log_line(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint, sinks: tuple[io.StringIO, io.StringIO]
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, sinks: tuple[io.StringIO, io.StringIO]
 ) -> None:
     """Every failure path, a token in the query string and in an exception: the unfiltered output leaks
     them all (the control), the filtered one none, and uvicorn's access lines still come out whole."""
@@ -352,7 +353,7 @@ def health_of(client: TestClient, *, attempts: int = 3) -> httpx.Response:
     return response
 
 
-def test_health_endpoint_follows_the_keys_through_an_outage_and_back(clock: FakeClock, idp: Issuer) -> None:
+def test_health_endpoint_follows_the_keys_through_an_outage_and_back(clock: ManualClock, idp: Issuer) -> None:
     """Warm after prefetch; past max-age with the issuer down: stale but ready, last good fetch kept;
     the issuer back: fresh again with a new fetch time. Every stage is served as JSON."""
     with TestClient(make_app(clock, prefetch=True)) as client:
@@ -380,7 +381,7 @@ def test_health_endpoint_follows_the_keys_through_an_outage_and_back(clock: Fake
         assert (jwks["fresh"], jwks["stale"], jwks["last_fetch"]) == (True, False, T0 + 3601 + 120)
 
 
-def test_a_failed_prefetch_becomes_ready_once_the_issuer_answers(clock: FakeClock, idp: Issuer) -> None:
+def test_a_failed_prefetch_becomes_ready_once_the_issuer_answers(clock: ManualClock, idp: Issuer) -> None:
     """The issuer down at startup: 503 with a cold snapshot (no keys, no fetch); once it answers and
     the retry delay has passed, the health endpoint itself warms the keys and turns 200."""
     idp.down = True
@@ -396,7 +397,7 @@ def test_a_failed_prefetch_becomes_ready_once_the_issuer_answers(clock: FakeCloc
         assert client.get("/health").json()["status"]["jwks"]["last_fetch"] == T0 + 120
 
 
-def test_the_health_endpoint_is_public_and_reported_as_such(clock: FakeClock, idp: Issuer) -> None:
+def test_the_health_endpoint_is_public_and_reported_as_such(clock: ManualClock, idp: Issuer) -> None:
     """No token needed for /health, even with the issuer down; its decision is "public", not a refusal."""
     seen: list[DecisionEvent] = []
     idp.down = True
@@ -409,7 +410,7 @@ def test_the_health_endpoint_is_public_and_reported_as_such(clock: FakeClock, id
     ]
 
 
-def test_a_fastapi_health_endpoint_reads_the_guard_from_the_scope(clock: FakeClock, idp: Issuer) -> None:
+def test_a_fastapi_health_endpoint_reads_the_guard_from_the_scope(clock: ManualClock, idp: Issuer) -> None:
     """FastAPI: ``request.scope["tokenguard"]`` gives the guard; prefetch makes it ready before any request."""
     app = FastAPI()
 
@@ -433,7 +434,7 @@ def test_a_fastapi_health_endpoint_reads_the_guard_from_the_scope(clock: FakeClo
     assert idp.jwks_calls == 1
 
 
-def test_a_metrics_endpoint_serves_the_snapshot(clock: FakeClock, idp: Issuer) -> None:
+def test_a_metrics_endpoint_serves_the_snapshot(clock: ManualClock, idp: Issuer) -> None:
     """``metrics_snapshot()`` is plain JSON an endpoint can serve; it counts what came before it."""
 
     @public

@@ -3,7 +3,7 @@ down, serves garbage, or rotates keys mid-outage (DESIGN.md §2.4, §3; RFC 7662
 
 The issuer is ``DrillIssuer``: its metadata, JWKS and RFC 7662 endpoint are served through respx and
 switch, per endpoint, between up, down (ConnectError), slow (httpx.ReadTimeout), 500 and garbage. Time
-is the injected FakeClock, moved in steps; nothing sleeps. The rule under test everywhere: a valid token
+is the injected ManualClock, moved in steps; nothing sleeps. The rule under test everywhere: a valid token
 is never refused with 401 because the issuer is in trouble — ordinary routes keep working on cached keys,
 and what cannot be checked is a 503 with Retry-After.
 """
@@ -33,12 +33,11 @@ from conftest import (
     JWKS_URL,
     METADATA_URL,
     OPENID_URL,
-    FakeClock,
     Issuer,
-    SigningKey,
     private_key,
 )
 from tokenguard import TokenGuard, require_scopes, sensitive
+from tokenguard.testing import ManualClock, SigningKey
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -59,7 +58,7 @@ class DrillIssuer:
 
     ENDPOINTS = ("metadata", "jwks", "introspection")
 
-    def __init__(self, router: respx.MockRouter, clock: FakeClock) -> None:
+    def __init__(self, router: respx.MockRouter, clock: ManualClock) -> None:
         self.signer = Issuer(clock)
         self.modes: dict[str, Mode] = dict.fromkeys(self.ENDPOINTS, "up")
         self.garbage: httpx.Response = httpx.Response(200, text="<html><body>Maintenance</body></html>")
@@ -116,7 +115,7 @@ async def transfer(request: Request) -> JSONResponse:
 
 
 @contextmanager
-def guarded(clock: FakeClock, **options: Any) -> Iterator[TestClient]:
+def guarded(clock: ManualClock, **options: Any) -> Iterator[TestClient]:
     """The app under drill: /photos validated locally, /transfers introspected, one TestClient (one loop)."""
     app = Starlette(routes=[Route("/photos", photos), Route("/transfers", transfer, methods=["POST"])])
     settings: dict[str, Any] = {
@@ -134,7 +133,7 @@ def guarded(clock: FakeClock, **options: Any) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def issuer(respx_mock: respx.MockRouter, clock: FakeClock) -> DrillIssuer:
+def issuer(respx_mock: respx.MockRouter, clock: ManualClock) -> DrillIssuer:
     return DrillIssuer(respx_mock, clock)
 
 
@@ -165,7 +164,7 @@ def assert_unavailable(response: httpx.Response) -> int:
 # -- the drills ------------------------------------------------------------------------------------------
 
 
-def test_issuer_down_for_an_hour_with_a_warm_cache(clock: FakeClock, issuer: DrillIssuer) -> None:
+def test_issuer_down_for_an_hour_with_a_warm_cache(clock: ManualClock, issuer: DrillIssuer) -> None:
     """Down for an hour (past the JWKS max-age): ordinary routes 200 at every minute, sensitive 503 + Retry-After."""
     with guarded(clock) as client:
         assert_ok(ordinary(client, issuer.token()))
@@ -187,7 +186,7 @@ def test_issuer_down_for_an_hour_with_a_warm_cache(clock: FakeClock, issuer: Dri
     assert issuer.calls["jwks"] <= 1 + 75
 
 
-def test_issuer_flapping_never_turns_a_valid_token_into_a_401(clock: FakeClock, issuer: DrillIssuer) -> None:
+def test_issuer_flapping_never_turns_a_valid_token_into_a_401(clock: ManualClock, issuer: DrillIssuer) -> None:
     """Up and down alternating each step for 300 steps: never a 401; ordinary always 200; sensitive 200 or 503."""
     issuer.jwks_max_age = 300  # short max-age: many refreshes land on a down step
     with guarded(clock) as client:
@@ -211,7 +210,7 @@ def test_issuer_flapping_never_turns_a_valid_token_into_a_401(clock: FakeClock, 
     assert issuer.calls["jwks"] > 10
 
 
-def test_slow_issuer_is_bounded_by_the_introspection_timeout(clock: FakeClock, issuer: DrillIssuer) -> None:
+def test_slow_issuer_is_bounded_by_the_introspection_timeout(clock: ManualClock, issuer: DrillIssuer) -> None:
     """A hanging introspection endpoint: 503 + Retry-After, its timeout option passed, the breaker ends the pile-up."""
     with guarded(clock, breaker_threshold=5, breaker_cooldown=10.0) as client:
         assert_ok(ordinary(client, issuer.token()))
@@ -228,7 +227,7 @@ def test_slow_issuer_is_bounded_by_the_introspection_timeout(clock: FakeClock, i
         assert issuer.calls["introspection"] == 6
 
 
-def test_slow_issuer_on_a_cold_cache_is_bounded_by_the_http_timeout(clock: FakeClock, issuer: DrillIssuer) -> None:
+def test_slow_issuer_on_a_cold_cache_is_bounded_by_the_http_timeout(clock: ManualClock, issuer: DrillIssuer) -> None:
     """A hanging JWKS endpoint, nothing cached: 503 + Retry-After, http_timeout passed; a warm cache shrugs it off."""
     issuer.set("slow", "jwks")
     with guarded(clock) as client:
@@ -246,7 +245,7 @@ def test_slow_issuer_on_a_cold_cache_is_bounded_by_the_http_timeout(clock: FakeC
 
 
 @pytest.mark.parametrize("mode", ["down", "slow", "500", "garbage"])
-def test_introspection_failing_in_each_mode_fails_closed(clock: FakeClock, issuer: DrillIssuer, mode: Mode) -> None:
+def test_introspection_failing_in_each_mode_fails_closed(clock: ManualClock, issuer: DrillIssuer, mode: Mode) -> None:
     """Introspection down, slow, 500 or garbage: sensitive 503 + Retry-After (never 401), ordinary 200; then back."""
     with guarded(clock) as client:
         assert_ok(sensitive_call(client, issuer.token()), source="introspection")
@@ -275,7 +274,7 @@ GARBAGE: dict[str, httpx.Response] = {
 
 
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
-def test_jwks_replaced_by_garbage_keeps_the_old_keys(clock: FakeClock, issuer: DrillIssuer, kind: str) -> None:
+def test_jwks_replaced_by_garbage_keeps_the_old_keys(clock: ManualClock, issuer: DrillIssuer, kind: str) -> None:
     """A garbage JWKS never empties the cache: old-key tokens stay 200; an unknown kid is 503, not 401."""
     with guarded(clock) as client:
         assert_ok(ordinary(client, issuer.token("rsa-1")))
@@ -287,7 +286,7 @@ def test_jwks_replaced_by_garbage_keeps_the_old_keys(clock: FakeClock, issuer: D
                 assert_ok(ordinary(client, issuer.token(kid)))
         assert issuer.calls["jwks"] > 1  # the garbage was fetched, and refused
         # A key the garbage might have been hiding: the guard cannot know, so 503, not 401.
-        issuer.signer.keys.append(SigningKey("rsa-2", "RS256", private_key("rsa", 1)))
+        issuer.signer.keys.append(SigningKey("RS256", private_key("rsa", 1), kid="rsa-2"))
         assert_unavailable(ordinary(client, issuer.token("rsa-2")))
         issuer.set("up", "jwks")
         clock.advance(61)  # past the retry backoff and the unknown-kid cool-down
@@ -295,12 +294,12 @@ def test_jwks_replaced_by_garbage_keeps_the_old_keys(clock: FakeClock, issuer: D
         assert_ok(ordinary(client, issuer.token("rsa-1")))
 
 
-def test_key_rotation_during_an_outage(clock: FakeClock, issuer: DrillIssuer) -> None:
+def test_key_rotation_during_an_outage(clock: ManualClock, issuer: DrillIssuer) -> None:
     """Rotation while down: old-key tokens keep working, the new kid is 503 (not 401) until the issuer is back."""
     with guarded(clock) as client:
         assert_ok(ordinary(client, issuer.token("rsa-1")))
         issuer.set("down")
-        issuer.signer.keys.insert(0, SigningKey("rsa-2", "RS256", private_key("rsa", 1)))  # the new signing key
+        issuer.signer.keys.insert(0, SigningKey("RS256", private_key("rsa", 1), kid="rsa-2"))  # the new signing key
         for _ in range(10):
             clock.advance(45)
             assert_ok(ordinary(client, issuer.token("rsa-1")))
@@ -320,7 +319,7 @@ def test_key_rotation_during_an_outage(clock: FakeClock, issuer: DrillIssuer) ->
         assert response.json()["error"] == "invalid_token"
 
 
-def test_recovery_after_the_stale_period_ends(clock: FakeClock, issuer: DrillIssuer) -> None:
+def test_recovery_after_the_stale_period_ends(clock: ManualClock, issuer: DrillIssuer) -> None:
     """Keys serve for max-age + stale period only; then 503 + Retry-After (never 401) until the issuer returns."""
     issuer.jwks_max_age = 300
     with guarded(clock, jwks_stale_ttl=600) as client:
@@ -340,7 +339,7 @@ def test_recovery_after_the_stale_period_ends(clock: FakeClock, issuer: DrillIss
         assert_ok(sensitive_call(client, issuer.token()), source="introspection")
 
 
-def test_issuer_down_at_startup_then_back(clock: FakeClock, issuer: DrillIssuer) -> None:
+def test_issuer_down_at_startup_then_back(clock: ManualClock, issuer: DrillIssuer) -> None:
     """Cold cache and a dead issuer: 503 + Retry-After on every route (never 401); served once it is back."""
     issuer.set("down")
     with guarded(clock) as client:

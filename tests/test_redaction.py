@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import AccessFormatter, DefaultFormatter
 
-from conftest import FakeClock, Issuer
+from conftest import T0, Issuer
 from tokenguard.redaction import REDACTED, TokenRedactingFilter, redact
+from tokenguard.testing import ManualClock
 
-ISSUER = Issuer(FakeClock())
+ISSUER = Issuer(ManualClock(T0))
 JWT = ISSUER.token()
 EC_JWT = ISSUER.token("ec-1")
 ACCESS_FORMAT = LOGGING_CONFIG["formatters"]["access"]["fmt"]

@@ -17,8 +17,9 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import Rule, TokenGuard, public, require_scopes
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -42,7 +43,7 @@ async def admin_asgi(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @pytest.mark.parametrize("default", ["authenticated", "public"])
-def test_a_guard_around_a_mounted_app_reads_that_apps_routes(idp: Issuer, clock: FakeClock, default: str) -> None:
+def test_a_guard_around_a_mounted_app_reads_that_apps_routes(idp: Issuer, clock: ManualClock, default: str) -> None:
     """TokenGuard(sub_app) mounted in a parent: the sub-app's marks decide, never the parent's catch-all."""
     api = Starlette(routes=[Route("/users", delete_all)])
     guarded = TokenGuard(api, issuer=ISSUER, audience=AUDIENCE, clock=clock, default=default)  # type: ignore[arg-type]
@@ -54,7 +55,7 @@ def test_a_guard_around_a_mounted_app_reads_that_apps_routes(idp: Issuer, clock:
         assert client.get("/elsewhere").text == "index.html"
 
 
-def test_marks_on_a_partial_endpoint_are_read(idp: Issuer, clock: FakeClock) -> None:
+def test_marks_on_a_partial_endpoint_are_read(idp: Issuer, clock: ManualClock) -> None:
     """functools.partial(endpoint): Starlette runs the marked function inside, so its marks apply."""
 
     @require_scopes("admin")
@@ -68,7 +69,7 @@ def test_marks_on_a_partial_endpoint_are_read(idp: Issuer, clock: FakeClock) -> 
         assert client.get("/remove", headers=bearer(idp.token(scope="admin"))).status_code == 200
 
 
-def test_marks_on_a_partial_fastapi_endpoint_are_read(idp: Issuer, clock: FakeClock) -> None:
+def test_marks_on_a_partial_fastapi_endpoint_are_read(idp: Issuer, clock: ManualClock) -> None:
     """FastAPI add_api_route with a partial: @require_scopes still applies."""
 
     @require_scopes("admin")
@@ -83,7 +84,7 @@ def test_marks_on_a_partial_fastapi_endpoint_are_read(idp: Issuer, clock: FakeCl
         assert client.delete("/remove", headers=bearer(idp.token(scope="admin"))).status_code == 200
 
 
-def _rule_guarded(clock: FakeClock, **options: object) -> Starlette:
+def _rule_guarded(clock: ManualClock, **options: object) -> Starlette:
     sub = Starlette(routes=[Mount("/admin", app=admin_asgi)])
     sub.add_middleware(
         TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, rules=[Rule("/admin", scopes="admin")], **options
@@ -91,7 +92,7 @@ def _rule_guarded(clock: FakeClock, **options: object) -> Starlette:
     return sub
 
 
-def test_rules_match_the_path_below_a_mount(idp: Issuer, clock: FakeClock) -> None:
+def test_rules_match_the_path_below_a_mount(idp: Issuer, clock: ManualClock) -> None:
     """A guarded app mounted under /v1: Rule("/admin") still covers /v1/admin/..."""
     parent = Starlette(routes=[Mount("/v1", app=_rule_guarded(clock))])
     with TestClient(parent) as client:
@@ -103,13 +104,13 @@ def test_rules_match_the_path_below_a_mount(idp: Issuer, clock: FakeClock) -> No
 
 
 @pytest.mark.parametrize("path", ["/admin/users", "/api/admin/users"], ids=["path-without-prefix", "uvicorn-style"])
-def test_rules_match_behind_a_root_path(idp: Issuer, clock: FakeClock, path: str) -> None:
+def test_rules_match_behind_a_root_path(idp: Issuer, clock: ManualClock, path: str) -> None:
     """Served with --root-path /api: the rule matches the route path, with or without the prefix in path."""
     with TestClient(_rule_guarded(clock), root_path="/api") as client:
         assert client.get(path, headers=bearer(idp.token(scope="read"))).status_code == 403
 
 
-def test_a_get_rule_covers_head(idp: Issuer, clock: FakeClock) -> None:
+def test_a_get_rule_covers_head(idp: Issuer, clock: ManualClock) -> None:
     """Rule(methods="GET") covers HEAD too: Starlette answers HEAD with the GET endpoint."""
     assert Rule("/x", methods="GET").methods == {"GET", "HEAD"}
     app = Starlette(routes=[Mount("/admin", app=admin_asgi)])
@@ -126,7 +127,7 @@ def test_a_get_rule_covers_head(idp: Issuer, clock: FakeClock) -> None:
         assert client.head("/admin/users", headers=bearer(idp.token(scope="read"))).status_code == 403
 
 
-def test_long_anonymous_paths_are_not_memoised(clock: FakeClock, idp: Issuer) -> None:
+def test_long_anonymous_paths_are_not_memoised(clock: ManualClock, idp: Issuer) -> None:
     """Paths and Host headers past the cap are decided afresh: the route cache never holds them."""
 
     async def anything(request: Request) -> PlainTextResponse:
@@ -152,7 +153,7 @@ def _middleware_instances(app: Starlette) -> list[object]:
 
 @pytest.mark.parametrize("wrap", [lambda app: app, lambda app: functools.partial(app)], ids=["asgi-app", "partial"])
 def test_a_faked_preflight_never_reaches_an_asgi_app_endpoint_anonymously(
-    idp: Issuer, clock: FakeClock, wrap: object
+    idp: Issuer, clock: ManualClock, wrap: object
 ) -> None:
     """Route("/rpc", endpoint=<ASGI app>) answers every method itself: a preflight keeps the route's policy."""
     ran: list[str] = []

@@ -1,5 +1,5 @@
 """@sensitive routes end to end: real Starlette and FastAPI apps guarded by TokenGuard, real signed
-JWTs, the issuer's metadata, JWKS and RFC 7662 endpoint served by respx, time moved by a FakeClock."""
+JWTs, the issuer's metadata, JWKS and RFC 7662 endpoint served by respx, time moved by a ManualClock."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from conftest import AUDIENCE, ISSUER, JWKS_URL, T0, FakeClock, Issuer, private_key
+from conftest import AUDIENCE, ISSUER, JWKS_URL, T0, Issuer, private_key
 from test_introspection import CLIENT_ID, CLIENT_SECRET, FAILURES, IntrospectionEndpoint, opaque
 from tokenguard import Rule, TokenGuard, public, require_scopes, sensitive
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -36,7 +37,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def endpoint(respx_mock: respx.MockRouter, clock: FakeClock, idp: Issuer) -> IntrospectionEndpoint:
+def endpoint(respx_mock: respx.MockRouter, clock: ManualClock, idp: Issuer) -> IntrospectionEndpoint:
     return IntrospectionEndpoint(respx_mock, clock)
 
 
@@ -85,14 +86,14 @@ def starlette_routes() -> Starlette:
     )
 
 
-def starlette_app(clock: FakeClock, **options: Any) -> Starlette:
+def starlette_app(clock: ManualClock, **options: Any) -> Starlette:
     app = starlette_routes()
     rules = [Rule("/admin", sensitive=True, scopes=["write:transfers"])]
     app.add_middleware(TokenGuard, **{**GUARD, "clock": clock, "rules": rules, **options})
     return app
 
 
-def fastapi_app(clock: FakeClock, **options: Any) -> FastAPI:
+def fastapi_app(clock: ManualClock, **options: Any) -> FastAPI:
     api = FastAPI()
 
     @api.post("/transfers")
@@ -146,7 +147,7 @@ def error_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.mark.parametrize(("factory", "path"), APPS)
 def test_sensitive_route_is_decided_by_introspection(
-    factory: AppFactory, path: str, clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    factory: AppFactory, path: str, clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """Both decorator orders, Starlette and FastAPI, and rules=[...]: the answer decides source and scopes."""
     token = idp.token(scope="read:photos write:transfers")
@@ -160,7 +161,7 @@ def test_sensitive_route_is_decided_by_introspection(
 
 @pytest.mark.parametrize(("factory", "path"), APPS)
 def test_revoked_token_is_refused_on_every_kind_of_sensitive_route(
-    factory: AppFactory, path: str, clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    factory: AppFactory, path: str, clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """A locally valid JWT the issuer no longer knows is 401 invalid_token on each sensitive route."""
     token = idp.token(scope="read:photos write:transfers")
@@ -172,7 +173,7 @@ def test_revoked_token_is_refused_on_every_kind_of_sensitive_route(
 
 
 def test_ordinary_route_does_not_introspect_a_jwt(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """Undecorated-for-sensitivity routes decide locally: source "jwt", no call, even if revoked."""
     with TestClient(starlette_app(clock)) as client:
@@ -210,7 +211,7 @@ def test_ordinary_route_does_not_introspect_a_jwt(
     ],
 )
 def test_unacceptable_answers_are_401_invalid_token(
-    answer: dict[str, Any], clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    answer: dict[str, Any], clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """Anything but an active, current access token for this issuer and audience is a 401 challenge."""
     token = transfer_token(idp, endpoint, **answer)
@@ -222,7 +223,7 @@ def test_unacceptable_answers_are_401_invalid_token(
 
 
 def test_missing_aud_is_accepted_with_the_relaxing_option(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """introspection_requires_aud=False lets an issuer that omits aud through."""
     token = transfer_token(idp, endpoint, aud=None)
@@ -232,7 +233,7 @@ def test_missing_aud_is_accepted_with_the_relaxing_option(
         assert client.post("/transfers", headers=auth(wrong)).status_code == 401
 
 
-def test_missing_scope_in_the_answer_is_403(clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
+def test_missing_scope_in_the_answer_is_403(clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
     """The answer's scopes are checked against the route: 403 insufficient_scope naming the one needed."""
     token = transfer_token(idp, endpoint, scope="read:photos")
     with TestClient(starlette_app(clock)) as client:
@@ -243,7 +244,7 @@ def test_missing_scope_in_the_answer_is_403(clock: FakeClock, idp: Issuer, endpo
 
 
 def test_forged_jwt_on_sensitive_route_gets_401_without_a_call(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """A JWT signed by a stranger's key is refused locally: 401, and the issuer is never asked."""
     forged = idp.token(key=private_key("rsa", 1), scope="write:transfers")
@@ -256,7 +257,7 @@ def test_forged_jwt_on_sensitive_route_gets_401_without_a_call(
 
 
 def test_opaque_token_is_introspected_on_an_ordinary_route(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """An opaque token is not a JWT: with an endpoint and credentials it is introspected anywhere."""
     token = opaque()
@@ -271,7 +272,7 @@ def test_opaque_token_is_introspected_on_an_ordinary_route(
 
 
 def test_revocation_takes_effect_once_the_cache_entry_expires(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """A revoked token keeps working from the cache for under 30 s, then is refused."""
     token = transfer_token(idp, endpoint)
@@ -286,7 +287,7 @@ def test_revocation_takes_effect_once_the_cache_entry_expires(
     assert endpoint.calls == 2
 
 
-def test_cache_ttl_zero_checks_every_request(clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
+def test_cache_ttl_zero_checks_every_request(clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint) -> None:
     """introspection_cache_ttl=0: a revocation is seen by the very next request."""
     token = transfer_token(idp, endpoint)
     with TestClient(starlette_app(clock, introspection_cache_ttl=0)) as client:
@@ -298,7 +299,7 @@ def test_cache_ttl_zero_checks_every_request(clock: FakeClock, idp: Issuer, endp
 
 @pytest.mark.anyio
 async def test_concurrent_requests_with_one_token_make_one_call(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """100 concurrent requests through ASGI carrying one token share a single upstream call."""
     guard = TokenGuard(starlette_routes(), **GUARD, clock=clock)
@@ -325,7 +326,7 @@ async def test_concurrent_requests_with_one_token_make_one_call(
 def test_introspection_failures_are_503_with_retry_after(
     failure: httpx.Response | type[Exception],
     cause: str,
-    clock: FakeClock,
+    clock: ManualClock,
     idp: Issuer,
     endpoint: IntrospectionEndpoint,
     caplog: pytest.LogCaptureFixture,
@@ -348,7 +349,7 @@ def test_introspection_failures_are_503_with_retry_after(
 
 
 def test_breaker_opens_after_five_failures_and_recovers_after_the_cooldown(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """5 failures open the breaker; the 6th request makes no call and waits out the cool-down; a probe closes it."""
     token = transfer_token(idp, endpoint)
@@ -372,7 +373,7 @@ def test_breaker_opens_after_five_failures_and_recovers_after_the_cooldown(
 
 
 def test_ordinary_routes_keep_answering_while_introspection_is_down(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint
 ) -> None:
     """With the introspection endpoint dead and the breaker open, JWT routes still answer 200."""
     token = transfer_token(idp, endpoint)
@@ -391,7 +392,7 @@ def test_ordinary_routes_keep_answering_while_introspection_is_down(
 
 
 def test_sensitive_route_without_credentials_is_503_naming_the_setting(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No client_id/client_secret: a clear 503 and an error log naming them, never a 500."""
     caplog.set_level(logging.ERROR, logger="tokenguard")
@@ -407,7 +408,7 @@ def test_sensitive_route_without_credentials_is_503_naming_the_setting(
 
 
 def test_sensitive_route_without_an_endpoint_is_503_naming_the_setting(
-    clock: FakeClock,
+    clock: ManualClock,
     idp: Issuer,
     endpoint: IntrospectionEndpoint,
     caplog: pytest.LogCaptureFixture,
@@ -429,7 +430,7 @@ def test_sensitive_route_without_an_endpoint_is_503_naming_the_setting(
 
 
 def test_the_token_never_appears_in_logs_or_responses(
-    clock: FakeClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Through 200, 401, 403 and 503 answers, no log record, response or status snapshot holds a token."""
     caplog.set_level(logging.DEBUG)

@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, Issuer
 from tokenguard import TokenGuard, sensitive
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -33,7 +34,7 @@ async def transfer(request: Request) -> JSONResponse:
     return JSONResponse({"sub": request.user.identity})
 
 
-def _client(clock: FakeClock) -> TestClient:
+def _client(clock: ManualClock) -> TestClient:
     app = Starlette(routes=[Route("/me", me), Route("/transfer", transfer)])
     app.add_middleware(
         TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, client_id="api", client_secret="secret"
@@ -55,7 +56,7 @@ ACCEPTED: list[dict[str, Any]] = [{}, {"typ": "Bearer"}, {"token_use": "access"}
 
 
 @pytest.mark.parametrize("claims", REFUSED, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_jwts_marked_as_another_kind_are_refused(idp: Issuer, clock: FakeClock, claims: dict[str, Any]) -> None:
+def test_jwts_marked_as_another_kind_are_refused(idp: Issuer, clock: ManualClock, claims: dict[str, Any]) -> None:
     """A signed JWT for this audience that says it is an ID/refresh/logout token gets 401 invalid_token."""
     with _client(clock) as client:
         response = client.get("/me", headers={"Authorization": f"Bearer {idp.token(**claims)}"})
@@ -64,7 +65,7 @@ def test_jwts_marked_as_another_kind_are_refused(idp: Issuer, clock: FakeClock, 
 
 
 @pytest.mark.parametrize("claims", ACCEPTED, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
-def test_access_token_markers_are_accepted(idp: Issuer, clock: FakeClock, claims: dict[str, Any]) -> None:
+def test_access_token_markers_are_accepted(idp: Issuer, clock: ManualClock, claims: dict[str, Any]) -> None:
     """Keycloak's typ "Bearer" and Cognito's token_use "access" are access tokens."""
     with _client(clock) as client:
         assert client.get("/me", headers={"Authorization": f"Bearer {idp.token(**claims)}"}).status_code == 200
@@ -72,7 +73,7 @@ def test_access_token_markers_are_accepted(idp: Issuer, clock: FakeClock, claims
 
 @pytest.mark.parametrize("claims", REFUSED, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_introspection_answers_marked_as_another_kind_are_refused(
-    idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter, claims: dict[str, Any]
+    idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter, claims: dict[str, Any]
 ) -> None:
     """An issuer calling a refresh token "active" (Keycloak does) does not make it an access token."""
     answer = {"active": True, "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": clock() + 300, **claims}
@@ -91,7 +92,7 @@ def test_introspection_answers_marked_as_another_kind_are_refused(
     ],
 )
 def test_sender_constrained_tokens_are_not_bearer_tokens(
-    idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter, cnf: dict[str, str]
+    idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter, cnf: dict[str, str]
 ) -> None:
     """RFC 9449 §7.2 / RFC 8705 §3: a DPoP- or mTLS-bound token presented as Bearer is refused (JWT, introspection)."""
     answer = {"active": True, "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": clock() + 300, "cnf": cnf}
@@ -109,7 +110,7 @@ def test_sender_constrained_tokens_are_not_bearer_tokens(
     ids=["cnf-jwk", "cnf-kid", "token_use-list"],
 )
 def test_other_bindings_and_malformed_markers_are_refused(
-    idp: Issuer, clock: FakeClock, claims: dict[str, Any]
+    idp: Issuer, clock: ManualClock, claims: dict[str, Any]
 ) -> None:
     """RFC 7800 §3.1: any confirmation key binds the token; a non-string token_use is not "access"."""
     with _client(clock) as client:

@@ -13,8 +13,9 @@ from starlette.routing import Mount, WebSocketRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import TokenGuard, public, require_scopes
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -83,14 +84,14 @@ ROUTES = [
 ]
 
 
-def make_app(clock: FakeClock, **options: Any) -> Starlette:
+def make_app(clock: ManualClock, **options: Any) -> Starlette:
     app = Starlette(routes=ROUTES)
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
     return app
 
 
 @pytest.fixture
-def client(idp: Issuer, clock: FakeClock) -> TestClient:
+def client(idp: Issuer, clock: ManualClock) -> TestClient:
     return TestClient(make_app(clock))
 
 
@@ -103,7 +104,7 @@ def denial(client: TestClient, path: str, headers: dict[str, str] | None = None)
 # -- through Starlette's TestClient (it advertises websocket.http.response) ---------------------------------
 
 
-def test_testclient_advertises_the_denial_extension(idp: Issuer, clock: FakeClock) -> None:
+def test_testclient_advertises_the_denial_extension(idp: Issuer, clock: ManualClock) -> None:
     """Starlette's TestClient offers ``websocket.http.response``, so refusals arrive as HTTP responses."""
     seen: dict[str, Any] = {}
 
@@ -182,7 +183,7 @@ def test_unmatched_socket_path_gets_the_default(client: TestClient, idp: Issuer)
     assert denial(client, "/nowhere").status_code == 401
 
 
-def test_fastapi_websocket_route(idp: Issuer, clock: FakeClock) -> None:
+def test_fastapi_websocket_route(idp: Issuer, clock: ManualClock) -> None:
     """FastAPI websocket routes take marks in either order."""
     app = FastAPI()
 
@@ -243,7 +244,7 @@ async def drive_websocket(
 
 
 @pytest.mark.anyio
-async def test_raw_refusal_without_the_extension_closes_with_1008(idp: Issuer, clock: FakeClock) -> None:
+async def test_raw_refusal_without_the_extension_closes_with_1008(idp: Issuer, clock: ManualClock) -> None:
     """A server without ``websocket.http.response``: the socket is closed with 1008 and never accepted."""
     sent = await drive_websocket(make_app(clock), path="/chat", headers=[], extensions={})
     assert [message["type"] for message in sent] == ["websocket.close"]
@@ -252,7 +253,7 @@ async def test_raw_refusal_without_the_extension_closes_with_1008(idp: Issuer, c
 
 
 @pytest.mark.anyio
-async def test_raw_refusal_with_the_extension_sends_the_http_answer(idp: Issuer, clock: FakeClock) -> None:
+async def test_raw_refusal_with_the_extension_sends_the_http_answer(idp: Issuer, clock: ManualClock) -> None:
     """A server with ``websocket.http.response`` gets the same 403 answer as HTTP, before any accept."""
     headers = [(b"authorization", f"Bearer {idp.token(scope='x')}".encode())]
     extensions = {"websocket.http.response": {}}
@@ -265,7 +266,7 @@ async def test_raw_refusal_with_the_extension_sends_the_http_answer(idp: Issuer,
 
 
 @pytest.mark.anyio
-async def test_raw_bad_header_on_socket_is_refused_not_crashed(idp: Issuer, clock: FakeClock) -> None:
+async def test_raw_bad_header_on_socket_is_refused_not_crashed(idp: Issuer, clock: ManualClock) -> None:
     """A malformed Authorization header on a socket is refused (1008), never an exception."""
     headers = [(b"authorization", b"Bearer \xff\x00"), (b"authorization", b"Bearer x")]
     sent = await drive_websocket(make_app(clock), path="/ws", headers=headers, extensions={})
@@ -273,14 +274,14 @@ async def test_raw_bad_header_on_socket_is_refused_not_crashed(idp: Issuer, cloc
 
 
 @pytest.mark.anyio
-async def test_raw_client_gone_before_connect_gets_nothing(idp: Issuer, clock: FakeClock) -> None:
+async def test_raw_client_gone_before_connect_gets_nothing(idp: Issuer, clock: ManualClock) -> None:
     """If the client disconnects before the connect event, the guard sends nothing at all."""
     sent = await drive_websocket(make_app(clock), path="/ws", headers=[], extensions={}, first="disconnect")
     assert sent == []
 
 
 @pytest.mark.anyio
-async def test_raw_accepted_socket(idp: Issuer, clock: FakeClock) -> None:
+async def test_raw_accepted_socket(idp: Issuer, clock: ManualClock) -> None:
     """With a valid token the app accepts and sees the identity (raw server, no extension)."""
     headers = [(b"authorization", f"Bearer {idp.token(scope='chat')}".encode())]
     sent = await drive_websocket(make_app(clock), path="/chat", headers=headers, extensions={})
@@ -288,7 +289,7 @@ async def test_raw_accepted_socket(idp: Issuer, clock: FakeClock) -> None:
     assert json.loads(sent[1]["text"])["identity"] == "alice"
 
 
-def test_refused_socket_never_runs_the_endpoint(idp: Issuer, clock: FakeClock) -> None:
+def test_refused_socket_never_runs_the_endpoint(idp: Issuer, clock: ManualClock) -> None:
     """The endpoint of a refused socket is never called (nothing is accepted behind the guard's back)."""
     calls: list[str] = []
 

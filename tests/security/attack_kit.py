@@ -32,8 +32,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer, b64url, private_key
+from conftest import AUDIENCE, ISSUER, Issuer, b64url, private_key
 from tokenguard import TokenGuard, require_scopes
+from tokenguard.testing import ManualClock
 
 REALM = AUDIENCE  # the default realm is the first audience
 ATTACKER = "https://attacker.example"
@@ -194,7 +195,7 @@ class Target:
 
 
 @contextmanager
-def attack_target(clock: FakeClock, **options: Any) -> Iterator[Target]:
+def attack_target(clock: ManualClock, **options: Any) -> Iterator[Target]:
     """A Starlette app with /me (any valid token), /photos (read:photos) and /admin (admin), guarded."""
     app = Starlette(routes=[Route("/me", me), Route("/photos", photos), Route("/admin", admin)])
     app.add_middleware(TokenGuard, **{"issuer": ISSUER, "audience": AUDIENCE, "clock": clock, **options})

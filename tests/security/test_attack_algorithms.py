@@ -21,8 +21,9 @@ from attack_kit import (
 )
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import FakeClock, Issuer, b64url, private_key
+from conftest import Issuer, b64url, private_key
 from tokenguard.config import DEFAULT_ALGORITHMS
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -37,7 +38,9 @@ P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
     [("", "malformed_token"), ("real", "disallowed_alg"), ("junk", "disallowed_alg")],
     ids=["unsigned", "with-real-signature", "with-junk-signature"],
 )
-def test_alg_none_in_every_casing_is_refused(idp: Issuer, clock: FakeClock, alg: str, signature: str, why: str) -> None:
+def test_alg_none_in_every_casing_is_refused(
+    idp: Issuer, clock: ManualClock, alg: str, signature: str, why: str
+) -> None:
     """RFC 8725 §2.1/§3.1 (alg "none" class, e.g. CVE-2018-1000531): "none" in any casing is never accepted."""
     head, body = segment(header(alg=alg)), segment(idp.claims())
     sig = {"": "", "real": signed(idp, header(), idp.claims()).split(".")[2], "junk": b64url(b"\x00" * 32)}[signature]
@@ -49,7 +52,7 @@ def test_alg_none_in_every_casing_is_refused(idp: Issuer, clock: FakeClock, alg:
 @pytest.mark.parametrize("encoding", ["pem", "pem-no-newline", "pkcs1-pem", "der", "der-newline"])
 @pytest.mark.parametrize("kid", ["rsa-1", None], ids=["kid", "no-kid"])
 def test_hs256_keyed_with_the_rsa_public_key_is_refused(
-    idp: Issuer, clock: FakeClock, encoding: str, kid: str | None
+    idp: Issuer, clock: ManualClock, encoding: str, kid: str | None
 ) -> None:
     """RFC 8725 §2.1, CVE-2015-9235 / CVE-2022-29217 class: HS256 "signed" with the public key is refused."""
     key = {
@@ -71,9 +74,11 @@ def test_hs256_keyed_with_the_rsa_public_key_is_refused(
 
 
 @pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512", "RS384", "RS512"])
-def test_rsa_key_published_for_rs256_is_not_used_with_another_rsa_alg(idp: Issuer, clock: FakeClock, alg: str) -> None:
+def test_rsa_key_published_for_rs256_is_not_used_with_another_rsa_alg(
+    idp: Issuer, clock: ManualClock, alg: str
+) -> None:
     """RFC 8725 §3.1 / RFC 7517 §4.4: a JWK with alg RS256 verifies RS256 only, not PS*/RS384 with the same key."""
-    idp.key("rsa-1").jwk_extra = {"alg": "RS256"}
+    idp.republish("rsa-1", alg="RS256")
     with attack_target(clock) as target:
         assert_refused(target, target.get(idp.token("rsa-1", alg=alg)), 401, "invalid_token", "key_mismatch")
         assert_ok(target, target.get(idp.token("rsa-1")))
@@ -83,7 +88,7 @@ def test_rsa_key_published_for_rs256_is_not_used_with_another_rsa_alg(idp: Issue
     ("alg", "key_kind"),
     [("RS256", "rsa"), ("PS256", "rsa"), ("RS512", "rsa"), ("ES384", "ec384"), ("EdDSA", "ed25519")],
 )
-def test_ec_kid_with_an_rsa_or_other_alg_is_refused(idp: Issuer, clock: FakeClock, alg: str, key_kind: str) -> None:
+def test_ec_kid_with_an_rsa_or_other_alg_is_refused(idp: Issuer, clock: ManualClock, alg: str, key_kind: str) -> None:
     """RFC 8725 §3.1 (alg/key confusion): the EC P-256 key named by kid never verifies RS*/PS*/ES384/EdDSA."""
     with attack_target(clock) as target:
         token = idp.token("ec-1", alg=alg, key=private_key(key_kind))
@@ -101,7 +106,7 @@ def _raw_ecdsa(r: int, s: int) -> bytes:
     ids=["r=s=0", "r=s=n", "r=0", "s=0", "short-zeros"],
 )
 @pytest.mark.parametrize("kid", ["ec-1", None], ids=["kid", "no-kid"])
-def test_ecdsa_psychic_signature_is_refused(idp: Issuer, clock: FakeClock, signature: bytes, kid: str | None) -> None:
+def test_ecdsa_psychic_signature_is_refused(idp: Issuer, clock: ManualClock, signature: bytes, kid: str | None) -> None:
     """CVE-2022-21449 ("psychic signatures", RFC 8725 §3.3): an ES256 signature with r or s 0 (or n) never verifies."""
     head, body = segment(header(alg="ES256", kid=kid)), segment(idp.claims())
     with attack_target(clock) as target:
@@ -110,7 +115,7 @@ def test_ecdsa_psychic_signature_is_refused(idp: Issuer, clock: FakeClock, signa
         assert_ok(target, target.get(idp.token("ec-1")))
 
 
-def test_ecdsa_signature_from_another_p256_key_is_refused(idp: Issuer, clock: FakeClock) -> None:
+def test_ecdsa_signature_from_another_p256_key_is_refused(idp: Issuer, clock: ManualClock) -> None:
     """RFC 8725 §3.3: a well-formed ES256 signature by a key the issuer does not publish fails under kid ec-1."""
     attacker = ec.generate_private_key(ec.SECP256R1())
     token = sign_segments(segment(header(alg="ES256", kid="ec-1")), segment(idp.claims()), attacker, "ES256")
@@ -123,7 +128,7 @@ def test_ecdsa_signature_from_another_p256_key_is_refused(idp: Issuer, clock: Fa
     [("{h}.{p}.", "malformed_token"), ("{h}.{p}", "unsupported_token"), ("{h}.{p}..", "unsupported_token")],
     ids=["empty-signature", "two-segments", "empty-fourth-segment"],
 )
-def test_signature_stripping_is_refused(idp: Issuer, clock: FakeClock, shape: str, why: str) -> None:
+def test_signature_stripping_is_refused(idp: Issuer, clock: ManualClock, shape: str, why: str) -> None:
     """RFC 8725 §2.1, §3.3 / RFC 7515 §5.2: a JWS with its signature removed (empty or missing segment): 401."""
     head, body, _ = idp.token().split(".")
     stripped = shape.format(h=head, p=body)
@@ -143,7 +148,7 @@ def test_signature_stripping_is_refused(idp: Issuer, clock: FakeClock, shape: st
     ],
 )
 def test_algorithm_downgrade_outside_the_configured_list_is_refused(
-    idp: Issuer, clock: FakeClock, alg: str, kid: str, key_kind: str
+    idp: Issuer, clock: ManualClock, alg: str, kid: str, key_kind: str
 ) -> None:
     """RFC 8725 §3.1: with algorithms=["ES256"], tokens under any other alg (even the issuer's RS256) are refused."""
     with attack_target(clock, algorithms=["ES256"]) as target:

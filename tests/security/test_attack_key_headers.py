@@ -17,7 +17,8 @@ import respx
 from attack_kit import ATTACKER, assert_ok, assert_refused, attack_target, attacker_certificate, header, signed
 from jwt.algorithms import RSAAlgorithm
 
-from conftest import FakeClock, Issuer, private_key
+from conftest import Issuer, private_key
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -55,7 +56,7 @@ def serve_attacker(router: respx.MockRouter) -> list[respx.Route]:
     ids=["attacker-kid", "issuer-kid", "no-kid"],
 )
 def test_key_url_and_embedded_key_headers_are_never_followed(
-    idp: Issuer, clock: FakeClock, respx_mock: respx.MockRouter, member: str, kid: str | None, why: str
+    idp: Issuer, clock: ManualClock, respx_mock: respx.MockRouter, member: str, kid: str | None, why: str
 ) -> None:
     """RFC 8725 §3.10: jku/x5u/x5c/jwk naming the attacker's key are ignored: no request to it, 401."""
     attacker_routes = serve_attacker(respx_mock)
@@ -88,7 +89,7 @@ HOSTILE_KIDS = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_KIDS))
-def test_hostile_kid_names_no_key(idp: Issuer, clock: FakeClock, name: str) -> None:
+def test_hostile_kid_names_no_key(idp: Issuer, clock: ManualClock, name: str) -> None:
     """RFC 8725 §3.10: a kid is a lookup key, never a path or query; hostile kids find no key (401, one refetch)."""
     token = signed(idp, header(kid=HOSTILE_KIDS[name]), idp.claims())
     with attack_target(clock) as target:
@@ -112,7 +113,7 @@ def test_hostile_kid_names_no_key(idp: Issuer, clock: FakeClock, name: str) -> N
     ],
     ids=["unknown-extension", "registered-name", "b64-false", "b64-true", "empty-list", "not-a-list", "null"],
 )
-def test_unknown_crit_is_refused(idp: Issuer, clock: FakeClock, extra: dict[str, Any]) -> None:
+def test_unknown_crit_is_refused(idp: Issuer, clock: ManualClock, extra: dict[str, Any]) -> None:
     """RFC 7515 §4.1.11 (RFC 8725 §3.10 class): any "crit" names an extension we do not understand: 401."""
     head = {**header(), **extra}
     with attack_target(clock) as target:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from attack_kit import assert_ok, assert_refused, attack_target, claims_text, header, segment, sign_segments, signed
 
-from conftest import FakeClock, Issuer, b64url
+from conftest import Issuer, b64url
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -62,7 +63,7 @@ SEGMENTS = ["header", "payload", "signature"]
     [(0, 2), (0, 3), (1, 2), (1, 3), (2, 2)],
     ids=["header-2", "header-3", "payload-2", "payload-3", "signature-2"],
 )
-def test_non_zero_trailing_bits_are_refused(idp: Issuer, clock: FakeClock, index: int, remainder: int) -> None:
+def test_non_zero_trailing_bits_are_refused(idp: Issuer, clock: ManualClock, index: int, remainder: int) -> None:
     """RFC 7515 §2 / RFC 4648 §3.5 (parser differential, RFC 8725 §2.6 class): non-zero unused bits: malformed."""
     parts = _with_length(idp, index, remainder)
     disguised = list(parts)
@@ -73,7 +74,7 @@ def test_non_zero_trailing_bits_are_refused(idp: Issuer, clock: FakeClock, index
 
 
 @pytest.mark.parametrize("index", [0, 1, 2], ids=SEGMENTS)
-def test_padding_is_refused(idp: Issuer, clock: FakeClock, index: int) -> None:
+def test_padding_is_refused(idp: Issuer, clock: ManualClock, index: int) -> None:
     """RFC 7515 §2 (base64url without padding) / RFC 6750 §2.1 (b64token: '=' only at the end): padding is refused."""
     parts = _with_length(idp, index, 2)
     padded = list(parts)
@@ -90,7 +91,7 @@ def test_padding_is_refused(idp: Issuer, clock: FakeClock, index: int) -> None:
 
 
 @pytest.mark.parametrize("index", [0, 1, 2], ids=SEGMENTS)
-def test_standard_base64_alphabet_is_refused(idp: Issuer, clock: FakeClock, index: int) -> None:
+def test_standard_base64_alphabet_is_refused(idp: Issuer, clock: ManualClock, index: int) -> None:
     """RFC 7515 §2 (RFC 8725 §2.6 class): a segment re-encoded with '+' and '/' (standard base64) is malformed."""
     parts = _std_alphabet(idp, index)
     disguised = list(parts)
@@ -119,7 +120,7 @@ def test_standard_base64_alphabet_is_refused(idp: Issuer, clock: FakeClock, inde
     ids=repr,
 )
 def test_json_that_is_not_an_object_is_refused(
-    idp: Issuer, clock: FakeClock, head: str | None, body: str | None
+    idp: Issuer, clock: ManualClock, head: str | None, body: str | None
 ) -> None:
     """RFC 7515 §5.2 step 3-4 / RFC 7519 §7.2 step 10: a header or claims set that is not a JSON object is malformed."""
     head_text = head if head is not None else json.dumps(header())
@@ -146,7 +147,7 @@ def test_json_that_is_not_an_object_is_refused(
 )
 @pytest.mark.parametrize("first", [True, False], ids=["duplicate-first", "duplicate-last"])
 def test_duplicate_member_names_are_refused(
-    idp: Issuer, clock: FakeClock, where: str, duplicate: str, first: bool
+    idp: Issuer, clock: ManualClock, where: str, duplicate: str, first: bool
 ) -> None:
     """RFC 7515 §4 / RFC 7519 §4 (RFC 8725 §2.6 class): duplicate names are refused, never "last one wins"."""
     base = json.dumps(header()) if where == "header" else json.dumps(idp.claims())
@@ -162,7 +163,7 @@ def test_duplicate_member_names_are_refused(
     [('"1800000300"', "bad_claim"), ('"1.8e9"', "bad_claim"), ("true", "bad_claim"), ("[1800000300]", "bad_claim")],
     ids=["string", "string-exponent", "boolean", "list"],
 )
-def test_numbers_as_strings_are_refused(idp: Issuer, clock: FakeClock, name: str, raw: str, why: str) -> None:
+def test_numbers_as_strings_are_refused(idp: Issuer, clock: ManualClock, name: str, raw: str, why: str) -> None:
     """RFC 7519 §2 NumericDate / RFC 8725 §3.10: exp, nbf and iat must be JSON numbers; "1800000300" is refused."""
     with attack_target(clock) as target:
         token = signed(idp, header(), claims_text(idp, **{name: raw}))
@@ -188,7 +189,7 @@ def test_numbers_as_strings_are_refused(idp: Issuer, clock: FakeClock, name: str
     ids=lambda value: value[:12] if isinstance(value, str) else repr(value),
 )
 def test_huge_numbers_are_refused_or_compared_without_a_crash(
-    idp: Issuer, clock: FakeClock, name: str, raw: str, status: int, why: str | None
+    idp: Issuer, clock: ManualClock, name: str, raw: str, status: int, why: str | None
 ) -> None:
     """RFC 7493 §2.2 (I-JSON) / RFC 8725 §3.10: overflowing numbers are refused where read, and never crash."""
     token = signed(idp, header(), claims_text(idp, **{name: raw}))
@@ -221,7 +222,7 @@ def test_huge_numbers_are_refused_or_compared_without_a_crash(
         "header-33-objects",
     ],
 )
-def test_deeply_nested_json_is_refused(idp: Issuer, clock: FakeClock, where: str, nesting: str) -> None:
+def test_deeply_nested_json_is_refused(idp: Issuer, clock: ManualClock, where: str, nesting: str) -> None:
     """RFC 8725 §3.10 / RFC 8259 §9 (nesting limit; DoS class): over 32 levels is malformed, on any Python."""
     if where == "claims":
         head_text, body_text = json.dumps(header()), claims_text(idp)[:-1] + ', "x": ' + nesting + "}"
@@ -248,7 +249,7 @@ def _token_of_length(idp: Issuer, length: int) -> str:
     raise AssertionError(f"no token of {length} characters")  # pragma: no cover
 
 
-def test_tokens_over_the_size_cap_are_refused(idp: Issuer, clock: FakeClock) -> None:
+def test_tokens_over_the_size_cap_are_refused(idp: Issuer, clock: ManualClock) -> None:
     """RFC 8725 §3.10 (DoS class): a token over 16 KiB is 401 token_too_large before parsing; 16 KiB passes."""
     at_cap = _token_of_length(idp, MAX_TOKEN_BYTES)
     over_cap = _token_of_length(idp, MAX_TOKEN_BYTES + 1)
@@ -262,7 +263,7 @@ def test_tokens_over_the_size_cap_are_refused(idp: Issuer, clock: FakeClock) -> 
         assert idp.jwks_calls == calls
 
 
-def test_disguised_payload_segment_cannot_replay_a_signature(idp: Issuer, clock: FakeClock) -> None:
+def test_disguised_payload_segment_cannot_replay_a_signature(idp: Issuer, clock: ManualClock) -> None:
     """RFC 7515 §5.2 / RFC 8725 §3.3: the signature covers the encoded segments; re-encoding the payload breaks it."""
     token = idp.token()
     head, body, signature = token.split(".")

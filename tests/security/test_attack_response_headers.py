@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 from attack_kit import WHY, Target, assert_refused, attack_target, challenge_params, core_params, header, signed
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
 from tokenguard import TokenGuard
 from tokenguard.errors import ConfigurationError
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -72,7 +73,7 @@ HOSTILE = 'x", error="none", error_description="ok\r\nSet-Cookie: session=evil\r
         ("scope", None),
     ],
 )
-def test_token_contents_never_reach_the_challenge(idp: Issuer, clock: FakeClock, where: str, why: str | None) -> None:
+def test_token_contents_never_reach_the_challenge(idp: Issuer, clock: ManualClock, where: str, why: str | None) -> None:
     """RFC 6750 §3 (challenge injection): quotes, '\\' and CR/LF in token members are never copied into the header."""
     head, claims = header(), idp.claims()
     if where in head:
@@ -109,7 +110,7 @@ def test_token_contents_never_reach_the_challenge(idp: Issuer, clock: FakeClock,
     ],
     ids=["quote", "backslash", "crlf", "lf", "fake-params"],
 )
-def test_authorization_value_with_injection_is_invalid_request(clock: FakeClock, value: str) -> None:
+def test_authorization_value_with_injection_is_invalid_request(clock: ManualClock, value: str) -> None:
     """RFC 6750 §2.1 (b64token) / §3.1: quotes and CR/LF in the credentials are a 400 with a one-line challenge."""
     with attack_target(clock) as target:
         response = target.get(authorization=value)

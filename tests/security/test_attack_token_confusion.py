@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from attack_kit import assert_ok, assert_refused, attack_target, core_params, header, segment, sign_segments, signed
 
-from conftest import AUDIENCE, ISSUER, FakeClock, Issuer, b64url, private_key
+from conftest import AUDIENCE, ISSUER, Issuer, b64url, private_key
+from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
@@ -26,7 +27,7 @@ CLIENT_ID = "photos-app"
     "typ",
     ["dpop+jwt", "application/dpop+jwt", "secevent+jwt", "logout+jwt", "application/logout+jwt", "JOSE", "jwt+at", ""],
 )
-def test_jwt_of_another_kind_is_refused_by_typ(idp: Issuer, clock: FakeClock, typ: str) -> None:
+def test_jwt_of_another_kind_is_refused_by_typ(idp: Issuer, clock: ManualClock, typ: str) -> None:
     """RFC 8725 §3.11 / RFC 9068 §4 (cross-JWT confusion): a DPoP proof, SET or logout token is not an access token."""
     token = signed(idp, header(typ=typ), idp.claims())  # PyJWT would drop an empty typ: build the header as is
     with attack_target(clock) as target:
@@ -40,7 +41,7 @@ def _at_hash(access_token: str) -> str:
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict-rfc9068"])
-def test_id_token_presented_as_an_access_token_is_refused(idp: Issuer, clock: FakeClock, strict: bool) -> None:
+def test_id_token_presented_as_an_access_token_is_refused(idp: Issuer, clock: ManualClock, strict: bool) -> None:
     """RFC 8725 §2.7, §2.8 / RFC 9068 §4 (substitution): an OpenID ID token (typ JWT, aud = client id) is refused."""
     access_token = idp.token()
     id_token = idp.token(
@@ -73,7 +74,7 @@ def test_id_token_presented_as_an_access_token_is_refused(idp: Issuer, clock: Fa
     ],
     ids=repr,
 )
-def test_token_for_another_audience_from_the_same_issuer_is_refused(idp: Issuer, clock: FakeClock, aud: Any) -> None:
+def test_token_for_another_audience_from_the_same_issuer_is_refused(idp: Issuer, clock: ManualClock, aud: Any) -> None:
     """RFC 8725 §3.9 / RFC 7519 §4.1.3: the issuer's genuine token for another API is refused (no prefix/case games)."""
     with attack_target(clock) as target:
         assert_refused(target, target.get(idp.token(aud=aud)), 401, "invalid_token", "wrong_audience")
@@ -100,7 +101,9 @@ def test_token_for_another_audience_from_the_same_issuer_is_refused(idp: Issuer,
         "suffix",
     ],
 )
-def test_token_from_another_issuer_is_refused(idp: Issuer, clock: FakeClock, iss: str, key_slot: int, why: str) -> None:
+def test_token_from_another_issuer_is_refused(
+    idp: Issuer, clock: ManualClock, iss: str, key_slot: int, why: str
+) -> None:
     """RFC 8725 §3.8 (issuer confusion): another issuer's token under our kid, or our key with a foreign iss: 401."""
     token = idp.token("rsa-1", key=private_key("rsa", key_slot), iss=iss)
     with attack_target(clock) as target:
@@ -110,7 +113,7 @@ def test_token_from_another_issuer_is_refused(idp: Issuer, clock: FakeClock, iss
         assert_ok(target, target.get(idp.token()))
 
 
-def test_expired_token_with_a_future_nbf_is_refused(idp: Issuer, clock: FakeClock) -> None:
+def test_expired_token_with_a_future_nbf_is_refused(idp: Issuer, clock: ManualClock) -> None:
     """RFC 7519 §4.1.4/§4.1.5 (RFC 8725 §3.3): an expired token, re-dated or re-signed with a future nbf, is refused."""
     original = idp.token()
     clock.advance(3600)  # the token expired 55 minutes ago
@@ -144,7 +147,7 @@ def test_expired_token_with_a_future_nbf_is_refused(idp: Issuer, clock: FakeCloc
     ids=["jwe-rsa-oaep", "jwe-dir", "jws-header", "none-header"],
 )
 @pytest.mark.parametrize("shape", ["{h}.a2V5.aXY.Y2lwaGVydGV4dA.dGFn", "{h}..aXY.Y2lwaGVydGV4dA.dGFn", "{h}.a.b.c.d.e"])
-def test_jwe_shaped_token_is_refused(idp: Issuer, clock: FakeClock, jose_header: dict[str, Any], shape: str) -> None:
+def test_jwe_shaped_token_is_refused(idp: Issuer, clock: ManualClock, jose_header: dict[str, Any], shape: str) -> None:
     """RFC 8725 §2.3 (encryption without signature): a 5-part (JWE) or other multi-part JOSE object is refused."""
     token = shape.format(h=segment(jose_header))
     with attack_target(clock) as target:
@@ -152,7 +155,7 @@ def test_jwe_shaped_token_is_refused(idp: Issuer, clock: FakeClock, jose_header:
         assert idp.jwks_calls == 0
 
 
-def test_scope_escalation_in_a_forged_token_is_401_not_403(idp: Issuer, clock: FakeClock) -> None:
+def test_scope_escalation_in_a_forged_token_is_401_not_403(idp: Issuer, clock: ManualClock) -> None:
     """RFC 8725 §3.3 (validate before use): a forged token claiming "admin" is 401; scopes of a valid token give 403."""
     forged = sign_segments(segment(header()), segment(idp.claims(scope="admin")), private_key("rsa", 1), "RS256")
     with attack_target(clock) as target:
