@@ -179,4 +179,3 @@ def idp(clock: ManualClock, respx_mock: respx.MockRouter) -> Issuer:
 
 def now() -> float:
     return time.time()
-

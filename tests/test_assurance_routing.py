@@ -391,7 +391,6 @@ def test_route_trees_too_large_to_fingerprint_are_decided_afresh(idp: Issuer, cl
     assert client.get("/m3/x").status_code == 401
 
 
-
 class RewritePath:
     """A middleware inside the guard that rewrites the path (an alias, a legacy URL): the guard
     predicts for the path it saw, the router runs the rewritten one."""

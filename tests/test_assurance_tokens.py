@@ -433,6 +433,8 @@ _JSON = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(_AWKWARD_TEXT, children, max_size=3),
     max_leaves=6,
 )
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     """As the guard sees it after a JSON round trip: a high+low pair of escapes is one character."""
     try:

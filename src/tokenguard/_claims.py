@@ -130,9 +130,7 @@ def check_token_kind(claims: Mapping[str, Any]) -> None:
     header ``typ`` catches issuers that type their tokens; these markers catch those that do not (an
     ID token whose ``aud`` happens to equal the API's audience would otherwise pass).
     """
-    if not (
-        "typ" in claims or "token_use" in claims or "cnf" in claims or "at_hash" in claims or "c_hash" in claims
-    ):
+    if not ("typ" in claims or "token_use" in claims or "cnf" in claims or "at_hash" in claims or "c_hash" in claims):
         return  # the common case: none of the markers, decided with five lookups
     typ = claims.get("typ")
     use = claims.get("token_use")

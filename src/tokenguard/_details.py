@@ -125,8 +125,6 @@ def authorization_details_of(claims: Mapping[str, Any]) -> tuple[dict[str, Any],
     return tuple(copy.deepcopy(value))
 
 
-
-
 def parse_json_body(data: bytes) -> Any:
     """The request body as JSON for the checks: ``None`` when empty, 400 when it is not strict JSON."""
     if not data.strip():

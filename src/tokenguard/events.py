@@ -180,6 +180,7 @@ def decision_event(
         scopes=tuple(sorted(token.scopes)) if token is not None else (),
     )
 
+
 DecisionHook = Callable[[DecisionEvent], None]
 
 

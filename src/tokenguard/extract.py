@@ -27,7 +27,6 @@ def authorization_values(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     return [value for name, value in headers if name == _AUTHORIZATION or name.lower() == _AUTHORIZATION]
 
 
-
 def bearer_from(values: list[bytes], max_bytes: int) -> str:
     """The bearer token of the request's ``Authorization`` field values, or the RFC 6750 refusal."""
     if not values:

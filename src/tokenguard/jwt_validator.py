@@ -263,9 +263,7 @@ class JWTValidator:
             self._memo_keys, self._memo = keys, {}
         found = self._memo.get((kid, alg))
         if found is None:
-            found = tuple(
-                ((key.kid, key.thumbprint, alg), verifier(alg, key.key)) for key in keys.candidates(kid, alg)
-            )
+            found = tuple(((key.kid, key.thumbprint, alg), verifier(alg, key.key)) for key in keys.candidates(kid, alg))
             if len(self._memo) < 256:  # bounded: kids come from tokens, but only known ones get here
                 self._memo[(kid, alg)] = found
         return found

@@ -222,8 +222,6 @@ def public(func: F) -> F:
     return _mark(func, Requirement(public=True))
 
 
-
-
 def require_auth_level(*, acr_values: str | Iterable[str] = (), max_age: int | None = None) -> Callable[[F], F]:
     """The route needs a token whose ``acr`` is one of ``acr_values`` and/or whose ``auth_time`` is
     at most ``max_age`` seconds old; otherwise 401 ``insufficient_user_authentication`` (RFC 9470).
