@@ -1,4 +1,4 @@
-"""One app driven from several event loops in turn (DESIGN.md §2 "Event loops").
+"""One app driven from several event loops in turn (docs/ARCHITECTURE.md).
 
 Starlette's ``TestClient`` runs a new event loop for each ``with`` block (and for each request made
 outside one); some servers run one loop per thread. HTTP clients, locks and in-flight fetches must

@@ -1,4 +1,4 @@
-"""The public surface (DESIGN.md §1, STYLE.md habit 12): ``tokenguard.__all__`` is pinned, sorted, importable."""
+"""The public surface (README, STYLE.md habit 12): ``tokenguard.__all__`` is pinned, sorted, importable."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_no_other_public_attribute() -> None:
 
 
 def test_the_design_names_have_their_documented_shape() -> None:
-    """The fixed names of DESIGN.md §1: TokenGuard takes the app and keyword-only options."""
+    """The fixed names README documents: TokenGuard takes the app and keyword-only options."""
     parameters = inspect.signature(tokenguard.TokenGuard).parameters
     assert next(iter(parameters)) == "app"
     for option in (

@@ -1,4 +1,4 @@
-"""TokenGuard on FastAPI apps, and ``tokenguard.fastapi``'s dependencies (DESIGN.md §1)."""
+"""TokenGuard on FastAPI apps, and ``tokenguard.fastapi``'s dependencies (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ def _is_number(value: Any) -> bool:
 
 
 def expected_status(head: dict[str, Any], claims: dict[str, Any], signing: tuple[str, str], path: str) -> int | None:
-    """What DESIGN.md §2.3 says a signed token with this header and these claims gets (None: some refusal)."""
+    """What docs/ARCHITECTURE.md says a signed token with this header and these claims gets (None: some refusal)."""
     kid, alg = signing
     now = T0
     if head.get("alg") != alg or alg not in DEFAULT_ALGORITHMS or "crit" in head or head.get("b64", True) is not True:
@@ -373,7 +373,7 @@ def test_fuzzed_token_segments(world: World) -> None:
         check(world, bearer(".".join(parts)), path, expect=None)
 
     run()
-    # The clock stands still: one fetch, then at most one unknown-kid refetch per cool-down (DESIGN.md §3).
+    # The clock stands still: one fetch, then at most one unknown-kid refetch per cool-down (docs/ARCHITECTURE.md).
     assert world.issuer.jwks_calls <= 2
 
 

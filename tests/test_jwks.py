@@ -1,4 +1,4 @@
-"""Discovery (RFC 8414, OpenID) and the JWKS cache (DESIGN.md §3), through real keys, real tokens and respx.
+"""Discovery (RFC 8414, OpenID) and the JWKS cache (docs/ARCHITECTURE.md), through real keys, real tokens and respx.
 
 Time only moves when a test advances the ``ManualClock``; a JWKS fetch that must stay in flight waits on
 an ``asyncio.Event`` the test controls, so nothing here sleeps.

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``TokenGuard`` through real Starlette apps (DESIGN.md §1, §2).
+"""End-to-end tests of ``TokenGuard`` through real Starlette apps (docs/ARCHITECTURE.md).
 
 Tokens are signed by conftest's ``Issuer`` with real keys; its metadata and JWKS are served
 through respx; time is the injected ``ManualClock``. Raw ASGI calls are used where a test must

@@ -1,5 +1,5 @@
 """Outage drills: a real Starlette app guarded by TokenGuard while its issuer goes down, flaps, slows
-down, serves garbage, or rotates keys mid-outage (DESIGN.md §2.4, §3; RFC 7662 §4; RFC 9110 §10.2.3).
+down, serves garbage, or rotates keys mid-outage (docs/ARCHITECTURE.md; RFC 7662 §4; RFC 9110 §10.2.3).
 
 The issuer is ``DrillIssuer``: its metadata, JWKS and RFC 7662 endpoint are served through respx and
 switch, per endpoint, between up, down (ConnectError), slow (httpx.ReadTimeout), 500 and garbage. Time

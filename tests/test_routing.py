@@ -1,4 +1,4 @@
-"""Route policy lookup (``routing.py``) through real Starlette and FastAPI apps (DESIGN.md §2.1)."""
+"""Route policy lookup (``routing.py``) through real Starlette and FastAPI apps (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WebSocket scopes get the same policy as HTTP, and are refused before accept (DESIGN.md §2, §4)."""
+"""WebSocket scopes get the same policy as HTTP, and are refused before accept (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

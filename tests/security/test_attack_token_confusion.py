@@ -54,7 +54,7 @@ def test_id_token_presented_as_an_access_token_is_refused(idp: Issuer, clock: Ma
         scope=None,
         client_id=None,
     )
-    # Default: typ "JWT" is allowed (DESIGN.md §2.3), so the audience refuses it; strict mode refuses the typ first.
+    # Default: typ "JWT" is allowed (README, "What is checked"), so the audience refuses it; strict mode refuses typ.
     why = "bad_typ" if strict else "wrong_audience"
     with attack_target(clock, strict_rfc9068=strict) as target:
         assert_refused(target, target.get(id_token, path="/me"), 401, "invalid_token", why)
