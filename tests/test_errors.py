@@ -175,3 +175,40 @@ def test_public_names_are_exported() -> None:
         "UnavailableError",
     ):
         assert getattr(tokenguard, name) is ALL_CLASSES[name]
+
+
+def test_reasons_are_a_closed_typed_set() -> None:
+    """``Reason`` is the closed set: a code outside it is refused when the error is built, and a member
+    compares, hashes and formats as its code (events, logs and metric labels see plain strings)."""
+    from tokenguard.errors import Reason
+
+    with pytest.raises(ValueError, match="no_such_reason"):
+        InvalidToken("no_such_reason")
+    error = InvalidToken("expired", "The access token has expired.")
+    assert error.reason is Reason.EXPIRED
+    assert error.reason == "expired"
+    assert {error.reason: 1}["expired"] == 1
+    assert f"{error.reason}" == "%s" % error.reason == "expired"
+    assert REASONS == {reason.value for reason in Reason}
+
+
+def test_a_details_check_refusal_is_rewrapped_not_edited() -> None:
+    """A check's own 403 counts as an authorization_details refusal through a new error; the check's is untouched."""
+    import asyncio
+
+    from tokenguard._details import DetailsGuard, RequestContext
+    from tokenguard.errors import Reason
+
+    raised = InsufficientScope((), "Only your own account.")
+
+    def check(entry: dict[str, object], request: RequestContext) -> bool:
+        raise raised
+
+    guard = DetailsGuard("payment", check)
+    context = RequestContext(method="POST", path="/pay", token=None)  # type: ignore[arg-type]
+    with pytest.raises(InsufficientScope) as refused:
+        asyncio.run(guard.enforce(({"type": "payment"},), context))
+    assert refused.value is not raised
+    assert refused.value.reason is Reason.INSUFFICIENT_AUTHORIZATION_DETAILS
+    assert refused.value.description == "Only your own account."
+    assert raised.reason is Reason.INSUFFICIENT_SCOPE

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from tokenguard._strictjson import strict_loads
-from tokenguard.errors import AuthError, InsufficientScope, InvalidRequest, InvalidToken
+from tokenguard.errors import AuthError, InsufficientScope, InvalidRequest, InvalidToken, Reason
 from tokenguard.models import AccessToken
 
 logger = logging.getLogger("tokenguard")
@@ -83,8 +83,13 @@ class DetailsGuard:
             if inspect.isawaitable(result):
                 result = await result
         except AuthError as exc:
-            if isinstance(exc, InsufficientScope) and exc.reason == "insufficient_scope":
-                exc.reason = "insufficient_authorization_details"
+            if isinstance(exc, InsufficientScope) and exc.reason == Reason.INSUFFICIENT_SCOPE:
+                # The check's own 403, counted as an authorization_details refusal (a new error: the
+                # check's exception is never edited after it was raised).
+                denied = InsufficientScope(
+                    exc.required, exc.description, reason=Reason.INSUFFICIENT_AUTHORIZATION_DETAILS
+                )
+                raise denied from exc
             raise
         except Exception as exc:
             # A broken check refuses (fail closed, 403), never a 500; the log names the check, not the data.
@@ -97,17 +102,17 @@ class DetailsGuard:
             )
             raise _details_denied(
                 f'The access token\'s authorization_details of type "{self.type}" could not be checked.',
-                reason="authorization_details_check_failed",
+                reason=Reason.AUTHORIZATION_DETAILS_CHECK_FAILED,
             ) from exc
         # Only an explicit True allows: a check that forgets to return (None) refuses.
         return result is True
 
 
-def _details_denied(description: str, *, reason: str = "insufficient_authorization_details") -> InsufficientScope:
+def _details_denied(
+    description: str, *, reason: Reason = Reason.INSUFFICIENT_AUTHORIZATION_DETAILS
+) -> InsufficientScope:
     # RFC 6750 §3.1 insufficient_scope: the token is valid but does not grant this request (RFC 9396 §9).
-    denied = InsufficientScope((), description)
-    denied.reason = reason
-    return denied
+    return InsufficientScope((), description, reason=reason)
 
 
 def authorization_details_of(claims: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:

@@ -21,7 +21,55 @@ No message ever contains a token: descriptions are short fixed sentences.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import Enum
 from typing import Any
+
+
+class Reason(str, Enum):
+    """Why a request was decided as it was: the closed set of reason codes (decision events, logs, metrics).
+
+    A ``str`` subclass, so it compares, hashes, serialises and formats as its code (``"expired"``).
+    An ``AuthError`` built with a code outside this set is a bug and raises ``ValueError`` at once.
+    """
+
+    OK = "ok"
+    PUBLIC = "public"
+    MISSING_TOKEN = "missing_token"
+    MALFORMED_HEADER = "malformed_header"
+    TOKEN_TOO_LARGE = "token_too_large"
+    INVALID_TOKEN = "invalid_token"
+    MALFORMED_TOKEN = "malformed_token"
+    UNSUPPORTED_TOKEN = "unsupported_token"
+    DISALLOWED_ALG = "disallowed_alg"
+    BAD_TYP = "bad_typ"
+    BAD_HEADER = "bad_header"
+    UNKNOWN_KID = "unknown_kid"
+    KEY_MISMATCH = "key_mismatch"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    WRONG_ISSUER = "wrong_issuer"
+    WRONG_AUDIENCE = "wrong_audience"
+    MISSING_CLAIM = "missing_claim"
+    BAD_CLAIM = "bad_claim"
+    NO_IDENTITY = "no_identity"
+    INACTIVE = "inactive"
+    OPAQUE_NOT_SUPPORTED = "opaque_not_supported"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    INSUFFICIENT_USER_AUTHENTICATION = "insufficient_user_authentication"
+    INSUFFICIENT_AUTHORIZATION_DETAILS = "insufficient_authorization_details"
+    AUTHORIZATION_DETAILS_CHECK_FAILED = "authorization_details_check_failed"
+    BAD_REQUEST_BODY = "bad_request_body"
+    ISSUER_UNAVAILABLE = "issuer_unavailable"
+    INTROSPECTION_UNAVAILABLE = "introspection_unavailable"
+    INTERNAL_ERROR = "internal_error"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 class TokenGuardError(Exception):
@@ -29,6 +77,7 @@ class TokenGuardError(Exception):
 
     status_code: int = 500
     error_code: str | None = None
+    #: A ``Reason`` on every refusal (``AuthError``, ``UnavailableError``); "error" on the base class only.
     reason: str = "error"
 
 
@@ -41,20 +90,20 @@ class AuthError(TokenGuardError):
 
     status_code = 401
     error_code: str | None = "invalid_token"
-    reason = "invalid_token"
+    reason = Reason.INVALID_TOKEN
     description = "The access token is invalid."
     #: Set when a valid token was refused by the route (403, step-up): for decision events, never rendered.
     token: Any = None
 
-    def __init__(self, reason: str | None = None, description: str | None = None) -> None:
+    def __init__(self, reason: Reason | str | None = None, description: str | None = None) -> None:
         if reason is not None:
-            self.reason = reason
+            self.reason = Reason(reason)  # a code outside the closed set is a bug: ValueError here
         if description is not None:
             self.description = description
         super().__init__(self.description)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(reason={self.reason!r}, description={self.description!r})"
+        return f"{type(self).__name__}(reason={str(self.reason)!r}, description={self.description!r})"
 
 
 class InvalidRequest(AuthError):
@@ -62,7 +111,7 @@ class InvalidRequest(AuthError):
 
     status_code = 400
     error_code = "invalid_request"
-    reason = "malformed_header"
+    reason = Reason.MALFORMED_HEADER
     description = "The Authorization header is malformed."
 
 
@@ -71,7 +120,7 @@ class MissingToken(AuthError):
 
     status_code = 401
     error_code = None
-    reason = "missing_token"
+    reason = Reason.MISSING_TOKEN
     description = "A bearer access token is required."
 
 
@@ -80,7 +129,7 @@ class InvalidToken(AuthError):
 
     status_code = 401
     error_code = "invalid_token"
-    reason = "invalid_token"
+    reason = Reason.INVALID_TOKEN
     description = "The access token is invalid."
 
 
@@ -89,12 +138,14 @@ class InsufficientScope(AuthError):
 
     status_code = 403
     error_code = "insufficient_scope"
-    reason = "insufficient_scope"
+    reason = Reason.INSUFFICIENT_SCOPE
     description = "The access token does not grant the scope this resource requires."
 
-    def __init__(self, required: Iterable[str], description: str | None = None) -> None:
+    def __init__(
+        self, required: Iterable[str], description: str | None = None, *, reason: Reason | str | None = None
+    ) -> None:
         self.required: tuple[str, ...] = tuple(sorted(required))
-        super().__init__(None, description)
+        super().__init__(reason, description)
 
 
 class InsufficientUserAuthentication(AuthError):
@@ -102,7 +153,7 @@ class InsufficientUserAuthentication(AuthError):
 
     status_code = 401
     error_code = "insufficient_user_authentication"
-    reason = "insufficient_user_authentication"
+    reason = Reason.INSUFFICIENT_USER_AUTHENTICATION
     description = "A stronger or more recent authentication is required."
 
     def __init__(
@@ -122,7 +173,7 @@ class UnavailableError(TokenGuardError):
 
     status_code = 503
     error_code = "temporarily_unavailable"
-    reason = "issuer_unavailable"
+    reason = Reason.ISSUER_UNAVAILABLE
     description = "The access token could not be checked right now; retry later."
 
     def __init__(self, cause: str, retry_after: int = 5) -> None:
@@ -138,49 +189,14 @@ class UnavailableError(TokenGuardError):
 class KeysUnavailable(UnavailableError):
     """503: the issuer's metadata or JWKS could not be fetched and nothing usable is cached."""
 
-    reason = "issuer_unavailable"
+    reason = Reason.ISSUER_UNAVAILABLE
 
 
 class IntrospectionUnavailable(UnavailableError):
     """503: the introspection endpoint failed, timed out, or its circuit breaker is open."""
 
-    reason = "introspection_unavailable"
+    reason = Reason.INTROSPECTION_UNAVAILABLE
 
 
-#: The closed set of reason codes carried by refusals (and by decision events).
-REASONS: frozenset[str] = frozenset(
-    {
-        "ok",
-        "public",
-        "missing_token",
-        "malformed_header",
-        "token_too_large",
-        "invalid_token",
-        "malformed_token",
-        "unsupported_token",
-        "disallowed_alg",
-        "bad_typ",
-        "bad_header",
-        "unknown_kid",
-        "key_mismatch",
-        "bad_signature",
-        "expired",
-        "not_yet_valid",
-        "wrong_issuer",
-        "wrong_audience",
-        "missing_claim",
-        "bad_claim",
-        "no_identity",
-        "inactive",
-        "opaque_not_supported",
-        "insufficient_scope",
-        "insufficient_user_authentication",
-        "insufficient_authorization_details",
-        "authorization_details_check_failed",
-        "bad_request_body",
-        "issuer_unavailable",
-        "introspection_unavailable",
-        "internal_error",
-        "method_not_allowed",
-    }
-)
+#: The closed set of reason codes carried by refusals (and by decision events): the values of ``Reason``.
+REASONS: frozenset[str] = frozenset(reason.value for reason in Reason)
