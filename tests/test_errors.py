@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 
 import pytest
@@ -188,8 +189,9 @@ def test_reasons_are_a_closed_typed_set() -> None:
     assert error.reason is Reason.EXPIRED
     assert error.reason == "expired"
     assert {error.reason: 1}["expired"] == 1
-    assert f"{error.reason}" == "%s" % error.reason == "expired"
-    assert REASONS == {reason.value for reason in Reason}
+    assert f"{error.reason}" == str(error.reason) == "expired"
+    assert logging.getLogRecordFactory()("n", 20, "p", 1, "%s", (error.reason,), None).getMessage() == "expired"
+    assert {reason.value for reason in Reason} == REASONS
 
 
 def test_a_details_check_refusal_is_rewrapped_not_edited() -> None:
