@@ -28,6 +28,7 @@ CORE_LEVELS: dict[str, int] = {
     "tokenguard._lru": 0,
     "tokenguard._flight": 0,
     "tokenguard._signatures": 0,
+    "tokenguard._status": 0,
     "tokenguard.models": 1,
     "tokenguard.config": 1,
     "tokenguard._jose": 1,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from tokenguard._http import HttpClientOption, HttpClientPool
 from tokenguard._jose import classify, parse_jws
+from tokenguard._status import IssuerStatus
 from tokenguard.config import GuardConfig
 from tokenguard.errors import AuthError, IntrospectionUnavailable, InvalidToken, UnavailableError
 from tokenguard.extract import authorization_values, bearer_from, cached_candidate
@@ -164,7 +165,7 @@ class Authenticator(_Pipeline):
     def issuers(self) -> tuple[str, ...]:
         return (self.config.issuer,)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> IssuerStatus:
         """A plain snapshot for health endpoints and metrics."""
         introspector = self.introspector
         return {
@@ -263,17 +264,19 @@ class MultiIssuerAuthenticator(_Pipeline):
         """The keys of every issuer are usable now."""
         return all(authenticator.usable() for authenticator in self.by_issuer.values())
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> IssuerStatus:
         """Per issuer under ``issuers``; the top level sums them (usable only when all are)."""
         per = {issuer: authenticator.status() for issuer, authenticator in self.by_issuer.items()}
         jwks = [status["jwks"] for status in per.values()]
         introspection = [status["introspection"] for status in per.values()]
-        breakers = [item["breaker"] for item in introspection]
+        fetched = [item["last_fetch"] for item in jwks if item["last_fetch"] is not None]
         return {
             "issuer": list(per),
             "issuers": per,
             "jwks": {
                 "keys": sum(item["keys"] for item in jwks),
+                "kids": sorted({kid for item in jwks for kid in item["kids"]}),
+                "last_fetch": max(fetched) if fetched else None,
                 "fresh": all(item["fresh"] for item in jwks),
                 "stale": any(item["stale"] for item in jwks),
                 "usable": all(item["usable"] for item in jwks),
@@ -282,12 +285,15 @@ class MultiIssuerAuthenticator(_Pipeline):
             },
             "verified_cache_entries": sum(status["verified_cache_entries"] for status in per.values()),
             "introspection": {
-                **{name: sum(item[name] for item in introspection) for name in _INTROSPECTION_COUNTS},
-                "breaker": max(breakers, key=lambda state: _BREAKER_SEVERITY.get(state, 0)),
-                "first_sight_breaker": max(
-                    (item["first_sight_breaker"] for item in introspection),
-                    key=lambda state: _BREAKER_SEVERITY.get(state, 0),
-                ),
+                "calls": sum(item["calls"] for item in introspection),
+                "cache_hits": sum(item["cache_hits"] for item in introspection),
+                "cache_misses": sum(item["cache_misses"] for item in introspection),
+                "cache_entries": sum(item["cache_entries"] for item in introspection),
+                "known_tokens": sum(item["known_tokens"] for item in introspection),
+                "first_sight_refused": sum(item["first_sight_refused"] for item in introspection),
+                "first_sight_suspects": sum(item["first_sight_suspects"] for item in introspection),
+                "breaker": _worst(item["breaker"] for item in introspection),
+                "first_sight_breaker": _worst(item["first_sight_breaker"] for item in introspection),
             },
         }
 
@@ -295,12 +301,6 @@ class MultiIssuerAuthenticator(_Pipeline):
         await self.http.aclose()
 
 
-_INTROSPECTION_COUNTS = (
-    "calls",
-    "cache_hits",
-    "cache_misses",
-    "cache_entries",
-    "known_tokens",
-    "first_sight_refused",
-    "first_sight_suspects",
-)
+def _worst(states: Iterable[str]) -> str:
+    """The most severe breaker state of several issuers (open > half-open > closed)."""
+    return max(states, key=lambda state: _BREAKER_SEVERITY.get(state, 0))

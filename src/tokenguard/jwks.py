@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tokenguard._discovery import discover
 from tokenguard._flight import SingleFlight
 from tokenguard._http import FetchError, HttpClientPool, safe_url
+from tokenguard._status import JWKSStatus
 from tokenguard.config import GuardConfig, JWKSOptions
 from tokenguard.errors import InvalidToken, KeysUnavailable
 
@@ -424,7 +425,7 @@ class JWKSCache:
         if due and now >= self._state.retry_at:
             self._start_background_refresh()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JWKSStatus:
         now = self._config.clock()
         fetched = self._state.fetched_at
         return {

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenguard._details import check_details
 from tokenguard._http import HttpClientOption
+from tokenguard._status import GuardStatus
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
 from tokenguard.challenge import Denial, render
 from tokenguard.config import CONFIG_OPTIONS, ClientAuthMethod, DefaultPolicy, guard_configs
@@ -339,13 +340,15 @@ class TokenGuard:
     def issuers(self) -> tuple[str, ...]:
         return tuple(config.issuer for config in self.configs)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GuardStatus:
         """A snapshot for health endpoints: keys known, last fetch, stale or not, caches, breaker."""
-        snapshot = self.authenticator.status()
-        snapshot["route_cache_entries"] = self.resolver.cache_entries
-        snapshot["route_mismatches"] = self.resolver.mismatches
-        snapshot["ready"] = bool(snapshot["jwks"]["usable"])
-        return snapshot
+        status = self.authenticator.status()
+        return GuardStatus(
+            **status,
+            route_cache_entries=self.resolver.cache_entries,
+            route_mismatches=self.resolver.mismatches,
+            ready=status["jwks"]["usable"],
+        )
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """Counters as a plain dict: decisions by outcome and reason, JWKS fetches and failures,
