@@ -26,6 +26,8 @@ from tokenguard.jwt_validator import JWTValidator
 from tokenguard.models import AccessToken
 from tokenguard.policy import Requirement
 
+__all__ = ["Authenticator", "MultiIssuerAuthenticator"]
+
 logger = logging.getLogger("tokenguard")
 
 

@@ -13,6 +13,8 @@ from tokenguard.errors import (
     UnavailableError,
 )
 
+__all__ = ["Denial", "challenge", "render"]
+
 # RFC 6750 §3: error, error_description and scope values exclude '"' and '\'; realm is a
 # quoted-string. Anything outside printable ASCII (CR/LF first of all) is dropped: no header injection.
 # What stays is %x20-21 / %x23-5B / %x5D-7E. Dropped with two C passes (non-ASCII by the encoder, the

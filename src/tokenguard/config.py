@@ -19,6 +19,22 @@ from urllib.parse import urlsplit
 
 from tokenguard.errors import ConfigurationError
 
+__all__ = [
+    "CONFIG_OPTIONS",
+    "DEFAULT_ALGORITHMS",
+    "HMAC_ALGORITHMS",
+    "ClientAuthMethod",
+    "DefaultPolicy",
+    "GuardConfig",
+    "IntrospectionOptions",
+    "JWKSOptions",
+    "check_issuer",
+    "check_url",
+    "guard_configs",
+    "is_loopback_host",
+    "issuer_list",
+]
+
 #: Asymmetric algorithms allowed by default (RFC 8725 §3.1: an explicit allow-list, never ``none``).
 DEFAULT_ALGORITHMS: tuple[str, ...] = (
     "RS256",

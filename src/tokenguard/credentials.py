@@ -10,6 +10,8 @@ from starlette.authentication import AuthCredentials, BaseUser
 
 from tokenguard.models import AccessToken
 
+__all__ = ["TokenCredentials", "TokenUser"]
+
 
 class TokenCredentials(AuthCredentials):
     """``request.auth``: the granted scopes, the claims, and what decided (``"jwt"``/``"introspection"``)."""

@@ -24,6 +24,22 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import Any
 
+__all__ = [
+    "REASONS",
+    "AuthError",
+    "ConfigurationError",
+    "InsufficientScope",
+    "InsufficientUserAuthentication",
+    "IntrospectionUnavailable",
+    "InvalidRequest",
+    "InvalidToken",
+    "KeysUnavailable",
+    "MissingToken",
+    "Reason",
+    "TokenGuardError",
+    "UnavailableError",
+]
+
 
 class Reason(str, Enum):
     """Why a request was decided as it was: the closed set of reason codes (decision events, logs, metrics).

@@ -62,6 +62,19 @@ from typing import Any, Literal
 from tokenguard.errors import REASONS
 from tokenguard.models import AccessToken
 
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "REASON_CODES",
+    "DecisionEvent",
+    "DecisionHook",
+    "Metrics",
+    "Outcome",
+    "decision_event",
+    "emit",
+    "safe_text",
+    "subject_hash",
+]
+
 logger = logging.getLogger("tokenguard")
 
 Outcome = Literal["allow", "deny", "unavailable"]

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 from tokenguard.errors import InvalidRequest, InvalidToken, MissingToken
 
+__all__ = ["authorization_values", "bearer_from", "cached_candidate", "parse_authorization"]
+
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=". Checked as
 # "strip the trailing '=', delete these characters, nothing may remain": one pass in C, no regex
 # backtracking (fullmatch of r"[...]+=*" stepped back over the whole token, one character at a time,

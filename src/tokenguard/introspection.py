@@ -48,6 +48,8 @@ from tokenguard.jwks import IssuerMetadata
 from tokenguard.jwt_validator import token_digest
 from tokenguard.models import AccessToken
 
+__all__ = ["BreakerState", "CircuitBreaker", "FirstSightBudget", "Introspector"]
+
 logger = logging.getLogger("tokenguard")
 
 _MAX_RESPONSE_BYTES = 256 * 1024

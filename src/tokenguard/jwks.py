@@ -33,6 +33,18 @@ from tokenguard._status import JWKSStatus
 from tokenguard.config import GuardConfig, JWKSOptions
 from tokenguard.errors import InvalidToken, KeysUnavailable
 
+__all__ = [
+    "IssuerMetadata",
+    "JWKSCache",
+    "KeyIdentity",
+    "KeySet",
+    "KeysListener",
+    "VerificationKey",
+    "max_age",
+    "parse_jwk",
+    "parse_jwks",
+]
+
 logger = logging.getLogger("tokenguard")
 
 #: The longest wait between attempts against a failing issuer (unless ``retry_after`` is longer):

@@ -34,6 +34,8 @@ from tokenguard.errors import InvalidToken
 from tokenguard.jwks import JWKSCache, KeyIdentity, KeySet
 from tokenguard.models import AccessToken
 
+__all__ = ["JWTValidator", "token_digest"]
+
 _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _RFC9068_TYP = frozenset({"at+jwt", "application/at+jwt"})
 

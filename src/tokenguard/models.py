@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+__all__ = ["AccessToken", "TokenSource"]
+
 TokenSource = Literal["jwt", "introspection"]
 
 

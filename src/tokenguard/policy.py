@@ -27,6 +27,24 @@ from tokenguard.errors import (
 )
 from tokenguard.models import AccessToken
 
+__all__ = [
+    "AUTHENTICATED",
+    "MARK",
+    "PUBLIC",
+    "F",
+    "Requirement",
+    "Rule",
+    "ScopesArg",
+    "first_rule",
+    "public",
+    "require_any_scope",
+    "require_auth_level",
+    "require_authorization_details",
+    "require_scopes",
+    "requirement_of",
+    "sensitive",
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 MARK = "__tokenguard_requirement__"

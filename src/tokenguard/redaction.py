@@ -55,6 +55,8 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+__all__ = ["MAX_REDACTED_CHARS", "REDACTED", "SENSITIVE_KEYS", "TokenRedactingFilter", "redact"]
+
 REDACTED = "[REDACTED]"
 
 # Characters that may belong to a credential: anything but whitespace, quotes and bracketing punctuation

@@ -24,6 +24,17 @@ from tokenguard.errors import ConfigurationError
 if TYPE_CHECKING:
     from tokenguard.policy import Requirement
 
+__all__ = [
+    "CACHE_CONTROL",
+    "WELL_KNOWN_PATH",
+    "ResourceMetadata",
+    "build_resource_metadata",
+    "check_resource",
+    "metadata_url",
+    "resource_identifier",
+    "serve",
+]
+
 logger = logging.getLogger("tokenguard")
 
 #: RFC 9728 §3: the well-known URI suffix.

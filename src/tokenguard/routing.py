@@ -26,6 +26,18 @@ from starlette.routing import Match
 from tokenguard._lru import LRU
 from tokenguard.policy import PUBLIC, Requirement, Rule, first_rule, requirement_of
 
+__all__ = [
+    "DECISION_KEY",
+    "REQUIREMENT_KEY",
+    "Enforcer",
+    "RouteDecision",
+    "RouteResolver",
+    "declared_requirements",
+    "endpoint_requirement",
+    "route_path",
+    "routed_app",
+]
+
 logger = logging.getLogger("tokenguard")
 
 _MAX_DEPTH = 16
