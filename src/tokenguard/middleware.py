@@ -197,39 +197,44 @@ class TokenGuard:
             checked: Receive | None = receive
         else:
             checked = await self._enforce(scope, receive, send, decision, requirement, started)
-        if checked is not None:
-            await self._run_app(scope, checked, send, decision, started)
+        if checked is None:
+            return
+        # An ``AuthError`` the app raises before answering (a ``tokenguard.fastapi`` dependency, an
+        # endpoint raising ``InsufficientScope``) is rendered here, by the one renderer, so a refusal
+        # looks the same whichever layer made it. Only FastAPI routes, whose dependencies refuse this
+        # way, pay for tracking whether the answer has started.
+        if hasattr(decision.route, "dependant"):
+            await self._run_tracked(scope, checked, send, decision, started)
+            return
+        try:
+            await self.app(scope, checked, send)
+        except AuthError as exc:
+            await self._refuse_raised(exc, scope, checked, send, decision, started)
 
-    async def _run_app(
+    async def _run_tracked(
         self, scope: Scope, receive: Receive, send: Send, decision: RouteDecision, started: float
     ) -> None:
-        """Run the app; an ``AuthError`` it raises before answering (a ``tokenguard.fastapi``
-        dependency, an endpoint raising ``InsufficientScope``) is rendered here, by the one renderer,
-        so a refusal looks the same whichever layer made it (``challenge.render``).
-
-        Only FastAPI routes, whose dependencies refuse this way, pay for tracking whether the answer
-        has started; elsewhere an error raised after the answer started fails as the server decides.
-        """
         answered = False
-        if hasattr(decision.route, "dependant"):
 
-            async def tracked(message: Message) -> None:
-                nonlocal answered
-                answered = answered or message["type"] in _ANSWER_STARTS
-                await send(message)
+        async def tracked(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] in _ANSWER_STARTS
+            await send(message)
 
-            app_send: Send = tracked
-        else:
-            app_send = send
         try:
-            await self.app(scope, receive, app_send)
+            await self.app(scope, receive, tracked)
         except AuthError as exc:
             if answered:
                 raise
-            denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
-            token = exc.token if exc.token is not None else getattr(scope.get("auth"), "token", None)
-            self._decided(scope, decision, started, "deny", exc.reason, denial.status, token)
-            await _send_denial(scope, receive, send, denial)
+            await self._refuse_raised(exc, scope, receive, send, decision, started)
+
+    async def _refuse_raised(
+        self, exc: AuthError, scope: Scope, receive: Receive, send: Send, decision: RouteDecision, started: float
+    ) -> None:
+        denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
+        token = exc.token if exc.token is not None else getattr(scope.get("auth"), "token", None)
+        self._decided(scope, decision, started, "deny", exc.reason, denial.status, token)
+        await _send_denial(scope, receive, send, denial)
 
     def _allow_anonymous(self, scope: Scope, decision: RouteDecision, started: float) -> None:
         scope[REQUIREMENT_KEY] = decision.requirement
