@@ -805,3 +805,31 @@ def test_scope_carries_the_guard(idp: Issuer, clock: ManualClock) -> None:
     TestClient(make_app(clock, [Route("/x", endpoint)], realm="r")).get("/x")
     assert isinstance(seen["guard"], TokenGuard)
     assert seen["guard"].realm == "r"
+
+
+def test_an_endpoint_raising_an_auth_error_gets_the_guards_refusal(idp: Issuer, clock: ManualClock) -> None:
+    """An endpoint may refuse by raising ``InsufficientScope``: the guard renders it with the one renderer."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from tokenguard import InsufficientScope
+
+    async def owner_only(request: Request) -> PlainTextResponse:
+        if request.path_params["owner"] != request.user.identity:
+            raise InsufficientScope(("admin",), "Only the owner may read this.")
+        return PlainTextResponse("yours")
+
+    app = Starlette(routes=[Route("/things/{owner}", owner_only)])
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    client = TestClient(app)
+    token = {"Authorization": f"Bearer {idp.token(sub='alice')}"}
+    assert client.get("/things/alice", headers=token).text == "yours"
+    refused = client.get("/things/bob", headers=token)
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "error": "insufficient_scope",
+        "error_description": "Only the owner may read this.",
+        "scope": "admin",
+    }
+    assert refused.headers["cache-control"] == "no-store"
+    assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]

@@ -42,12 +42,6 @@ __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 logger = logging.getLogger("tokenguard")
 
 
-#: ASGI messages that start an answer: after one, a refusal can no longer be sent.
-_ANSWER_STARTS = frozenset(
-    {"http.response.start", "websocket.accept", "websocket.http.response.start", "websocket.close"}
-)
-
-
 def _client_of(scope: Scope) -> str | None:
     """The peer's address as the server reports it (ASGI ``client``), or ``None``."""
     client = scope.get("client")
@@ -199,34 +193,14 @@ class TokenGuard:
             checked = await self._enforce(scope, receive, send, decision, requirement, started)
         if checked is None:
             return
-        # An ``AuthError`` the app raises before answering (a ``tokenguard.fastapi`` dependency, an
-        # endpoint raising ``InsufficientScope``) is rendered here, by the one renderer, so a refusal
-        # looks the same whichever layer made it. Only FastAPI routes, whose dependencies refuse this
-        # way, pay for tracking whether the answer has started.
-        if hasattr(decision.route, "dependant"):
-            await self._run_tracked(scope, checked, send, decision, started)
-            return
+        # An ``AuthError`` the app raises (a ``tokenguard.fastapi`` dependency, an endpoint raising
+        # ``InsufficientScope``) is rendered here, by the one renderer, so a refusal looks the same
+        # whichever layer made it. Dependencies run before the endpoint answers; an app that raises
+        # after it started its answer fails as any late exception does (the server ends the response).
         try:
             await self.app(scope, checked, send)
         except AuthError as exc:
             await self._refuse_raised(exc, scope, checked, send, decision, started)
-
-    async def _run_tracked(
-        self, scope: Scope, receive: Receive, send: Send, decision: RouteDecision, started: float
-    ) -> None:
-        answered = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal answered
-            answered = answered or message["type"] in _ANSWER_STARTS
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except AuthError as exc:
-            if answered:
-                raise
-            await self._refuse_raised(exc, scope, receive, send, decision, started)
 
     async def _refuse_raised(
         self, exc: AuthError, scope: Scope, receive: Receive, send: Send, decision: RouteDecision, started: float
