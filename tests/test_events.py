@@ -446,12 +446,12 @@ def test_decisions_and_jwks_counters_move(clock: ManualClock, idp: Issuer, endpo
             "expired": 1,
             "unknown_kid": 1,
         }
-        assert (snapshot["jwks_fetches"], snapshot["jwks_failures"]) == (2, 0)
+        assert (snapshot["jwks_fetches"], snapshot["jwks_fetch_failures"]) == (2, 0)
         idp.down = True
         clock.advance(3601)  # past the JWKS max-age: the next token triggers a fetch, which fails
         assert client.get("/photos/summer", headers=bearer(idp.token())).status_code == 200  # stale keys
         snapshot = guard.metrics_snapshot()
-    assert (snapshot["jwks_fetches"], snapshot["jwks_failures"]) == (3, 1)
+    assert (snapshot["jwks_fetches"], snapshot["jwks_fetch_failures"]) == (3, 1)
     assert snapshot["decisions_by_reason"]["ok"] == 2
     json.dumps(snapshot)
 

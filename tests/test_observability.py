@@ -449,4 +449,4 @@ def test_a_metrics_endpoint_serves_the_snapshot(clock: ManualClock, idp: Issuer)
         snapshot = client.get("/metrics").json()
     assert snapshot["decisions"] == {"allow": 2, "deny": 1}  # the /metrics request itself is counted first
     assert snapshot["decisions_by_reason"] == {"ok": 1, "missing_token": 1, "public": 1}
-    assert (snapshot["jwks_fetches"], snapshot["jwks_failures"], snapshot["breaker_state"]) == (1, 0, "closed")
+    assert (snapshot["jwks_fetches"], snapshot["jwks_fetch_failures"], snapshot["breaker_state"]) == (1, 0, "closed")

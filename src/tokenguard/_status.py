@@ -1,8 +1,8 @@
 """The shapes of ``guard.status()`` and ``guard.metrics_snapshot()``: typed, one name per figure. [core]
 
 Plain dicts at run time (a health endpoint returns them as JSON), checked by mypy where they are
-built. The flat metrics view names each figure once, the way the Prometheus and OpenTelemetry
-adapters export it (``jwks_fetch_failures`` is ``status()["jwks"]["failures"]``).
+built. The flat metrics view names each figure the way the Prometheus and OpenTelemetry adapters
+export it (``jwks_fetch_failures`` is ``status()["jwks"]["failures"]``): no renaming on the way.
 """
 
 from __future__ import annotations
@@ -49,3 +49,21 @@ class GuardStatus(IssuerStatus, total=False):
     route_cache_entries: int
     route_mismatches: int
     ready: bool
+
+
+class MetricsSnapshot(TypedDict):
+    """``guard.metrics_snapshot()``: decision counters and the issuer-facing counters, flat, each named
+    as the Prometheus and OpenTelemetry adapters export it."""
+
+    decisions: dict[str, int]
+    decisions_by_reason: dict[str, int]
+    hook_errors: int
+    jwks_fetches: int
+    jwks_fetch_failures: int
+    introspection_calls: int
+    introspection_cache_hits: int
+    introspection_cache_misses: int
+    introspection_first_sight_refused: int
+    breaker_state: str
+    first_sight_breaker_state: str
+    verified_cache_entries: int

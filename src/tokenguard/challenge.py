@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from tokenguard.errors import (
     AuthError,
@@ -13,7 +15,7 @@ from tokenguard.errors import (
     UnavailableError,
 )
 
-__all__ = ["Denial", "challenge", "render"]
+__all__ = ["Denial", "challenge", "render", "send_denial"]
 
 # RFC 6750 §3: error, error_description and scope values exclude '"' and '\'; realm is a
 # quoted-string. Anything outside printable ASCII (CR/LF first of all) is dropped: no header injection.
@@ -87,3 +89,30 @@ def render(error: TokenGuardError, *, realm: str, resource_metadata: str | None 
     payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
     headers.append((b"content-length", str(len(payload)).encode("ascii")))
     return Denial(status, tuple(headers), payload, code, error.reason)
+
+
+#: ASGI ``receive``/``send`` as the guard passes them (plain ASGI: no framework types in the core).
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+async def send_denial(scope: Mapping[str, Any], receive: Receive, send: Send, denial: Denial) -> None:
+    """Send a rendered refusal as ASGI messages: an HTTP response, or a WebSocket refusal before accept."""
+    if scope["type"] == "websocket":
+        await _deny_websocket(scope, receive, send, denial)
+        return
+    await send({"type": "http.response.start", "status": denial.status, "headers": list(denial.headers)})
+    await send({"type": "http.response.body", "body": denial.body})
+
+
+async def _deny_websocket(scope: Mapping[str, Any], receive: Receive, send: Send, denial: Denial) -> None:
+    """Refuse before accept: an HTTP denial response where supported, else close with 1008."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": denial.status, "headers": list(denial.headers)})
+        await send({"type": "websocket.http.response.body", "body": denial.body})
+        return
+    # RFC 6455 §7.4.1: 1008 "policy violation".
+    await send({"type": "websocket.close", "code": 1008, "reason": denial.reason})

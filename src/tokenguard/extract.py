@@ -7,11 +7,19 @@ Only the ``Authorization`` request header is a credential. RFC 6750 §2.2 (form 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from tokenguard.errors import InvalidRequest, InvalidToken, MissingToken
 
-__all__ = ["authorization_values", "bearer_from", "cached_candidate", "parse_authorization"]
+__all__ = [
+    "authorization_values",
+    "bearer_from",
+    "cached_candidate",
+    "client_of",
+    "is_preflight",
+    "parse_authorization",
+]
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=". Checked as
 # "strip the trailing '=', delete these characters, nothing may remain": one pass in C, no regex
@@ -75,3 +83,19 @@ def parse_authorization(value: bytes, max_bytes: int) -> str:
         # and refuse tabs, extra spaces, a second word, control bytes and non-ASCII.
         raise InvalidRequest(description="The bearer token is malformed.")
     return credentials.decode("ascii")
+
+
+def client_of(scope: Mapping[str, Any]) -> str | None:
+    """The peer's address as the server reports it (ASGI ``client``), or ``None``."""
+    client = scope.get("client")
+    if isinstance(client, (tuple, list)) and client and isinstance(client[0], str):
+        return client[0]
+    return None
+
+
+def is_preflight(scope: Mapping[str, Any]) -> bool:
+    """A CORS preflight (Fetch standard §3.2.2) carries no credentials and must pass untouched."""
+    if scope.get("method") != "OPTIONS":
+        return False
+    names = {name.lower() for name, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names

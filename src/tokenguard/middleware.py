@@ -24,13 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenguard._details import check_details
 from tokenguard._http import HttpClientOption
-from tokenguard._status import GuardStatus
+from tokenguard._status import GuardStatus, MetricsSnapshot
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
-from tokenguard.challenge import Denial, render
+from tokenguard.challenge import render, send_denial
 from tokenguard.config import CONFIG_OPTIONS, ClientAuthMethod, DefaultPolicy, guard_configs
 from tokenguard.credentials import TokenCredentials, TokenUser
 from tokenguard.errors import AuthError, ConfigurationError, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
+from tokenguard.extract import client_of, is_preflight
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule
 from tokenguard.resource_metadata import ResourceMetadata, build_resource_metadata
@@ -40,22 +41,6 @@ from tokenguard.routing import DECISION_KEY, REQUIREMENT_KEY, RouteDecision, Rou
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
 logger = logging.getLogger("tokenguard")
-
-
-def _client_of(scope: Scope) -> str | None:
-    """The peer's address as the server reports it (ASGI ``client``), or ``None``."""
-    client = scope.get("client")
-    if isinstance(client, (tuple, list)) and client and isinstance(client[0], str):
-        return client[0]
-    return None
-
-
-def _is_preflight(scope: Scope) -> bool:
-    """A CORS preflight (Fetch standard §3.2.2) carries no credentials and must pass untouched."""
-    if scope.get("method") != "OPTIONS":
-        return False
-    names = {name.lower() for name, _ in scope.get("headers", ())}
-    return b"origin" in names and b"access-control-request-method" in names
 
 
 class TokenGuard:
@@ -175,12 +160,12 @@ class TokenGuard:
             decision = RouteDecision(self.resolver.default, None)
             self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
             denial = render(UnavailableError("route resolution failed"), realm=self._realm)
-            await _send_denial(scope, receive, send, denial)
+            await send_denial(scope, receive, send, denial)
             return
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused — unless the
         # endpoint itself answers OPTIONS (then a faked preflight would reach it anonymously). It
         # goes on as anonymous, for a CORS middleware inside the guard (or the router's 405) to answer.
-        if not decision.answers_options and _is_preflight(scope):
+        if not decision.answers_options and is_preflight(scope):
             decision = decision._replace(requirement=PUBLIC)
         # The decision goes with the request: the dispatch check compares it with the route the
         # router actually picks (routing.py, ``_DispatchCheck``).
@@ -208,7 +193,7 @@ class TokenGuard:
         denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
         token = exc.token if exc.token is not None else getattr(scope.get("auth"), "token", None)
         self._decided(scope, decision, started, "deny", exc.reason, denial.status, token)
-        await _send_denial(scope, receive, send, denial)
+        await send_denial(scope, receive, send, denial)
 
     def _allow_anonymous(self, scope: Scope, decision: RouteDecision, started: float) -> None:
         scope[REQUIREMENT_KEY] = decision.requirement
@@ -233,7 +218,7 @@ class TokenGuard:
         token: AccessToken | None = None
         try:
             token = await self.authenticator.authenticate(
-                scope.get("headers", ()), requirement, client=_client_of(scope)
+                scope.get("headers", ()), requirement, client=client_of(scope)
             )
             if requirement.details:
                 receive = await check_details(
@@ -250,13 +235,13 @@ class TokenGuard:
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
             refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
             self._decided(scope, decision, started, outcome, exc.reason, denial.status, refused)
-            await _send_denial(scope, receive, send, denial)
+            await send_denial(scope, receive, send, denial)
             return None
         except Exception as exc:  # a bug must still fail closed, without a traceback to the client
             logger.error("tokenguard: internal error while checking a token: %s", type(exc).__name__)
             error = UnavailableError(f"internal error: {type(exc).__name__}")
             self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
-            await _send_denial(scope, receive, send, render(error, realm=self._realm))
+            await send_denial(scope, receive, send, render(error, realm=self._realm))
             return None
         scope["auth"], scope["user"] = TokenCredentials(token), TokenUser(token)
         self._decided(scope, decision, started, "allow", "ok", 200, token)
@@ -329,20 +314,23 @@ class TokenGuard:
             ready=status["jwks"]["usable"],
         )
 
-    def metrics_snapshot(self) -> dict[str, Any]:
+    def metrics_snapshot(self) -> MetricsSnapshot:
         """Counters as a plain dict: decisions by outcome and reason, JWKS fetches and failures,
-        introspection calls, cache hits and misses, the breaker state."""
+        introspection calls, cache hits and misses, the breaker states (``_status.MetricsSnapshot``)."""
         status = self.authenticator.status()
+        decisions = self.metrics.snapshot()
         return {
-            **self.metrics.snapshot(),
+            "decisions": decisions["decisions"],
+            "decisions_by_reason": decisions["decisions_by_reason"],
+            "hook_errors": decisions["hook_errors"],
             "jwks_fetches": status["jwks"]["fetches"],
-            "jwks_failures": status["jwks"]["failures"],
+            "jwks_fetch_failures": status["jwks"]["failures"],
             "introspection_calls": status["introspection"]["calls"],
             "introspection_cache_hits": status["introspection"]["cache_hits"],
             "introspection_cache_misses": status["introspection"]["cache_misses"],
+            "introspection_first_sight_refused": status["introspection"]["first_sight_refused"],
             "breaker_state": status["introspection"]["breaker"],
             "first_sight_breaker_state": status["introspection"]["first_sight_breaker"],
-            "introspection_first_sight_refused": status["introspection"]["first_sight_refused"],
             "verified_cache_entries": status["verified_cache_entries"],
         }
 
@@ -379,24 +367,3 @@ class TokenGuard:
             return message
 
         return wrapped
-
-
-async def _send_denial(scope: Scope, receive: Receive, send: Send, denial: Denial) -> None:
-    if scope["type"] == "websocket":
-        await _deny_websocket(scope, receive, send, denial)
-        return
-    await send({"type": "http.response.start", "status": denial.status, "headers": list(denial.headers)})
-    await send({"type": "http.response.body", "body": denial.body})
-
-
-async def _deny_websocket(scope: Scope, receive: Receive, send: Send, denial: Denial) -> None:
-    """Refuse before accept: an HTTP denial response where supported, else close with 1008."""
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", "status": denial.status, "headers": list(denial.headers)})
-        await send({"type": "websocket.http.response.body", "body": denial.body})
-        return
-    # RFC 6455 §7.4.1: 1008 "policy violation".
-    await send({"type": "websocket.close", "code": 1008, "reason": denial.reason})

@@ -33,7 +33,7 @@ def counters(snapshot: Mapping[str, Any]) -> dict[str, float]:
     """The monotonic counters of ``metrics_snapshot()``, by the adapters' metric names."""
     return {
         "jwks_fetches": float(snapshot.get("jwks_fetches", 0)),
-        "jwks_fetch_failures": float(snapshot.get("jwks_failures", 0)),
+        "jwks_fetch_failures": float(snapshot.get("jwks_fetch_failures", 0)),
         "introspection_calls": float(snapshot.get("introspection_calls", 0)),
         "introspection_cache_hits": float(snapshot.get("introspection_cache_hits", 0)),
         "introspection_cache_misses": float(snapshot.get("introspection_cache_misses", 0)),
