@@ -179,3 +179,17 @@ def idp(clock: ManualClock, respx_mock: respx.MockRouter) -> Issuer:
 
 def now() -> float:
     return time.time()
+
+
+@pytest.fixture
+def issuer(respx_mock: respx.MockRouter, clock: ManualClock) -> Any:
+    """The issuer of the assurance tests (``assurance_kit.RespxIssuer``): a ``KeyRing``, metadata, JWKS and
+    RFC 7662 over respx, on the test's clock."""
+    from assurance_kit import RespxIssuer
+
+    return RespxIssuer(respx_mock, clock)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

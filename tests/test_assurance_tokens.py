@@ -50,21 +50,6 @@ from tokenguard.testing import KeyRing, ManualClock, SigningKey
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def issuer(respx_mock: respx.MockRouter, clock: ManualClock) -> RespxIssuer:
-    return RespxIssuer(respx_mock, clock)
-
-
 # -- flaw 7: a cached token never outlives its key, nor the key set's stale period ----------------------
 
 

@@ -48,21 +48,6 @@ SECRET = b"an-hmac-secret-of-at-least-32-bytes!"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def issuer(respx_mock: respx.MockRouter, clock: ManualClock) -> RespxIssuer:
-    return RespxIssuer(respx_mock, clock)
-
-
-@pytest.fixture
 async def build(clock: ManualClock, issuer: RespxIssuer) -> AsyncIterator[Callable[..., Authenticator]]:
     """``build(**config)``: an Authenticator for the kit's issuer; ``introspection=`` / ``jwks=`` take option dicts."""
     made: list[Authenticator] = []

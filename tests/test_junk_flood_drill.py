@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-import respx
 from starlette.testclient import TestClient
 
 from assurance_kit import RespxIssuer, bearer, guard_of, guarded, junk
@@ -39,16 +38,6 @@ JUNK_ANSWERS: dict[str, Callable[[httpx.Request], httpx.Response]] = {
 def from_client(client: TestClient, address: str) -> TestClient:
     """Another client (peer address) of the same app and guard."""
     return TestClient(client.app, client=(address, 40000), raise_server_exceptions=False)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def issuer(respx_mock: respx.MockRouter, clock: ManualClock) -> RespxIssuer:
-    return RespxIssuer(respx_mock, clock)
 
 
 def test_five_throttled_junk_values_leave_sensitive_routes_working(clock: ManualClock, issuer: RespxIssuer) -> None:

@@ -27,16 +27,6 @@ from tokenguard.testing import ManualClock
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def issuer(respx_mock: respx.MockRouter, clock: ManualClock) -> RespxIssuer:
-    return RespxIssuer(respx_mock, clock)
-
-
 # -- 1. a wrong prediction is confirmed against the PREDICTED path's rules ------------------------------
 
 
