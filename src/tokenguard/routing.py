@@ -490,15 +490,9 @@ def route_path(scope: Mapping[str, Any]) -> str:
 
 
 def _app_route_path(scope: Mapping[str, Any]) -> str:
-    """At dispatch: the path relative to the app's own root (``app_root_path``, which Starlette keeps
-    as it was before any mount; else ``root_path``), as rules read it."""
-    path = scope.get("path", "")
-    root = scope.get("app_root_path", scope.get("root_path", ""))
-    if isinstance(root, str) and root and isinstance(path, str) and path.startswith(root):
-        rest = path[len(root) :]
-        if not rest or rest.startswith("/"):
-            return rest or "/"
-    return path if isinstance(path, str) else "/"
+    """At dispatch: the path relative to the app's own root, as rules read it — ``route_path`` with the
+    root Starlette keeps as it was before any mount (``app_root_path``; else ``root_path``)."""
+    return route_path({"path": scope["path"], "root_path": scope.get("app_root_path", scope.get("root_path", ""))})
 
 
 def _strictest(requirements: Sequence[Requirement]) -> Requirement:
