@@ -36,7 +36,7 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is missing: pip install playwright (never `playwright install`)"
 )
-uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is missing: pip install 'tokenguard[server]'")
+uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is missing: pip install 'tokenguard-asgi[server]'")
 
 
 def _swagger_ui_dist() -> Path | None:

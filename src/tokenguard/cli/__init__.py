@@ -76,7 +76,7 @@ def _add_dev_idp(commands: Any) -> None:
         help="serve the development identity provider on a port (development only)",
         description="Serves tokenguard's development identity provider with uvicorn and prints its issuer URL, "
         "endpoints and registered clients (with their secrets: development only). Needs uvicorn "
-        "(pip install 'tokenguard[server]').",
+        "(pip install 'tokenguard-asgi[server]').",
     )
     dev.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     dev.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000; 0 picks a free one)")

@@ -48,7 +48,7 @@ def main(
     try:
         import uvicorn  # noqa: F401 - only to say early and clearly that it is missing
     except ImportError as exc:
-        raise CliError("serving the DevIdP needs uvicorn: pip install 'tokenguard[server]'") from exc
+        raise CliError("serving the DevIdP needs uvicorn: pip install 'tokenguard-asgi[server]'") from exc
     origin = _key_origin(keys)  # before the DevIdP writes a missing key file
     sock = _bind(host, port)
     try:

@@ -4,6 +4,6 @@ Each module imports its third-party package only when an adapter is built, so ``
 package) imports without them:
 
 - ``tokenguard.integrations.prometheus``: ``PrometheusHook`` and ``TokenGuardCollector``
-  (``pip install 'tokenguard[prometheus]'``).
-- ``tokenguard.integrations.opentelemetry``: ``OpenTelemetryHook`` (``pip install 'tokenguard[otel]'``).
+  (``pip install 'tokenguard-asgi[prometheus]'``).
+- ``tokenguard.integrations.opentelemetry``: ``OpenTelemetryHook`` (``pip install 'tokenguard-asgi[otel]'``).
 """

@@ -26,7 +26,8 @@ def require(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{module} is not installed; install it with: pip install 'tokenguard[{extra}]'") from exc
+        hint = f"pip install 'tokenguard-asgi[{extra}]'"
+        raise ImportError(f"{module} is not installed; install it with: {hint}") from exc
 
 
 def counters(snapshot: Mapping[str, Any]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""OpenTelemetry metrics for tokenguard (``pip install 'tokenguard[otel]'``, needs ``opentelemetry-api``).
+"""OpenTelemetry metrics for tokenguard (``pip install 'tokenguard-asgi[otel]'``, needs ``opentelemetry-api``).
 
 ``OpenTelemetryHook`` is an ``on_decision`` hook. It records every decision on two instruments:
 
@@ -43,7 +43,6 @@ The hook never sees a token; it gets only the ``DecisionEvent``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from importlib import metadata
 from typing import Any
 
 from tokenguard.events import DecisionEvent
@@ -80,10 +79,10 @@ _GAUGES = {
 
 
 def _version() -> str:
-    try:
-        return metadata.version("tokenguard")
-    except metadata.PackageNotFoundError:
-        return ""
+    # The package's own version, never the index's: "tokenguard" there is another project.
+    from tokenguard import __version__
+
+    return __version__
 
 
 class OpenTelemetryHook:

@@ -1,4 +1,4 @@
-"""Prometheus metrics for tokenguard (``pip install 'tokenguard[prometheus]'``, needs ``prometheus-client``).
+"""Prometheus metrics for tokenguard (``pip install 'tokenguard-asgi[prometheus]'``, needs ``prometheus-client``).
 
 Two pieces, usable apart:
 

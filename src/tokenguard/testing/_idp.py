@@ -445,7 +445,7 @@ class DevIdP:
             import uvicorn
         except ImportError as exc:
             raise ConfigurationError(
-                "serving the DevIdP on a port needs uvicorn: pip install 'tokenguard[server]'"
+                "serving the DevIdP on a port needs uvicorn: pip install 'tokenguard-asgi[server]'"
             ) from exc
         if self.issuer == DEFAULT_ISSUER:
             # Tokens and metadata would name an issuer that no client can reach at this address.
