@@ -112,7 +112,7 @@ def test_adapters_import_without_their_package_and_say_which_extra_to_install(
     for name in [name for name in sys.modules if name.startswith("tokenguard.integrations")]:
         monkeypatch.delitem(sys.modules, name)  # imported afresh, with the package missing
     adapter = getattr(importlib.import_module(module), build)
-    with pytest.raises(ImportError, match=rf"pip install 'tokenguard\[{extra}\]'"):
+    with pytest.raises(ImportError, match=rf"pip install 'tokenguard-asgi\[{extra}\]'"):
         adapter()
 
 
