@@ -54,7 +54,8 @@ class Case:
 
     ``unit`` is ``"us"`` (microseconds per operation, lower is better) or ``"rps"`` (requests per
     second, higher is better). ``baseline`` names the case of the same group the ratio is taken to,
-    round by round; ``None`` marks the baseline itself.
+    round by round; ``None`` marks the baseline itself. The targets rows are held to live in
+    ``benchmarks.targets`` and are applied once the whole run is in.
     """
 
     group: str
@@ -62,7 +63,6 @@ class Case:
     unit: str
     batch: Batch
     baseline: str | None = None
-    target: Callable[[Result, dict[str, Result]], tuple[str, bool]] | None = None
     n: int = 0
 
 
@@ -80,8 +80,8 @@ class Result:
     value: float | None = None  # for single-shot rows (memory): the number shown instead of a median
     value_unit: str = ""
     note: str = ""
-    target_text: str = ""
-    target_ok: bool | None = None
+    target_text: str = ""  # what the row is held to (``benchmarks.targets``), empty for most rows
+    target_ok: bool | None = None  # the verdict; None when not judged (a quick run, or a needed row absent)
 
     def values(self) -> list[float]:
         """The per-round values in display units: µs/op, or req/s."""

@@ -3,7 +3,8 @@
 Every case is calibrated once to a batch of a fixed duration, then the cases run round-robin for N
 rounds (the starting case rotates each round), so machine noise hits all of them alike. For each case
 the table shows the median and the interquartile range over the rounds, and the median of the
-per-round ratios to the group's baseline measured in the same round.
+per-round ratios to the group's baseline measured in the same round. Once the run is in, the rows are
+held to issue 16's targets (``benchmarks.targets``); only a full run gets ``ok``/``MISS`` verdicts.
 """
 
 from __future__ import annotations
@@ -28,10 +29,22 @@ from typing import Any
 if __package__ in (None, ""):  # ``python benchmarks/run.py``: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import targets
 from benchmarks._common import SKIPPED, Case, Keys, Result
 
 GROUPS = ("validation", "asgi", "introspection", "memory", "server")
-_PACKAGES = ("tokenguard", "PyJWT", "cryptography", "joserfc", "Authlib", "starlette", "fastapi", "httpx", "uvicorn")
+#: Distributions whose versions head the table (tokenguard's distribution is ``tokenguard-asgi``).
+_PACKAGES = (
+    "tokenguard-asgi",
+    "PyJWT",
+    "cryptography",
+    "joserfc",
+    "Authlib",
+    "starlette",
+    "fastapi",
+    "httpx",
+    "uvicorn",
+)
 
 
 def _log(message: str) -> None:
@@ -70,10 +83,6 @@ def round_robin(cases: Sequence[Case], rounds: int, seconds: float, loop: asynci
             gc.collect()
             results[index].seconds.append(_call(case, case.n, loop) / case.n)
     _compare(results)
-    for case, result in zip(cases, results, strict=True):
-        if case.target is not None:
-            group = {other.name: other for other in results if other.group == result.group}
-            result.target_text, result.target_ok = case.target(result, group)
     return results
 
 
@@ -113,9 +122,7 @@ def _bare(value: float, unit: str) -> str:
 
 
 def _row(result: Result) -> list[str]:
-    target = ""
-    if result.target_text:
-        target = f"{result.target_text}: {'ok' if result.target_ok else 'MISS'}"
+    target = targets.verdict(result)
     if result.value is not None:
         return [result.group, result.name, f"{result.value:+,.1f} MB", "—", "—", "—", target]
     values = result.values()
@@ -138,7 +145,7 @@ def _row(result: Result) -> list[str]:
     ]
 
 
-HEADER = ["group", "case", "median", "spread (IQR)", "vs baseline [IQR]", "Δ per op", "target (issue 5)"]
+HEADER = ["group", "case", "median", "spread (IQR)", "vs baseline [IQR]", "Δ per op", "target"]
 
 
 def table(results: Sequence[Result]) -> str:
@@ -240,7 +247,11 @@ def _fast_loop() -> asyncio.AbstractEventLoop:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run in seconds: 3 short rounds, small counts")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run in seconds: 3 short rounds, small counts, targets shown but not judged",
+    )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 9, or 3 with --quick)")
     parser.add_argument("--json", metavar="FILE", help="also write every per-round sample to FILE")
     parser.add_argument("--server", action="store_true", help="add the uvicorn cases (about 60 s more)")
@@ -351,9 +362,17 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
     attempt("server", server)
     attempt("memory", memory)
 
-    print(f"\ntokenguard benchmarks — {_describe(args, rounds)}\n")
+    judged = not args.quick
+    targets.judge(results, full=judged)
+    print(f"\ntokenguard benchmarks — {_describe(args, rounds)}")
+    if not judged:
+        print(targets.NOT_JUDGED)
+    print()
     print(table(results))
     print()
+    print(f"  targets: {targets.SOURCE}")
+    if judged and any(result.target_text.endswith(f": {targets.UNJUDGEABLE}") for result in results):
+        print(f"  {targets.UNJUDGEABLE_NOTE}")
     for label, note in notes:
         print(f"  {label}: {note()}")
     for skipped in SKIPPED:
@@ -367,13 +386,15 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
         f"\nΔ per op: time added per operation over the baseline, same round. Total time {elapsed:.0f} s."
     )
     if args.json:
-        _write_json(args.json, results, args, rounds, elapsed)
+        _write_json(args.json, results, args, rounds, elapsed, judged=judged)
     for failure in failures:
         print(f"\nFAILED {failure}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _write_json(path: str, results: Sequence[Result], args: argparse.Namespace, rounds: int, elapsed: float) -> None:
+def _write_json(
+    path: str, results: Sequence[Result], args: argparse.Namespace, rounds: int, elapsed: float, *, judged: bool
+) -> None:
     rows = []
     for result in results:
         values = result.values()
@@ -397,7 +418,14 @@ def _write_json(path: str, results: Sequence[Result], args: argparse.Namespace, 
         if result.value is not None:
             row["value"] = result.value
         rows.append(row)
-    document = {"environment": _describe(args, rounds), "rounds": rounds, "seconds": elapsed, "results": rows}
+    document = {
+        "environment": _describe(args, rounds),
+        "rounds": rounds,
+        "seconds": elapsed,
+        "targets": targets.SOURCE,
+        "targets_judged": judged,
+        "results": rows,
+    }
     Path(path).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
