@@ -823,5 +823,5 @@ def test_the_in_process_issuer_is_not_served_on_a_port(dev_idp: DevIdP) -> None:
 def test_server_without_uvicorn_says_how_to_install_it(dev_idp: DevIdP, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without uvicorn, server() raises ConfigurationError naming the extra to install."""
     monkeypatch.setitem(sys.modules, "uvicorn", None)
-    with pytest.raises(ConfigurationError, match=r"tokenguard\[server\]"):
+    with pytest.raises(ConfigurationError, match=r"tokenguard-asgi\[server\]"):
         DevIdP.local(9123, keys=dev_idp.keys).server()
