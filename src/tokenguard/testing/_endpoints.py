@@ -38,6 +38,7 @@ _REALM = 'Basic realm="tokenguard-dev-idp"'
 #: Request headers a browser app may send cross-origin: Basic credentials (a confidential client), the
 #: form's content type, and what HTTP libraries add (Accept, X-Requested-With).
 _CORS_HEADERS = ("Accept", "Authorization", "Content-Type", "X-Requested-With")
+_RESOURCE = "resource"
 
 
 def build_app(idp: DevIdP) -> Starlette:
@@ -52,8 +53,8 @@ def build_app(idp: DevIdP) -> Starlette:
 
     async def authorize(request: Request) -> Response:
         try:
-            params = await _form(request) if request.method == "POST" else _unique(_parse(request.url.query))
-            location = idp.authorize(params)
+            params, resources = await _form(request) if request.method == "POST" else _unique(_parse(request.url.query))
+            location = idp.authorize(params, resources=resources)
         except OAuthError as exc:
             # RFC 6749 §4.1.2.1: with a bad client or redirect URI, the user agent is sent nowhere.
             return _error(exc)
@@ -61,16 +62,16 @@ def build_app(idp: DevIdP) -> Starlette:
 
     async def token(request: Request) -> Response:
         try:
-            form = await _form(request)
+            form, resources = await _form(request)
             client = _authenticate(idp, request, form)
-            tokens = idp.token_request(client, form)
+            tokens = idp.token_request(client, form, resources=resources)
         except OAuthError as exc:
             return _error(exc)
         return JSONResponse(tokens.as_response(), headers=_NO_STORE)
 
     async def introspect(request: Request) -> Response:
         try:
-            form = await _form(request)
+            form, _ = await _form(request)
             client = _authenticate(idp, request, form)
             token = _required(form, "token")
             answer = idp.introspect(token, token_type_hint=form.get("token_type_hint"), client_id=client.client_id)
@@ -80,7 +81,7 @@ def build_app(idp: DevIdP) -> Starlette:
 
     async def revoke(request: Request) -> Response:
         try:
-            form = await _form(request)
+            form, _ = await _form(request)
             client = _authenticate(idp, request, form)
             token = _required(form, "token")
         except OAuthError as exc:
@@ -142,17 +143,26 @@ def _parse(text: str) -> list[tuple[str, str]]:
         raise OAuthError("invalid_request", "The request parameters are not valid form encoding.") from exc
 
 
-def _unique(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """RFC 6749 §3.1: parameters sent without a value are omitted; none may be sent twice."""
+def _unique(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The parameters, and the ``resource`` values apart: the one parameter that may repeat.
+
+    RFC 6749 §3.1: parameters sent without a value are omitted, and none may be sent twice; but
+    RFC 8707 §2: "Multiple resource parameters MAY be used".
+    """
     params: dict[str, str] = {}
+    resources: list[str] = []
     for name, value in pairs:
+        if name == _RESOURCE:
+            if value:
+                resources.append(value)
+            continue
         if name in params:
             raise OAuthError("invalid_request", f"The {name} parameter is repeated.")
         params[name] = value
-    return {name: value for name, value in params.items() if value}
+    return {name: value for name, value in params.items() if value}, tuple(resources)
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def _form(request: Request) -> tuple[dict[str, str], tuple[str, ...]]:
     """The body of a POST: application/x-www-form-urlencoded only (RFC 6749 §3.2), size-capped."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != _FORM:

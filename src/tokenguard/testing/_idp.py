@@ -11,6 +11,8 @@ What it implements, and where:
 - refresh-token rotation with replay detection (OAuth 2.1 §4.3.1, RFC 9700 §4.14.2): a used refresh
   token presented again revokes its whole grant, refresh and access tokens alike;
 - RFC 9068 JWT access tokens or opaque ones, chosen per audience;
+- RFC 8707 resource indicators: ``resource`` on /authorize (several) and the token endpoint (one)
+  chooses the access token's ``aud`` among the audiences it knows (``add_audience``);
 - for step-up and rich authorization tests: ``acr`` (from the RFC 9470 / OpenID ``acr_values``
   request parameter), ``auth_time`` on every user token, and RFC 9396 ``authorization_details``
   (from the authorization or token request), in tokens, introspection answers and token responses;
@@ -32,7 +34,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -40,7 +42,7 @@ import httpx
 
 from tokenguard.config import check_issuer, is_loopback_host
 from tokenguard.errors import ConfigurationError
-from tokenguard.testing._keys import SIGNING_ALGORITHMS, KeyRing
+from tokenguard.testing._keys import ALGORITHMS, KeyRing, SigningKey
 from tokenguard.testing._ledger import Ledger, digest, new_id
 from tokenguard.testing._model import (
     DEV_USER_GRANT,
@@ -84,6 +86,9 @@ _USERNAME = re.compile(r"[\x21-\x7e]{1,255}")
 # RFC 9470 §3 / OpenID Connect Core §3.1.2.1: acr_values is a space-separated list of printable values.
 _ACR_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,255}")
 _MAX_AUTHORIZATION_DETAILS = 16 * 1024
+# RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then ":"; and a URI holds
+# printable US-ASCII only (§2), so no space or control character.
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]*")
 _UNSET: Any = object()  # "not given", where None is a value a test may want to send
 
 
@@ -115,6 +120,33 @@ def _acr_of(value: str | None) -> str | None:
     if any(_ACR_VALUE.fullmatch(item) is None for item in values):
         raise OAuthError("invalid_request", "The acr_values parameter is malformed.")
     return values[0]
+
+
+def is_resource_indicator(value: object) -> bool:
+    """RFC 8707 §2: an absolute URI (RFC 3986 §4.3) that "MUST NOT include a fragment component"."""
+    return isinstance(value, str) and _ABSOLUTE_URI.fullmatch(value) is not None and "#" not in value
+
+
+def _resource_list(values: Iterable[str]) -> tuple[str, ...]:
+    """The ``resource`` values of a request, in order, each once; ``invalid_target`` if one is malformed."""
+    resources: list[str] = []
+    for value in values:
+        if not is_resource_indicator(value):
+            # RFC 8707 §2: invalid_target, "the requested resource is invalid, missing, unknown, or malformed".
+            raise OAuthError("invalid_target", "A resource must be an absolute URI without a fragment (RFC 8707 §2).")
+        if value not in resources:
+            resources.append(value)
+    return tuple(resources)
+
+
+def _resources_of(params: Mapping[str, str], resources: Sequence[str] | None) -> Sequence[str]:
+    """The ``resource`` values of a request: given apart (repeatable), or the one in ``params``."""
+    if resources is not None:
+        if isinstance(resources, str):
+            raise TypeError("resources must be a sequence of strings, not a string")
+        return resources
+    single = params.get("resource")
+    return (single,) if single else ()
 
 
 def _user_claims(acr: str | None, auth_time: float | None, authorization_details: Any, now: float) -> dict[str, Any]:
@@ -230,6 +262,10 @@ class DevIdP:
             raise ConfigurationError("clock must be a callable returning seconds since the epoch")
         self.clock = clock
         self.keys = self._key_ring(keys, key_file)
+        # Keys given as ``keys=`` are exactly what this DevIdP signs with; generated ones (saved to
+        # ``key_file`` if given) gain a key when an audience asks for a new algorithm.
+        self._key_file = key_file if keys is None else None
+        self._owns_keys = keys is None
         self.access_token_ttl = int(_positive("access_token_ttl", access_token_ttl))
         self.refresh_token_ttl = _positive("refresh_token_ttl", refresh_token_ttl)
         self.code_ttl = _positive("code_ttl", code_ttl)
@@ -356,15 +392,26 @@ class DevIdP:
             raise ConfigurationError(f"redirect_uris must be absolute URIs without a fragment, got {uri!r}")
 
     def add_audience(self, audience: str, *, format: TokenFormat = "jwt", alg: str = "RS256") -> None:
-        """Issue access tokens for ``audience`` as RFC 9068 JWTs signed with ``alg``, or opaque strings."""
+        """Issue access tokens for ``audience`` as RFC 9068 JWTs signed with ``alg``, or opaque strings.
+
+        ``alg`` is any algorithm a ``SigningKey`` signs with (RS*, PS*, ES256/384/512, EdDSA). When
+        the DevIdP generated its keys and has none for ``alg``, it generates one, publishes it in
+        its JWKS and, with ``key_file``, saves it there; keys given as ``keys=`` must include it.
+        A client asks for a token for ``audience`` with ``resource=AUDIENCE`` (RFC 8707).
+        """
         if not isinstance(audience, str) or not audience:
             raise ConfigurationError("audience must be a non-empty string")
         if format not in ("jwt", "opaque"):
             raise ConfigurationError(f"format must be 'jwt' or 'opaque', got {format!r}")
-        if alg not in SIGNING_ALGORITHMS:
-            raise ConfigurationError(f"alg must be one of {list(SIGNING_ALGORITHMS)}, got {alg!r}")
-        self.keys.key_for(alg)
+        if alg not in ALGORITHMS:
+            raise ConfigurationError(f"alg must be one of {list(ALGORITHMS)}, got {alg!r}")
         with self._lock:
+            if alg not in self.keys.algorithms and self._owns_keys:
+                # A new ring, never the old one edited: a guard refetches the JWKS when it meets the new kid.
+                self.keys = self.keys.with_key(SigningKey.generate(alg))
+                if self._key_file is not None:
+                    self.keys.save(self._key_file)  # so the next start signs and verifies with it too
+            self.keys.key_for(alg)
             self._audiences[audience] = Audience(audience, format, alg)
 
     def add_scopes(self, *scopes: str) -> None:
@@ -568,13 +615,23 @@ class DevIdP:
             return self._ledger.issue(grant, grant.scopes, refresh=True)
 
     def refresh(
-        self, refresh_token: str, *, client_id: str = DEFAULT_CLIENT_ID, scopes: str | Iterable[str] | None = None
+        self,
+        refresh_token: str,
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        scopes: str | Iterable[str] | None = None,
+        resource: str | None = None,
     ) -> TokenSet:
-        """Use a refresh token as ``client_id`` would at the token endpoint; ``OAuthError`` on refusal."""
+        """Use a refresh token as ``client_id`` would at the token endpoint; ``OAuthError`` on refusal.
+
+        ``scopes`` and ``resource`` narrow the new access token to what the grant holds (RFC 6749 §6,
+        RFC 8707 §2.2).
+        """
         with self._lock:
             client = self._client(client_id)
             requested = scope_set(scopes) if scopes is not None else None
-            return self._refresh_grant(client, refresh_token, requested)
+            targets = self._targets(() if resource is None else (resource,), at_most_one=True)
+            return self._refresh_grant(client, refresh_token, requested, targets)
 
     # -- the token endpoint (RFC 6749 §4, §6) ----------------------------------------------------
 
@@ -599,12 +656,18 @@ class DevIdP:
             raise OAuthError("invalid_client", "Client authentication failed.", status_code=401)
         return client
 
-    def token_request(self, client: Client, form: Mapping[str, str]) -> TokenSet:
-        """Answer a token request from an authenticated client (RFC 6749 §3.2)."""
+    def token_request(
+        self, client: Client, form: Mapping[str, str], *, resources: Sequence[str] | None = None
+    ) -> TokenSet:
+        """Answer a token request from an authenticated client (RFC 6749 §3.2).
+
+        ``resources``: every ``resource`` parameter of the request (RFC 8707 §2, which lets it repeat);
+        by default ``form["resource"]``, if any. At most one is accepted here (see ``_targets``).
+        """
         grant_type = form.get("grant_type")
         if not grant_type:
             raise OAuthError("invalid_request", "The grant_type parameter is missing.")
-        handlers: dict[str, Callable[[Client, Mapping[str, str]], TokenSet]] = {
+        handlers: dict[str, Callable[[Client, Mapping[str, str], tuple[str, ...]], TokenSet]] = {
             "authorization_code": self._code_grant,
             "client_credentials": self._client_credentials_grant,
             "refresh_token": self._refresh_token_grant,
@@ -618,7 +681,30 @@ class DevIdP:
         if grant_type not in client.grant_types or public_refused:
             raise OAuthError("unauthorized_client", "This client may not use this grant type.")
         with self._lock:
-            return handler(client, form)
+            targets = self._targets(_resources_of(form, resources), at_most_one=True)
+            return handler(client, form, targets)
+
+    def _targets(self, values: Iterable[str], *, at_most_one: bool) -> tuple[str, ...]:
+        """The ``resource`` values of a request, checked: well-formed, and audiences this DevIdP knows.
+
+        RFC 8707 §2 lets a request name several resources, and leaves the AS to decide what it
+        issues. Here an access token has one audience: RFC 9700 §2.3 says access tokens "SHOULD be
+        audience-restricted", "preferably to a single resource server", so one leaked to or replayed
+        by one resource server is refused by the others. So an authorization request may name several
+        (``at_most_one=False``: the grant covers them all) and a token request one at most; the client
+        gets a token for each other resource with its refresh token, as RFC 8707 §2.2 shows.
+        """
+        resources = _resource_list(values)
+        unknown = [value for value in resources if value not in self._audiences]
+        if unknown:
+            # RFC 8707 §2: "unknown" resources are invalid_target too. The value is not echoed.
+            raise OAuthError("invalid_target", "This server issues no tokens for that resource.")
+        if at_most_one and len(resources) > 1:
+            raise OAuthError(
+                "invalid_target",
+                "Name one resource per token request: each access token has one audience (RFC 9700 §2.3).",
+            )
+        return resources
 
     def _requested_scopes(self, client: Client, value: str | None) -> frozenset[str]:
         """RFC 6749 §3.3: unknown or disallowed scopes are ``invalid_scope``; none asked means the default."""
@@ -636,14 +722,15 @@ class DevIdP:
             raise OAuthError("invalid_scope", f"Scope not allowed for this client: {refused}.")
         return frozenset(requested)
 
-    def _client_credentials_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+    def _client_credentials_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
         scopes = self._requested_scopes(client, form.get("scope"))
         claims = self._details_claims(form.get("authorization_details"))
-        grant = self._new_grant("client_credentials", client.client_id, None, scopes, client.audience, claims)
+        audience = targets[0] if targets else client.audience
+        grant = self._new_grant("client_credentials", client.client_id, None, scopes, audience, claims, targets)
         # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
         return self._ledger.issue(grant, scopes, refresh=False)
 
-    def _dev_user_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+    def _dev_user_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
         username = form.get("username")
         if not username:
             raise OAuthError("invalid_request", "The username parameter is missing.")
@@ -651,7 +738,8 @@ class DevIdP:
         self._check_user(username, refusal="invalid_grant")
         scopes = self._requested_scopes(client, form.get("scope"))
         claims = self._authentication_claims(form)
-        grant = self._new_grant(DEV_USER_GRANT, client.client_id, username, scopes, client.audience, claims)
+        audience = targets[0] if targets else client.audience
+        grant = self._new_grant(DEV_USER_GRANT, client.client_id, username, scopes, audience, claims, targets)
         return self._ledger.issue(grant, scopes, refresh="refresh_token" in client.grant_types)
 
     def _details_claims(self, value: str | None) -> dict[str, Any]:
@@ -678,13 +766,13 @@ class DevIdP:
         if self.users is not None and username not in self.users:
             raise OAuthError(refusal, "This user may not sign in here.")
 
-    def _refresh_token_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+    def _refresh_token_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
         token = form.get("refresh_token")
         if not token:
             raise OAuthError("invalid_request", "The refresh_token parameter is missing.")
         scope = form.get("scope")
         requested = self._scope_subset(scope) if scope is not None else None
-        return self._refresh_grant(client, token, requested)
+        return self._refresh_grant(client, token, requested, targets)
 
     @staticmethod
     def _scope_subset(value: str) -> frozenset[str]:
@@ -693,7 +781,9 @@ class DevIdP:
             raise OAuthError("invalid_scope", "The scope parameter is malformed.")
         return frozenset(items)
 
-    def _refresh_grant(self, client: Client, token: str, requested: frozenset[str] | None) -> TokenSet:
+    def _refresh_grant(
+        self, client: Client, token: str, requested: frozenset[str] | None, targets: tuple[str, ...] = ()
+    ) -> TokenSet:
         state = self._ledger.refresh.get(digest(token))
         grant = self._ledger.grants.get(state.grant_id) if state is not None else None
         if state is None or grant is None:
@@ -714,11 +804,16 @@ class DevIdP:
         # RFC 6749 §6: the requested scope "MUST NOT include any scope not originally granted".
         if not scopes <= grant.scopes:
             raise OAuthError("invalid_scope", "The scope exceeds what was originally granted.")
+        # RFC 8707 §2.2: a refresh request may name a resource, to narrow the new access token's
+        # audience to one of the grant's; never to widen it to another.
+        if targets and targets[0] not in grant.targets:
+            raise OAuthError("invalid_target", "The resource is not one this grant was issued for.")
         # OAuth 2.1 §4.3.1: a public client's refresh tokens MUST rotate (or be sender-constrained);
         # here every client's do, so a leaked one is good for one use and its reuse is detected.
-        return self._ledger.issue(grant, scopes, refresh=True, parent=state)
+        audience = targets[0] if targets else None
+        return self._ledger.issue(grant, scopes, refresh=True, parent=state, audience=audience)
 
-    def _code_grant(self, client: Client, form: Mapping[str, str]) -> TokenSet:
+    def _code_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
         code, verifier = form.get("code"), form.get("code_verifier")
         if not code:
             raise OAuthError("invalid_request", "The code parameter is missing.")
@@ -745,19 +840,27 @@ class DevIdP:
         computed = _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
         if not hmac.compare_digest(computed, state.code_challenge):
             raise OAuthError("invalid_grant", "The code_verifier does not match the code_challenge.")
+        # RFC 8707 §2.2: the token request's resource must be one the authorization request named
+        # (when it named any); without one, the token is for the first the authorization request named.
+        if targets and state.resources and targets[0] not in state.resources:
+            raise OAuthError("invalid_target", "The resource was not named in the authorization request.")
+        resources = state.resources or targets
+        audience = targets[0] if targets else resources[0] if resources else client.audience
         grant = self._new_grant(
-            "authorization_code", client.client_id, state.subject, state.scopes, client.audience, state.claims
+            "authorization_code", client.client_id, state.subject, state.scopes, audience, state.claims, resources
         )
         state.grant_id = grant.id
         return self._ledger.issue(grant, state.scopes, refresh="refresh_token" in client.grant_types)
 
     # -- the authorization endpoint (RFC 6749 §4.1.1, RFC 7636 §4.3) ----------------------------
 
-    def authorize(self, params: Mapping[str, str]) -> str:
+    def authorize(self, params: Mapping[str, str], *, resources: Sequence[str] | None = None) -> str:
         """Auto-approve an authorization request and return the redirect URL (with code or error).
 
         Raises ``OAuthError`` only when the client or redirect URI is invalid: then the user must
         not be sent anywhere (RFC 6749 §4.1.2.1). The user is ``login_hint`` (default ``alice``).
+        ``resources``: every ``resource`` parameter (RFC 8707 §2.1, several allowed); by default
+        ``params["resource"]``, if any.
         """
         with self._lock:
             client = self._clients.get(params.get("client_id") or "")
@@ -766,7 +869,7 @@ class DevIdP:
             redirect_uri = self._redirect_uri(client, params.get("redirect_uri"))
             answer: dict[str, str]
             try:
-                answer = {"code": self._new_code(client, redirect_uri, params)}
+                answer = {"code": self._new_code(client, redirect_uri, params, _resources_of(params, resources))}
             except OAuthError as exc:
                 answer = exc.as_dict()
             if params.get("state"):
@@ -785,7 +888,7 @@ class DevIdP:
             raise OAuthError("invalid_request", "The redirect_uri is not registered for this client.")
         return given
 
-    def _new_code(self, client: Client, redirect_uri: str, params: Mapping[str, str]) -> str:
+    def _new_code(self, client: Client, redirect_uri: str, params: Mapping[str, str], resources: Sequence[str]) -> str:
         response_type = params.get("response_type")
         if not response_type:
             raise OAuthError("invalid_request", "The response_type parameter is missing.")
@@ -802,6 +905,7 @@ class DevIdP:
         if _S256_CHALLENGE.fullmatch(challenge) is None:
             raise OAuthError("invalid_request", "The code_challenge is malformed.")
         scopes = self._requested_scopes(client, params.get("scope"))
+        targets = self._targets(resources, at_most_one=False)
         user = params.get("login_hint") or DEFAULT_USER
         self._check_user(user)
         claims = self._authentication_claims(params)
@@ -816,6 +920,7 @@ class DevIdP:
             code_challenge=challenge,
             expires_at=self.clock() + self.code_ttl,
             claims=claims,
+            resources=targets,
         )
         self._ledger.codes[digest(code)] = state
         scope = scope_string(scopes)
@@ -899,10 +1004,11 @@ class DevIdP:
         scopes: frozenset[str],
         audience: str | None,
         claims: Mapping[str, Any] | None = None,
+        resources: tuple[str, ...] = (),
     ) -> Grant:
         client = self._clients.get(client_id)
         audience = audience or (client.audience if client is not None else self.default_audience)
-        return self._ledger.new_grant(kind, client_id, subject, scopes, audience, claims)
+        return self._ledger.new_grant(kind, client_id, subject, scopes, audience, claims, resources)
 
     def __repr__(self) -> str:
         return f"DevIdP(issuer={self.issuer!r}, clients={sorted(self._clients)!r})"

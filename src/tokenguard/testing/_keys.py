@@ -40,7 +40,7 @@ _EC_CURVES: dict[str, tuple[type[ec.EllipticCurve], str]] = {
 #: Every algorithm a ``SigningKey`` signs with: the asymmetric algorithms a guard accepts by default.
 ALGORITHMS: tuple[str, ...] = (*_RSA_ALGORITHMS, *_EC_CURVES, "EdDSA")
 
-#: The algorithms the DevIdP signs with: one RSA and one EC key (RFC 7518 §3.1).
+#: The algorithms a DevIdP's generated keys start with: one RSA and one EC key (RFC 7518 §3.1).
 SIGNING_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
 
 # RFC 7638 §3.2 and RFC 8037 §2: the required members of each key type, in lexicographic order.
@@ -214,6 +214,10 @@ class KeyRing:
     def to_jwks(self, *, private: bool = False) -> dict[str, Any]:
         """The JWKS document: public keys only, unless ``private`` (for a key file)."""
         return {"keys": [key.private_jwk() if private else key.public_jwk() for key in self._keys.values()]}
+
+    def with_key(self, key: SigningKey) -> KeyRing:
+        """A new ring holding these keys and ``key`` (whose algorithm this ring must not have yet)."""
+        return KeyRing([*self._keys.values(), key])
 
     def key_for(self, alg: str) -> SigningKey:
         """The key that signs with ``alg``; ``ConfigurationError`` when there is none."""

@@ -150,6 +150,7 @@ class Ledger:
         scopes: frozenset[str],
         audience: str,
         claims: Mapping[str, Any] | None = None,
+        resources: tuple[str, ...] = (),
     ) -> Grant:
         return Grant(
             id=new_id("grant_"),
@@ -160,13 +161,24 @@ class Ledger:
             audience=audience,
             created_at=self.now(),
             claims=dict(claims or {}),
+            resources=resources,
         )
 
     def issue(
-        self, grant: Grant, scopes: frozenset[str], *, refresh: bool, parent: RefreshState | None = None
+        self,
+        grant: Grant,
+        scopes: frozenset[str],
+        *,
+        refresh: bool,
+        parent: RefreshState | None = None,
+        audience: str | None = None,
     ) -> TokenSet:
-        """An access token (and a refresh token if asked) from ``grant``; rotates ``parent`` if given."""
-        access, access_state = self.mint_access(grant, scopes, parent=parent)
+        """An access token (and a refresh token if asked) from ``grant``; rotates ``parent`` if given.
+
+        ``audience``: the access token's ``aud`` when a request named a resource (RFC 8707 §2.2);
+        by default the grant's audience.
+        """
+        access, access_state = self.mint_access(grant, scopes, parent=parent, audience=audience)
         refresh_token, refresh_state = self._mint_refresh(grant, parent) if refresh else (None, None)
         if parent is not None and refresh_state is not None:
             # OAuth 2.1 §4.3.1: the old refresh token is used up, and points at its successor.
@@ -202,14 +214,17 @@ class Ledger:
         alg: str | None = None,
         extra: Mapping[str, Any] | None = None,
         parent: RefreshState | None = None,
+        audience: str | None = None,
     ) -> tuple[str, AccessState]:
         idp = self._idp
         iat = int(self.now())
         lifetime = idp.access_token_ttl if expires_in is None else int(expires_in)
+        aud = audience or grant.audience
         # RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat and jti are required; scope when granted.
+        # RFC 9068 §3: with a "resource" parameter (RFC 8707), aud is that resource.
         claims: dict[str, Any] = {
             "iss": idp.issuer,
-            "aud": grant.audience,
+            "aud": aud,
             "sub": grant.subject if grant.subject is not None else grant.client_id,
             "client_id": grant.client_id,
             "iat": iat,
@@ -220,10 +235,10 @@ class Ledger:
             claims["scope"] = scope_string(scopes)
         claims.update(grant.claims)
         claims.update(extra or {})
-        audience = idp.audiences.get(grant.audience) or Audience(grant.audience)
-        fmt = token_format or audience.format
+        target = idp.audiences.get(aud) or Audience(aud)
+        fmt = token_format or target.format
         if fmt == "jwt":
-            key = idp.keys.key_for(alg or audience.alg)
+            key = idp.keys.key_for(alg or target.alg)
             # RFC 9068 §2.1: the header's typ is "at+jwt"; the kid names the key in the JWKS.
             token = jwt.encode(claims, key.private, algorithm=key.alg, headers={"typ": "at+jwt", "kid": key.kid})
         elif fmt == "opaque":

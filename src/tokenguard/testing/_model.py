@@ -152,6 +152,8 @@ class CodeState:
     expires_at: float
     used: bool = False
     grant_id: str | None = None
+    #: RFC 8707 §2.1: the resources the authorization request named; the token request picks one.
+    resources: tuple[str, ...] = ()
     #: What the user's authentication and consent add to the grant: acr, auth_time, authorization_details.
     claims: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -168,6 +170,9 @@ class Grant:
     audience: str
     created_at: float
     claims: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: RFC 8707 §2.2: the resources this grant covers, which a refresh request may narrow to one of
+    #: (empty: only ``audience``, the audience of its first access token).
+    resources: tuple[str, ...] = ()
     refresh_tokens: list[RefreshState] = field(default_factory=list, repr=False)
     access_tokens: list[AccessState] = field(default_factory=list, repr=False)
     expires_at: float = 0.0
@@ -177,6 +182,11 @@ class Grant:
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The audiences an access token of this grant may have: its resources, or its audience."""
+        return self.resources or (self.audience,)
 
     @property
     def chain(self) -> list[str]:
