@@ -52,6 +52,7 @@ ADAPTERS = frozenset(
         "tokenguard.routing",
         "tokenguard.credentials",
         "tokenguard.middleware",
+        "tokenguard._startup",
         "tokenguard.fastapi",
         "tokenguard.fastapi._openapi",
     }

@@ -9,10 +9,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from conftest import AUDIENCE, ISSUER, Issuer
-from tokenguard import Rule, TokenGuard, public, require_scopes, sensitive
+from tokenguard import ConfigurationError, Rule, TokenGuard, public, require_scopes, sensitive
 from tokenguard.routing import declared_requirements
 from tokenguard.testing import ManualClock
 
@@ -104,3 +104,116 @@ def test_ready_turns_false_after_the_stale_period(idp: Issuer, clock: ManualCloc
         idp.down = True
         clock.advance(3600 + 86400 + 1)
         assert client.get("/ready").status_code == 503
+
+
+# --- A wrong option stops the app at startup, with the option named (tests/test_server_startup.py
+# runs the same with real uvicorn, hypercorn and gunicorn processes).
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"issuer": ISSUER}, "audience is required: this API's identifier"),
+        ({"audience": AUDIENCE}, "issuer is required: the authorization server's issuer identifier"),
+        (
+            {"issuer": ISSUER, "audience": AUDIENCE, "leway": 5},
+            "'leway' is not a TokenGuard option (did you mean 'leeway'?)",
+        ),
+        ({"issuer": ISSUER, "audience": AUDIENCE, "xyzzy": 1}, "'xyzzy' is not a TokenGuard option; README"),
+        ({"issuer": "http://idp.example.com", "audience": AUDIENCE}, "issuer must use https://"),
+    ],
+)
+def test_built_directly_a_wrong_option_raises_configuration_error(options: dict[str, object], message: str) -> None:
+    """``TokenGuard(app, ...)``: a ConfigurationError naming the option, never a bare TypeError."""
+    with pytest.raises(ConfigurationError) as raised:
+        TokenGuard(Starlette(), **options)  # type: ignore[arg-type]
+    assert message in str(raised.value)
+
+
+def test_options_are_keyword_only() -> None:
+    with pytest.raises(ConfigurationError, match="keyword-only"):
+        TokenGuard(Starlette(), ISSUER, AUDIENCE)  # type: ignore[misc]
+
+
+def _lazily_guarded(**options: object) -> Starlette:
+    app = Starlette(routes=[Route("/health", health), Route("/transfers", transfer)])
+    app.add_middleware(TokenGuard, **options)  # type: ignore[arg-type]
+    return app
+
+
+@pytest.mark.parametrize("options", [{"issuer": ISSUER}, {"issuer": ISSUER, "audience": AUDIENCE, "leeway": -1}])
+def test_built_by_the_app_a_wrong_option_fails_the_lifespan_startup(options: dict[str, object]) -> None:
+    """The ASGI lifespan answer is ``startup.failed`` with the message (what makes a server exit)."""
+    app = _lazily_guarded(**options)
+    sent: list[dict[str, object]] = []
+    incoming = [{"type": "lifespan.startup"}]
+
+    async def receive() -> dict[str, object]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+    import anyio
+
+    with pytest.raises(ConfigurationError):
+        anyio.run(run)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "TokenGuard is misconfigured" in str(sent[0]["message"])
+    field = "audience" if "audience" not in options else "leeway"
+    assert field in str(sent[0]["message"])
+
+
+def test_built_by_the_app_a_wrong_option_is_raised_by_the_test_client() -> None:
+    """In a test, ``with TestClient(app)`` raises the ConfigurationError itself."""
+    with pytest.raises(ConfigurationError, match="audience is required"), TestClient(_lazily_guarded(issuer=ISSUER)):
+        pass
+
+
+def test_without_lifespan_a_misconfigured_guard_refuses_every_request(caplog: pytest.LogCaptureFixture) -> None:
+    """A server run without lifespan: every request is a 500 without details, never the app's answer."""
+    client = TestClient(_lazily_guarded(issuer=ISSUER, audience=AUDIENCE, leeway=-1))  # no ``with``: no lifespan
+    with caplog.at_level(logging.ERROR, logger="tokenguard"):
+        for path in ("/health", "/transfers"):  # the public route too: nothing is served
+            response = client.get(path)
+            assert response.status_code == 500
+            assert response.json() == {
+                "error": "server_error",
+                "error_description": "The request could not be authorized.",
+            }
+            assert "leeway" not in response.text
+    assert any("leeway must be greater than or equal to 0" in r.getMessage() for r in caplog.records)
+    assert all(r.exc_info is None for r in caplog.records)
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/health"):
+        pass
+    assert denied.value.status_code == 500
+
+
+def test_a_conflict_found_at_startup_fails_the_lifespan_startup() -> None:
+    """Marks that cannot be combined (class + method) are found when the guard walks the routes."""
+    from starlette.endpoints import HTTPEndpoint
+
+    @public
+    class Photos(HTTPEndpoint):
+        @require_scopes("write:photos")
+        async def post(self, request: Request) -> JSONResponse:
+            return JSONResponse({})
+
+    app = Starlette(routes=[Route("/photos", Photos)])
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE)
+    with pytest.raises(ConfigurationError, match="@public cannot be combined"), TestClient(app):
+        pass
+
+
+def test_a_guard_built_elsewhere_than_the_lazy_builder_still_raises() -> None:
+    """Only Starlette's own ``build_middleware_stack`` defers the error: a look-alike function does not."""
+
+    class NotStarlette:
+        def build_middleware_stack(self) -> object:
+            return TokenGuard(Starlette(), issuer=ISSUER)  # type: ignore[call-arg]
+
+    with pytest.raises(ConfigurationError, match="audience is required"):
+        NotStarlette().build_middleware_stack()

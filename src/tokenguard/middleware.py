@@ -13,6 +13,7 @@ document is answered by ``resource_metadata.serve``; ``request.auth``/``request.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenguard._details import check_details
 from tokenguard._http import HttpClientOption
+from tokenguard._startup import FailedGuard, argument_problem, built_by_framework, fail_startup
 from tokenguard._status import GuardStatus, MetricsSnapshot
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
 from tokenguard.challenge import render, send_denial
@@ -55,7 +57,24 @@ class TokenGuard:
     one issuer's endpoints or keys, so they need a single issuer. ``resource_metadata`` (on by
     default) serves RFC 9728 metadata for ``resource`` (default: the first https audience);
     ``False`` turns it off, a dict adds members such as ``resource_name``.
+
+    A wrong, missing or unknown option is a ``ConfigurationError`` naming it. Built lazily by the
+    framework (``add_middleware``), the guard fails the lifespan startup with that message instead,
+    so the server refuses to start (``_startup``).
     """
+
+    _failed: FailedGuard | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Python's own TypeError for a missing or unknown keyword says neither what the option is nor
+        # the fix: check the names first. ``args[0]`` is the app.
+        problem = argument_problem(cls.__init__, args[1:], {k: v for k, v in kwargs.items() if k != "app"})
+        if problem is None:
+            return super().__new__(cls)
+        error = ConfigurationError(problem)
+        if built_by_framework():
+            return FailedGuard(args[0] if args else kwargs["app"], error)
+        raise error
 
     def __init__(
         self,
@@ -106,6 +125,17 @@ class TokenGuard:
     ) -> None:
         self.app = app
         options = locals()
+        try:
+            self._configure(options)
+        except ConfigurationError as exc:
+            if not built_by_framework():
+                raise
+            self._failed = FailedGuard(app, exc)
+
+    def _configure(self, options: Mapping[str, Any]) -> None:
+        """Validate and assemble every option (``__init__``'s arguments, by name)."""
+        http_client, resource, rules = options["http_client"], options["resource"], options["rules"]
+        on_decision = options["on_decision"]
         self.configs = guard_configs(**{name: options[name] for name in CONFIG_OPTIONS})
         self.config = self.configs[0]
         issuers = self.issuers
@@ -116,14 +146,14 @@ class TokenGuard:
             else MultiIssuerAuthenticator(self.configs, http_client=http_client)
         )
         self.resource_metadata: ResourceMetadata | None = build_resource_metadata(
-            resource_metadata, resource=resource, audience=self.config.audience, issuers=issuers
+            options["resource_metadata"], resource=resource, audience=self.config.audience, issuers=issuers
         )
         self._metadata_url = self.resource_metadata.url if self.resource_metadata is not None else None
         self._metadata_paths = frozenset(self.resource_metadata.paths) if self.resource_metadata else frozenset()
-        default_requirement = PUBLIC if default == "public" else AUTHENTICATED
-        self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=route_cache_size)
+        default_requirement = PUBLIC if options["default"] == "public" else AUTHENTICATED
+        self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=options["route_cache_size"])
         self.resolver.enforce = self._enforce_at_dispatch
-        self._prefetch = prefetch
+        self._prefetch = options["prefetch"]
         self._realm = self.config.effective_realm
         if on_decision is None:
             self._hooks: tuple[DecisionHook, ...] = ()
@@ -135,9 +165,16 @@ class TokenGuard:
             raise ConfigurationError("on_decision must be a callable or a list of callables")
         self.metrics = Metrics()
 
+    __signature__ = inspect.signature(__init__).replace(
+        parameters=list(inspect.signature(__init__).parameters.values())[1:]
+    )  # what ``help()`` and IDEs show: ``__init__``'s options, not ``__new__``'s ``*args, **kwargs``
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._failed is not None:
+            await self._failed(scope, receive, send)
+            return
         if scope["type"] == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive, scope.get("app")), send)
+            await self._lifespan(scope, receive, send)
             return
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
@@ -357,13 +394,36 @@ class TokenGuard:
             elif (problem := self.authenticator.introspection_problem()) is not None:
                 logger.error("tokenguard: sensitive routes cannot be introspected: %s", problem)
 
-    def _lifespan_receive(self, receive: Receive, scope_app: Any = None) -> Receive:
-        async def wrapped() -> Message:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app's lifespan, with the guard's own startup checks on the ``startup`` event.
+
+        A ``ConfigurationError`` found then (marks that cannot be combined, …) fails the startup with
+        its message — the ASGI way to stop the server — unless the app already reported a failure.
+        """
+        failure: list[ConfigurationError] = []
+        answered = False
+
+        async def wrapped_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self._startup(scope_app)
+                try:
+                    await self._startup(scope.get("app"))
+                except ConfigurationError as exc:
+                    failure.append(exc)
+                    raise
             elif message["type"] == "lifespan.shutdown":
                 await self.authenticator.aclose()
             return message
 
-        return wrapped
+        async def wrapped_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] in ("lifespan.startup.complete", "lifespan.startup.failed"):
+                answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, wrapped_receive, wrapped_send)
+        except ConfigurationError as exc:
+            if failure and exc is failure[0] and not answered:
+                await fail_startup(send, exc)
+            raise

@@ -43,6 +43,7 @@ The hook never sees a token; it gets only the ``DecisionEvent``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
 from typing import Any
 
 from tokenguard.events import DecisionEvent
@@ -79,10 +80,11 @@ _GAUGES = {
 
 
 def _version() -> str:
-    # The package's own version, never the index's: "tokenguard" there is another project.
-    from tokenguard import __version__
-
-    return __version__
+    # The distribution is "tokenguard-asgi": "tokenguard" on the package index is another project.
+    try:
+        return metadata.version("tokenguard-asgi")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 class OpenTelemetryHook:
