@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from conftest import AUDIENCE, ISSUER, Issuer
-from tokenguard import AccessToken, TokenGuard, public, require_any_scope, require_scopes
+from tokenguard import AccessToken, ConfigurationError, TokenGuard, public, require_any_scope, require_scopes
 from tokenguard.events import DecisionEvent
 from tokenguard.fastapi import bearer_scheme, current_token, require, scopes
 from tokenguard.testing import ManualClock
@@ -363,6 +363,13 @@ def test_dependencies_without_the_guard_fail_and_say_why(
     assert "TokenGuard middleware is missing" in message
     assert f"route {template} " in message
     assert token not in message
+
+
+def test_in_a_test_the_exception_itself_names_the_missing_guard(idp: Issuer) -> None:
+    """A test client that re-raises server errors shows why at once, not a bare refusal."""
+    client = TestClient(build_app())  # raise_server_exceptions=True, as tests usually run
+    with pytest.raises(ConfigurationError, match=r"TokenGuard middleware is missing: route /me .*add_middleware"):
+        client.get("/me", headers=bearer(idp.token()))
 
 
 def test_no_missing_guard_error_with_the_guard(

@@ -33,7 +33,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, SecurityScopes
 
 from tokenguard.credentials import TokenCredentials
-from tokenguard.errors import AuthError, InsufficientScope, MissingToken
+from tokenguard.errors import AuthError, ConfigurationError, InsufficientScope, MissingToken, TokenGuardError
 from tokenguard.fastapi._openapi import bearer_scheme, install_openapi
 from tokenguard.models import AccessToken
 
@@ -42,17 +42,21 @@ __all__ = ["bearer_scheme", "current_token", "install_openapi", "require", "scop
 logger = logging.getLogger("tokenguard")
 
 
-def _refusal(request: Request, error: AuthError) -> AuthError:
-    """``error``, to be raised: the guard renders it. Without a guard it will be a 500: say why."""
-    if request.scope.get("tokenguard") is None:
-        # The route's template, never the request's path: a client's text stays out of the log.
-        route = getattr(request.scope.get("route"), "path", None)
-        logger.error(
-            "tokenguard: the TokenGuard middleware is missing: route %s uses a tokenguard.fastapi dependency "
-            "but no TokenGuard validated the request (app.add_middleware(TokenGuard, ...)); answered 500",
-            route if isinstance(route, str) else "<unknown>",
-        )
-    return error
+def _refusal(request: Request, error: AuthError) -> TokenGuardError:
+    """``error``, to be raised: the guard renders it. Without a guard, a ``ConfigurationError`` that
+    says so (a 500, and in a test the exception itself names the missing middleware)."""
+    if request.scope.get("tokenguard") is not None:
+        return error
+    # The route's template, never the request's path: a client's text stays out of the log.
+    route = getattr(request.scope.get("route"), "path", None)
+    message = (
+        f"the TokenGuard middleware is missing: route {route if isinstance(route, str) else '<unknown>'} uses a "
+        "tokenguard.fastapi dependency but no TokenGuard validated the request; add "
+        "app.add_middleware(TokenGuard, issuer=..., audience=...) (the decorators and dependencies only "
+        "read what the guard decided)"
+    )
+    logger.error("tokenguard: %s; answered 500", message)
+    return ConfigurationError(message)
 
 
 def _token_of(request: Request) -> AccessToken:
