@@ -94,6 +94,14 @@ def _add_dev_idp(commands: Any) -> None:
         help="a scope clients may ask for, in addition to read/write/admin and the examples' scopes (repeatable)",
     )
     dev.add_argument(
+        "--audience",
+        action="append",
+        dest="audiences",
+        metavar="AUD",
+        help="an API (absolute URI) to issue tokens for, besides https://api.tokenguard.test; a client asks for "
+        "it with resource=AUD, RFC 8707 (repeatable)",
+    )
+    dev.add_argument(
         "--cors-origin",
         action="append",
         dest="cors_origins",
@@ -226,6 +234,7 @@ def _cmd_dev_idp(args: argparse.Namespace, http_client: HttpClientOption, clock:
         allow_remote=args.allow_remote,
         issuer=args.issuer,
         cors_origins=tuple(args.cors_origins or ()),
+        audiences=tuple(args.audiences or ()),
     )
 
 

@@ -5,11 +5,15 @@ picks a free port, and a client that reads the printed issuer URL can connect at
 
 Besides the DevIdP's own clients it registers ``dev-spa``, a public client (RFC 6749 §2.1) for a
 browser or native app on loopback; ``--cors-origin`` lets a browser app on that origin call the
-token endpoint (CORS), e.g. Swagger UI on ``http://127.0.0.1:8000``.
+token endpoint (CORS), e.g. Swagger UI on ``http://127.0.0.1:8000``. ``--audience AUD`` adds an
+API the DevIdP issues tokens for; a client asks for one with ``resource=AUD`` (RFC 8707).
+
+Every error is one line with the hint that fits it, and only that one.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from urllib.parse import urlsplit
@@ -18,7 +22,7 @@ from tokenguard.cli._output import CliError, Printer
 from tokenguard.config import check_url, is_loopback_host
 from tokenguard.errors import ConfigurationError
 from tokenguard.testing import DEV_USER_GRANT, RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, Client, DevIdP
-from tokenguard.testing._idp import cors_origin_list
+from tokenguard.testing._idp import cors_origin_list, is_resource_indicator
 
 _ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - refused unless --allow-remote
 #: The public client registered out of the box: a browser or native app, no secret, PKCE.
@@ -39,12 +43,14 @@ def main(
     issuer: str | None = None,
     scopes: tuple[str, ...] = (),
     cors_origins: tuple[str, ...] = (),
+    audiences: tuple[str, ...] = (),
 ) -> int:
     """Serve until interrupted; refuse a non-loopback host unless ``allow_remote``."""
     _check_host(host, allow_remote)
     if not 0 <= port <= 65535:
         raise CliError(f"--port must be between 0 and 65535, got {port}")
     origins = _cors_origins(cors_origins)
+    _check_audiences(audiences)
     try:
         import uvicorn  # noqa: F401 - only to say early and clearly that it is missing
     except ImportError as exc:
@@ -52,7 +58,7 @@ def main(
     origin = _key_origin(keys)  # before the DevIdP writes a missing key file
     sock = _bind(host, port)
     try:
-        idp = _build(host, sock.getsockname()[1], keys, issuer, origins)
+        idp = _build(host, sock.getsockname()[1], keys, issuer, origins, audiences)
         if scopes:
             idp.add_scopes(*scopes)
         _describe(out, idp, origin, listen=_url(host, sock.getsockname()[1]))
@@ -74,6 +80,13 @@ def _check_host(host: str, allow_remote: bool) -> None:
     )
 
 
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: " (another server has it: pick another --port, or --port 0 for a free one)",
+    errno.EACCES: " (ports below 1024 need privileges: pick a --port above 1023)",
+    errno.EADDRNOTAVAIL: " (--host must be an address of this machine)",
+}
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -83,7 +96,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        hint = _LISTEN_HINTS.get(exc.errno or 0, "")
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
     sock.set_inheritable(True)
     return sock
 
@@ -101,20 +115,66 @@ def _cors_origins(given: tuple[str, ...]) -> tuple[str, ...]:
         raise CliError(f"--cors-origin: {exc}") from exc
 
 
-def _build(host: str, port: int, keys: str | None, issuer: str | None, cors_origins: tuple[str, ...] = ()) -> DevIdP:
-    if issuer is None:
-        # Listening everywhere: the issuer names loopback, reachable from this machine (http is only
-        # allowed there, RFC 8414 §2); behind a TLS proxy, --issuer names the https URL instead.
-        issuer = _url("127.0.0.1" if host in _ALL_INTERFACES else host, port)
+def _check_audiences(given: tuple[str, ...]) -> None:
+    """The ``--audience`` values, checked before the port is bound: what a client can name as a resource."""
+    for audience in given:
+        if not is_resource_indicator(audience):
+            raise CliError(
+                "--audience must be an absolute URI without a fragment, as a client names it in resource= "
+                f"(RFC 8707 §2), e.g. https://payments.example; got {audience!r}"
+            )
+
+
+def _build(
+    host: str,
+    port: int,
+    keys: str | None,
+    issuer: str | None,
+    cors_origins: tuple[str, ...] = (),
+    audiences: tuple[str, ...] = (),
+) -> DevIdP:
+    issuer = _issuer(host, port, issuer)
     try:
-        check_url("--issuer", issuer)
         idp = DevIdP(issuer, key_file=keys, cors_origins=cors_origins)
     except ConfigurationError as exc:
-        raise CliError(f"{exc}; a non-loopback DevIdP needs --issuer https://... (a TLS proxy in front)") from exc
+        if keys is None:  # the issuer and the origins are checked already: only the key file is left
+            raise
+        raise CliError(f"--keys: {exc}") from exc
     except (OSError, ValueError) as exc:
-        raise CliError(f"cannot use the key file {keys!r}: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise CliError(f"--keys: cannot use the key file {keys!r}: {reason}") from exc
+    for audience in audiences:
+        idp.add_audience(audience)
     idp.register_client(SPA_CLIENT_ID, redirect_uris=SPA_REDIRECT_URIS)
     return idp
+
+
+def _issuer(host: str, port: int, given: str | None) -> str:
+    """The issuer to advertise: ``--issuer``, or ``http://HOST:PORT``; http only on loopback (RFC 8414 §2)."""
+    if given is None:
+        # Listening everywhere: the issuer names loopback, reachable from this machine; listening on
+        # one non-loopback address, plain http would name an issuer no client may trust.
+        if host not in _ALL_INTERFACES and not is_loopback_host(host.strip("[]")):
+            raise CliError(
+                f"serving on {host} needs --issuer https://... (a TLS proxy in front): a plain http "
+                "issuer is only allowed on loopback (RFC 8414 §2)"
+            )
+        return _url("127.0.0.1" if host in _ALL_INTERFACES else host, port)
+    try:
+        check_url("--issuer", given)
+    except ConfigurationError as exc:
+        hint = "; put a TLS proxy in front and give its https:// URL" if _plain_http(given) else ""
+        raise CliError(f"{exc}{hint}") from exc
+    if urlsplit(given).query:
+        raise CliError(f"--issuer must not have a query (RFC 8414 §2), got {given!r}")
+    return given
+
+
+def _plain_http(url: str) -> bool:
+    try:
+        return urlsplit(url).scheme == "http" and bool(urlsplit(url).hostname)
+    except ValueError:
+        return False
 
 
 def _describe(out: Printer, idp: DevIdP, key_origin: str, *, listen: str) -> None:
@@ -132,7 +192,7 @@ def _describe(out: Printer, idp: DevIdP, key_origin: str, *, listen: str) -> Non
         ("revoke", meta["revocation_endpoint"]),
         ("keys", f"{', '.join(idp.keys.kids)} ({key_origin})"),
         ("scopes", " ".join(sorted(idp.scopes))),
-        ("audience", f"{idp.default_audience} (JWT access tokens, {idp.access_token_ttl} s)"),
+        *_audience_rows(idp),
         ("cors", _cors_row(idp)),
     ]
     for name, value in rows:
@@ -148,6 +208,20 @@ def _describe(out: Printer, idp: DevIdP, key_origin: str, *, listen: str) -> Non
     _examples(out, idp)
     out.line()
     out.line(out.style(f"Listening on {listen}", "bold") + " (Ctrl+C to stop)")
+
+
+def _audience_rows(idp: DevIdP) -> list[tuple[str, str]]:
+    """The audiences (APIs) it issues tokens for: the default first, then those of ``--audience``."""
+    others = [audience for audience in idp.audiences if audience != idp.default_audience]
+    kinds = {"jwt": "JWT", "opaque": "opaque"}
+    formats = sorted({kinds[entry.format] for entry in idp.audiences.values()})
+    rows = [("audiences", ", ".join([f"{idp.default_audience} (the default)", *others]))]
+    how = f"{' and '.join(formats)} access tokens, {idp.access_token_ttl} s"
+    if others:
+        how += "; a client asks for another with resource=AUDIENCE (RFC 8707)"
+    else:
+        how += "; --audience AUD adds another"
+    return [*rows, ("", f"({how})")]
 
 
 def _key_origin(keys: str | None) -> str:
@@ -180,6 +254,8 @@ def _examples(out: Printer, idp: DevIdP) -> None:
         credentials = f"{user.client_id}:{user.client_secret}"
         out.line(f"  curl -s -u {credentials} -d grant_type=client_credentials {token}")
         out.line(f"  curl -s -u {credentials} -d grant_type={DEV_USER_GRANT} -d username=alice {token}")
+        for audience in [audience for audience in idp.audiences if audience != idp.default_audience][:1]:
+            out.line(f"  curl -s -u {credentials} -d grant_type=client_credentials -d resource={audience} {token}")
     out.line(f"  tokenguard check --issuer {idp.issuer} --audience {idp.default_audience}")
     out.line(out.style("Protect an app with it", "bold"))
     out.line(
