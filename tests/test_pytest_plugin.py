@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from tokenguard import TokenGuard, public
+from tokenguard import ConfigurationError, TokenGuard, public
 from tokenguard.testing import DEFAULT_AUDIENCE, DevIdP, KeyRing, ManualClock
 from tokenguard.testing.pytest_plugin import GuardedAppFactory
 
@@ -129,14 +129,15 @@ def test_the_fixtures_are_listed_with_their_docs(pytester: pytest.Pytester) -> N
     """pytest --fixtures lists the plugin's fixtures with their one-line descriptions."""
     pytester.makepyfile(test_nothing="def test_nothing(): pass")
     result = pytester.runpytest("--fixtures", "-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(
-        [
-            "*dev_idp*",
-            "*A fresh development identity provider with a controllable clock*",
-            "*issue_token*",
-            "*guarded_app*",
-        ]
-    )
+    for pattern in (
+        "*dev_idp*",
+        "*A fresh development identity provider with a controllable clock*",
+        "*issue_token*",
+        "*guard_options*",
+        "*TokenGuard`` options trusting ``dev_idp``*",
+        "*guarded_app*",
+    ):  # one by one: pytest orders the list by its own rules
+        result.stdout.fnmatch_lines([pattern])
 
 
 def test_the_plugin_yields_to_a_users_own_fixture(pytester: pytest.Pytester) -> None:
@@ -186,3 +187,39 @@ def test_guarded_app_wraps_a_plain_asgi_app(guarded_app: GuardedAppFactory, issu
         assert client.get("/").status_code == 401  # the guard cannot see marks through a plain callable
         token = issue_token(scopes="read")
         assert client.get("/", headers={"Authorization": f"Bearer {token}"}).json() == {"open": True}
+
+
+@pytest.mark.parametrize("how", ["added", "added_by_guarded_app", "wrapping"])
+def test_guarded_app_refuses_an_app_that_already_has_a_guard(guarded_app: GuardedAppFactory, how: str) -> None:
+    """A second guard would refuse every dev_idp token ("another issuer"): refuse, show the factory pattern."""
+    app: object = Starlette()
+    if how == "added":
+        app.add_middleware(TokenGuard, issuer="https://idp.example.com", audience="https://photos.example")  # type: ignore[attr-defined]
+    elif how == "added_by_guarded_app":
+        app = guarded_app(app)
+    else:
+        app = TokenGuard(app, issuer="https://idp.example.com", audience="https://photos.example")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError) as refused:
+        guarded_app(app)
+    message = str(refused.value)
+    assert "already has a TokenGuard" in message
+    assert "create_app(**guard_options())" in message
+
+
+def test_guard_options_feed_an_app_factory(
+    guard_options: Callable[..., dict[str, object]], issue_token: Callable[..., str]
+) -> None:
+    """The factory pattern the refusal shows works: the app's own guard, pointed at dev_idp."""
+
+    async def hello(request: Request) -> JSONResponse:
+        return JSONResponse({"owner": request.user.identity})
+
+    def create_app(**options: object) -> Starlette:
+        app = Starlette(routes=[Route("/", hello)])
+        app.add_middleware(TokenGuard, **options)  # type: ignore[arg-type]
+        return app
+
+    with TestClient(create_app(**guard_options(default="authenticated"))) as client:
+        assert client.get("/").status_code == 401
+        token = issue_token(scopes=["read"])
+        assert client.get("/", headers={"Authorization": f"Bearer {token}"}).json() == {"owner": "alice"}

@@ -17,6 +17,10 @@ are then available in every test, with nothing to import:
     or FastAPI app, pointed at ``dev_idp`` in-process (``http_client=dev_idp.http_client``), with
     the introspection credentials of ``dev-api`` and ``dev_idp``'s clock; ``options`` go to
     ``TokenGuard`` and override these. Any other ASGI app comes back wrapped in a ``TokenGuard``.
+``guard_options``
+    ``guard_options(audience=None, **options) -> dict``: the same settings, for an app factory that
+    adds its own guard (``create_app(**guard_options())``). ``guarded_app`` refuses an app that
+    already has a ``TokenGuard``: a second guard would refuse every ``dev_idp`` token.
 ``dev_idp_keys``
     Session-scoped signing keys shared by every ``dev_idp`` (RSA keys are slow to generate).
 
@@ -84,14 +88,46 @@ def issue_token(dev_idp: DevIdP) -> Callable[..., str]:
     return dev_idp.issue_token
 
 
-@pytest.fixture
-def guarded_app(dev_idp: DevIdP) -> GuardedAppFactory:
-    """``guarded_app(app, audience=None, **options)``: the app, guarded by a TokenGuard trusting ``dev_idp``."""
+class GuardOptions(Protocol):
+    """The ``guard_options`` fixture: the ``TokenGuard`` options that point a guard at ``dev_idp``."""
+
+    def __call__(self, *, audience: str | None = None, **options: Any) -> dict[str, Any]: ...
+
+
+_FACTORY_PATTERN = """\
+Build the app without a guard of its own in tests, or let its factory take the guard's options:
+
+    def create_app(**guard_options):
+        app = Starlette(routes=[...])
+        app.add_middleware(TokenGuard, **guard_options)
+        return app
+
+    app = create_app(issuer="https://idp.example.com", audience="https://photos.example")  # production
+
+    def test_photos(guard_options, issue_token):                                         # tests
+        app = create_app(**guard_options())"""
+
+
+def _existing_guard(app: Any) -> bool:
+    """Whether ``app`` already has a ``TokenGuard``: added to it, or wrapping it."""
     from tokenguard import TokenGuard
+
+    if isinstance(app, TokenGuard):
+        return True
+    for middleware in getattr(app, "user_middleware", None) or ():
+        cls = getattr(middleware, "cls", None)
+        if isinstance(cls, type) and issubclass(cls, TokenGuard):
+            return True
+    return False
+
+
+@pytest.fixture
+def guard_options(dev_idp: DevIdP) -> GuardOptions:
+    """``guard_options(audience=None, **options) -> dict``: ``TokenGuard`` options trusting ``dev_idp``."""
     from tokenguard.testing import RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET
 
-    def install(app: Any, *, audience: str | None = None, **options: Any) -> Any:
-        settings: dict[str, Any] = {
+    def options_for(*, audience: str | None = None, **options: Any) -> dict[str, Any]:
+        return {
             "issuer": dev_idp.issuer,
             "audience": audience or dev_idp.default_audience,
             "http_client": dev_idp.http_client,
@@ -100,6 +136,26 @@ def guarded_app(dev_idp: DevIdP) -> GuardedAppFactory:
             "clock": dev_idp.clock,
             **options,
         }
+
+    return options_for
+
+
+@pytest.fixture
+def guarded_app(guard_options: GuardOptions) -> GuardedAppFactory:
+    """``guarded_app(app, audience=None, **options)``: the app, guarded by a TokenGuard trusting ``dev_idp``.
+
+    An app that already has a guard is refused: a second guard in front of it would send every
+    ``dev_idp`` token to the first one, which trusts another issuer (401 for every request).
+    """
+    from tokenguard import ConfigurationError, TokenGuard
+
+    def install(app: Any, *, audience: str | None = None, **options: Any) -> Any:
+        if _existing_guard(app):
+            raise ConfigurationError(
+                "guarded_app: this app already has a TokenGuard; a second one in front of it would refuse "
+                "every dev_idp token as coming from another issuer.\n" + _FACTORY_PATTERN
+            )
+        settings = guard_options(audience=audience, **options)
         if hasattr(app, "add_middleware"):
             app.add_middleware(TokenGuard, **settings)
             return app
