@@ -9,12 +9,58 @@ whose reason the caller passes on unchanged.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from tokenguard.errors import InvalidToken
+
+logger = logging.getLogger("tokenguard")
+
+
+def issuer_difference(named: object, configured: str) -> str | None:
+    """How an issuer that is *almost* the configured one differs from it; ``None`` for any other value."""
+    if not isinstance(named, str) or named == configured or len(named) > len(configured) + 8:
+        return None
+    if named.rstrip("/") == configured.rstrip("/"):
+        return "they differ only by a trailing '/'"
+    if named.lower() == configured.lower():
+        return "they differ only in letter case"
+    if named.partition("://")[2] == configured.partition("://")[2]:
+        return "they differ only in the scheme"
+    return None
+
+
+class IssuerCheck:
+    """RFC 7519 §4.1.1, RFC 9068 §4, RFC 7662 §4: ``iss`` must equal the configured issuer, exactly.
+
+    A value that misses it by a trailing ``/``, letter case or scheme is nearly always the guard's
+    configuration, not an attack: the first one is logged, once per check, saying what differs.
+    """
+
+    __slots__ = ("configured", "reported")
+
+    def __init__(self, configured: str) -> None:
+        self.configured = configured
+        self.reported = False
+
+    def __call__(self, named: object) -> None:
+        """Raise ``InvalidToken("wrong_issuer")`` unless ``named`` is the configured issuer."""
+        if named == self.configured:
+            return
+        if not self.reported and (difference := issuer_difference(named, self.configured)) is not None:
+            self.reported = True
+            logger.error(
+                "tokenguard: a token names the issuer %r but the guard is configured with issuer=%r: %s. Issuers "
+                "are compared exactly (RFC 9068 section 4): configure issuer exactly as the issuer's metadata "
+                "spells it (tokenguard check --issuer URL shows it). Every such token is refused; logged once.",
+                named,
+                self.configured,
+                difference,
+            )
+        raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
 
 
 def number_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:

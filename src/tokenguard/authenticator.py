@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from tokenguard._claims import IssuerCheck, issuer_difference
 from tokenguard._http import HttpClientOption, HttpClientPool
 from tokenguard._jose import classify, parse_jws
 from tokenguard._status import IssuerStatus
@@ -213,6 +214,7 @@ class MultiIssuerAuthenticator(_Pipeline):
         self.by_issuer: dict[str, Authenticator] = {
             config.issuer: Authenticator(config, http=self.http) for config in configs
         }
+        self._issuer_checks = tuple(IssuerCheck(config.issuer) for config in configs)
 
     @property
     def issuers(self) -> tuple[str, ...]:
@@ -237,6 +239,9 @@ class MultiIssuerAuthenticator(_Pipeline):
         issuer = parse_jws(token).claims.get("iss")
         authenticator = self.by_issuer.get(issuer) if isinstance(issuer, str) else None
         if authenticator is None:
+            for check in self._issuer_checks:  # a near miss of a configured issuer is logged, once
+                if issuer_difference(issuer, check.configured) is not None:
+                    check(issuer)
             raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
         return authenticator
 

@@ -31,6 +31,7 @@ from urllib.parse import quote_plus
 from cachetools import TLRUCache
 
 from tokenguard._claims import (
+    IssuerCheck,
     check_audience,
     check_lifetime,
     check_token_kind,
@@ -271,6 +272,7 @@ class Introspector:
 
     def __init__(self, config: GuardConfig, http: HttpClientPool, metadata: IssuerMetadata) -> None:
         self._config = config
+        self._check_issuer = IssuerCheck(config.issuer)
         self._options = config.introspection
         self._http = http
         self._metadata = metadata
@@ -502,8 +504,8 @@ class Introspector:
         exp = check_lifetime(document, now, self._config.leeway, require_exp=False)
         issuer = document.get("iss")
         # RFC 7662 §4: the answer must come from, and be about a token of, the issuer we trust.
-        if issuer is not None and issuer != self._config.issuer:
-            raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+        if issuer is not None:
+            self._check_issuer(issuer)
         # RFC 7662 §4: a token for another resource must not be accepted here (RFC 7519 §4.1.3).
         check_audience(document, self._config.audience, required=self._options.require_aud)
         subject, client_id = _identity(document)

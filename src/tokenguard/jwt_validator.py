@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokenguard._claims import (
+    IssuerCheck,
     check_audience,
     check_dates,
     check_lifetime,
@@ -74,6 +75,7 @@ class JWTValidator:
 
     def __init__(self, config: GuardConfig, jwks: JWKSCache) -> None:
         self._config = config
+        self._check_issuer = IssuerCheck(config.issuer)
         self._jwks = jwks
         self._algorithms = frozenset(config.algorithms)
         self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
@@ -211,7 +213,7 @@ class JWTValidator:
     def _check_issuer_and_lifetime(self, claims: Mapping[str, Any]) -> None:
         # RFC 7519 §4.1.1 / RFC 9068 §4: "iss" MUST exactly match the issuer; no normalisation.
         if claims.get("iss") != self._config.issuer:
-            raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+            self._check_issuer(claims.get("iss"))
         now, leeway = self._config.clock(), self._config.leeway
         exp, nbf, iat = claims.get("exp"), claims.get("nbf", _ABSENT), claims.get("iat", _ABSENT)
         # The common shape (integer dates, each comfortably inside a double's range) is decided here;
