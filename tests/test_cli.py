@@ -28,7 +28,7 @@ from conftest import (
     b64url,
 )
 from tokenguard.cli import main
-from tokenguard.testing import RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, DevIdP, ManualClock
+from tokenguard.testing import RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, DevIdP, KeyRing, ManualClock
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str, **options: Any) -> tuple[int, str, str]:
@@ -217,6 +217,45 @@ def test_inspect_json_output(capsys: pytest.CaptureFixture[str], clock: ManualCl
     assert token not in out
 
 
+def _big_token(issuer: Issuer, at_least: int) -> str:
+    """A token signed by ``issuer``, at least ``at_least`` characters long (a padding claim makes up the size)."""
+    pad = max(0, (at_least - len(issuer.token(pad=""))) * 3 // 4)
+    while len(token := issuer.token(pad="x" * pad)) < at_least:
+        pad += 1
+    return token
+
+
+def test_inspect_warns_when_the_middleware_would_refuse_the_size(
+    capsys: pytest.CaptureFixture[str], clock: ManualClock
+) -> None:
+    """Over the default max_token_bytes (16 KiB) the guard refuses a token unread: a warning line, a JSON field."""
+    token = _big_token(Issuer(clock), 20_000)
+    size = len(token)
+    code, out, _ = run(capsys, "inspect", token, "--no-color", clock=clock)
+    assert code == 0  # a warning only: an app may raise max_token_bytes
+    assert f"warning  {size} bytes: TokenGuard (default max_token_bytes=16384) refuses this token before" in out
+    assert f"warning  {size} bytes, over TokenGuard's default cap of 16384 (max_token_bytes)" in out
+    assert '"sub": "alice"' in out  # still decoded and shown
+    assert token not in out
+    code, out, _ = run(capsys, "inspect", "--json", token, clock=clock)
+    document = json.loads(out)
+    assert document["size"] == {"bytes": size, "default_max_token_bytes": 16384, "over_default_max": True}
+    assert document["findings"][0]["code"] == "token_too_large"
+
+
+@pytest.mark.parametrize(("length", "over"), [(16384, False), (16385, True)])
+def test_inspect_size_warning_starts_one_byte_past_the_cap(
+    capsys: pytest.CaptureFixture[str], length: int, over: bool
+) -> None:
+    """The middleware refuses len > max_token_bytes: 16,384 bytes pass, 16,385 do not (an opaque value
+    can be made to the byte; it has no claims to show, but the size warning still appears)."""
+    code, out, _ = run(capsys, "inspect", "A" * length)
+    assert code == 1  # opaque, whatever its size
+    assert ("refuses this token before decoding it" in out) is over
+    code, out, _ = run(capsys, "inspect", "--json", "A" * length)
+    assert json.loads(out)["size"]["over_default_max"] is over
+
+
 # -- inspect --issuer/--audience: the middleware's own verdict --------------------------------
 
 
@@ -269,6 +308,23 @@ def test_inspect_reports_a_forged_signature(
     assert verification["reason"] == "bad_signature"
 
 
+def test_inspect_verification_of_an_oversized_token_says_refused_and_what_else(
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, idp: Issuer
+) -> None:
+    """--issuer: the middleware's extraction refuses the size first (token_too_large, exit 1); the rest
+    of the verdict, with the cap raised, is said too."""
+    token = _big_token(idp, 20_000)
+    size = len(token)
+    code, out, _ = run(capsys, "inspect", token, "--issuer", ISSUER, "--audience", AUDIENCE, clock=clock)
+    assert code == 1
+    assert "INVALID  token_too_large: The access token is too large." in out
+    assert f"with max_token_bytes={size} or more, it is VALID (identity alice, source jwt)" in out
+    code, out, _ = run(capsys, "inspect", "--json", token, "--issuer", ISSUER, "--audience", AUDIENCE, clock=clock)
+    verification = json.loads(out)["verification"]
+    assert (verification["valid"], verification["reason"]) == (False, "token_too_large")
+    assert verification["beyond_cap"].endswith("it is VALID (identity alice, source jwt)")
+
+
 def test_inspect_verification_against_an_unreachable_issuer_exits_2(
     capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
@@ -319,6 +375,57 @@ def test_check_unreachable_issuer_exits_2(capsys: pytest.CaptureFixture[str], re
     assert "ConnectError" in err
     assert_one_clean_line(err)
     assert out == ""
+
+
+CHECK_KEYS = {
+    "issuer", "audience", "ok", "exit_code", "error", "metadata_attempts", "metadata_url", "metadata",
+    "jwks_uri", "keys", "clock_skew_seconds", "tokenguard_kids", "problems",
+}  # fmt: skip
+
+
+def _broken_factory() -> httpx.AsyncClient:
+    raise ArithmeticError("a bug below the command")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code", "kind"),
+    [("ok", 0, None), ("problems", 1, None), ("unreachable", 2, "unreachable"), ("not a URL", 2, "usage"),
+     ("http off loopback", 2, "usage"), ("internal error", 2, "internal")],
+)  # fmt: skip
+def test_check_json_is_one_document_for_every_outcome(
+    capsys: pytest.CaptureFixture[str],
+    clock: ManualClock,
+    respx_mock: respx.MockRouter,
+    outcome: str,
+    code: int,
+    kind: str | None,
+) -> None:
+    """`check --json`: stdout parses as one JSON document of the same shape, whatever happened, with
+    the exit code the README documents (0 ok, 1 check failed, 2 usage error or issuer unreachable)."""
+    issuer, options = ISSUER, {"clock": clock}
+    if outcome == "ok":
+        Issuer(clock).install(respx_mock)
+    elif outcome == "problems":
+        _serve(respx_mock, {**Issuer(clock).metadata(), "issuer": ISSUER + "/"}, Issuer(clock).jwks())
+    elif outcome == "unreachable":
+        respx_mock.get(url__startswith=ISSUER).mock(side_effect=httpx.ConnectError("connection refused"))
+    elif outcome == "not a URL":
+        issuer = "idp.example.com"
+    elif outcome == "http off loopback":
+        issuer = "http://idp.example.com"
+    else:
+        options["http_client"] = _broken_factory
+    got, out, err = run(capsys, "check", "--issuer", issuer, "--json", **options)
+    assert got == code, out + err
+    document = json.loads(out)
+    assert set(document) == CHECK_KEYS
+    assert document["exit_code"] == code
+    assert document["ok"] is (code == 0)
+    assert (document["error"] or {}).get("kind") == kind
+    assert document["issuer"] == issuer
+    if kind is not None:
+        assert document["error"]["message"]
+        assert_one_clean_line(err)
 
 
 def _serve(
@@ -409,21 +516,46 @@ def test_check_falls_back_to_openid_discovery_and_reports_clock_skew(
     assert any("clocks differ by 120s" in p["message"] for p in report["problems"])
 
 
-def test_check_plain_http_issuer_off_loopback_is_an_error(
+REFUSED_HTTP = (
+    "TokenGuard refuses this issuer: issuer must use https:// (plain http is only allowed on loopback), "
+    "got 'http://idp.example.com' (loopback: localhost, 127.0.0.0/8, ::1; from anywhere else, keys fetched "
+    "over plain HTTP could be swapped by anyone on the path)"
+)
+
+
+def test_http_off_loopback_is_refused_by_check_and_inspect_in_the_same_words(
     capsys: pytest.CaptureFixture[str], clock: ManualClock, respx_mock: respx.MockRouter
 ) -> None:
-    """http:// on a public host is flagged even when everything else answers."""
+    """The library's one rule (config.check_url): both commands refuse before fetching anything, exit 2."""
     plain = "http://idp.example.com"
-    issuer = Issuer(clock, issuer=plain)
-    metadata = {**issuer.metadata(), "jwks_uri": "http://idp.example.com/jwks"}
-    respx_mock.get(f"{plain}/.well-known/oauth-authorization-server").mock(
-        return_value=httpx.Response(200, json=metadata)
+    token = Issuer(clock, issuer=plain).token()
+    code, out, check_err = run(capsys, "check", "--issuer", plain, clock=clock)
+    assert (code, out) == (2, "")
+    assert check_err.startswith(f"tokenguard check: error: {REFUSED_HTTP}")
+    assert_one_clean_line(check_err)
+    code, out, inspect_err = run(capsys, "inspect", token, "--issuer", plain, "--audience", AUDIENCE, clock=clock)
+    assert (code, out) == (2, "")
+    assert inspect_err.startswith(f"tokenguard inspect: error: {REFUSED_HTTP}")
+    assert check_err.split(": error: ", 1)[1] == inspect_err.split(": error: ", 1)[1]
+    assert not respx_mock.calls  # nothing was fetched over plain HTTP
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:9000", "localhost:9000", "[::1]:9000"])
+def test_http_on_loopback_is_allowed_by_check_and_inspect(
+    capsys: pytest.CaptureFixture[str], dev_idp_keys: KeyRing, host: str
+) -> None:
+    """A DevIdP at http://<loopback> (in-process): check passes it, inspect verifies its token."""
+    local = DevIdP(f"http://{host}", keys=dev_idp_keys, clock=ManualClock())
+    options = {"http_client": local.http_client, "clock": local.clock}
+    code, out, err = run(capsys, "check", "--issuer", local.issuer, "--audience", local.default_audience, **options)
+    assert code == 0, out + err
+    assert "OK  0 error(s), 0 warning(s)" in out
+    token = local.issue_token(["read"])
+    code, out, err = run(
+        capsys, "inspect", token, "--issuer", local.issuer, "--audience", local.default_audience, **options
     )
-    respx_mock.get(f"{plain}/.well-known/openid-configuration").mock(return_value=httpx.Response(404))
-    code, out, _ = run(capsys, "check", "--issuer", plain, clock=clock)
-    assert code == 1
-    assert "the issuer is not https:// and not on loopback" in out
-    assert out.count("jwks_uri must use https://") == 1  # discovery's refusal, not said again
+    assert code == 0, out + err
+    assert "VALID  identity alice, source jwt" in out
 
 
 def test_check_reports_what_each_metadata_url_did(
@@ -467,11 +599,24 @@ def test_check_requires_an_issuer(capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_clean_line(err)
 
 
-def test_check_refuses_a_non_url_issuer(capsys: pytest.CaptureFixture[str]) -> None:
-    """An issuer that is not an http(s) URL is a usage error before any fetch."""
-    code, _, err = run(capsys, "check", "--issuer", "idp.example.com")
+@pytest.mark.parametrize(
+    ("issuer", "words"),
+    [
+        ("idp.example.com", "issuer must be an absolute https:// URL, got 'idp.example.com'"),
+        ("https://idp.example.com?tenant=1", "issuer must not have a query"),
+        ("https://idp.example.com#x", "issuer must not have a fragment"),
+    ],
+)
+def test_check_and_inspect_refuse_what_tokenguard_refuses(
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, issuer: str, words: str
+) -> None:
+    """Not a URL, a query, a fragment (RFC 8414 §2): a usage error before any fetch, same words in both."""
+    code, _, err = run(capsys, "check", "--issuer", issuer)
     assert code == 2
-    assert "--issuer must be an absolute http(s) URL" in err
+    assert f"TokenGuard refuses this issuer: {words}" in err
+    code, _, err = run(capsys, "inspect", Issuer(clock).token(), "--issuer", issuer, "--audience", AUDIENCE)
+    assert code == 2
+    assert f"TokenGuard refuses this issuer: {words}" in err
 
 
 # -- help and entry points --------------------------------------------------------------------

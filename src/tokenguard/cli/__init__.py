@@ -13,7 +13,8 @@ imported only when that command runs:
     _devidp   ``tokenguard dev-idp``  the development IdP on a port (uvicorn)
     _inspect  ``tokenguard inspect``  decode a token, flag risky parts, verify it with the middleware's code
     _check    ``tokenguard check``    an issuer's metadata (through ``tokenguard._discovery``), keys and clock
-    _output   what they share: the printer, colour, durations, dates, token abbreviations
+    _output   what they share: the printer (colour, ASCII fallback), durations, dates, token
+              abbreviations, the issuer-URL rule, why an issuer cannot be reached
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, NoReturn
 
 from tokenguard import __version__
 from tokenguard._http import HttpClientOption
-from tokenguard.cli._output import CliError, Printer, abbreviate, wants_color
+from tokenguard.cli._output import CliError, Printer, abbreviate, checked_issuer, wants_color
 
 _PROG = "tokenguard"
 _TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_.~+/=-]{32,}")
@@ -171,6 +172,8 @@ def _cmd_inspect(args: argparse.Namespace, http_client: HttpClientOption, clock:
 
     if (args.issuer is None) != (args.audience is None):
         raise CliError("--issuer and --audience go together")
+    if args.issuer is not None:
+        checked_issuer(args.issuer)  # the library's rule, in the same words as `check`, before any work
     if args.introspect and (args.issuer is None or args.client_id is None):
         raise CliError("--introspect needs --issuer, --audience and --client-id (the API's introspection client)")
     secret = (args.client_secret or os.environ.get("TOKENGUARD_CLIENT_SECRET")) if args.client_id else None
@@ -207,8 +210,13 @@ def _cmd_inspect(args: argparse.Namespace, http_client: HttpClientOption, clock:
 def _cmd_check(args: argparse.Namespace, http_client: HttpClientOption, clock: Callable[[], float]) -> int:
     from tokenguard.cli import _check as check
 
-    report = asyncio.run(check.run(args.issuer, args.audience, http_client=http_client, clock=clock))
     out = _printer(args)
+    try:
+        report = asyncio.run(check.run(args.issuer, args.audience, http_client=http_client, clock=clock))
+    except Exception as exc:
+        if args.json:  # every outcome of --json is one JSON document on stdout (the one line still goes to stderr)
+            out.json(check.error_json(args.issuer, args.audience, exc, exc.code if isinstance(exc, CliError) else 2))
+        raise
     if args.json:
         out.json(check.as_json(report))
     else:
@@ -292,7 +300,7 @@ def main(
 
 def _fail(message: str) -> None:
     sys.stdout.flush()
-    sys.stderr.write(message + "\n")
+    Printer(sys.stderr).line(message)  # in ASCII when stderr cannot carry more
 
 
 def _one_line(text: str, limit: int = 200) -> str:

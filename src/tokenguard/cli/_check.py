@@ -5,6 +5,10 @@ path, then OpenID discovery, each document held to the exact-issuer and https-en
 the JWKS through tokenguard's own HTTP seam and key parser, lists the keys, flags problems, measures
 clock skew against the issuer's ``Date`` header, and finally loads the keys with the middleware's own
 ``Authenticator``.
+
+The issuer URL is held to the library's own rule first (``tokenguard.config.check_issuer``: https, or
+plain http on loopback only), with the same words as ``inspect``. An issuer that cannot be reached at
+all is an ``IssuerUnreachable`` (exit 2) that says which failure it is (DNS, refused, TLS, timeout).
 """
 
 from __future__ import annotations
@@ -15,13 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from tokenguard._discovery import Attempt, Discovered, DiscoveryFailed, discover, metadata_problem
-from tokenguard._http import FetchError, HttpClientOption, HttpClientPool, HttpResult
+from tokenguard._http import FetchError, HttpClientOption, safe_url
 from tokenguard.authenticator import Authenticator
-from tokenguard.cli._output import CliError, Printer
-from tokenguard.config import GuardConfig, check_url, is_loopback_host
+from tokenguard.cli._output import CliError, Printer, RecordingPool, Unreachable, checked_issuer
+from tokenguard.config import GuardConfig, check_url
 from tokenguard.errors import ConfigurationError, UnavailableError
 from tokenguard.jwks import parse_jwk
 
@@ -52,6 +55,15 @@ class KeyRow:
     usable: bool
 
 
+class IssuerUnreachable(CliError):
+    """No metadata URL answered at all: exit 2, with the reason in plain words and for ``--json``."""
+
+    def __init__(self, issuer: str, reason: Unreachable, attempts: list[dict[str, Any]]) -> None:
+        super().__init__(f"cannot reach the issuer {issuer}: {reason.message}")
+        self.reason = reason
+        self.attempts = attempts
+
+
 @dataclass
 class Report:
     issuer: str
@@ -65,6 +77,8 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     #: Why discovery refused the metadata shown (``None`` when it was used).
     refusal: str | None = None
+    #: Each metadata URL tried: its status, or why it could not be fetched (for ``--json``).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, severity: Severity, message: str) -> None:
         self.problems.append(Problem(severity, message))
@@ -83,10 +97,10 @@ async def run(
     http_client: HttpClientOption,
     clock: Callable[[], float],
 ) -> Report:
-    """Every check, in order; ``CliError`` (exit 2) when the issuer cannot be reached at all."""
-    report = Report(issuer, audience)
-    _check_issuer_url(report)
-    http = _Pool(http_client, timeout=_TIMEOUT)
+    """Every check, in order; ``CliError`` (exit 2) for an issuer URL TokenGuard refuses, and
+    ``IssuerUnreachable`` (exit 2) when the issuer cannot be reached at all."""
+    report = Report(checked_issuer(issuer), audience)
+    http = RecordingPool(http_client, timeout=_TIMEOUT)
     try:
         headers = await _discover(report, http)
         report.skew = _skew(headers, clock())
@@ -100,42 +114,14 @@ async def run(
     return report
 
 
-def _check_issuer_url(report: Report) -> None:
-    parts = urlsplit(report.issuer)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CliError(f"--issuer must be an absolute http(s) URL, got {report.issuer!r}")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        # RFC 8414 §2: the issuer identifier is a URL that uses the "https" scheme.
-        report.add(
-            "error",
-            "the issuer is not https:// and not on loopback: keys fetched over plain HTTP can be "
-            "swapped by anyone on the path; TokenGuard refuses this issuer",
-        )
-    if parts.query or parts.fragment:
-        # RFC 8414 §2: "no query or fragment components".
-        report.add("error", "the issuer URL has a query or fragment component, which RFC 8414 §2 forbids")
-
-
-class _Pool(HttpClientPool):
-    """The HTTP seam, remembering the headers of the first answer: when no metadata is usable, the
-    clock skew is still read from whatever the issuer answered first."""
-
-    first_headers: Mapping[str, str] | None = None
-
-    async def get(self, url: str, *, timeout: float, max_bytes: int) -> HttpResult:
-        result = await super().get(url, timeout=timeout, max_bytes=max_bytes)
-        if self.first_headers is None:
-            self.first_headers = result.headers
-        return result
-
-
-async def _discover(report: Report, http: _Pool) -> Mapping[str, str]:
+async def _discover(report: Report, http: RecordingPool) -> Mapping[str, str]:
     """The metadata as the middleware finds it; returns the headers to read the clock skew from.
 
     Each URL tried is an ``Attempt`` (unreachable, which status, or why its document was refused).
-    None answering at all is a ``CliError`` (exit 2). A document that was read but refused is still
-    shown, keys and all, with the reason as an error; refused ones the middleware skips for a later
-    usable one are warnings.
+    None answering at all is ``IssuerUnreachable`` (exit 2); the headers of the first answer are
+    where the clock skew is read from when no metadata is usable. A document that was read but
+    refused is still shown, keys and all, with the reason as an error; refused ones the middleware
+    skips for a later usable one are warnings.
     """
     attempts: list[Attempt] = []
     found: Discovered | None
@@ -143,6 +129,7 @@ async def _discover(report: Report, http: _Pool) -> Mapping[str, str]:
         found = await discover(http, report.issuer, timeout=_TIMEOUT, max_bytes=_MAX_BYTES, on_attempt=attempts.append)
     except DiscoveryFailed:
         found = None  # what each URL did is in `attempts`
+    report.attempts = [_attempt_json(attempt, http) for attempt in attempts]
     refused = [attempt for attempt in attempts if attempt.document is not None and attempt.problem is not None]
     if found is not None:
         report.metadata, report.metadata_url = dict(found.document), found.url
@@ -150,10 +137,12 @@ async def _discover(report: Report, http: _Pool) -> Mapping[str, str]:
             report.add("warning", f"{attempt.problem}: TokenGuard skips it and uses {found.url}")
         return found.headers
     if http.first_headers is None:  # no URL answered at all
-        problems = "; ".join(attempt.problem or attempt.url for attempt in attempts)
-        raise CliError(f"cannot reach the issuer {report.issuer}: {problems}")
+        reason = http.summary() or Unreachable(
+            "failed", "; ".join(attempt.problem or attempt.url for attempt in attempts)
+        )
+        raise IssuerUnreachable(report.issuer, reason, report.attempts)
     if not refused:
-        report.add("error", "no authorization-server metadata: " + "; ".join(_problems(attempts)))
+        report.add("error", "no authorization-server metadata: " + "; ".join(_problems(attempts, http)))
         return http.first_headers
     # The first document read is still shown, keys and all, with the reason discovery refused it.
     first = refused[0]
@@ -164,10 +153,28 @@ async def _discover(report: Report, http: _Pool) -> Mapping[str, str]:
     return http.first_headers
 
 
-def _problems(attempts: list[Attempt]) -> list[str]:
-    """What each URL did: the ones that answered first, then the unreachable ones."""
+def _problems(attempts: list[Attempt], http: RecordingPool) -> list[str]:
+    """What each URL did: the ones that answered first, then the unreachable ones, in plain words."""
     answered = [attempt.problem or attempt.url for attempt in attempts if attempt.status is not None]
-    return answered + [attempt.problem or attempt.url for attempt in attempts if attempt.status is None]
+    return answered + [_unanswered(attempt, http) for attempt in attempts if attempt.status is None]
+
+
+def _unanswered(attempt: Attempt, http: RecordingPool) -> str:
+    why = http.why(attempt.url)
+    if why is None or why.code == "failed":
+        return attempt.problem or attempt.url
+    return f"GET {safe_url(attempt.url)}: {why.message}"
+
+
+def _attempt_json(attempt: Attempt, http: RecordingPool) -> dict[str, Any]:
+    why = http.why(attempt.url)
+    return {
+        "url": safe_url(attempt.url),
+        "status": attempt.status,
+        "used": attempt.problem is None,
+        "problem": why.message if why is not None else attempt.problem,
+        "reason": why.code if why is not None else None,
+    }
 
 
 def _check_metadata(report: Report) -> None:
@@ -204,7 +211,7 @@ def _url_ok(report: Report, name: str, url: str) -> bool:
     return True
 
 
-async def _fetch_jwks(report: Report, http: HttpClientPool) -> None:
+async def _fetch_jwks(report: Report, http: RecordingPool) -> None:
     if report.jwks_uri is None:
         return
     try:
@@ -213,7 +220,9 @@ async def _fetch_jwks(report: Report, http: HttpClientPool) -> None:
             raise FetchError(f"GET {report.jwks_uri} answered {result.status}")
         document = result.json_object(report.jwks_uri)
     except FetchError as exc:
-        report.add("error", f"the JWKS cannot be had: {exc}")
+        why = http.why(report.jwks_uri)
+        detail = f"GET {safe_url(report.jwks_uri)}: {why.message}" if why is not None else str(exc)
+        report.add("error", f"the JWKS cannot be had: {detail}")
         return
     entries = document.get("keys")
     if not isinstance(entries, list):
@@ -314,12 +323,14 @@ async def _load_with_tokenguard(report: Report, http_client: HttpClientOption, c
     except ConfigurationError as exc:
         report.add("error", f"TokenGuard refuses this configuration: {exc}")
         return
-    authenticator = Authenticator(config, http_client=http_client)
+    http = RecordingPool(http_client, timeout=config.http_timeout)
+    authenticator = Authenticator(config, http=http)
     try:
         await authenticator.prefetch()
         report.loaded_kids = list(authenticator.jwks.status()["kids"])
     except UnavailableError as exc:
-        report.add("error", f"TokenGuard cannot load the keys: {exc.cause}")
+        why = http.summary()
+        report.add("error", f"TokenGuard cannot load the keys: {why.message if why is not None else exc.cause}")
     finally:
         await authenticator.aclose()
 
@@ -337,6 +348,7 @@ def _check_audience(report: Report) -> None:
 
 
 def exit_code(report: Report) -> int:
+    """0 ok, 1 the check found errors (a refused URL or an unreachable issuer never gets a report: 2)."""
     return 1 if report.count("error") else 0
 
 
@@ -390,10 +402,15 @@ def _render_problems(out: Printer, report: Report) -> None:
 
 
 def as_json(report: Report) -> dict[str, Any]:
+    """The report as one JSON document; ``error_json`` gives the same shape for a check that could
+    not run (``error`` is ``null`` here)."""
     return {
         "issuer": report.issuer,
         "audience": report.audience,
         "ok": not report.count("error"),
+        "exit_code": exit_code(report),
+        "error": None,
+        "metadata_attempts": report.attempts,
         "metadata_url": report.metadata_url,
         "metadata": report.metadata or None,
         "jwks_uri": report.jwks_uri,
@@ -405,3 +422,18 @@ def as_json(report: Report) -> dict[str, Any]:
         "tokenguard_kids": report.loaded_kids,
         "problems": [{"severity": p.severity, "message": p.message} for p in report.problems],
     }
+
+
+def error_json(issuer: str, audience: str | None, error: Exception, code: int) -> dict[str, Any]:
+    """The document ``check --json`` prints when the check could not run: the report's shape, empty,
+    with ``error`` saying why (``kind``: ``unreachable``, ``usage`` or ``internal``)."""
+    document = as_json(Report(issuer, audience))
+    if isinstance(error, IssuerUnreachable):
+        kind, reason, message = "unreachable", error.reason.code, error.message
+        document["metadata_attempts"] = error.attempts
+    elif isinstance(error, CliError):
+        kind, reason, message = "usage", None, error.message
+    else:
+        kind, reason, message = "internal", type(error).__name__, "internal error"
+    document.update(ok=False, exit_code=code, error={"kind": kind, "reason": reason, "message": message})
+    return document

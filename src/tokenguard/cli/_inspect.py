@@ -2,7 +2,9 @@
 
 Decoding is deliberately lenient (padding and the standard base64 alphabet are tolerated, and said
 so) so that a broken token can still be looked at; verification (``--issuer``/``--audience``) runs
-the middleware's own ``Authenticator``, so "valid here" means "valid behind ``TokenGuard``".
+the middleware's own extraction step and ``Authenticator``, so "valid here" means "valid behind
+``TokenGuard``" with its default options: a token over the default ``max_token_bytes`` is refused
+there before it is decoded, and ``inspect`` says so even without ``--issuer``.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tokenguard._http import HttpClientOption
 from tokenguard._jose import classify, parse_jws
 from tokenguard._strictjson import strict_pairs
 from tokenguard.authenticator import Authenticator
-from tokenguard.cli._output import CliError, Printer, duration, utc
+from tokenguard.cli._output import CliError, Printer, RecordingPool, checked_issuer, duration, utc
 from tokenguard.config import DEFAULT_ALGORITHMS, HMAC_ALGORITHMS, GuardConfig, IntrospectionOptions
 from tokenguard.errors import AuthError, ConfigurationError, UnavailableError
+from tokenguard.extract import bearer_from
 
 Severity = Literal["error", "warning"]
 
@@ -36,6 +39,8 @@ _KEY_HEADERS = {
 }
 _ACCESS_TYP = frozenset({"at+jwt", "application/at+jwt"})
 DEFAULT_LEEWAY = GuardConfig.leeway  # the middleware's default clock-skew allowance, in seconds
+#: The middleware's default cap on a bearer token (``max_token_bytes``): larger ones are refused unread.
+DEFAULT_MAX_TOKEN_BYTES = GuardConfig.max_token_bytes
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ class Decoded:
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
 
+    @property
+    def over_cap(self) -> bool:
+        """Longer than the middleware's default ``max_token_bytes`` (a token is ASCII: chars are bytes)."""
+        return self.length > DEFAULT_MAX_TOKEN_BYTES
+
 
 @dataclass(frozen=True)
 class Verification:
@@ -79,6 +89,8 @@ class Verification:
     scopes: tuple[str, ...] = ()
     source: str | None = None
     expires_at: float | None = None
+    #: For a token refused only for its size: what the rest of the checks say (``None`` otherwise).
+    beyond_cap: str | None = None
 
 
 # -- reading the token ------------------------------------------------------------------------
@@ -187,7 +199,19 @@ def _check_strict_parse(token: str, decoded: Decoded, notes: list[str]) -> None:
 
 
 def assess(decoded: Decoded, now: float) -> None:
-    """Add the findings about the header and the claims."""
+    """Add the findings about the size, the header and the claims."""
+    if decoded.over_cap:
+        # extract.parse_authorization: the size cap comes before any parsing.
+        decoded.findings.insert(
+            0,
+            Finding(
+                "warning",
+                "token_too_large",
+                f"{decoded.length} bytes, over TokenGuard's default cap of {DEFAULT_MAX_TOKEN_BYTES} "
+                "(max_token_bytes): the middleware refuses it (401 invalid_token) before decoding "
+                "anything; raise max_token_bytes if your issuer really issues tokens this large",
+            ),
+        )
     if decoded.header is not None:
         _assess_header(decoded, decoded.header)
     if decoded.claims is not None:
@@ -346,7 +370,9 @@ async def verify(
     http_client: HttpClientOption,
     clock: Callable[[], float],
 ) -> Verification:
-    """Run the middleware's ``Authenticator`` on the token; ``CliError`` when it cannot be checked."""
+    """Run the middleware's extraction and ``Authenticator`` on the token; ``CliError`` when the issuer
+    is refused or the token cannot be checked (the issuer unreachable: said in plain words)."""
+    checked_issuer(issuer)
     try:
         config = GuardConfig(
             issuer=issuer,
@@ -356,13 +382,49 @@ async def verify(
         )
     except ConfigurationError as exc:
         raise CliError(str(exc)) from exc
-    authenticator = Authenticator(config, http_client=http_client)
+    try:
+        # What the middleware does with the Authorization header first: the size cap, the b64token shape.
+        bearer_from([b"Bearer " + token.encode("ascii")], config.max_token_bytes)
+    except AuthError as exc:
+        refused = Verification(issuer, audience, False, exc.reason, exc.description)
+        if exc.reason != "token_too_large":
+            return refused
+        unbounded = GuardConfig(
+            issuer=issuer,
+            audience=(audience,),
+            clock=clock,
+            introspection=config.introspection,
+            max_token_bytes=len(token),
+        )
+        rest = await _validate(token, unbounded, issuer, audience, introspect, http_client)
+        return replace(refused, beyond_cap=_beyond_cap(rest, len(token)))
+    return await _validate(token, config, issuer, audience, introspect, http_client)
+
+
+def _beyond_cap(rest: Verification, length: int) -> str:
+    if rest.valid:
+        return f"with max_token_bytes={length} or more, it is VALID (identity {rest.identity}, source {rest.source})"
+    return f"with max_token_bytes={length} or more, it is still INVALID: {rest.reason}: {rest.description}"
+
+
+async def _validate(
+    token: str,
+    config: GuardConfig,
+    issuer: str,
+    audience: str,
+    introspect: bool,
+    http_client: HttpClientOption,
+) -> Verification:
+    http = RecordingPool(http_client, timeout=config.http_timeout)
+    authenticator = Authenticator(config, http=http)
     try:
         result = await authenticator.validate(token, sensitive=introspect)
     except AuthError as exc:
         return Verification(issuer, audience, False, exc.reason, exc.description)
     except UnavailableError as exc:
-        raise CliError(f"could not check the token against {issuer}: {exc.cause}") from exc
+        why = http.summary() if http.first_headers is None else None  # only when nothing answered at all
+        cause = f"cannot reach it: {why.message}" if why is not None else exc.cause
+        raise CliError(f"could not check the token against {issuer}: {cause}") from exc
     finally:
         await authenticator.aclose()
     return Verification(
@@ -392,9 +454,18 @@ def first_line(verifying: bool) -> str:
 def render_text(out: Printer, decoded: Decoded, verification: Verification | None, now: float) -> None:
     out.line(out.style(first_line(verification is not None), "bold", "yellow"))
     out.line()
+    if decoded.over_cap:
+        out.line(
+            out.style("warning", "bold", "yellow")
+            + f"  {decoded.length} bytes: TokenGuard (default max_token_bytes={DEFAULT_MAX_TOKEN_BYTES}) "
+            "refuses this token before decoding it"
+        )
+        out.line()
     if decoded.kind == "opaque":
         out.line(f"Token: opaque ({decoded.length} chars): not a JWT, so there is nothing to decode.")
         out.line("Only its issuer can say what it means (RFC 7662 introspection).")
+        if decoded.findings:
+            _render_findings(out, decoded.findings)
     else:
         kind = "JWS (signed JWT)" if decoded.kind == "jws" else "JWE / other JOSE token"
         sig = f", signature {decoded.signature_bytes} bytes (not verified)" if decoded.kind == "jws" else ""
@@ -446,6 +517,8 @@ def _render_verification(out: Printer, result: Verification) -> None:
         out.line(f"  scopes: {' '.join(result.scopes) or '(none)'}")
     else:
         out.line("  " + out.style("INVALID", "bold", "red") + f"  {result.reason}: {result.description}")
+        if result.beyond_cap is not None:
+            out.line(f"  {result.beyond_cap}")
 
 
 def as_json(decoded: Decoded, verification: Verification | None, now: float) -> dict[str, Any]:
@@ -457,6 +530,11 @@ def as_json(decoded: Decoded, verification: Verification | None, now: float) -> 
         "header": decoded.header,
         "claims": decoded.claims,
         "signature_bytes": decoded.signature_bytes if decoded.kind == "jws" else None,
+        "size": {
+            "bytes": decoded.length,
+            "default_max_token_bytes": DEFAULT_MAX_TOKEN_BYTES,
+            "over_default_max": decoded.over_cap,
+        },
         "times": {
             name: {"timestamp": value, "utc": utc(value), "relative": phrase}
             for name, value, phrase in times(decoded.claims or {}, now)
@@ -475,6 +553,7 @@ def as_json(decoded: Decoded, verification: Verification | None, now: float) -> 
             "scopes": list(verification.scopes),
             "source": verification.source,
             "expires_at": verification.expires_at,
+            "beyond_cap": verification.beyond_cap,
         }
     return document
 
