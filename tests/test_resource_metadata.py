@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Security
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -23,6 +23,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
 from tokenguard import (
+    AccessToken,
     ConfigurationError,
     Rule,
     TokenGuard,
@@ -33,6 +34,7 @@ from tokenguard import (
     require_scopes,
 )
 from tokenguard.events import DecisionEvent
+from tokenguard.fastapi import current_token, scopes
 from tokenguard.resource_metadata import ResourceMetadata, metadata_url
 from tokenguard.testing import RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, DevIdP
 
@@ -127,6 +129,45 @@ def test_scopes_of_fastapi_routes_and_included_routers_are_listed(dev_idp: DevId
     client = guard(app, dev_idp)
     assert client.get(WELL_KNOWN).json()["scopes_supported"] == ["read:items", "write:things"]
     assert client.get("/docs").status_code == 200  # FastAPI's own docs stay public, as before
+
+
+def editor(token: Annotated[AccessToken, Security(scopes, scopes=["edit:albums"])]) -> AccessToken:
+    """A dependency of its own that needs a scope (module level: FastAPI resolves annotations by name)."""
+    return token
+
+
+def test_scopes_of_fastapi_security_dependencies_are_listed(dev_idp: DevIdP) -> None:
+    """``Security(scopes, scopes=[...])`` counts as a declaration, nested ones with their parents' scopes,
+    and the scopes listed are exactly those the OpenAPI document gives the same routes."""
+    app = FastAPI()
+    router = APIRouter()
+
+    @app.delete("/photos/{photo_id}")
+    async def delete(photo_id: int, token: Annotated[AccessToken, Security(scopes, scopes=["write:photos"])]) -> None:
+        return None
+
+    @router.post("/albums")
+    async def albums(token: Annotated[AccessToken, Security(editor, scopes=["write:albums"])]) -> None:
+        return None
+
+    @app.get("/me")
+    async def me(token: Annotated[AccessToken, Depends(current_token)]) -> None:
+        return None
+
+    app.include_router(router, prefix="/v1")
+    client = guard(app, dev_idp)
+    listed = client.get(WELL_KNOWN).json()["scopes_supported"]
+    assert listed == ["edit:albums", "write:albums", "write:photos"]
+    openapi = client.get("/openapi.json").json()
+    named = {
+        name
+        for path in openapi["paths"].values()
+        for operation in path.values()
+        for requirement in operation.get("security", [])
+        for names in requirement.values()
+        for name in names
+    }
+    assert named == set(listed)
 
 
 def test_head_is_answered_and_other_methods_are_405(dev_idp: DevIdP) -> None:

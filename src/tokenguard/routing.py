@@ -670,7 +670,35 @@ def _collect(routes: Sequence[Any], found: list[Requirement], depth: int) -> Non
             requirements = [endpoint_requirement(endpoint, scope) for scope in scopes]
         else:
             requirements = [requirement_of(endpoint)]
+        if (dependency_scopes := _dependency_scopes(getattr(route, "dependant", None))) is not None:
+            requirements.append(Requirement(all_scopes=dependency_scopes))
         found.extend(requirement for requirement in dict.fromkeys(requirements) if requirement is not None)
+
+
+#: Marks ``tokenguard.fastapi.scopes``: a dependency whose ``SecurityScopes`` are required scopes.
+SCOPES_DEPENDENCY_MARK = "__tokenguard_scopes_dependency__"
+
+
+def _dependency_scopes(dependant: Any) -> frozenset[str] | None:
+    """The scopes a FastAPI route requires through ``Security(scopes, scopes=[...])``, anywhere in its
+    dependency tree; ``None`` when it has none. Read duck-typed, so this module needs no FastAPI.
+
+    The dependency receives its parents' scopes and its own (FastAPI's ``SecurityScopes``), so those
+    are what it checks; FastAPI before 0.115 kept the sum in ``security_scopes``.
+    """
+    found: set[str] = set()
+    pending = [dependant] if dependant is not None else []
+    seen = 0
+    while pending and seen < 4096:  # a dependency tree is finite, but bound the walk all the same
+        current = pending.pop()
+        seen += 1
+        if getattr(getattr(current, "call", None), SCOPES_DEPENDENCY_MARK, False):
+            summed = getattr(current, "security_scopes", None)
+            if summed is None:
+                summed = [*(getattr(current, "parent_oauth_scopes", None) or ()), *(current.own_oauth_scopes or ())]
+            found.update(name for name in summed if isinstance(name, str))
+        pending.extend(getattr(current, "dependencies", None) or ())
+    return frozenset(found) if found else None
 
 
 async def _refuse_unknown(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:

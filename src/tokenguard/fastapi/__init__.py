@@ -36,6 +36,7 @@ from tokenguard.credentials import TokenCredentials
 from tokenguard.errors import AuthError, ConfigurationError, InsufficientScope, MissingToken, TokenGuardError
 from tokenguard.fastapi._openapi import bearer_scheme, install_openapi
 from tokenguard.models import AccessToken
+from tokenguard.routing import SCOPES_DEPENDENCY_MARK
 
 __all__ = ["bearer_scheme", "current_token", "install_openapi", "require", "scopes"]
 
@@ -86,6 +87,8 @@ def scopes(
         raise _refusal(request, InsufficientScope(security_scopes.scopes))
     return token
 
+
+setattr(scopes, SCOPES_DEPENDENCY_MARK, True)  # RFC 9728 ``scopes_supported`` lists its scopes (routing)
 
 #: Alias of ``scopes``: ``Security(require, scopes=["write:photos"])`` reads well too.
 require = scopes
