@@ -1,7 +1,13 @@
 """The same photo API with FastAPI: decorators on path functions, or FastAPI-style dependencies.
 
-    tokenguard dev-idp --port 9000 &
+Run it against the development identity provider (each in its own terminal):
+
+    tokenguard dev-idp --port 9000
     uvicorn examples.fastapi_app:app --port 8000
+
+then call it as README's Examples section shows. ``POST /transfers`` takes a JSON body
+(``-H 'Content-Type: application/json' -d '{"amount": 5, "to": "bob"}'``); settings come from the
+environment, as in ``starlette_app``.
 
 The decorators mark the function without wrapping it, so they work above or below ``@app.get``.
 """

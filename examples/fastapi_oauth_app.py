@@ -4,6 +4,11 @@
     # open http://127.0.0.1:8000/docs, click Authorize, tick read:photos, Authorize, then
     # "Try it out" on GET /photos (200), and on POST /photos or DELETE /photos/{photo_id} (403: no write:photos)
 
+``TOKENGUARD_IDP_PORT`` and ``PORT`` choose other ports (``0``: a free one; the first line printed
+names both). Both ports are taken before anything is served: when one is in use, it exits with
+``cannot listen on 127.0.0.1:PORT: Address already in use``, rather than trusting whatever
+listens there as its identity provider.
+
 ``install_openapi`` puts the issuer's authorization and token endpoints (read from its RFC 8414
 metadata) and the scopes the routes declare in the OpenAPI document, and turns on PKCE in Swagger
 UI. Two things the issuer must do for a browser to sign in, both set up by ``create_idp`` here:
@@ -19,6 +24,7 @@ would be shown to every visitor of ``/docs``, so it has none; PKCE S256 protects
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -83,15 +89,36 @@ def create_idp(port: int, *, cors_origins: Sequence[str] = (), audience: str = A
     return idp
 
 
+def listen(port: int, variable: str) -> socket.socket:
+    """A socket listening on 127.0.0.1:PORT (``0``: a free port); exits with the reason when it cannot.
+
+    The message is the one ``tokenguard dev-idp`` gives, with the hint that fits here.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or exc
+        raise SystemExit(f"cannot listen on 127.0.0.1:{port}: {reason} (set {variable} to use another port)") from exc
+    return sock
+
+
 def main() -> None:
     import uvicorn
 
-    idp_port, api_port = int(os.environ.get("TOKENGUARD_IDP_PORT", "9000")), int(os.environ.get("PORT", "8000"))
+    # Both ports are taken first: were the IdP's in use, the API would trust whatever listens there.
+    idp_socket = listen(int(os.environ.get("TOKENGUARD_IDP_PORT", "9000")), "TOKENGUARD_IDP_PORT")
+    api_socket = listen(int(os.environ.get("PORT", "8000")), "PORT")
+    idp_port, api_port = idp_socket.getsockname()[1], api_socket.getsockname()[1]
     idp = create_idp(idp_port, cors_origins=[f"http://127.0.0.1:{api_port}", f"http://localhost:{api_port}"])
     idp_server = uvicorn.Server(uvicorn.Config(idp.app, host="127.0.0.1", port=idp_port))
-    threading.Thread(target=idp_server.run, name="dev-idp", daemon=True).start()
-    print(f"DevIdP at {idp.issuer}; open http://127.0.0.1:{api_port}/docs")
-    uvicorn.run(create_app(issuer=idp.issuer), host="127.0.0.1", port=api_port)
+    threading.Thread(target=idp_server.run, kwargs={"sockets": [idp_socket]}, name="dev-idp", daemon=True).start()
+    print(f"DevIdP at {idp.issuer}; open http://127.0.0.1:{api_port}/docs", flush=True)
+    api_server = uvicorn.Server(uvicorn.Config(create_app(issuer=idp.issuer), host="127.0.0.1", port=api_port))
+    api_server.run(sockets=[api_socket])
 
 
 app = create_app(issuer=os.environ.get("TOKENGUARD_ISSUER", "http://127.0.0.1:9000"))

@@ -2,20 +2,31 @@
 
 A scope says "may make payments"; RFC 9396 ``authorization_details`` say "may transfer up to
 500 EUR to account 12345". This API checks every transfer against the details in its token, and
-asks for a fresh, strong sign-in (RFC 9470 step-up) before a new beneficiary is added:
+asks for a fresh, strong sign-in (RFC 9470 step-up) before a new beneficiary is added.
 
-    tokenguard dev-idp --port 9000 &
+Run it against the development identity provider, told about this API's audience and admin scope:
+
+    tokenguard dev-idp --port 9000 --audience https://payments.example --scope payments:admin
     uvicorn examples.payments_app:app --port 8000
 
-A token for ``POST /transfers`` with ``{"amount": 450, "to": "12345"}`` must carry::
+A client asks for a token for this API with ``resource=https://payments.example`` (RFC 8707). For
+``POST /transfers`` with ``{"amount": 450, "to": "12345"}`` the token must carry::
 
     "authorization_details": [{"type": "payment_initiation",
                                "instructedAmount": {"amount": "500", "currency": "EUR"},
                                "creditorAccount": {"iban": "12345"}}]
 
-(the DevIdP issues it when the authorization request carries that ``authorization_details``).
-600, or another account, is refused with 403 ``insufficient_scope`` and a description saying why.
-Settings come from the environment, as in ``starlette_app``.
+which the DevIdP issues when the token request (or the authorization request) carries that
+``authorization_details`` (RFC 9396 §6). 600, or another account, is refused with 403
+``insufficient_scope`` and a description saying why. ``POST /beneficiaries`` needs
+``payments:admin`` and a sign-in with MFA in the last 5 minutes: the DevIdP's token carries
+``acr`` ``urn:tokenguard:acr:mfa`` when the request asks for it with ``acr_values``. README's
+Examples section shows every request with curl.
+
+Settings come from the environment: TOKENGUARD_ISSUER (default ``http://127.0.0.1:9000``),
+TOKENGUARD_AUDIENCE (``https://payments.example``), and TOKENGUARD_CLIENT_ID and
+TOKENGUARD_CLIENT_SECRET, the introspection credentials of ``@sensitive`` routes (the DevIdP's
+resource-server client, ``dev-api`` / ``dev-api-secret``).
 """
 
 from __future__ import annotations
@@ -121,6 +132,6 @@ def create_app(*, issuer: str, audience: str, **guard_options: Any) -> Starlette
 app = create_app(
     issuer=os.environ.get("TOKENGUARD_ISSUER", "http://127.0.0.1:9000"),
     audience=os.environ.get("TOKENGUARD_AUDIENCE", "https://payments.example"),
-    client_id=os.environ.get("TOKENGUARD_CLIENT_ID", "payments-api"),
-    client_secret=os.environ.get("TOKENGUARD_CLIENT_SECRET", "payments-api-secret"),
+    client_id=os.environ.get("TOKENGUARD_CLIENT_ID", "dev-api"),
+    client_secret=os.environ.get("TOKENGUARD_CLIENT_SECRET", "dev-api-secret"),
 )

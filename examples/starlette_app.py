@@ -1,13 +1,23 @@
 """A photo-sharing API protected by tokenguard (Starlette).
 
-Run it against the development identity provider:
+Run it against the development identity provider (each in its own terminal):
 
-    tokenguard dev-idp --port 9000 &
+    tokenguard dev-idp --port 9000
     uvicorn examples.starlette_app:app --port 8000
 
-Then get a token from the DevIdP (see README) and call ``curl -H "Authorization: Bearer $TOKEN"
-http://127.0.0.1:8000/photos``. Settings come from the environment: TOKENGUARD_ISSUER,
-TOKENGUARD_AUDIENCE, TOKENGUARD_CLIENT_ID and TOKENGUARD_CLIENT_SECRET (for introspection).
+Then get a token from the DevIdP and call the API (README's Examples section runs the same):
+
+    TOKEN=$(curl -s -u dev-client:dev-client-secret -d grant_type=client_credentials \
+            -d scope="read:photos write:transfers" http://127.0.0.1:9000/token | python3 -c \
+            "import json,sys; print(json.load(sys.stdin)['access_token'])")
+    curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/photos
+    curl -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+         -d '{"amount": 5, "to": "bob"}' http://127.0.0.1:8000/transfers
+
+Settings come from the environment: TOKENGUARD_ISSUER (default ``http://127.0.0.1:9000``),
+TOKENGUARD_AUDIENCE (``https://api.tokenguard.test``, the DevIdP's default audience), and
+TOKENGUARD_CLIENT_ID and TOKENGUARD_CLIENT_SECRET, the introspection credentials of ``@sensitive``
+routes (the DevIdP's resource-server client, ``dev-api`` / ``dev-api-secret``).
 """
 
 from __future__ import annotations
