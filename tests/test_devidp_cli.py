@@ -126,7 +126,7 @@ def test_audiences_are_issued_for_and_printed() -> None:
     _describe(Printer(stream), idp, "generated now", listen="http://127.0.0.1:9000")
     banner = stream.getvalue()
     assert f"  audiences  {DEFAULT_AUDIENCE} (the default), {PAYMENTS}, urn:example:ledger\n" in banner
-    assert "a client asks for another with resource=AUDIENCE (RFC 8707)" in banner
+    assert "a client asks for another with resource=AUDIENCE, RFC 8707)" in banner
     assert f"-d grant_type=client_credentials -d resource={PAYMENTS} http://127.0.0.1:9000/token" in banner
 
     with TestClient(idp.app, base_url=idp.issuer) as client:

@@ -218,7 +218,7 @@ def _audience_rows(idp: DevIdP) -> list[tuple[str, str]]:
     rows = [("audiences", ", ".join([f"{idp.default_audience} (the default)", *others]))]
     how = f"{' and '.join(formats)} access tokens, {idp.access_token_ttl} s"
     if others:
-        how += "; a client asks for another with resource=AUDIENCE (RFC 8707)"
+        how += "; a client asks for another with resource=AUDIENCE, RFC 8707"
     else:
         how += "; --audience AUD adds another"
     return [*rows, ("", f"({how})")]
