@@ -234,6 +234,11 @@ class DevIdP:
     ``cors_origins=["http://127.0.0.1:8000"]`` (or ``["*"]``, for development) lets a browser app on
     those origins call the token and revocation endpoints and read the metadata and JWKS: preflights
     are answered and responses carry ``Access-Control-Allow-Origin``. Off by default.
+
+    Access tokens are for the client's audience (``default_audience`` unless registered with
+    another) unless the request names another with ``resource`` (RFC 8707): one of the audiences
+    ``add_audience`` registered, else ``invalid_target``. See ``_targets`` for why a token request
+    names one resource at most.
     """
 
     def __init__(
