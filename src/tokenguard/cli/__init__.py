@@ -65,8 +65,9 @@ def _add_demo(commands: Any) -> None:
         help="play the leaked-refresh-token story against an in-process IdP and API",
         description="Starts the development IdP and a protected example API in this process (no network, no "
         "configuration) and plays the leaked-refresh-token story step by step: leak, attacker refresh, "
-        "legitimate replay, detection, chain revocation, both refused, re-authentication. Exits 1 if any step "
-        "behaves unexpectedly.",
+        "legitimate replay, detection, chain revocation, both refused, re-authentication. For every request "
+        "to the API it shows what the guard checked, what it asked the IdP, and why it answered as it did. "
+        "Exits 1 if any step behaves unexpectedly.",
     )
     demo.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
 
@@ -149,9 +150,10 @@ def _add_check(commands: Any) -> None:
         "check",
         help="check an issuer's metadata, keys and clock before pointing TokenGuard at it",
         description="Fetches the issuer's metadata (RFC 8414, then OpenID discovery) and JWKS, lists the keys, "
-        "flags problems (non-HTTPS issuer, issuer mismatch, keys without kid, symmetric or short keys, missing "
-        "jwks_uri or introspection endpoint) and reports the clock skew against the issuer's Date header. "
-        "Exit 1 when there are errors, 2 when the issuer cannot be reached.",
+        "flags problems (issuer mismatch, keys without kid, symmetric or short keys, missing jwks_uri or "
+        "introspection endpoint) and reports the clock skew against the issuer's Date header. An issuer URL "
+        "TokenGuard refuses (http:// off loopback) is refused before any fetch. Exit 1 when there are errors, "
+        "2 when the issuer URL is refused or the issuer cannot be reached (and why: DNS, refused, TLS, timeout).",
     )
     check.add_argument("--issuer", required=True, help="the issuer identifier (URL)")
     check.add_argument("--audience", help="the audience your API will expect")
