@@ -38,6 +38,7 @@ from conftest import (
 )
 from tokenguard import TokenGuard
 from tokenguard._discovery import well_known_urls
+from tokenguard._http import FetchError
 from tokenguard.authenticator import Authenticator
 from tokenguard.config import GuardConfig
 from tokenguard.errors import InvalidToken, KeysUnavailable
@@ -251,6 +252,7 @@ async def test_metadata_naming_another_issuer_is_refused(
     error = await refusal(make_auth(clock), idp.token())
     assert isinstance(error, KeysUnavailable)
     assert "names issuer" in error.cause
+    assert isinstance(error.__cause__, FetchError)  # what each well-known URL did stays with the error
     assert not jwks.called
 
 

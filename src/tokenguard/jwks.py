@@ -324,21 +324,22 @@ class IssuerMetadata:
         try:
             found = await discover(self._http, self._config.issuer, timeout=self._config.http_timeout)
         except FetchError as exc:
-            return self._failed(str(exc))
+            return self._failed(exc)
         jwks = self._config.jwks
         ttl = max_age(found.headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl)
         self._document = found.document
         self._state.accept(self._config.clock(), ttl, jwks)
         return found.document
 
-    def _failed(self, cause: str) -> dict[str, Any]:
+    def _failed(self, exc: FetchError) -> dict[str, Any]:
+        cause = str(exc)
         now = self._config.clock()
         delay = self._state.reject(now, self._config.retry_after)
         if self._document is not None and self._state.within_stale_period(now):
             logger.warning("tokenguard: issuer metadata refresh failed, keeping the last good copy: %s", cause)
             return self._document
         logger.error("tokenguard: issuer metadata unavailable: %s", cause)
-        raise KeysUnavailable(f"issuer metadata unavailable: {cause}", math.ceil(delay))
+        raise KeysUnavailable(f"issuer metadata unavailable: {cause}", math.ceil(delay)) from exc
 
 
 #: Called with (kids of removed keys, whether remembered tokens cannot be told apart by kid).
