@@ -139,7 +139,9 @@ def test_a_misconfigured_guard_stops_the_server(server: str, case: str, tmp_path
     if server == "uvicorn":
         assert done.returncode == 3  # uvicorn's STARTUP_FAILURE
     elif server == "gunicorn":
-        assert done.returncode == 3  # "Worker failed to boot."
+        # The arbiter halts with WORKER_BOOT_ERROR (3); when the second worker fails while the arbiter
+        # is still spawning, the same HaltServer escapes as a traceback and the exit code is 1.
+        assert done.returncode in (1, 3)
         assert "Worker failed to boot" in output
     else:
         # hypercorn's multi-process runner ends but reports 0 for a worker that failed its startup
