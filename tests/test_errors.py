@@ -17,12 +17,14 @@ from tokenguard.errors import (
     InsufficientScope,
     InsufficientUserAuthentication,
     IntrospectionUnavailable,
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidToken,
     KeysUnavailable,
     MissingToken,
     TokenGuardError,
     UnavailableError,
+    UseDPoPNonce,
 )
 
 ALL_CLASSES = {
@@ -34,6 +36,8 @@ ALL_CLASSES = {
 # What a client sees for each class (RFC 6750 §3.1, RFC 9470 §3, RFC 9110 §15.6.4).
 EXPECTED = [
     (InvalidRequest, 400, "invalid_request", "malformed_header"),
+    (InvalidDPoPProof, 401, "invalid_dpop_proof", "bad_dpop_proof"),
+    (UseDPoPNonce, 401, "use_dpop_nonce", "dpop_nonce_required"),
     (MissingToken, 401, None, "missing_token"),
     (InvalidToken, 401, "invalid_token", "invalid_token"),
     (InsufficientScope, 403, "insufficient_scope", "insufficient_scope"),
@@ -169,7 +173,9 @@ def test_public_names_are_exported() -> None:
         "TokenGuardError",
         "ConfigurationError",
         "AuthError",
+        "InvalidDPoPProof",
         "InvalidRequest",
+        "UseDPoPNonce",
         "InvalidToken",
         "MissingToken",
         "InsufficientScope",

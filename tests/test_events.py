@@ -249,6 +249,13 @@ TESTED_ELSEWHERE = {
     "authorization_details_check_failed",
     "bad_request_body",
     "method_not_allowed",  # test_metadata_document_refuses_other_methods_with_its_own_code, below
+    # Sender-constrained tokens: tests/test_dpop_*.py and tests/test_mtls.py.
+    "bad_dpop_proof",
+    "dpop_replay",
+    "dpop_nonce_required",
+    "dpop_binding_mismatch",
+    "certificate_mismatch",
+    "sender_constraint_required",
 }
 
 

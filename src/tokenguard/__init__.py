@@ -7,11 +7,13 @@ from tokenguard.errors import (
     ConfigurationError,
     InsufficientScope,
     InsufficientUserAuthentication,
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidToken,
     MissingToken,
     TokenGuardError,
     UnavailableError,
+    UseDPoPNonce,
 )
 from tokenguard.middleware import TokenGuard
 from tokenguard.models import AccessToken
@@ -34,6 +36,7 @@ __all__ = [
     "ConfigurationError",
     "InsufficientScope",
     "InsufficientUserAuthentication",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "MissingToken",
@@ -45,6 +48,7 @@ __all__ = [
     "TokenGuardError",
     "TokenUser",
     "UnavailableError",
+    "UseDPoPNonce",
     "public",
     "require_any_scope",
     "require_auth_level",

@@ -11,8 +11,10 @@ No message ever contains a token: descriptions are short fixed sentences.
     │   ├── MissingToken              401, bare challenge: no bearer token at all
     │   ├── InvalidToken              401 invalid_token: the token is not acceptable
     │   ├── InsufficientScope         403 insufficient_scope: valid token, missing scope
-    │   └── InsufficientUserAuthentication
-    │                                 401 insufficient_user_authentication (RFC 9470 step-up)
+    │   ├── InsufficientUserAuthentication
+    │   │                             401 insufficient_user_authentication (RFC 9470 step-up)
+    │   ├── InvalidDPoPProof          401 invalid_dpop_proof (RFC 9449 §7.1)
+    │   └── UseDPoPNonce              401 use_dpop_nonce: the server's nonce is needed (RFC 9449 §9)
     └── UnavailableError              503: the token could not be checked (fail closed)
         ├── KeysUnavailable           the issuer's metadata or JWKS cannot be had
         └── IntrospectionUnavailable  the introspection endpoint failed or its breaker is open
@@ -31,6 +33,7 @@ __all__ = [
     "InsufficientScope",
     "InsufficientUserAuthentication",
     "IntrospectionUnavailable",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "KeysUnavailable",
@@ -38,6 +41,7 @@ __all__ = [
     "Reason",
     "TokenGuardError",
     "UnavailableError",
+    "UseDPoPNonce",
 ]
 
 
@@ -80,6 +84,13 @@ class Reason(str, Enum):
     INTROSPECTION_UNAVAILABLE = "introspection_unavailable"
     INTERNAL_ERROR = "internal_error"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    # Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mTLS).
+    BAD_DPOP_PROOF = "bad_dpop_proof"
+    DPOP_REPLAY = "dpop_replay"
+    DPOP_NONCE_REQUIRED = "dpop_nonce_required"
+    DPOP_BINDING_MISMATCH = "dpop_binding_mismatch"
+    CERTIFICATE_MISMATCH = "certificate_mismatch"
+    SENDER_CONSTRAINT_REQUIRED = "sender_constraint_required"
 
     def __str__(self) -> str:
         return self.value
@@ -182,6 +193,24 @@ class InsufficientUserAuthentication(AuthError):
         self.acr_values: tuple[str, ...] = tuple(acr_values)
         self.max_age = max_age
         super().__init__(None, description)
+
+
+class InvalidDPoPProof(AuthError):
+    """401 invalid_dpop_proof: the DPoP proof is missing, malformed, replayed or does not fit (RFC 9449 §7.1)."""
+
+    status_code = 401
+    error_code = "invalid_dpop_proof"
+    reason = Reason.BAD_DPOP_PROOF
+    description = "The DPoP proof is invalid."
+
+
+class UseDPoPNonce(AuthError):
+    """401 use_dpop_nonce: the proof must carry the server's current nonce (RFC 9449 §9)."""
+
+    status_code = 401
+    error_code = "use_dpop_nonce"
+    reason = Reason.DPOP_NONCE_REQUIRED
+    description = "The DPoP proof must carry the nonce this server provides."
 
 
 class UnavailableError(TokenGuardError):

@@ -45,6 +45,12 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
     introspection_unavailable           503     the introspection endpoint failed or its breaker is open
     internal_error                      503     a bug in tokenguard; failed closed
     method_not_allowed                  405     a method other than GET/HEAD on the RFC 9728 metadata document
+    bad_dpop_proof                      401     a DPoP proof missing, malformed, replayed or not fitting (RFC 9449)
+    dpop_replay                         401     a DPoP proof ``jti`` seen before within the window
+    dpop_nonce_required                 401     the proof lacks the server's current ``DPoP-Nonce``
+    dpop_binding_mismatch               401     the token's ``cnf.jkt`` is not the proof key's thumbprint
+    certificate_mismatch                401     the token's ``cnf["x5t#S256"]`` is not the client certificate's
+    sender_constraint_required          401     the route takes only DPoP- or mTLS-bound tokens
     ==================================  ======  =====================================================
 """
 
