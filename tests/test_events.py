@@ -256,6 +256,7 @@ TESTED_ELSEWHERE = {
     "dpop_binding_mismatch",
     "certificate_mismatch",
     "sender_constraint_required",
+    "replay_store_unavailable",
 }
 
 

@@ -30,6 +30,7 @@ CORE_LEVELS: dict[str, int] = {
     "tokenguard._signatures": 0,
     "tokenguard._status": 0,
     "tokenguard.models": 1,
+    "tokenguard.store": 1,
     "tokenguard.config": 1,
     "tokenguard._jose": 1,
     "tokenguard._http": 1,

@@ -91,6 +91,7 @@ class Reason(str, Enum):
     DPOP_BINDING_MISMATCH = "dpop_binding_mismatch"
     CERTIFICATE_MISMATCH = "certificate_mismatch"
     SENDER_CONSTRAINT_REQUIRED = "sender_constraint_required"
+    REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"
 
     def __str__(self) -> str:
         return self.value

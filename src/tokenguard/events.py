@@ -51,6 +51,7 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
     dpop_binding_mismatch               401     the token's ``cnf.jkt`` is not the proof key's thumbprint
     certificate_mismatch                401     the token's ``cnf["x5t#S256"]`` is not the client certificate's
     sender_constraint_required          401     the route takes only DPoP- or mTLS-bound tokens
+    replay_store_unavailable            503     the DPoP replay store cannot answer (or is full of live entries)
     ==================================  ======  =====================================================
 """
 

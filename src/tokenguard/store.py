@@ -1,0 +1,94 @@
+"""State several guards may share: the store behind DPoP replay detection (RFC 9449 §11.1).
+
+A ``SharedStore`` answers one question atomically: "was this key recorded within its lifetime?".
+``MemoryStore`` answers it for one process. A store shared by every process of a fleet (Redis, the
+fleet-mode issue) implements the same protocol, so a proof replayed to another worker is refused too.
+
+Keys are built by the caller from fixed-size digests, never from raw client values.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from tokenguard.errors import Reason, UnavailableError
+
+__all__ = ["MemoryStore", "SharedStore", "StoreFull"]
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """What the guard needs from a store; implement it to share state between processes."""
+
+    async def add_once(self, key: str, ttl: float) -> bool:
+        """Record ``key`` for ``ttl`` seconds; ``True`` if it was not already recorded and live.
+
+        Atomic: of two concurrent calls with one key, exactly one gets ``True``. Raise an
+        ``UnavailableError`` when the answer cannot be had (the guard then answers 503: it never
+        treats "could not check" as "not seen").
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called at the app's lifespan shutdown."""
+        ...
+
+
+class StoreFull(UnavailableError):
+    """Every slot holds a live key: forgetting one would let it be replayed, so the store refuses."""
+
+    reason = Reason.REPLAY_STORE_UNAVAILABLE
+
+
+class MemoryStore:
+    """A bounded, process-local ``SharedStore``.
+
+    Invariants (docs/ARCHITECTURE.md, "Caches"): a key is live from ``add_once`` until ``now + ttl``
+    and is never evicted while live; expired keys are dropped lazily, oldest expiry first. At most
+    ``max_entries`` keys are held; when all are live, ``add_once`` raises ``StoreFull`` (503) instead
+    of forgetting one. Single-threaded asyncio needs no lock: nothing here awaits.
+    """
+
+    def __init__(self, max_entries: int = 100_000, *, clock: Callable[[], float] = time.time) -> None:
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError("max_entries must be a positive integer")
+        self.max_entries = max_entries
+        self._clock = clock
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    async def add_once(self, key: str, ttl: float) -> bool:
+        now = self._clock()
+        expiry = self._expiry.get(key)
+        if expiry is not None and expiry > now:
+            return False
+        if expiry is None and len(self._expiry) >= self.max_entries:
+            self._purge(now)
+            if len(self._expiry) >= self.max_entries:
+                raise StoreFull("the replay store is full of live entries", retry_after=max(1, int(ttl)))
+        self._expiry[key] = now + ttl
+        heapq.heappush(self._heap, (now + ttl, key))
+        if len(self._heap) > 2 * self.max_entries:  # re-recorded keys leave stale heap entries behind
+            self._heap = [(when, name) for name, when in self._expiry.items()]
+            heapq.heapify(self._heap)
+        return True
+
+    def _purge(self, now: float) -> None:
+        heap, expiry = self._heap, self._expiry
+        while heap and heap[0][0] <= now:
+            when, key = heapq.heappop(heap)
+            if expiry.get(key) == when:
+                del expiry[key]
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    async def aclose(self) -> None:
+        self._expiry.clear()
+        self._heap.clear()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(entries={len(self._expiry)}, max_entries={self.max_entries})"
