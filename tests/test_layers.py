@@ -62,6 +62,7 @@ ADAPTERS = frozenset(
 #: Add-ons: optional pieces an app attaches itself (a logging filter, metrics exporters); not the pipeline.
 ADDONS = frozenset(
     {
+        "tokenguard.dpop",
         "tokenguard.redaction",
         "tokenguard.integrations",
         "tokenguard.integrations._common",
