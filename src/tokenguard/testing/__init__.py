@@ -18,8 +18,17 @@ another origin needs the DevIdP to answer CORS for it::
     idp = DevIdP(cors_origins=["http://127.0.0.1:5173"])
     idp.register_client("my-spa", redirect_uris=["http://127.0.0.1/callback"])   # any loopback port
 
+Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mTLS) are minted bound to a key or a certificate,
+and the token endpoint takes DPoP proofs (``tokenguard.dpop.DPoPAuth`` signs them)::
+
+    key = DPoPKey.generate()                                     # from tokenguard.dpop
+    token = idp.issue_token(scopes=["read"], dpop_jkt=key.thumbprint)      # cnf.jkt
+    token = idp.issue_token(scopes=["read"], cert_thumbprint=x5t_s256)     # cnf["x5t#S256"]
+    idp = DevIdP(dpop_nonce=True)          # the token endpoint demands its DPoP-Nonce (§8)
+
 It is for development and tests only: it approves every authorization request it is sent.
-The pytest fixtures (``dev_idp``, ``issue_token``, ``guarded_app``) are in ``pytest_plugin``.
+The pytest fixtures (``dev_idp``, ``issue_token``, ``guarded_app``, ``dpop_client``) are in
+``pytest_plugin``.
 
 The pieces work on their own too. ``SigningKey`` signs with any algorithm a guard accepts by
 default (RS*, PS*, ES256/384/512, EdDSA; ``SigningKey.generate("PS256")`` makes a key of the right

@@ -5,7 +5,8 @@ Every decision is taken by the ``DevIdP`` methods these endpoints call.
 
 CORS (``DevIdP(cors_origins=...)``) covers what a browser app calls with ``fetch``: the token and
 revocation endpoints and the metadata and JWKS documents. Not /authorize, which the browser navigates
-to, and not /introspect, which is for resource servers (servers, not browsers).
+to, and not /introspect, which is for resource servers (servers, not browsers). A browser app may
+send a ``DPoP`` proof to the token endpoint and read the ``DPoP-Nonce`` it answers with (RFC 9449).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tokenguard._dpop import dpop_header_values
 from tokenguard.testing._model import Client, OAuthError
 
 if TYPE_CHECKING:
@@ -37,7 +39,9 @@ _MAX_BODY = 64 * 1024
 _REALM = 'Basic realm="tokenguard-dev-idp"'
 #: Request headers a browser app may send cross-origin: Basic credentials (a confidential client), the
 #: form's content type, and what HTTP libraries add (Accept, X-Requested-With).
-_CORS_HEADERS = ("Accept", "Authorization", "Content-Type", "X-Requested-With")
+_CORS_HEADERS = ("Accept", "Authorization", "Content-Type", "X-Requested-With", "DPoP")
+#: RFC 9449 §8: the token endpoint's nonce, which a browser app must be allowed to read.
+_CORS_EXPOSED = ("DPoP-Nonce",)
 _RESOURCE = "resource"
 
 
@@ -64,10 +68,14 @@ def build_app(idp: DevIdP) -> Starlette:
         try:
             form, resources = await _form(request)
             client = _authenticate(idp, request, form)
-            tokens = idp.token_request(client, form, resources=resources)
+            tokens = idp.token_request(client, form, resources=resources, dpop=_dpop_proof(request))
         except OAuthError as exc:
             return _error(exc)
-        return JSONResponse(tokens.as_response(), headers=_NO_STORE)
+        headers = dict(_NO_STORE)
+        if idp.dpop_nonces is not None:
+            # RFC 9449 §8.2: the server may hand the client its next nonce with any answer.
+            headers["DPoP-Nonce"] = idp.dpop_nonces.current()
+        return JSONResponse(tokens.as_response(), headers=headers)
 
     async def introspect(request: Request) -> Response:
         try:
@@ -95,7 +103,11 @@ def build_app(idp: DevIdP) -> Starlette:
         if not idp.cors_origins:
             return Route(path, endpoint, methods=[method])
         cors = Middleware(
-            CORSMiddleware, allow_origins=idp.cors_origins, allow_methods=[method], allow_headers=_CORS_HEADERS
+            CORSMiddleware,
+            allow_origins=idp.cors_origins,
+            allow_methods=[method],
+            allow_headers=_CORS_HEADERS,
+            expose_headers=_CORS_EXPOSED,
         )
         plain = Middleware(_NoPlainOptions, allow=f"{method}, OPTIONS")
         return Route(path, endpoint, methods=[method, "OPTIONS"], middleware=[cors, plain])
@@ -130,10 +142,18 @@ class _NoPlainOptions:
 
 def _error(exc: OAuthError) -> Response:
     """RFC 6749 §5.2: a JSON error body; 401 invalid_client carries a ``Basic`` challenge."""
-    headers = dict(_NO_STORE)
+    headers = {**_NO_STORE, **exc.headers}
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = _REALM
     return JSONResponse(exc.as_dict(), status_code=exc.status_code, headers=headers)
+
+
+def _dpop_proof(request: Request) -> str | None:
+    """The request's one ``DPoP`` proof, if any (RFC 9449 §4.3: "not more than one")."""
+    values = dpop_header_values(request.scope["headers"])
+    if len(values) > 1:
+        raise OAuthError("invalid_dpop_proof", "The request has more than one DPoP header.")
+    return values[0].decode("latin-1") if values else None
 
 
 def _parse(text: str) -> list[tuple[str, str]]:

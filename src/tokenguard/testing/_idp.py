@@ -17,7 +17,13 @@ What it implements, and where:
   request parameter), ``auth_time`` on every user token, and RFC 9396 ``authorization_details``
   (from the authorization or token request), in tokens, introspection answers and token responses;
 - RFC 7662 introspection and RFC 7009 revocation;
-- RFC 8414 metadata and a JWKS (served by ``_endpoints``, which is the HTTP side of this class).
+- RFC 8414 metadata and a JWKS (served by ``_endpoints``, which is the HTTP side of this class);
+- RFC 9449 DPoP at the token endpoint (§5): a request with a valid ``DPoP`` proof gets an access
+  token bound to the proof's key (``cnf.jkt``, ``token_type`` "DPoP"), a public client's refresh
+  token is bound to that key too, a proof's ``jti`` is accepted once, ``dpop_nonce=True`` demands
+  the server's nonce (§8), and ``dpop_jkt`` on /authorize binds the code to a key (§10);
+  ``issue_token(dpop_jkt=..., cert_thumbprint=...)`` mints DPoP- and certificate-bound tokens
+  (RFC 8705 §3.1) directly, and introspection answers carry their ``cnf``.
 
 State lives in memory, in bounded stores whose entries expire by the injected ``clock``.
 Every method is safe to call from the test thread while the ASGI app serves on another.
@@ -40,8 +46,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from tokenguard._dpop import DEFAULT_DPOP_ALGORITHMS, DPoPNonces, check_algorithms, check_proof
 from tokenguard.config import check_issuer, is_loopback_host
-from tokenguard.errors import ConfigurationError
+from tokenguard.errors import ConfigurationError, InvalidDPoPProof
 from tokenguard.testing._keys import ALGORITHMS, KeyRing, SigningKey
 from tokenguard.testing._ledger import Ledger, digest, new_id
 from tokenguard.testing._model import (
@@ -90,6 +97,10 @@ _MAX_AUTHORIZATION_DETAILS = 16 * 1024
 # printable US-ASCII only (§2), so no space or control character.
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]*")
 _UNSET: Any = object()  # "not given", where None is a value a test may want to send
+# RFC 9449 §10: dpop_jkt is an RFC 7638 SHA-256 thumbprint, 32 bytes in base64url.
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
+#: RFC 9449 §11.1: how far a proof's iat may be from now at the token endpoint (seconds, either way).
+DPOP_IAT_WINDOW = 60.0
 
 
 def parse_authorization_details(value: str, allowed: frozenset[str] | None = None) -> list[dict[str, Any]]:
@@ -170,6 +181,18 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+def _dpop_algorithms(algorithms: Iterable[str] | None) -> tuple[str, ...]:
+    """``dpop_algorithms`` checked (asymmetric JWS algorithms, RFC 9449 §4.3), in the library's order."""
+    chosen = check_algorithms(DEFAULT_DPOP_ALGORITHMS if algorithms is None else algorithms)
+    return tuple(alg for alg in DEFAULT_DPOP_ALGORITHMS if alg in chosen)
+
+
+def _confirmation(dpop_jkt: str | None, cert_thumbprint: str | None) -> dict[str, str] | None:
+    """The ``cnf`` claim of a bound token: RFC 9449 §6.1 ``jkt``, RFC 8705 §3.1 ``x5t#S256``."""
+    cnf = {"jkt": dpop_jkt, "x5t#S256": cert_thumbprint}
+    return {name: value for name, value in cnf.items() if value is not None} or None
+
+
 def cors_origin_list(origins: str | Iterable[str] | None) -> tuple[str, ...]:
     """``cors_origins`` checked: ``"*"`` or serialized origins, ``scheme://host[:port]`` (RFC 6454 §6.2)."""
     if origins is None:
@@ -239,6 +262,10 @@ class DevIdP:
     another) unless the request names another with ``resource`` (RFC 8707): one of the audiences
     ``add_audience`` registered, else ``invalid_target``. See ``_targets`` for why a token request
     names one resource at most.
+
+    DPoP (RFC 9449): a token request with a ``DPoP`` proof header gets a token bound to the proof's
+    key. ``dpop_nonce=True`` makes the token endpoint demand its own nonce in proofs (§8), and
+    ``dpop_algorithms`` narrows the proof algorithms it accepts (advertised in the metadata).
     """
 
     def __init__(
@@ -261,6 +288,8 @@ class DevIdP:
         default_clients: bool = True,
         authorization_details_types: Iterable[str] | None = None,
         cors_origins: str | Iterable[str] | None = None,
+        dpop_nonce: bool = False,
+        dpop_algorithms: Iterable[str] | None = None,
     ) -> None:
         self.issuer = check_issuer(issuer)
         if not callable(clock):
@@ -285,6 +314,10 @@ class DevIdP:
         )
         #: Browser origins allowed to call the token and revocation endpoints, metadata and JWKS.
         self.cors_origins = cors_origin_list(cors_origins)
+        #: RFC 9449 §5.1: the algorithms a DPoP proof at the token endpoint may use.
+        self.dpop_algorithms = _dpop_algorithms(dpop_algorithms)
+        #: RFC 9449 §8: the nonces the token endpoint hands out and demands (``None``: no nonce needed).
+        self.dpop_nonces = DPoPNonces(secrets.token_bytes(32), clock=clock) if dpop_nonce else None
         self._audiences: dict[str, Audience] = {}
         self._clients: dict[str, Client] = {}
         self._ledger = Ledger(self, max_entries=self.max_entries, max_events=int(_positive("max_events", max_events)))
@@ -467,6 +500,8 @@ class DevIdP:
             "introspection_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint_auth_methods_supported": public_methods,
             "authorization_response_iss_parameter_supported": True,
+            # RFC 9449 §5.1: the JWS algorithms this server accepts in DPoP proofs.
+            "dpop_signing_alg_values_supported": list(self.dpop_algorithms),
             **(
                 {"authorization_details_types_supported": sorted(self.authorization_details_types)}
                 if self.authorization_details_types is not None
@@ -570,6 +605,8 @@ class DevIdP:
         acr: str | None = None,
         auth_time: float | None = None,
         authorization_details: Any = _UNSET,
+        dpop_jkt: str | None = None,
+        cert_thumbprint: str | None = None,
         **claims: Any,
     ) -> str:
         """Mint one access token and return it: the one-call minter for tests.
@@ -582,6 +619,11 @@ class DevIdP:
         ``acr``, ``auth_time`` (RFC 9470 step-up) and ``authorization_details`` (RFC 9396) become
         claims when given, unchecked, so a test may also hand a malformed value on purpose (even
         ``authorization_details=None``, a null claim).
+
+        ``dpop_jkt`` binds the token to a DPoP key (``cnf.jkt``, RFC 9449 §6.1: the key's RFC 7638
+        thumbprint, ``DPoPKey.thumbprint``); ``cert_thumbprint`` to a client certificate
+        (``cnf["x5t#S256"]``, RFC 8705 §3.1: base64url SHA-256 of its DER). Both may be given; a
+        ``cnf`` in ``claims`` replaces them. Introspection answers carry the same ``cnf``.
         """
         given = {"acr": acr, "auth_time": auth_time}
         extra = {name: value for name, value in given.items() if value is not None}
@@ -591,7 +633,13 @@ class DevIdP:
         with self._lock:
             grant = self._new_grant("direct", client_id, subject, scope_set(scopes), audience)
             token, state = self._ledger.mint_access(
-                grant, grant.scopes, expires_in=expires_in, token_format=token_format, alg=alg, extra=claims
+                grant,
+                grant.scopes,
+                expires_in=expires_in,
+                token_format=token_format,
+                alg=alg,
+                extra=claims,
+                confirmation=_confirmation(dpop_jkt, cert_thumbprint),
             )
             self._ledger.emit("issued", grant, grant_type="direct", access_token=state.id, format=state.format)
             self._ledger.keep(grant)
@@ -607,17 +655,22 @@ class DevIdP:
         acr: str | None = None,
         auth_time: float | None = None,
         authorization_details: Any = None,
+        dpop_jkt: str | None = None,
         **claims: Any,
     ) -> TokenSet:
         """A user's access + refresh pair, as the development grant issues it (scopes unchecked).
 
         Its tokens carry ``auth_time`` (now, unless given), and ``acr`` and ``authorization_details``
         when given; refreshed tokens keep them, as the user did not authenticate again.
+        ``dpop_jkt``: as if the request proved that DPoP key (RFC 9449 §5): the access token is bound
+        to it, and the refresh token too when ``client_id`` is a public client's.
         """
         with self._lock:
+            client = self._clients.get(client_id)
             claims = {**_user_claims(acr, auth_time, authorization_details, self.clock()), **claims}
             grant = self._new_grant(DEV_USER_GRANT, client_id, user, scope_set(scopes), audience, claims)
-            return self._ledger.issue(grant, grant.scopes, refresh=True)
+            bind = client is not None and client.public
+            return self._ledger.issue(grant, grant.scopes, refresh=True, jkt=dpop_jkt, bind_refresh=bind)
 
     def refresh(
         self,
@@ -626,17 +679,18 @@ class DevIdP:
         client_id: str = DEFAULT_CLIENT_ID,
         scopes: str | Iterable[str] | None = None,
         resource: str | None = None,
+        dpop_jkt: str | None = None,
     ) -> TokenSet:
         """Use a refresh token as ``client_id`` would at the token endpoint; ``OAuthError`` on refusal.
 
         ``scopes`` and ``resource`` narrow the new access token to what the grant holds (RFC 6749 §6,
-        RFC 8707 §2.2).
+        RFC 8707 §2.2). ``dpop_jkt``: as if the request proved that DPoP key (RFC 9449 §5).
         """
         with self._lock:
             client = self._client(client_id)
             requested = scope_set(scopes) if scopes is not None else None
             targets = self._targets(() if resource is None else (resource,), at_most_one=True)
-            return self._refresh_grant(client, refresh_token, requested, targets)
+            return self._refresh_grant(client, refresh_token, requested, targets, dpop_jkt)
 
     # -- the token endpoint (RFC 6749 §4, §6) ----------------------------------------------------
 
@@ -662,17 +716,24 @@ class DevIdP:
         return client
 
     def token_request(
-        self, client: Client, form: Mapping[str, str], *, resources: Sequence[str] | None = None
+        self,
+        client: Client,
+        form: Mapping[str, str],
+        *,
+        resources: Sequence[str] | None = None,
+        dpop: str | None = None,
     ) -> TokenSet:
         """Answer a token request from an authenticated client (RFC 6749 §3.2).
 
         ``resources``: every ``resource`` parameter of the request (RFC 8707 §2, which lets it repeat);
         by default ``form["resource"]``, if any. At most one is accepted here (see ``_targets``).
+        ``dpop``: the request's ``DPoP`` proof header (RFC 9449 §5), checked before the grant is
+        (so a proof refused for want of a nonce does not use up an authorization code).
         """
         grant_type = form.get("grant_type")
         if not grant_type:
             raise OAuthError("invalid_request", "The grant_type parameter is missing.")
-        handlers: dict[str, Callable[[Client, Mapping[str, str], tuple[str, ...]], TokenSet]] = {
+        handlers: dict[str, Callable[[Client, Mapping[str, str], tuple[str, ...], str | None], TokenSet]] = {
             "authorization_code": self._code_grant,
             "client_credentials": self._client_credentials_grant,
             "refresh_token": self._refresh_token_grant,
@@ -686,8 +747,43 @@ class DevIdP:
         if grant_type not in client.grant_types or public_refused:
             raise OAuthError("unauthorized_client", "This client may not use this grant type.")
         with self._lock:
+            jkt = self._proved_key(client, dpop) if dpop is not None else None
             targets = self._targets(_resources_of(form, resources), at_most_one=True)
-            return handler(client, form, targets)
+            return handler(client, form, targets, jkt)
+
+    def _proved_key(self, client: Client, proof: str) -> str:
+        """The thumbprint of the key a token request's DPoP proof proves (RFC 9449 §4.3, §5, §8, §11.1).
+
+        ``invalid_dpop_proof`` for a proof that fails a check or was seen before; ``use_dpop_nonce``
+        with a fresh ``DPoP-Nonce`` when nonces are demanded and the proof has no current one.
+        """
+        now = self.clock()
+        try:
+            checked = check_proof(
+                proof,
+                method="POST",
+                url=self.endpoint("token"),
+                access_token=None,
+                now=now,
+                algorithms=frozenset(self.dpop_algorithms),
+                iat_window=DPOP_IAT_WINDOW,
+            )
+        except InvalidDPoPProof as exc:
+            raise OAuthError("invalid_dpop_proof", exc.description) from exc
+        if self.dpop_nonces is not None and not self.dpop_nonces.accepts(checked.nonce):
+            # RFC 9449 §8: "use_dpop_nonce", with the nonce to use in a DPoP-Nonce header.
+            raise OAuthError(
+                "use_dpop_nonce",
+                "The DPoP proof must carry the nonce this server provides.",
+                headers={"DPoP-Nonce": self.dpop_nonces.current()},
+            )
+        seen = digest(f"{checked.jkt} {checked.jti}")
+        if seen in self._ledger.dpop_jtis:
+            # RFC 9449 §11.1: a proof is good for one request; its jti is remembered while its iat is.
+            self._ledger.emit("dpop_replay_detected", None, client_id=client.client_id, dpop_jkt=checked.jkt)
+            raise OAuthError("invalid_dpop_proof", "The DPoP proof was already used.")
+        self._ledger.dpop_jtis[seen] = max(now, checked.iat) + DPOP_IAT_WINDOW
+        return checked.jkt
 
     def _targets(self, values: Iterable[str], *, at_most_one: bool) -> tuple[str, ...]:
         """The ``resource`` values of a request, checked: well-formed, and audiences this DevIdP knows.
@@ -727,15 +823,19 @@ class DevIdP:
             raise OAuthError("invalid_scope", f"Scope not allowed for this client: {refused}.")
         return frozenset(requested)
 
-    def _client_credentials_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
+    def _client_credentials_grant(
+        self, client: Client, form: Mapping[str, str], targets: tuple[str, ...], jkt: str | None
+    ) -> TokenSet:
         scopes = self._requested_scopes(client, form.get("scope"))
         claims = self._details_claims(form.get("authorization_details"))
         audience = targets[0] if targets else client.audience
         grant = self._new_grant("client_credentials", client.client_id, None, scopes, audience, claims, targets)
         # RFC 6749 §4.4.3: "A refresh token SHOULD NOT be included."
-        return self._ledger.issue(grant, scopes, refresh=False)
+        return self._ledger.issue(grant, scopes, refresh=False, jkt=jkt)
 
-    def _dev_user_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
+    def _dev_user_grant(
+        self, client: Client, form: Mapping[str, str], targets: tuple[str, ...], jkt: str | None
+    ) -> TokenSet:
         username = form.get("username")
         if not username:
             raise OAuthError("invalid_request", "The username parameter is missing.")
@@ -745,7 +845,8 @@ class DevIdP:
         claims = self._authentication_claims(form)
         audience = targets[0] if targets else client.audience
         grant = self._new_grant(DEV_USER_GRANT, client.client_id, username, scopes, audience, claims, targets)
-        return self._ledger.issue(grant, scopes, refresh="refresh_token" in client.grant_types)
+        refresh = "refresh_token" in client.grant_types
+        return self._ledger.issue(grant, scopes, refresh=refresh, jkt=jkt, bind_refresh=client.public)
 
     def _details_claims(self, value: str | None) -> dict[str, Any]:
         """RFC 9396 §6: ``authorization_details`` in a token request, for grants without /authorize."""
@@ -771,13 +872,15 @@ class DevIdP:
         if self.users is not None and username not in self.users:
             raise OAuthError(refusal, "This user may not sign in here.")
 
-    def _refresh_token_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
+    def _refresh_token_grant(
+        self, client: Client, form: Mapping[str, str], targets: tuple[str, ...], jkt: str | None
+    ) -> TokenSet:
         token = form.get("refresh_token")
         if not token:
             raise OAuthError("invalid_request", "The refresh_token parameter is missing.")
         scope = form.get("scope")
         requested = self._scope_subset(scope) if scope is not None else None
-        return self._refresh_grant(client, token, requested, targets)
+        return self._refresh_grant(client, token, requested, targets, jkt)
 
     @staticmethod
     def _scope_subset(value: str) -> frozenset[str]:
@@ -787,7 +890,12 @@ class DevIdP:
         return frozenset(items)
 
     def _refresh_grant(
-        self, client: Client, token: str, requested: frozenset[str] | None, targets: tuple[str, ...] = ()
+        self,
+        client: Client,
+        token: str,
+        requested: frozenset[str] | None,
+        targets: tuple[str, ...] = (),
+        jkt: str | None = None,
     ) -> TokenSet:
         state = self._ledger.refresh.get(digest(token))
         grant = self._ledger.grants.get(state.grant_id) if state is not None else None
@@ -796,6 +904,10 @@ class DevIdP:
         # RFC 6749 §6: the refresh token must have been issued to the authenticated client.
         if grant.client_id != client.client_id:
             raise OAuthError("invalid_grant", "The refresh token was issued to another client.")
+        if state.jkt is not None and jkt != state.jkt:
+            # RFC 9449 §5: a public client's refresh token is bound to its DPoP key; a request that
+            # does not prove that key gets nothing, and (not being its holder) changes nothing.
+            raise OAuthError("invalid_grant", "The refresh token is bound to a DPoP key this request does not prove.")
         if state.status == "used":
             # OAuth 2.1 §4.3.1 / RFC 9700 §4.14.2: a rotated-away refresh token came back. Either the
             # legitimate client or an attacker holds a copy; the server cannot tell which, so the
@@ -816,9 +928,15 @@ class DevIdP:
         # OAuth 2.1 §4.3.1: a public client's refresh tokens MUST rotate (or be sender-constrained);
         # here every client's do, so a leaked one is good for one use and its reuse is detected.
         audience = targets[0] if targets else None
-        return self._ledger.issue(grant, scopes, refresh=True, parent=state, audience=audience)
+        # RFC 9449 §5: a confidential client's refresh token stays bound to its client authentication
+        # (it may change keys); a public client's is bound to the key it proves from now on.
+        return self._ledger.issue(
+            grant, scopes, refresh=True, parent=state, audience=audience, jkt=jkt, bind_refresh=client.public
+        )
 
-    def _code_grant(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> TokenSet:
+    def _code_grant(
+        self, client: Client, form: Mapping[str, str], targets: tuple[str, ...], jkt: str | None
+    ) -> TokenSet:
         code, verifier = form.get("code"), form.get("code_verifier")
         if not code:
             raise OAuthError("invalid_request", "The code parameter is missing.")
@@ -845,6 +963,11 @@ class DevIdP:
         computed = _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
         if not hmac.compare_digest(computed, state.code_challenge):
             raise OAuthError("invalid_grant", "The code_verifier does not match the code_challenge.")
+        if state.dpop_jkt is not None and jkt != state.dpop_jkt:
+            # RFC 9449 §10: the code is bound to the key named by dpop_jkt; another key (or none) is refused.
+            raise OAuthError(
+                "invalid_grant", "The authorization code is bound to a DPoP key this request does not prove."
+            )
         # RFC 8707 §2.2: the token request's resource must be one the authorization request named
         # (when it named any); without one, the token is for the first the authorization request named.
         if targets and state.resources and targets[0] not in state.resources:
@@ -855,7 +978,8 @@ class DevIdP:
             "authorization_code", client.client_id, state.subject, state.scopes, audience, state.claims, resources
         )
         state.grant_id = grant.id
-        return self._ledger.issue(grant, state.scopes, refresh="refresh_token" in client.grant_types)
+        refresh = "refresh_token" in client.grant_types
+        return self._ledger.issue(grant, state.scopes, refresh=refresh, jkt=jkt, bind_refresh=client.public)
 
     # -- the authorization endpoint (RFC 6749 §4.1.1, RFC 7636 §4.3) ----------------------------
 
@@ -914,6 +1038,10 @@ class DevIdP:
         user = params.get("login_hint") or DEFAULT_USER
         self._check_user(user)
         claims = self._authentication_claims(params)
+        dpop_jkt = params.get("dpop_jkt")
+        if dpop_jkt is not None and _JKT.fullmatch(dpop_jkt) is None:
+            # RFC 9449 §10: the JWK SHA-256 thumbprint (RFC 7638) of the key the client will prove.
+            raise OAuthError("invalid_request", "The dpop_jkt parameter is not a JWK SHA-256 thumbprint.")
         code = secrets.token_urlsafe(32)
         state = CodeState(
             id=new_id("code_"),
@@ -926,6 +1054,7 @@ class DevIdP:
             expires_at=self.clock() + self.code_ttl,
             claims=claims,
             resources=targets,
+            dpop_jkt=dpop_jkt,
         )
         self._ledger.codes[digest(code)] = state
         scope = scope_string(scopes)

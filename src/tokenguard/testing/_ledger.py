@@ -66,6 +66,9 @@ class Ledger:
         self.grants: TLRUCache[str, Grant] = _store(max_entries, clock, lambda g: g.expires_at)
         # Revoked JWTs cannot be recalled: they stay listed by jti until they would have expired anyway.
         self.revoked_jtis: TLRUCache[str, float] = _store(max_entries, clock, lambda exp: exp)
+        # RFC 9449 §11.1: the DPoP proofs the token endpoint accepted, by digest of (key, jti), each
+        # until its iat falls out of the accepted window, after which the proof is refused anyway.
+        self.dpop_jtis: TLRUCache[bytes, float] = _store(max_entries, clock, lambda until: until)
         self.events: deque[Event] = deque(maxlen=max_events)
 
     def now(self) -> float:
@@ -136,6 +139,8 @@ class Ledger:
                 answer["scope"] = scope_string(grant.scopes)
             if grant.subject is not None:
                 answer["sub"] = grant.subject
+            if state.jkt is not None:
+                answer["cnf"] = {"jkt": state.jkt}
         if grant.subject is not None:
             answer["username"] = grant.subject
         return answer
@@ -172,18 +177,34 @@ class Ledger:
         refresh: bool,
         parent: RefreshState | None = None,
         audience: str | None = None,
+        jkt: str | None = None,
+        bind_refresh: bool = False,
     ) -> TokenSet:
         """An access token (and a refresh token if asked) from ``grant``; rotates ``parent`` if given.
 
         ``audience``: the access token's ``aud`` when a request named a resource (RFC 8707 §2.2);
-        by default the grant's audience.
+        by default the grant's audience. ``jkt``: the thumbprint of the DPoP key the request proved,
+        which the access token is bound to (``cnf.jkt``, RFC 9449 §6), and the refresh token too
+        with ``bind_refresh`` (a public client's, §5).
         """
-        access, access_state = self.mint_access(grant, scopes, parent=parent, audience=audience)
-        refresh_token, refresh_state = self._mint_refresh(grant, parent) if refresh else (None, None)
+        confirmation = {"jkt": jkt} if jkt is not None else None
+        access, access_state = self.mint_access(
+            grant, scopes, parent=parent, audience=audience, confirmation=confirmation
+        )
+        refresh_jkt = jkt if bind_refresh else None
+        refresh_token, refresh_state = self._mint_refresh(grant, parent, refresh_jkt) if refresh else (None, None)
+        bound = {"dpop_jkt": jkt} if jkt is not None else {}  # a thumbprint names a public key: no secret
         if parent is not None and refresh_state is not None:
             # OAuth 2.1 §4.3.1: the old refresh token is used up, and points at its successor.
             parent.status, parent.successor, parent.used_at = "used", refresh_state.id, self.now()
-            self.emit("rotated", grant, used=parent.id, refresh_token=refresh_state.id, access_token=access_state.id)
+            self.emit(
+                "rotated",
+                grant,
+                used=parent.id,
+                refresh_token=refresh_state.id,
+                access_token=access_state.id,
+                **bound,
+            )
         else:
             self.emit(
                 "issued",
@@ -193,6 +214,7 @@ class Ledger:
                 refresh_token=refresh_state.id if refresh_state else None,
                 format=access_state.format,
                 scope=scope_string(scopes),
+                **bound,
             )
         self.keep(grant)
         return TokenSet(
@@ -201,6 +223,7 @@ class Ledger:
             scope=scope_string(scopes),
             grant_id=grant.id,
             refresh_token=refresh_token,
+            token_type="DPoP" if jkt is not None else "Bearer",
             authorization_details=grant.claims.get("authorization_details"),
         )
 
@@ -215,7 +238,9 @@ class Ledger:
         extra: Mapping[str, Any] | None = None,
         parent: RefreshState | None = None,
         audience: str | None = None,
+        confirmation: Mapping[str, Any] | None = None,
     ) -> tuple[str, AccessState]:
+        """Mint one access token; ``confirmation`` is its ``cnf`` claim (RFC 7800 §3.1), if bound."""
         idp = self._idp
         iat = int(self.now())
         lifetime = idp.access_token_ttl if expires_in is None else int(expires_in)
@@ -234,6 +259,9 @@ class Ledger:
         if scopes:
             claims["scope"] = scope_string(scopes)
         claims.update(grant.claims)
+        if confirmation:
+            # RFC 9449 §6.1 (cnf.jkt), RFC 8705 §3.1 (cnf["x5t#S256"]): the key the token is bound to.
+            claims["cnf"] = dict(confirmation)
         claims.update(extra or {})
         target = idp.audiences.get(aud) or Audience(aud)
         fmt = token_format or target.format
@@ -260,7 +288,9 @@ class Ledger:
         grant.access_tokens = [*self._live(grant.access_tokens), state]
         return token, state
 
-    def _mint_refresh(self, grant: Grant, parent: RefreshState | None) -> tuple[str, RefreshState]:
+    def _mint_refresh(
+        self, grant: Grant, parent: RefreshState | None, jkt: str | None = None
+    ) -> tuple[str, RefreshState]:
         now = self.now()
         token = secrets.token_urlsafe(32)
         state = RefreshState(
@@ -269,6 +299,7 @@ class Ledger:
             issued_at=now,
             expires_at=now + self._idp.refresh_token_ttl,
             parent=parent.id if parent is not None else None,
+            jkt=jkt,
         )
         self.refresh[digest(token)] = state
         grant.refresh_tokens = [*self._live(grant.refresh_tokens), state]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from tokenguard.errors import ConfigurationError, TokenGuardError
@@ -34,6 +35,7 @@ EventKind = Literal[
     "chain_revoked",
     "revoked",
     "introspected",
+    "dpop_replay_detected",
 ]
 
 
@@ -54,13 +56,19 @@ def scope_string(scopes: Iterable[str]) -> str:
 
 
 class OAuthError(TokenGuardError):
-    """An OAuth error answer (RFC 6749 §5.2, §4.1.2.1): ``error`` code, description, HTTP status."""
+    """An OAuth error answer (RFC 6749 §5.2, §4.1.2.1): ``error`` code, description, HTTP status.
 
-    def __init__(self, error: str, description: str, *, status_code: int = 400) -> None:
+    ``headers``: response header fields the answer must carry (``DPoP-Nonce`` with ``use_dpop_nonce``).
+    """
+
+    def __init__(
+        self, error: str, description: str, *, status_code: int = 400, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.error = error
         self.error_code = error
         self.description = description
         self.status_code = status_code
+        self.headers: Mapping[str, str] = MappingProxyType(dict(headers or {}))
         super().__init__(f"{error}: {description}")
 
     def as_dict(self) -> dict[str, str]:
@@ -136,6 +144,8 @@ class RefreshState:
     status: RefreshStatus = "active"
     successor: str | None = None
     used_at: float | None = None
+    #: RFC 9449 §5: the thumbprint of the DPoP key a public client's refresh token is bound to.
+    jkt: str | None = None
 
 
 @dataclass
@@ -156,6 +166,8 @@ class CodeState:
     resources: tuple[str, ...] = ()
     #: What the user's authentication and consent add to the grant: acr, auth_time, authorization_details.
     claims: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: RFC 9449 §10: the thumbprint of the DPoP key the token request must prove (``dpop_jkt``).
+    dpop_jkt: str | None = None
 
 
 @dataclass
@@ -220,6 +232,7 @@ class TokenSet:
     scope: str
     grant_id: str
     refresh_token: str | None = field(default=None, repr=False)
+    #: "Bearer", or "DPoP" for an access token bound to a DPoP key (RFC 9449 §5).
     token_type: str = "Bearer"
     #: RFC 9396 §7: the authorization details granted, echoed in the token response.
     authorization_details: list[Any] | None = field(default=None, repr=False)
