@@ -23,6 +23,15 @@ are then available in every test, with nothing to import:
     already has a ``TokenGuard``: a second guard would refuse every ``dev_idp`` token.
 ``dev_idp_keys``
     Session-scoped signing keys shared by every ``dev_idp`` (RSA keys are slow to generate).
+``dpop_client``
+    A DPoP client (RFC 9449) for ``dev_idp``'s tokens: ``.key``, a fresh ``tokenguard.dpop.DPoPKey``
+    (ES256); ``.token(scopes=[...], **claims) -> str``, an access token from ``dev_idp`` bound to
+    that key (``cnf.jkt``); ``.headers(method, url, token, nonce=None) -> dict``, the
+    ``Authorization: DPoP <token>`` and ``DPoP`` proof headers for one request, for Starlette's
+    ``TestClient`` (a path such as ``"/photos"`` is taken as ``http://testserver/photos``, the
+    ``TestClient``'s own base URL); ``.auth(token=None)``, a ``DPoPAuth`` for ``httpx`` clients.
+    Proofs are dated by ``dev_idp.clock``, as the guard reads it. A proof is good for one request:
+    call ``.headers`` again for the next one.
 
 Example::
 
@@ -43,18 +52,27 @@ Example::
             assert ok.json() == {"owner": "alice"}
             assert client.get("/photos", headers={"Authorization": f"Bearer {issue_token()}"}).status_code == 403
 
+With DPoP::
+
+    def test_photos_with_dpop(guarded_app, dpop_client):
+        app = guarded_app(Starlette(routes=[Route("/photos", photos)]))
+        token = dpop_client.token(scopes=["read:photos"])
+        with TestClient(app) as client:
+            ok = client.get("/photos", headers=dpop_client.headers("GET", "/photos", token))
+
 Revocation on ``@sensitive`` routes: the guard caches introspection answers (30 s by default, as in
 production); pass ``introspection_cache_ttl=0`` to ``guarded_app`` or advance ``dev_idp.clock``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
 
 if TYPE_CHECKING:
+    from tokenguard.dpop import DPoPAuth, DPoPKey
     from tokenguard.testing import DevIdP, KeyRing
 
 A = TypeVar("A")
@@ -162,3 +180,42 @@ def guarded_app(guard_options: GuardOptions) -> GuardedAppFactory:
         return TokenGuard(app, **settings)
 
     return install
+
+
+#: The base URL of Starlette's ``TestClient``: a path given to ``DPoPClient.headers`` is under it.
+TESTCLIENT_BASE_URL = "http://testserver"
+
+
+class DPoPClient:
+    """The ``dpop_client`` fixture: a DPoP key, ``dev_idp`` tokens bound to it, and the proof headers."""
+
+    def __init__(self, idp: DevIdP, key: DPoPKey) -> None:
+        self.idp = idp
+        self.key = key
+
+    def token(self, scopes: str | Iterable[str] = (), **claims: Any) -> str:
+        """An access token from ``dev_idp`` bound to ``key`` (``cnf.jkt``); ``claims`` as ``issue_token``'s."""
+        return self.idp.issue_token(scopes, dpop_jkt=self.key.thumbprint, **claims)
+
+    def headers(self, method: str, url: str, token: str, nonce: str | None = None) -> dict[str, str]:
+        """``Authorization: DPoP <token>`` and a fresh ``DPoP`` proof for one ``method`` ``url`` request."""
+        target = TESTCLIENT_BASE_URL + url if url.startswith("/") else url
+        proof = self.key.proof(method, target, access_token=token, nonce=nonce, iat=int(self.idp.clock()))
+        return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+    def auth(self, token: str | None = None) -> DPoPAuth:
+        """A ``DPoPAuth`` with ``key`` (and ``token``) for an ``httpx`` client, dated by ``dev_idp.clock``."""
+        from tokenguard.dpop import DPoPAuth
+
+        return DPoPAuth(self.key, token, clock=self.idp.clock)
+
+    def __repr__(self) -> str:
+        return f"DPoPClient(key={self.key!r})"
+
+
+@pytest.fixture
+def dpop_client(dev_idp: DevIdP) -> DPoPClient:
+    """A fresh DPoP key (ES256), tokens from ``dev_idp`` bound to it, and the headers that prove it."""
+    from tokenguard.dpop import DPoPKey
+
+    return DPoPClient(dev_idp, DPoPKey.generate("ES256"))
