@@ -49,9 +49,11 @@ def _near_miss_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
         (ISSUER, "https://IDP.tokenguard.test", "letter case"),
     ],
 )
-def test_a_near_miss_is_refused_and_logged_once(
+def test_discovery_says_what_differs(
     keys: KeyRing, caplog: pytest.LogCaptureFixture, actual: str, configured: str, difference: str
 ) -> None:
+    """The tokens are refused before any key is fetched; the background fetch it starts reads the
+    metadata, which spells the issuer the other way, and the log says how."""
     idp = DevIdP(actual, keys=keys)
     app = Starlette(routes=[Route("/photos", photos)])
     app.add_middleware(TokenGuard, issuer=configured, audience=idp.default_audience, http_client=idp.http_client)
@@ -60,12 +62,48 @@ def test_a_near_miss_is_refused_and_logged_once(
             response = client.get("/photos", headers={"Authorization": f"Bearer {idp.issue_token()}"})
             assert response.status_code == 401  # still refused: no normalisation
             assert response.json()["error_description"] == "The access token comes from another issuer."
+    said = [r.getMessage() for r in caplog.records if r.name == "tokenguard" and difference in r.getMessage()]
+    assert said, "nothing said what differs"
+    assert "configure the issuer exactly as the metadata spells it" in said[0]
+
+
+def test_a_verified_token_names_the_near_miss_once(keys: KeyRing, caplog: pytest.LogCaptureFixture) -> None:
+    """Discovery skipped (``jwks_uri``): a token the issuer's key signed reports the near miss, once."""
+    idp = DevIdP(ISSUER + "/", keys=keys)
+    app = Starlette(routes=[Route("/photos", photos)])
+    app.add_middleware(
+        TokenGuard,
+        issuer=ISSUER,
+        audience=idp.default_audience,
+        http_client=idp.http_client,
+        jwks_uri=idp.endpoint("jwks"),
+        prefetch=True,
+    )
+    with caplog.at_level(logging.INFO, logger="tokenguard"), TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/photos", headers={"Authorization": f"Bearer {idp.issue_token()}"}).status_code == 401
     records = _near_miss_records(caplog)
     assert len(records) == 1
     message = records[0].getMessage()
-    assert difference in message
-    assert repr(actual) in message
-    assert f"issuer={configured!r}" in message
+    assert "a token signed with the issuer's key" in message
+    assert "trailing '/'" in message
+    assert f"issuer={ISSUER!r}" in message
+
+
+def test_a_forged_near_miss_writes_nothing(keys: KeyRing, caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone can put any ``iss`` in a token: without the issuer's signature it is not reported, and it
+    does not use up the report a real misconfiguration needs."""
+    idp = DevIdP(ISSUER, keys=keys)
+    forger = DevIdP(ISSUER + "/", keys=KeyRing.generate())
+    app = Starlette(routes=[Route("/photos", photos)])
+    app.add_middleware(
+        TokenGuard, issuer=ISSUER, audience=idp.default_audience, http_client=idp.http_client, prefetch=True
+    )
+    with caplog.at_level(logging.INFO, logger="tokenguard"), TestClient(app) as client:
+        forged = forger.issue_token(audience=idp.default_audience)
+        for _ in range(3):
+            assert client.get("/photos", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    assert _near_miss_records(caplog) == []
 
 
 def test_another_issuer_is_not_a_near_miss(keys: KeyRing, caplog: pytest.LogCaptureFixture) -> None:
@@ -91,9 +129,10 @@ def test_a_near_miss_among_several_issuers_names_the_one_it_resembles(
     with caplog.at_level(logging.INFO, logger="tokenguard"), TestClient(app) as client:
         for _ in range(2):
             assert client.get("/photos", headers={"Authorization": f"Bearer {idp.issue_token()}"}).status_code == 401
-    records = _near_miss_records(caplog)
-    assert len(records) == 1
-    assert f"issuer={ISSUER + '/'!r}" in records[0].getMessage()
+    # The token went to the issuer it resembles, whose discovery says how the two spellings differ.
+    said = [r.getMessage() for r in caplog.records if "trailing '/'" in r.getMessage()]
+    assert said
+    assert repr(ISSUER + "/") in said[0]
 
 
 def test_an_introspection_answer_naming_a_near_miss_is_logged(keys: KeyRing, caplog: pytest.LogCaptureFixture) -> None:
@@ -123,6 +162,7 @@ def test_an_introspection_answer_naming_a_near_miss_is_logged(keys: KeyRing, cap
     records = _near_miss_records(caplog)
     assert len(records) == 1
     assert "trailing '/'" in records[0].getMessage()
+    assert "the introspection answer" in records[0].getMessage()
 
 
 @pytest.mark.parametrize(
@@ -130,7 +170,7 @@ def test_an_introspection_answer_naming_a_near_miss_is_logged(keys: KeyRing, cap
     [
         ("https://a.example/", "trailing"),
         ("https://A.example", "letter case"),
-        ("http://a.example", "scheme"),
+        ("http://a.example", None),  # another scheme is another issuer: never nudge towards http
         ("https://b.example", None),
         ("https://a.example/tenant", None),
         (None, None),

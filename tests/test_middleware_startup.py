@@ -217,3 +217,69 @@ def test_a_guard_built_elsewhere_than_the_lazy_builder_still_raises() -> None:
 
     with pytest.raises(ConfigurationError, match="audience is required"):
         NotStarlette().build_middleware_stack()
+
+
+def test_a_subclass_with_its_own_options_and_a_copy_still_work() -> None:
+    """``__new__`` checks TokenGuard's own options only: a subclass's ``__init__`` takes its own, and
+    ``copy.copy`` (which calls ``__new__`` with no arguments) is left alone."""
+    import copy
+
+    class AuditedGuard(TokenGuard):
+        def __init__(self, app: object, *, audit: object = None, **options: object) -> None:
+            super().__init__(app, **options)  # type: ignore[arg-type]
+            self.audit = audit
+
+    guard = AuditedGuard(Starlette(), audit="yes", issuer=ISSUER, audience=AUDIENCE)
+    assert guard.audit == "yes"
+    assert guard.issuers == (ISSUER,)
+    assert copy.copy(guard).issuers == (ISSUER,)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"route_cache_size": "4096"}, "route_cache_size must be an integer"),
+        ({"route_cache_size": -1}, "route_cache_size must be"),
+        ({"rules": 5}, "rules must be a list of tokenguard.Rule objects"),
+        ({"rules": ["/x"]}, "rules must be a list of tokenguard.Rule objects"),
+        ({"audience": 5}, "audience must be a non-empty string"),
+        ({"algorithms": 5}, "algorithms must be a non-empty string"),
+        ({"introspection_credentials": 5}, "introspection_credentials must map issuers"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_a_configuration_error(options: dict[str, object], message: str) -> None:
+    """Values from the environment are strings: a wrong type is named, never a bare TypeError; built by
+    the app, it fails the startup like any other wrong option."""
+    settings: dict[str, object] = {"issuer": ISSUER, "audience": AUDIENCE, **options}
+    with pytest.raises(ConfigurationError, match=message):
+        TokenGuard(Starlette(), **settings)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=message), TestClient(_lazily_guarded(**settings)):
+        pass
+
+
+@pytest.mark.parametrize(
+    "option", ["issuer", "jwks_uri", "introspection_endpoint"], ids=["issuer", "jwks_uri", "introspection"]
+)
+def test_credentials_in_a_url_are_refused_and_never_echoed(option: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = "https://api:S3cr3tPW@idp.example.com/path?key=hunter2"
+    settings: dict[str, object] = {"issuer": ISSUER, "audience": AUDIENCE, option: url}
+    with pytest.raises(ConfigurationError) as refused:
+        TokenGuard(Starlette(), **settings)  # type: ignore[arg-type]
+    text = str(refused.value)
+    assert option in text
+    assert "S3cr3tPW" not in text
+    assert "hunter2" not in text
+    lazily = _lazily_guarded(**settings)
+    with caplog.at_level(logging.DEBUG, logger="tokenguard"), pytest.raises(ConfigurationError), TestClient(lazily):
+        pass
+    assert "S3cr3tPW" not in caplog.text
+
+
+def test_without_lifespan_the_misconfiguration_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Every request is refused, but unauthenticated traffic cannot flood the log with the message."""
+    client = TestClient(_lazily_guarded(issuer=ISSUER, audience=AUDIENCE, leeway=-1))
+    with caplog.at_level(logging.ERROR, logger="tokenguard"):
+        for _ in range(5):
+            assert client.get("/health").status_code == 500
+    per_request = [r for r in caplog.records if "every request is refused" in r.getMessage()]
+    assert len(per_request) == 1

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tokenguard.errors import InvalidToken
@@ -28,39 +29,49 @@ def issuer_difference(named: object, configured: str) -> str | None:
         return "they differ only by a trailing '/'"
     if named.lower() == configured.lower():
         return "they differ only in letter case"
-    if named.partition("://")[2] == configured.partition("://")[2]:
-        return "they differ only in the scheme"
     return None
 
 
 class IssuerCheck:
     """RFC 7519 §4.1.1, RFC 9068 §4, RFC 7662 §4: ``iss`` must equal the configured issuer, exactly.
 
-    A value that misses it by a trailing ``/``, letter case or scheme is nearly always the guard's
-    configuration, not an attack: the first one is logged, once per check, saying what differs.
+    An ``iss`` that misses it by a trailing ``/`` or letter case is nearly always the guard's
+    configuration, not an attack. The caller reports it (``report``) only when the issuer itself
+    vouches for the value — a JWT whose signature verifies with the issuer's keys, an introspection
+    answer — so a forged token can neither write this line nor use it up; at most once an hour.
     """
 
-    __slots__ = ("configured", "reported")
+    __slots__ = ("clock", "configured", "reported_at")
 
-    def __init__(self, configured: str) -> None:
+    #: Seconds between two reports of one check.
+    INTERVAL = 3600.0
+
+    def __init__(self, configured: str, clock: Callable[[], float] = time.time) -> None:
         self.configured = configured
-        self.reported = False
+        self.clock = clock
+        self.reported_at: float | None = None
 
     def __call__(self, named: object) -> None:
         """Raise ``InvalidToken("wrong_issuer")`` unless ``named`` is the configured issuer."""
-        if named == self.configured:
+        if named != self.configured:
+            raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+
+    def report(self, named: object, vouched_by: str) -> None:
+        """Log a near miss that the issuer vouched for (``vouched_by`` says how), once an hour."""
+        difference = issuer_difference(named, self.configured)
+        now = self.clock()
+        if difference is None or (self.reported_at is not None and now - self.reported_at < self.INTERVAL):
             return
-        if not self.reported and (difference := issuer_difference(named, self.configured)) is not None:
-            self.reported = True
-            logger.error(
-                "tokenguard: a token names the issuer %r but the guard is configured with issuer=%r: %s. Issuers "
-                "are compared exactly (RFC 9068 section 4): configure issuer exactly as the issuer's metadata "
-                "spells it (tokenguard check --issuer URL shows it). Every such token is refused; logged once.",
-                named,
-                self.configured,
-                difference,
-            )
-        raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+        self.reported_at = now
+        logger.error(
+            "tokenguard: %s names the issuer %r but the guard is configured with issuer=%r: %s. Issuers are "
+            "compared exactly (RFC 9068 section 4): configure issuer exactly as the issuer spells it "
+            "(tokenguard check --issuer URL shows its metadata). Every such token is refused.",
+            vouched_by,
+            named,
+            self.configured,
+            difference,
+        )
 
 
 def number_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tokenguard._claims import issuer_difference
 from tokenguard._http import FetchError, HttpClientPool, safe_url
 from tokenguard.config import check_url
 from tokenguard.errors import ConfigurationError
@@ -75,9 +76,9 @@ def metadata_problem(document: Mapping[str, Any], issuer: str) -> str | None:
     named = document.get("issuer")
     if named != issuer:
         hint = ""
-        if isinstance(named, str) and named.rstrip("/") == issuer.rstrip("/"):
+        if (difference := issuer_difference(named, issuer)) is not None:
             # The commonest misconfiguration (Auth0's issuer ends with "/", most others' do not).
-            hint = " (they differ only by a trailing '/': configure the issuer exactly as the metadata spells it)"
+            hint = f" ({difference}: configure the issuer exactly as the metadata spells it)"
         return f"names issuer {_shorten(repr(named))}, not {issuer!r}{hint}"
     for name in _CHECKED_ENDPOINTS:
         value = document.get(name)

@@ -97,6 +97,7 @@ class FailedGuard:
     def __init__(self, app: ASGIApp, error: ConfigurationError) -> None:
         self.app = app
         self.error = error
+        self._logged = False
         logger.critical("%s", startup_message(error))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,8 +108,10 @@ class FailedGuard:
             raise self.error
         if scope["type"] not in ("http", "websocket"):
             raise self.error
-        # A server without lifespan: fail closed, the details in the log only.
-        logger.error("%s; request refused with 500", startup_message(self.error))
+        # A server without lifespan: fail closed, the details in the log — once, not at every request.
+        if not self._logged:
+            self._logged = True
+            logger.error("%s; every request is refused with 500", startup_message(self.error))
         await send_denial(scope, receive, send, render(self.error, realm="tokenguard"))
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "GuardConfig",
     "IntrospectionOptions",
     "JWKSOptions",
+    "check_count",
     "check_issuer",
     "check_url",
     "guard_configs",
@@ -70,6 +71,15 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def _shown(url: str) -> str:
+    """``url`` fit for a message: user:password@ and the query dropped (either may hold a credential)."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, path = rest.partition("/")
+        url = scheme + sep + netloc.rpartition("@")[2] + slash + path
+    return repr(url.partition("?")[0][:200])
+
+
 def check_url(name: str, url: str) -> str:
     """Refuse anything but an absolute https URL, or http on loopback (RFC 8414 §2, RFC 6749 §3.1)."""
     if not isinstance(url, str) or not url:
@@ -78,13 +88,20 @@ def check_url(name: str, url: str) -> str:
         parts = urlsplit(url)
         hostname = parts.hostname
     except ValueError as exc:  # e.g. "https://[::1" (an unclosed IPv6 literal)
-        raise ConfigurationError(f"{name} is not a valid URL, got {url!r}") from exc
+        raise ConfigurationError(f"{name} is not a valid URL, got {_shown(url)}") from exc
     if parts.scheme not in ("https", "http") or not hostname:
-        raise ConfigurationError(f"{name} must be an absolute https:// URL, got {url!r}")
+        raise ConfigurationError(f"{name} must be an absolute https:// URL, got {_shown(url)}")
+    if "@" in parts.netloc:
+        # RFC 3986 §3.2.1: "user:password" in a URI is deprecated; credentials go in their own options.
+        raise ConfigurationError(
+            f"{name} must not carry credentials (user:password@): use client_id/client_secret, got {_shown(url)}"
+        )
     if parts.scheme == "http" and not is_loopback_host(hostname):
-        raise ConfigurationError(f"{name} must use https:// (plain http is only allowed on loopback), got {url!r}")
+        raise ConfigurationError(
+            f"{name} must use https:// (plain http is only allowed on loopback), got {_shown(url)}"
+        )
     if parts.fragment:
-        raise ConfigurationError(f"{name} must not have a fragment, got {url!r}")
+        raise ConfigurationError(f"{name} must not have a fragment, got {_shown(url)}")
     return url
 
 
@@ -93,7 +110,7 @@ def check_issuer(issuer: str) -> str:
     "has no query or fragment components"."""
     check_url("issuer", issuer)  # refuses other schemes and fragments
     if urlsplit(issuer).query:
-        raise ConfigurationError(f"issuer must not have a query, got {issuer!r}")
+        raise ConfigurationError(f"issuer must not have a query, got {_shown(issuer)}")
     return issuer
 
 
@@ -113,10 +130,18 @@ def issuer_list(issuer: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _as_tuple(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
-    items = (value,) if isinstance(value, str) else tuple(value)
+    try:
+        items = (value,) if isinstance(value, str) else tuple(value)
+    except TypeError:
+        raise ConfigurationError(f"{name} must be a non-empty string or a non-empty list of strings") from None
     if not items or not all(isinstance(item, str) and item for item in items):
         raise ConfigurationError(f"{name} must be a non-empty string or a non-empty list of strings")
     return items
+
+
+def check_count(name: str, value: int, *, allow_zero: bool = False) -> None:
+    """A whole number (``ConfigurationError`` naming ``name`` otherwise), for options validated elsewhere."""
+    _count(name, value, allow_zero=allow_zero)
 
 
 def _count(name: str, value: int, *, allow_zero: bool = False) -> None:
@@ -331,14 +356,16 @@ def guard_configs(
         ):
             if value is not None:
                 raise ConfigurationError(f"{name} belongs to one issuer and cannot be used with several issuers")
+    if introspection_credentials is not None and not isinstance(introspection_credentials, Mapping):
+        raise ConfigurationError("introspection_credentials must map issuers to (client_id, client_secret) pairs")
     unknown = sorted(set(introspection_credentials or {}) - set(issuers))
     if unknown:
         raise ConfigurationError(f"introspection_credentials names issuers that are not configured: {unknown}")
     first = GuardConfig(
         issuer=issuers[0],
-        audience=audience if isinstance(audience, str) else tuple(audience),  # type: ignore[arg-type]
+        audience=_as_tuple("audience", audience),
         jwks_uri=jwks_uri,
-        algorithms=tuple(algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
+        algorithms=_as_tuple("algorithms", algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
         leeway=leeway,
         shared_secret=shared_secret,
         strict_rfc9068=strict_rfc9068,

@@ -272,7 +272,7 @@ class Introspector:
 
     def __init__(self, config: GuardConfig, http: HttpClientPool, metadata: IssuerMetadata) -> None:
         self._config = config
-        self._check_issuer = IssuerCheck(config.issuer)
+        self._check_issuer = IssuerCheck(config.issuer, config.clock)
         self._options = config.introspection
         self._http = http
         self._metadata = metadata
@@ -504,7 +504,9 @@ class Introspector:
         exp = check_lifetime(document, now, self._config.leeway, require_exp=False)
         issuer = document.get("iss")
         # RFC 7662 §4: the answer must come from, and be about a token of, the issuer we trust.
-        if issuer is not None:
+        if issuer is not None and issuer != self._config.issuer:
+            # The answer comes from the issuer itself, over TLS: its spelling of ``iss`` is vouched for.
+            self._check_issuer.report(issuer, "the introspection answer")
             self._check_issuer(issuer)
         # RFC 7662 §4: a token for another resource must not be accepted here (RFC 7519 §4.1.3).
         check_audience(document, self._config.audience, required=self._options.require_aud)

@@ -21,6 +21,7 @@ from tokenguard._claims import (
     check_lifetime,
     check_token_kind,
     identity_of,
+    issuer_difference,
     number_claim,
     scopes_of,
     string_claim,
@@ -75,7 +76,7 @@ class JWTValidator:
 
     def __init__(self, config: GuardConfig, jwks: JWKSCache) -> None:
         self._config = config
-        self._check_issuer = IssuerCheck(config.issuer)
+        self._check_issuer = IssuerCheck(config.issuer, config.clock)
         self._jwks = jwks
         self._algorithms = frozenset(config.algorithms)
         self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
@@ -117,7 +118,12 @@ class JWTValidator:
                 return hit
         parsed = parse_jws(token)
         alg, kid = self._check_header(parsed.header)
-        self._check_issuer_and_lifetime(parsed.claims)
+        try:
+            self._check_issuer_and_lifetime(parsed.claims)
+        except InvalidToken as exc:
+            if exc.reason == "wrong_issuer" and issuer_difference(parsed.claims.get("iss"), self._config.issuer):
+                self._near_miss(parsed, alg, kid)
+            raise
         pending = _NeedsKeys(parsed, alg, kid, digest)
         if alg in HMAC_ALGORITHMS:
             return self._finish(pending, None)
@@ -125,6 +131,22 @@ class JWTValidator:
         if keys is None or (kid is not None and not keys.knows(kid)):
             return pending
         return self._finish(pending, keys)
+
+    def _near_miss(self, parsed: ParsedJWS, alg: str, kid: str | None) -> None:
+        """An ``iss`` almost the configured one: report it if the issuer's own keys verify the token.
+
+        The keys at hand only, never a fetch on this request; without any, a background fetch starts,
+        and discovery reports a metadata document that spells the issuer the other way.
+        """
+        keys = self._jwks.current()
+        if keys is None:
+            self._jwks.warm()
+            return
+        try:
+            self._verify_signature(parsed, alg, kid, keys)
+        except InvalidToken:
+            return  # not the issuer's token: nothing to report
+        self._check_issuer.report(parsed.claims.get("iss"), "a token signed with the issuer's key")
 
     def _finish(self, pending: _NeedsKeys, keys: KeySet | None) -> AccessToken:
         parsed = pending.parsed

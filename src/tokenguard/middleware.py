@@ -29,7 +29,7 @@ from tokenguard._startup import FailedGuard, argument_problem, built_by_framewor
 from tokenguard._status import GuardStatus, MetricsSnapshot
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
 from tokenguard.challenge import render, send_denial
-from tokenguard.config import CONFIG_OPTIONS, ClientAuthMethod, DefaultPolicy, guard_configs
+from tokenguard.config import CONFIG_OPTIONS, ClientAuthMethod, DefaultPolicy, check_count, guard_configs
 from tokenguard.credentials import TokenCredentials, TokenUser
 from tokenguard.errors import AuthError, ConfigurationError, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
@@ -67,8 +67,11 @@ class TokenGuard:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Python's own TypeError for a missing or unknown keyword says neither what the option is nor
-        # the fix: check the names first. ``args[0]`` is the app.
-        problem = argument_problem(cls.__init__, args[1:], {k: v for k, v in kwargs.items() if k != "app"})
+        # the fix: check the names first. ``args[0]`` is the app. A subclass with its own ``__init__``
+        # takes its own arguments, and ``copy.copy`` calls ``__new__`` with none: neither is checked.
+        if (not args and not kwargs) or cls.__init__ is not TokenGuard.__init__:
+            return super().__new__(cls)
+        problem = argument_problem(TokenGuard.__init__, args[1:], {k: v for k, v in kwargs.items() if k != "app"})
         if problem is None:
             return super().__new__(cls)
         error = ConfigurationError(problem)
@@ -127,15 +130,33 @@ class TokenGuard:
         options = locals()
         try:
             self._configure(options)
-        except ConfigurationError as exc:
+        except Exception as exc:
             if not built_by_framework():
                 raise
-            self._failed = FailedGuard(app, exc)
+            # Any wrong option (a TypeError from a value of the wrong type included) must stop the
+            # server, not only the ConfigurationErrors the validators raise.
+            error = (
+                exc
+                if isinstance(exc, ConfigurationError)
+                else ConfigurationError(
+                    f"an option has a value of the wrong type ({type(exc).__name__}: {str(exc)[:200]})"
+                )
+            )
+            self._failed = FailedGuard(app, error)
 
     def _configure(self, options: Mapping[str, Any]) -> None:
         """Validate and assemble every option (``__init__``'s arguments, by name)."""
         http_client, resource, rules = options["http_client"], options["resource"], options["rules"]
         on_decision = options["on_decision"]
+        check_count("route_cache_size", options["route_cache_size"], allow_zero=True)
+        rules = () if rules is None else rules
+        if isinstance(rules, (str, bytes, Mapping)) or not isinstance(rules, Iterable):
+            rules = (rules,)
+        rules = tuple(rules)
+        if not all(isinstance(rule, Rule) for rule in rules):
+            raise ConfigurationError(
+                "rules must be a list of tokenguard.Rule objects, e.g. Rule('/static', public=True)"
+            )
         self.configs = guard_configs(**{name: options[name] for name in CONFIG_OPTIONS})
         self.config = self.configs[0]
         issuers = self.issuers

@@ -16,6 +16,7 @@ import pytest
 from attack_kit import assert_ok, assert_refused, attack_target, core_params, header, segment, sign_segments, signed
 
 from conftest import AUDIENCE, ISSUER, Issuer, b64url, private_key
+from tokenguard._claims import issuer_difference
 from tokenguard.testing import ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
@@ -109,7 +110,15 @@ def test_token_from_another_issuer_is_refused(
     with attack_target(clock) as target:
         assert_refused(target, target.get(token), 401, "invalid_token", why)
         if why == "wrong_issuer":
-            assert idp.jwks_calls == 0  # refused before any key lookup: a foreign token costs no fetch
+            if issuer_difference(iss, ISSUER) is None:
+                assert idp.jwks_calls == 0  # refused before any key lookup: a foreign token costs no fetch
+            else:
+                # A near miss of our issuer (a trailing '/', letter case) warms the keys once in the
+                # background, so the guard can tell the operator whether the issuer signed it; more
+                # such tokens cost nothing more.
+                for _ in range(5):
+                    assert_refused(target, target.get(token), 401, "invalid_token", why)
+                assert idp.jwks_calls <= 1
         assert_ok(target, target.get(idp.token()))
 
 
