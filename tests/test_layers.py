@@ -40,6 +40,7 @@ CORE_LEVELS: dict[str, int] = {
     "tokenguard.events": 2,
     "tokenguard._discovery": 2,
     "tokenguard._details": 2,
+    "tokenguard._dpop": 2,
     "tokenguard._origin": 2,
     "tokenguard.jwks": 3,
     "tokenguard.policy": 3,
