@@ -193,3 +193,13 @@ def issuer(respx_mock: respx.MockRouter, clock: ManualClock) -> Any:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+#: The DPoP challenge's algorithms (RFC 9449 §7.1): DPoP is accepted by default.
+DPOP_ALGS = "ES256 ES384 ES512 PS256 PS384 PS512 RS256 RS384 RS512 EdDSA"
+
+
+def dpop_challenge(realm: str, metadata: str | None = None) -> str:
+    """What follows the Bearer challenge in the same field: ``, DPoP realm=..., algs=...`` (RFC 9449 §7.2)."""
+    value = f', DPoP realm="{realm}", algs="{DPOP_ALGS}"'
+    return value + (f', resource_metadata="{metadata}"' if metadata is not None else "")

@@ -34,6 +34,7 @@ EXPECTED = [
     "require_auth_level",
     "require_authorization_details",
     "require_scopes",
+    "sender_constrained",
     "sensitive",
 ]
 

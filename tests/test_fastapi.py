@@ -15,7 +15,7 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from conftest import AUDIENCE, ISSUER, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer, dpop_challenge
 from tokenguard import AccessToken, ConfigurationError, TokenGuard, public, require_any_scope, require_scopes
 from tokenguard.events import DecisionEvent
 from tokenguard.fastapi import bearer_scheme, current_token, require, scopes
@@ -244,7 +244,8 @@ def test_current_token_on_a_public_route_is_401(client: TestClient) -> None:
     response = client.get("/maybe")
     assert response.status_code == 401
     metadata = f"{REALM}/.well-known/oauth-protected-resource"
-    assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}", resource_metadata="{metadata}"'
+    expected = f'Bearer realm="{REALM}", resource_metadata="{metadata}"' + dpop_challenge(REALM, metadata)
+    assert response.headers["www-authenticate"] == expected
     assert response.headers["cache-control"] == "no-store"
     # The same refusal, byte for byte, as the guard's own for a request without a token.
     assert response.content == client.get("/plain").content

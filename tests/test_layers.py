@@ -45,6 +45,7 @@ CORE_LEVELS: dict[str, int] = {
     "tokenguard.jwks": 3,
     "tokenguard.policy": 3,
     "tokenguard._mtls": 3,
+    "tokenguard._binding": 4,
     "tokenguard.resource_metadata": 4,
     "tokenguard.jwt_validator": 4,
     "tokenguard.introspection": 5,

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from conftest import AUDIENCE, ISSUER, METADATA_URL, OPENID_URL, Issuer, b64url, private_key
+from conftest import AUDIENCE, ISSUER, METADATA_URL, OPENID_URL, Issuer, b64url, dpop_challenge, private_key
 from tokenguard import TokenCredentials, TokenGuard, TokenUser, public, require_any_scope, require_scopes
 from tokenguard.testing import ManualClock
 
@@ -197,7 +197,8 @@ def test_undecorated_route_needs_a_token(client: TestClient) -> None:
     response = client.get("/plain")
     assert response.status_code == 401
     # RFC 9728 §5.1 (issue 7): even the bare challenge names the resource metadata.
-    assert challenge_of(response) == f'Bearer realm="{REALM}", resource_metadata="{METADATA}"'
+    expected = f'Bearer realm="{REALM}", resource_metadata="{METADATA}"' + dpop_challenge(REALM, METADATA)
+    assert challenge_of(response) == expected
 
 
 def test_undecorated_route_accepts_a_valid_token(client: TestClient, idp: Issuer) -> None:
@@ -539,7 +540,8 @@ def test_wrong_audience_is_401(client: TestClient, idp: Issuer) -> None:
 def test_custom_realm_is_used_in_every_challenge(idp: Issuer, clock: ManualClock) -> None:
     """``realm=`` replaces the default realm in WWW-Authenticate."""
     client = TestClient(make_app(clock, realm="photos"))
-    assert client.get("/me").headers["www-authenticate"] == f'Bearer realm="photos", resource_metadata="{METADATA}"'
+    expected = f'Bearer realm="photos", resource_metadata="{METADATA}"' + dpop_challenge("photos", METADATA)
+    assert client.get("/me").headers["www-authenticate"] == expected
 
 
 def _segment(obj: Any) -> str:

@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
+from conftest import dpop_challenge
 from tokenguard import (
     AccessToken,
     ConfigurationError,
@@ -292,7 +293,8 @@ def test_feature_can_be_turned_off(dev_idp: DevIdP) -> None:
     app.router.routes.append(Route(WELL_KNOWN, public(own)))
     client = guard(app, dev_idp, resource_metadata=False)
     assert client.get(WELL_KNOWN).text == "mine"
-    assert client.get("/me").headers["www-authenticate"] == f'Bearer realm="{dev_idp.default_audience}"'
+    realm = dev_idp.default_audience
+    assert client.get("/me").headers["www-authenticate"] == f'Bearer realm="{realm}"' + dpop_challenge(realm)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
+from conftest import dpop_challenge
 from tokenguard import (
     ConfigurationError,
     InsufficientUserAuthentication,
@@ -119,7 +120,7 @@ def test_weaker_acr_gets_the_exact_step_up_challenge(dev_idp: DevIdP) -> None:
         f'Bearer realm="{dev_idp.default_audience}", error="insufficient_user_authentication", '
         'error_description="A stronger authentication is required for this resource.", '
         f'acr_values="{MFA} {HWK}", resource_metadata="{metadata_url(dev_idp)}"'
-    )
+    ) + dpop_challenge(dev_idp.default_audience, metadata_url(dev_idp))
     assert response.json() == {
         "error": "insufficient_user_authentication",
         "error_description": "A stronger authentication is required for this resource.",

@@ -101,7 +101,11 @@ def test_sender_constrained_tokens_are_not_bearer_tokens(
         jwt_answer = client.get("/me", headers={"Authorization": f"Bearer {idp.token(cnf=cnf)}"})
         opaque_answer = client.get("/transfer", headers={"Authorization": "Bearer opaque-bound-token-123"})
     assert (jwt_answer.status_code, opaque_answer.status_code) == (401, 401)
-    assert "bound to a key" in jwt_answer.json()["error_description"]
+    # DPoP-bound: "send it with the DPoP scheme"; certificate-bound, without the certificate: "another".
+    expected = "send it with the DPoP scheme" if "jkt" in cnf else "bound to another client certificate"
+    for answer in (jwt_answer, opaque_answer):
+        assert answer.json()["error"] == "invalid_token"
+        assert expected in answer.json()["error_description"]
 
 
 @pytest.mark.parametrize(

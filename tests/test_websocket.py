@@ -13,7 +13,7 @@ from starlette.routing import Mount, WebSocketRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from conftest import AUDIENCE, ISSUER, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer, dpop_challenge
 from tokenguard import TokenGuard, public, require_scopes
 from tokenguard.testing import ManualClock
 
@@ -127,7 +127,8 @@ def test_missing_token_is_refused_with_a_401_denial(client: TestClient) -> None:
     assert response.status_code == 401
     # RFC 9728 §5.1 (issue 7): the bare challenge names the resource metadata.
     metadata = f"{AUDIENCE}/.well-known/oauth-protected-resource"
-    assert response.headers["www-authenticate"] == f'Bearer realm="{REALM}", resource_metadata="{metadata}"'
+    expected = f'Bearer realm="{REALM}", resource_metadata="{metadata}"' + dpop_challenge(REALM, metadata)
+    assert response.headers["www-authenticate"] == expected
     assert response.json() == {"error_description": "A bearer access token is required."}
 
 

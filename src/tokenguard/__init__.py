@@ -25,6 +25,7 @@ from tokenguard.policy import (
     require_auth_level,
     require_authorization_details,
     require_scopes,
+    sender_constrained,
     sensitive,
 )
 
@@ -54,5 +55,6 @@ __all__ = [
     "require_auth_level",
     "require_authorization_details",
     "require_scopes",
+    "sender_constrained",
     "sensitive",
 ]

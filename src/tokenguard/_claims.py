@@ -198,15 +198,25 @@ def check_token_kind(claims: Mapping[str, Any]) -> None:
     ):
         raise InvalidToken("unsupported_token", "The token is not an access token.")
     confirmation = claims.get("cnf")
-    # RFC 9449 §7.1 (DPoP "jkt") and RFC 8705 §3 (mTLS "x5t#S256"): a sender-constrained token must be
-    # presented with proof of possession, which a bearer-only resource server cannot check; accepted
-    # as a plain bearer token it would let a thief use it (RFC 9449 §7.2: MUST NOT).
-    # RFC 7800 §3.1: any confirmation member (jwk, jwe, jku, kid, and the two above) binds the token to
-    # a key whose possession is never proven here.
-    if confirmation is not None and (not isinstance(confirmation, dict) or confirmation):
+    # RFC 9449 §6 (DPoP "jkt") and RFC 8705 §3.1 (mTLS "x5t#S256") bind the token to a key or a
+    # certificate whose possession the request must prove: ``_binding`` checks that proof, and refuses
+    # such a token presented as a plain bearer token (RFC 9449 §7.2). Any other confirmation method
+    # (RFC 7800 §3: jwk, jwe, jku, kid) binds it to a key whose possession is never proven here.
+    if confirmation is not None and not _provable(confirmation):
         raise InvalidToken(
             "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
         )
+
+
+#: The confirmation members a request can prove: a DPoP key thumbprint, a certificate thumbprint.
+_PROVABLE = frozenset({"jkt", "x5t#S256"})
+
+
+def _provable(confirmation: object) -> bool:
+    """A ``cnf`` of only ``jkt`` and/or ``x5t#S256``, each a non-empty string (RFC 9449 §6.1, RFC 8705 §3.1)."""
+    if not isinstance(confirmation, dict) or not confirmation.keys() <= _PROVABLE:
+        return False  # an empty object binds to nothing, as before
+    return all(isinstance(value, str) and 0 < len(value) <= 128 for value in confirmation.values())
 
 
 #: Where issuers that predate RFC 9068's ``client_id`` put the client: OpenID Connect's ``azp``

@@ -11,16 +11,17 @@ which one validates it before any key is looked up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
+from tokenguard._binding import Binding, SenderConstraints
 from tokenguard._claims import issuer_difference
 from tokenguard._http import HttpClientOption, HttpClientPool
 from tokenguard._jose import classify, parse_jws
 from tokenguard._status import IssuerStatus
 from tokenguard.config import GuardConfig
 from tokenguard.errors import AuthError, IntrospectionUnavailable, InvalidToken, UnavailableError
-from tokenguard.extract import authorization_values, bearer_from, cached_candidate
+from tokenguard.extract import authorization_values, cached_candidate, credentials_from
 from tokenguard.introspection import Introspector
 from tokenguard.jwks import IssuerMetadata, JWKSCache
 from tokenguard.jwt_validator import JWTValidator
@@ -49,24 +50,72 @@ class _Pipeline:
     """extract → (verified cache | validate, introspect?) → the route's checks; shared by both authenticators."""
 
     config: GuardConfig
+    #: Sender-constrained tokens (DPoP, mTLS), set by the guard; ``None``: every bound token is refused.
+    constraints: SenderConstraints | None = None
 
     async def authenticate(
-        self, headers: Iterable[tuple[bytes, bytes]], requirement: Requirement, *, client: str | None = None
+        self,
+        headers: Iterable[tuple[bytes, bytes]],
+        requirement: Requirement,
+        *,
+        client: str | None = None,
+        scope: Mapping[str, Any] | None = None,
     ) -> AccessToken:
         """``client`` (the peer's address) gives each client its own share of the first-sight budget."""
+        return (await self.authenticate_request(headers, requirement, client=client, scope=scope))[0]
+
+    async def authenticate_request(
+        self,
+        headers: Iterable[tuple[bytes, bytes]],
+        requirement: Requirement,
+        *,
+        client: str | None = None,
+        scope: Mapping[str, Any] | None = None,
+    ) -> tuple[AccessToken, Binding | None]:
+        """The token, and how the request proved it is the token's holder (DPoP, mTLS) if it did."""
         values = authorization_values(headers)
         raw = cached_candidate(values) if not requirement.sensitive else None
         access_token = self._cached(raw) if raw is not None else None
+        constraints = self.constraints
+        scheme = "bearer"
         if access_token is None:
-            token = bearer_from(values, self.config.max_token_bytes)
-            access_token = await self.validate(token, sensitive=requirement.sensitive, client=client)
+            dpop = constraints is not None and constraints.dpop_enabled
+            scheme, token = credentials_from(values, self.config.max_token_bytes, dpop=dpop)
+            try:
+                access_token = await self.validate(token, sensitive=requirement.sensitive, client=client)
+            except AuthError as exc:
+                exc.scheme = scheme
+                raise
+        else:
+            assert raw is not None
+            token = raw.decode("ascii")  # the cache holds only tokens that passed the b64token check
+        binding: Binding | None = None
+        if constraints is None:
+            if "cnf" in access_token.claims:  # no way to check a proof: a bound token is never a bearer token
+                raise InvalidToken(
+                    "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
+                )
+        elif constraints.must_check(scheme, access_token, requirement.sender_constrained):
+            try:
+                binding = await constraints.check(
+                    scheme,
+                    token,
+                    access_token,
+                    sender_constrained=requirement.sender_constrained,
+                    headers=headers,
+                    scope=scope or {},
+                )
+            except AuthError as exc:
+                exc.scheme = scheme
+                raise
         # Scopes are looked at only now, after the token is fully validated: a forgery gets 401, not 403.
         try:
             requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
         except AuthError as exc:
             exc.token = access_token  # a refusal carries the (valid) token for the decision event
+            exc.scheme = scheme
             raise
-        return access_token
+        return access_token, binding
 
     def _cached(self, raw: bytes) -> AccessToken | None:
         raise NotImplementedError

@@ -11,8 +11,10 @@ from tokenguard.errors import (
     AuthError,
     InsufficientScope,
     InsufficientUserAuthentication,
+    InvalidDPoPProof,
     TokenGuardError,
     UnavailableError,
+    UseDPoPNonce,
 )
 
 __all__ = ["Denial", "challenge", "render", "send_denial"]
@@ -41,37 +43,72 @@ def _quoted(value: str) -> str:
     return '"' + safe + '"'
 
 
-def challenge(error: AuthError, *, realm: str, resource_metadata: str | None = None) -> str:
-    """The ``WWW-Authenticate`` value for a refusal: a bare challenge when there was no token."""
+def challenge(
+    error: AuthError,
+    *,
+    realm: str,
+    resource_metadata: str | None = None,
+    scheme: str = "Bearer",
+    with_error: bool = True,
+    algs: tuple[str, ...] = (),
+) -> str:
+    """One ``WWW-Authenticate`` challenge for a refusal: a bare one when there was no token, or when
+    the error belongs to the other scheme's challenge (``with_error=False``). ``algs``: the DPoP
+    challenge's algorithms (RFC 9449 §7.1)."""
     params = [f"realm={_quoted(realm)}"]
-    if error.error_code is not None:
+    if with_error and error.error_code is not None:
         params.append(f"error={_quoted(error.error_code)}")
         params.append(f"error_description={_quoted(error.description)}")
-    if isinstance(error, InsufficientScope) and error.required:
+    if with_error and isinstance(error, InsufficientScope) and error.required:
         # RFC 6750 §3: the scope attribute lists the scopes necessary to access the resource.
         params.append(f"scope={_quoted(' '.join(error.required))}")
-    if isinstance(error, InsufficientUserAuthentication):
+    if with_error and isinstance(error, InsufficientUserAuthentication):
         # RFC 9470 §3: acr_values (space-separated) and max_age tell the client how to step up.
         if error.acr_values:
             params.append(f"acr_values={_quoted(' '.join(error.acr_values))}")
         if error.max_age is not None:
             params.append(f'max_age="{int(error.max_age)}"')
+    if algs:
+        # RFC 9449 §7.1: the DPoP challenge lists the proof algorithms the resource server accepts.
+        params.append(f"algs={_quoted(' '.join(algs))}")
     if resource_metadata is not None:
         # RFC 9728 §5.1: where the client finds the protected resource's metadata.
         params.append(f"resource_metadata={_quoted(resource_metadata)}")
-    return "Bearer " + ", ".join(params)
+    return scheme + " " + ", ".join(params)
 
 
-def render(error: TokenGuardError, *, realm: str, resource_metadata: str | None = None) -> Denial:
-    """Turn any refusal into the response that says it; the single error-to-HTTP mapping."""
+def render(
+    error: TokenGuardError, *, realm: str, resource_metadata: str | None = None, dpop_algs: tuple[str, ...] = ()
+) -> Denial:
+    """Turn any refusal into the response that says it; the single error-to-HTTP mapping.
+
+    With ``dpop_algs`` (DPoP accepted), a ``DPoP`` challenge follows the ``Bearer`` one in the same
+    field (RFC 9449 §7.1, §7.2). Bearer stays: an mTLS-bound token is sent with it (RFC 8705 §3). The
+    error goes on the challenge of the scheme the client used; DPoP proof errors on the DPoP one.
+    """
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"),
         (b"cache-control", b"no-store"),
     ]
     body: dict[str, str] = {}
     if isinstance(error, AuthError):
-        value = challenge(error, realm=realm, resource_metadata=resource_metadata)
+        on_dpop = bool(dpop_algs) and (isinstance(error, (InvalidDPoPProof, UseDPoPNonce)) or error.scheme == "dpop")
+        value = challenge(error, realm=realm, resource_metadata=resource_metadata, with_error=not on_dpop)
+        if dpop_algs:
+            # One field, two challenges, as RFC 9449 §7.2 shows ("Bearer, DPoP algs=..."): a client that
+            # reads one header value sees both (RFC 9110 §11.6.1).
+            value += ", " + challenge(
+                error,
+                realm=realm,
+                resource_metadata=resource_metadata,
+                scheme="DPoP",
+                with_error=on_dpop,
+                algs=dpop_algs,
+            )
         headers.append((b"www-authenticate", value.encode("ascii")))
+        if isinstance(error, UseDPoPNonce) and error.nonce is not None:
+            # RFC 9449 §9: the nonce the client must put in its next proof. Nonces are base64url: safe.
+            headers.append((b"dpop-nonce", error.nonce.encode("ascii")))
         if error.error_code is not None:
             body["error"] = error.error_code
         body["error_description"] = error.description

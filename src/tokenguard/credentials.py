@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser
 
+from tokenguard._binding import Binding
 from tokenguard.models import AccessToken
 
 __all__ = ["TokenCredentials", "TokenUser"]
@@ -16,11 +17,14 @@ __all__ = ["TokenCredentials", "TokenUser"]
 class TokenCredentials(AuthCredentials):
     """``request.auth``: the granted scopes, the claims, and what decided (``"jwt"``/``"introspection"``)."""
 
-    def __init__(self, token: AccessToken) -> None:
+    def __init__(self, token: AccessToken, binding: Binding | None = None) -> None:
         # AuthCredentials.__init__ only stores a list of scopes; set it directly (hot path).
         self.scopes = sorted(token.scopes)
         self.token = token
         self.source = token.source
+        #: How the request proved it holds the token: ``Binding("dpop", <key thumbprint>)``,
+        #: ``Binding("mtls", <certificate thumbprint>)``, or ``None`` for a bearer token.
+        self.binding = binding
         self._claims: dict[str, Any] | None = None
 
     @property
@@ -31,7 +35,8 @@ class TokenCredentials(AuthCredentials):
         return self._claims
 
     def __repr__(self) -> str:
-        return f"TokenCredentials(scopes={self.scopes!r}, source={self.source!r})"
+        method = self.binding.method if self.binding is not None else None
+        return f"TokenCredentials(scopes={self.scopes!r}, source={self.source!r}, binding={method!r})"
 
 
 class TokenUser(BaseUser):

@@ -122,6 +122,9 @@ class AuthError(TokenGuardError):
     description = "The access token is invalid."
     #: Set when a valid token was refused by the route (403, step-up): for decision events, never rendered.
     token: Any = None
+    #: The authorization scheme the request used ("bearer" or "dpop"), when known: the challenge
+    #: carrying the error is that scheme's (RFC 9449 §7.1).
+    scheme: str | None = None
 
     def __init__(self, reason: Reason | str | None = None, description: str | None = None) -> None:
         if reason is not None:
@@ -212,6 +215,11 @@ class UseDPoPNonce(AuthError):
     error_code = "use_dpop_nonce"
     reason = Reason.DPOP_NONCE_REQUIRED
     description = "The DPoP proof must carry the nonce this server provides."
+
+    def __init__(self, *, nonce: str | None = None, description: str | None = None) -> None:
+        #: The nonce to send in the ``DPoP-Nonce`` response header.
+        self.nonce = nonce
+        super().__init__(None, description)
 
 
 class UnavailableError(TokenGuardError):

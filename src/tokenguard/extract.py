@@ -17,8 +17,10 @@ __all__ = [
     "bearer_from",
     "cached_candidate",
     "client_of",
+    "credentials_from",
     "is_preflight",
     "parse_authorization",
+    "parse_credentials",
 ]
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=". Checked as
@@ -39,12 +41,18 @@ def authorization_values(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
 
 def bearer_from(values: list[bytes], max_bytes: int) -> str:
     """The bearer token of the request's ``Authorization`` field values, or the RFC 6750 refusal."""
+    return credentials_from(values, max_bytes, dpop=False)[1]
+
+
+def credentials_from(values: list[bytes], max_bytes: int, *, dpop: bool) -> tuple[str, str]:
+    """``(scheme, token)`` of the request's ``Authorization`` values: ``"bearer"``, or ``"dpop"`` when
+    ``dpop`` (RFC 9449 §7.1: ``Authorization: DPoP <token68>``); any other scheme is no token at all."""
     if not values:
         raise MissingToken()
     if len(values) > 1:
         # RFC 6750 §3.1 invalid_request: "...uses more than one method for including an access token".
         raise InvalidRequest(description="More than one Authorization header was sent.")
-    return parse_authorization(values[0], max_bytes)
+    return parse_credentials(values[0], max_bytes, dpop=dpop)
 
 
 def cached_candidate(values: list[bytes]) -> bytes | None:
@@ -64,12 +72,21 @@ def cached_candidate(values: list[bytes]) -> bytes | None:
 
 def parse_authorization(value: bytes, max_bytes: int) -> str:
     """Parse one ``Authorization`` field value; another scheme counts as no token at all."""
+    return parse_credentials(value, max_bytes, dpop=False)[1]
+
+
+def parse_credentials(value: bytes, max_bytes: int, *, dpop: bool) -> tuple[str, str]:
+    """``(scheme, token)`` of one ``Authorization`` value; the same token68 rules for both schemes."""
     value = value.strip(b" \t")
     # The scheme ends at the first space or tab, so "Bearer<TAB>token" is a malformed bearer credential.
     match = _SCHEME.fullmatch(value)
     assert match is not None  # every byte string matches: the pattern has no required part
     scheme, sep, credentials = match.groups()
-    if len(scheme) != 6 or scheme.lower() != b"bearer":  # no copy of a long non-scheme to compare it
+    if len(scheme) == 6 and scheme.lower() == b"bearer":  # no copy of a long non-scheme to compare it
+        name = "bearer"
+    elif dpop and len(scheme) == 4 and scheme.lower() == b"dpop":
+        name = "dpop"
+    else:
         # RFC 6750 §3.1: a request without bearer credentials gets a challenge with no error code.
         raise MissingToken()
     if not credentials:
@@ -82,7 +99,7 @@ def parse_authorization(value: bytes, max_bytes: int) -> str:
         # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token. We take exactly one SP (what clients send),
         # and refuse tabs, extra spaces, a second word, control bytes and non-ASCII.
         raise InvalidRequest(description="The bearer token is malformed.")
-    return credentials.decode("ascii")
+    return name, credentials.decode("ascii")
 
 
 def client_of(scope: Mapping[str, Any]) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenguard._binding import DPoPMode, sender_constraints
 from tokenguard._details import check_details
 from tokenguard._http import HttpClientOption
 from tokenguard._startup import FailedGuard, argument_problem, built_by_framework, fail_startup
@@ -39,6 +40,7 @@ from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule
 from tokenguard.resource_metadata import ResourceMetadata, build_resource_metadata
 from tokenguard.resource_metadata import serve as serve_metadata
 from tokenguard.routing import DECISION_KEY, REQUIREMENT_KEY, RouteDecision, RouteResolver, declared_requirements
+from tokenguard.store import SharedStore
 
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
@@ -124,6 +126,15 @@ class TokenGuard:
         resource: str | None = None,
         resource_metadata: bool | Mapping[str, Any] = True,
         max_body_bytes: int = 64 * 1024,
+        dpop: DPoPMode = "allowed",
+        dpop_algorithms: Sequence[str] | None = None,
+        dpop_iat_window: float = 60.0,
+        dpop_nonce: bool = False,
+        dpop_nonce_secret: bytes | None = None,
+        replay_store: SharedStore | None = None,
+        trusted_proxies: Sequence[str] | str | None = None,
+        public_url: str | None = None,
+        client_certificate_header: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -166,6 +177,22 @@ class TokenGuard:
             if len(issuers) == 1
             else MultiIssuerAuthenticator(self.configs, http_client=http_client)
         )
+        # Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mTLS): proofs, nonces, the replay store.
+        self.constraints = sender_constraints(
+            dpop=options["dpop"],
+            dpop_algorithms=options["dpop_algorithms"],
+            dpop_iat_window=options["dpop_iat_window"],
+            dpop_nonce=options["dpop_nonce"],
+            dpop_nonce_secret=options["dpop_nonce_secret"],
+            replay_store=options["replay_store"],
+            trusted_proxies=options["trusted_proxies"],
+            public_url=options["public_url"],
+            client_certificate_header=options["client_certificate_header"],
+            leeway=self.config.leeway,
+            clock=self.config.clock,
+        )
+        self.authenticator.constraints = self.constraints
+        self._dpop_algs = self.constraints.algs if self.constraints.dpop_enabled else ()
         self.resource_metadata: ResourceMetadata | None = build_resource_metadata(
             options["resource_metadata"], resource=resource, audience=self.config.audience, issuers=issuers
         )
@@ -248,7 +275,7 @@ class TokenGuard:
     async def _refuse_raised(
         self, exc: AuthError, scope: Scope, receive: Receive, send: Send, decision: RouteDecision, started: float
     ) -> None:
-        denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
+        denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url, dpop_algs=self._dpop_algs)
         token = exc.token if exc.token is not None else getattr(scope.get("auth"), "token", None)
         self._decided(scope, decision, started, "deny", exc.reason, denial.status, token)
         await send_denial(scope, receive, send, denial)
@@ -275,8 +302,8 @@ class TokenGuard:
         scope[REQUIREMENT_KEY] = requirement
         token: AccessToken | None = None
         try:
-            token = await self.authenticator.authenticate(
-                scope.get("headers", ()), requirement, client=client_of(scope)
+            token, binding = await self.authenticator.authenticate_request(
+                scope.get("headers", ()), requirement, client=client_of(scope), scope=scope
             )
             if requirement.details:
                 receive = await check_details(
@@ -289,7 +316,7 @@ class TokenGuard:
                     max_body_bytes=self.config.max_body_bytes,
                 )
         except TokenGuardError as exc:
-            denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url)
+            denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url, dpop_algs=self._dpop_algs)
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
             refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
             self._decided(scope, decision, started, outcome, exc.reason, denial.status, refused)
@@ -301,7 +328,7 @@ class TokenGuard:
             self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
             await send_denial(scope, receive, send, render(error, realm=self._realm))
             return None
-        scope["auth"], scope["user"] = TokenCredentials(token), TokenUser(token)
+        scope["auth"], scope["user"] = TokenCredentials(token, binding), TokenUser(token)
         self._decided(scope, decision, started, "allow", "ok", 200, token)
         return receive
 

@@ -42,6 +42,7 @@ __all__ = [
     "require_authorization_details",
     "require_scopes",
     "requirement_of",
+    "sender_constrained",
     "sensitive",
 ]
 
@@ -66,6 +67,8 @@ class Requirement:
     acr_values: tuple[str, ...] = ()
     max_age: int | None = None
     details: tuple[DetailsGuard, ...] = ()
+    #: Only a DPoP- or mTLS-bound token, with its proof, is accepted (RFC 9449, RFC 8705).
+    sender_constrained: bool = False
 
     def merge(self, other: Requirement) -> Requirement:
         """Combine two marks on one function; contradictions are refused at decoration time."""
@@ -78,18 +81,19 @@ class Requirement:
             acr_values=_merge_acr(self.acr_values, other.acr_values),
             max_age=min(ages) if ages else None,
             details=self.details + tuple(g for g in other.details if g not in self.details),
+            sender_constrained=self.sender_constrained or other.sender_constrained,
         )
         if merged.public and (merged.all_scopes or merged.any_scopes or merged.sensitive or merged.protects_more):
             raise ConfigurationError(
-                "@public cannot be combined with scopes, @sensitive, @require_auth_level or "
-                "@require_authorization_details"
+                "@public cannot be combined with scopes, @sensitive, @require_auth_level, "
+                "@require_authorization_details or @sender_constrained"
             )
         return merged
 
     @property
     def protects_more(self) -> bool:
-        """True when the route asks for more than scopes: a step-up or authorization_details."""
-        return bool(self.acr_values) or self.max_age is not None or bool(self.details)
+        """True when the route asks for more than scopes: a step-up, authorization_details, a sender constraint."""
+        return bool(self.acr_values) or self.max_age is not None or bool(self.details) or self.sender_constrained
 
     @property
     def needs_body(self) -> bool:
@@ -235,6 +239,13 @@ def sensitive(func: F) -> F:
     return _mark(func, Requirement(sensitive=True))
 
 
+def sender_constrained(func: F) -> F:
+    """Only a sender-constrained token is accepted, presented with its proof: a DPoP-bound token with a
+    valid ``DPoP`` proof (RFC 9449 §7), or a certificate-bound token over the same TLS client
+    certificate (RFC 8705 §3). A bearer token, however valid, gets 401."""
+    return _mark(func, Requirement(sender_constrained=True))
+
+
 def public(func: F) -> F:
     """No token is needed."""
     return _mark(func, Requirement(public=True))
@@ -315,6 +326,7 @@ class Rule:
     sensitive: bool = False
     acr_values: tuple[str, ...] = ()
     max_age: int | None = None
+    sender_constrained: bool = False
 
     def __init__(
         self,
@@ -327,6 +339,7 @@ class Rule:
         sensitive: bool = False,
         acr_values: str | Iterable[str] = (),
         max_age: int | None = None,
+        sender_constrained: bool = False,
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigurationError(f"Rule path must start with '/', got {path!r}")
@@ -341,6 +354,7 @@ class Rule:
         for name, value in (("scopes", scopes), ("any_scopes", any_scopes)):
             object.__setattr__(self, name, _scope_set((value,), "Rule") if value else frozenset())
         object.__setattr__(self, "sensitive", sensitive)
+        object.__setattr__(self, "sender_constrained", sender_constrained)
         # RFC 9470 step-up for what cannot be decorated, validated as @require_auth_level is.
         if acr_values or max_age is not None:
             level = _auth_level(acr_values, max_age, "Rule")
@@ -360,6 +374,8 @@ class Rule:
             requirement = requirement.merge(Requirement(sensitive=True))
         if self.acr_values or self.max_age is not None:
             requirement = requirement.merge(Requirement(acr_values=self.acr_values, max_age=self.max_age))
+        if self.sender_constrained:
+            requirement = requirement.merge(Requirement(sender_constrained=True))
         return requirement
 
     def matches(self, path: str, method: str | None) -> bool:

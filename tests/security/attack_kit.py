@@ -210,10 +210,15 @@ EXTRA_PARAMS = frozenset({"resource_metadata"})
 
 
 def challenge_params(value: str) -> dict[str, str]:
-    """The auth-params of a ``Bearer`` challenge, checked to be exactly ``name="value"`` pairs joined by ", "."""
-    assert value.startswith("Bearer "), value
-    pairs = _PARAM.findall(value[len("Bearer ") :])
-    assert ", ".join(f'{name}="{text}"' for name, text in pairs) == value[len("Bearer ") :], value
+    """The auth-params of a ``Bearer`` (or ``DPoP``) challenge, checked to be exactly ``name="value"`` pairs
+    joined by ", "."""
+    if value.startswith("Bearer ") and ", DPoP " in value:  # the whole field: Bearer, then DPoP (RFC 9449 §7.2)
+        value, dpop = value.split(", DPoP ", 1)
+        challenge_params("DPoP " + dpop)
+    scheme = "DPoP " if value.startswith("DPoP ") else "Bearer "
+    assert value.startswith(scheme), value
+    pairs = _PARAM.findall(value[len(scheme) :])
+    assert ", ".join(f'{name}="{text}"' for name, text in pairs) == value[len(scheme) :], value
     names = [name for name, _ in pairs]
     assert len(set(names)) == len(names), value
     return dict(pairs)
@@ -230,10 +235,14 @@ def assert_refused(target: Target, response: httpx.Response, status: int, error:
     body = response.json()
     assert (body["error"], body["error_description"]) == (error, WHY[why]), body
     raw = [value for name, value in target.recorder.raw_headers() if name.lower() == b"www-authenticate"]
+    # One field: the Bearer challenge carries the error; the DPoP one (DPoP is accepted by default)
+    # follows and names the proof algorithms only (RFC 9449 §7.2).
     assert len(raw) == 1
-    challenge = raw[0]
-    assert b"\r" not in challenge
-    assert b"\n" not in challenge
+    assert b"\r" not in raw[0]
+    assert b"\n" not in raw[0]
+    challenge, dpop = raw[0].split(b", DPoP ", 1)
+    assert dpop.startswith(f'realm="{target.realm}", algs="'.encode())
+    assert b"error" not in dpop
     text = challenge.decode("ascii")
     assert text.startswith(f'Bearer realm="{target.realm}", ')
     expected = {"realm": target.realm, "error": error, "error_description": WHY[why]}

@@ -32,8 +32,11 @@ def one_line_challenge(target: Target) -> str:
     assert b"\n" not in value
     # RFC 9110 §5.6.4 quoted-strings restricted as RFC 6750 §3 requires: no '"' or '\\', printable ASCII.
     text = value.decode("ascii")
-    challenge_params(text)
-    return text
+    # Two challenges in the field (RFC 9449 §7.2): Bearer, then DPoP (accepted by default); both parse.
+    bearer, dpop = text.split(", DPoP ", 1)
+    challenge_params(bearer)
+    challenge_params("DPoP " + dpop)
+    return bearer
 
 
 @pytest.mark.parametrize(
