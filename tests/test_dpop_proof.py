@@ -226,7 +226,10 @@ def refused(proof: str, **options: Any) -> DPoPProofRefused:
         check(proof, **options)
     error = info.value
     assert isinstance(error, DPoPProofRefused)
-    assert error.reason == Reason.BAD_DPOP_PROOF == "bad_dpop_proof"
+    # The checks an operator must tell apart have reasons of their own; the rest is bad_dpop_proof.
+    expected = {"htu": "dpop_htu_mismatch", "htm": "dpop_htm_mismatch", "iat": "dpop_iat_out_of_window"}
+    expected["ath"] = "dpop_ath_mismatch"
+    assert error.reason == expected.get(error.check, Reason.BAD_DPOP_PROOF)
     assert error.status_code == 401
     assert error.error_code == "invalid_dpop_proof"
     return error
@@ -581,7 +584,8 @@ def test_a_proof_at_the_cap_is_read() -> None:
 def test_every_refusal_is_an_invalid_dpop_proof_with_its_reason() -> None:
     error = DPoPProofRefused("htu", "The DPoP proof's htu claim does not match the request URL.")
     assert isinstance(error, InvalidDPoPProof)
-    assert (error.reason, error.check, error.status_code) == ("bad_dpop_proof", "htu", 401)
+    assert (error.reason, error.check, error.status_code) == ("dpop_htu_mismatch", "htu", 401)
+    assert DPoPProofRefused("typ", "x").reason == "bad_dpop_proof"
     copied = pickle.loads(pickle.dumps(error))  # e.g. across a process pool
     assert (type(copied), copied.check, copied.description) == (DPoPProofRefused, "htu", error.description)
 

@@ -252,6 +252,10 @@ TESTED_ELSEWHERE = {
     # Sender-constrained tokens: tests/test_dpop_*.py and tests/test_mtls.py.
     "bad_dpop_proof",
     "dpop_replay",
+    "dpop_htu_mismatch",
+    "dpop_htm_mismatch",
+    "dpop_iat_out_of_window",
+    "dpop_ath_mismatch",
     "dpop_nonce_required",
     "dpop_binding_mismatch",
     "certificate_mismatch",

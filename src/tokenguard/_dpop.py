@@ -129,6 +129,14 @@ class DPoPProof:
     alg: str
 
 
+_CHECK_REASONS = {
+    "htu": "dpop_htu_mismatch",
+    "htm": "dpop_htm_mismatch",
+    "iat": "dpop_iat_out_of_window",
+    "ath": "dpop_ath_mismatch",
+}
+
+
 class DPoPProofRefused(InvalidDPoPProof):
     """``InvalidDPoPProof`` that also says which check refused the proof, for decision events and metrics.
 
@@ -139,7 +147,9 @@ class DPoPProofRefused(InvalidDPoPProof):
 
     def __init__(self, check: str, description: str) -> None:
         self.check = check
-        super().__init__(description=description)
+        # The checks an operator most needs to tell apart (a proxy rewriting the URL, clock skew, a
+        # client hashing the wrong token) get reason codes of their own; the rest is bad_dpop_proof.
+        super().__init__(_CHECK_REASONS.get(check), description=description)
 
     def __reduce__(self) -> tuple[type[DPoPProofRefused], tuple[str, str]]:
         # Exceptions are re-created from their args, which hold the description only.

@@ -87,6 +87,10 @@ class Reason(str, Enum):
     # Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mTLS).
     BAD_DPOP_PROOF = "bad_dpop_proof"
     DPOP_REPLAY = "dpop_replay"
+    DPOP_HTU_MISMATCH = "dpop_htu_mismatch"
+    DPOP_HTM_MISMATCH = "dpop_htm_mismatch"
+    DPOP_IAT_OUT_OF_WINDOW = "dpop_iat_out_of_window"
+    DPOP_ATH_MISMATCH = "dpop_ath_mismatch"
     DPOP_NONCE_REQUIRED = "dpop_nonce_required"
     DPOP_BINDING_MISMATCH = "dpop_binding_mismatch"
     CERTIFICATE_MISMATCH = "certificate_mismatch"

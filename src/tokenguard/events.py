@@ -47,6 +47,10 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
     method_not_allowed                  405     a method other than GET/HEAD on the RFC 9728 metadata document
     bad_dpop_proof                      401     a DPoP proof missing, malformed, replayed or not fitting (RFC 9449)
     dpop_replay                         401     a DPoP proof ``jti`` seen before within the window
+    dpop_htu_mismatch                   401     the proof's ``htu`` is not the URL the client used (a proxy?)
+    dpop_htm_mismatch                   401     the proof's ``htm`` is not the request method
+    dpop_iat_out_of_window              401     the proof's ``iat`` is outside the window (clock skew?)
+    dpop_ath_mismatch                   401     the proof's ``ath`` is not the hash of this access token
     dpop_nonce_required                 401     the proof lacks the server's current ``DPoP-Nonce``
     dpop_binding_mismatch               401     the token's ``cnf.jkt`` is not the proof key's thumbprint
     certificate_mismatch                401     the token's ``cnf["x5t#S256"]`` is not the client certificate's
