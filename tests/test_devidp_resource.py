@@ -241,6 +241,23 @@ async def test_the_token_request_may_not_name_a_resource_the_authorization_did_n
     refused(await exchange(idp, params["code"], resource=PHOTOS))
 
 
+async def test_a_wrong_resource_does_not_spend_the_code(idp: DevIdP) -> None:
+    """A client's mistake (a resource outside the authorization) is corrected with the same code."""
+    params = await authorize(idp, [PAYMENTS])
+    refused(await exchange(idp, params["code"], resource=PHOTOS))
+    retried = await exchange(idp, params["code"], resource=PAYMENTS)
+    assert retried.status_code == 200, retried.text
+    assert aud(idp, retried.json()["access_token"]) == PAYMENTS
+
+
+async def test_resources_are_bounded_and_deduplicated(idp: DevIdP) -> None:
+    """Repeats count once; more than 16 distinct resources are invalid_target (linear, bounded work)."""
+    params = await authorize(idp, [PAYMENTS] * 500 + [PHOTOS])
+    assert "code" in params
+    many = [f"https://r{i}.example" for i in range(17)]
+    assert (await authorize(idp, many))["error"] == "invalid_target"
+
+
 async def test_authorize_refuses_unknown_and_malformed_resources_by_redirect(idp: DevIdP) -> None:
     """An unknown or malformed resource at /authorize: redirected with error=invalid_target and the state."""
     for resource in (ELSEWHERE, "not-a-uri"):

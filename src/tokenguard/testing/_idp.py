@@ -140,14 +140,19 @@ def is_resource_indicator(value: object) -> bool:
 
 def _resource_list(values: Iterable[str]) -> tuple[str, ...]:
     """The ``resource`` values of a request, in order, each once; ``invalid_target`` if one is malformed."""
-    resources: list[str] = []
+    resources: dict[str, None] = {}  # ordered, each once, in linear time
     for value in values:
         if not is_resource_indicator(value):
             # RFC 8707 §2: invalid_target, "the requested resource is invalid, missing, unknown, or malformed".
             raise OAuthError("invalid_target", "A resource must be an absolute URI without a fragment (RFC 8707 §2).")
-        if value not in resources:
-            resources.append(value)
+        resources[value] = None
+        if len(resources) > _MAX_RESOURCES:
+            raise OAuthError("invalid_target", f"At most {_MAX_RESOURCES} resources may be requested at once.")
     return tuple(resources)
+
+
+#: RFC 8707 puts no limit on repeated ``resource`` parameters; a development server still bounds them.
+_MAX_RESOURCES = 16
 
 
 def _resources_of(params: Mapping[str, str], resources: Sequence[str] | None) -> Sequence[str]:
@@ -958,6 +963,11 @@ class DevIdP:
             raise OAuthError("invalid_request", "The code_verifier parameter is missing (PKCE is required).")
         if _CODE_VERIFIER.fullmatch(verifier) is None:
             raise OAuthError("invalid_request", "The code_verifier is malformed (RFC 7636 §4.1).")
+        # RFC 8707 §2.2: the token request's resource must be one the authorization request named
+        # (when it named any). Checked before the code is spent: a wrong resource is a client's mistake
+        # to correct, not a sign of a stolen code.
+        if targets and state.resources and targets[0] not in state.resources:
+            raise OAuthError("invalid_target", "The resource was not named in the authorization request.")
         state.used = True  # one attempt per code: a wrong verifier burns it (a code injection attempt)
         # RFC 7636 §4.6: BASE64URL-ENCODE(SHA256(ASCII(code_verifier))) == code_challenge.
         computed = _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
@@ -968,10 +978,7 @@ class DevIdP:
             raise OAuthError(
                 "invalid_grant", "The authorization code is bound to a DPoP key this request does not prove."
             )
-        # RFC 8707 §2.2: the token request's resource must be one the authorization request named
-        # (when it named any); without one, the token is for the first the authorization request named.
-        if targets and state.resources and targets[0] not in state.resources:
-            raise OAuthError("invalid_target", "The resource was not named in the authorization request.")
+        # Without a resource, the token is for the first the authorization request named.
         resources = state.resources or targets
         audience = targets[0] if targets else resources[0] if resources else client.audience
         grant = self._new_grant(
