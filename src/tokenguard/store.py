@@ -1,8 +1,9 @@
 """State several guards may share: the store behind DPoP replay detection (RFC 9449 §11.1).
 
 A ``SharedStore`` answers one question atomically: "was this key recorded within its lifetime?".
-``MemoryStore`` answers it for one process. A store shared by every process of a fleet (Redis, the
-fleet-mode issue) implements the same protocol, so a proof replayed to another worker is refused too.
+``MemoryStore`` answers it for one process; ``tokenguard.redis_store.RedisStore`` (an add-on, the
+``redis`` extra) for every process of a fleet, so a proof replayed to another worker is refused too.
+A store that cannot answer raises ``StoreUnavailable`` (503), never "not seen".
 
 Keys are built by the caller from fixed-size digests, never from raw client values.
 """
@@ -16,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from tokenguard.errors import Reason, UnavailableError
 
-__all__ = ["MemoryStore", "SharedStore", "StoreFull"]
+__all__ = ["MemoryStore", "SharedStore", "StoreFull", "StoreUnavailable"]
 
 
 @runtime_checkable
@@ -39,6 +40,12 @@ class SharedStore(Protocol):
 
 class StoreFull(UnavailableError):
     """Every slot holds a live key: forgetting one would let it be replayed, so the store refuses."""
+
+    reason = Reason.REPLAY_STORE_UNAVAILABLE
+
+
+class StoreUnavailable(UnavailableError):
+    """A shared store did not answer (down, slow, refused): "could not check" is never "not seen"."""
 
     reason = Reason.REPLAY_STORE_UNAVAILABLE
 
