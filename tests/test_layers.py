@@ -67,6 +67,7 @@ ADDONS = frozenset(
     {
         "tokenguard.dpop",
         "tokenguard.redaction",
+        "tokenguard.redis_store",
         "tokenguard.integrations",
         "tokenguard.integrations._common",
         "tokenguard.integrations.opentelemetry",

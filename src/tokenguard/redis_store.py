@@ -1,0 +1,263 @@
+"""A ``SharedStore`` on Redis, shared by every process of a fleet (``pip install 'tokenguard-asgi[redis]'``).
+
+One Redis shared by every worker makes DPoP replay detection fleet-wide: a proof used on one process
+is refused on every other (RFC 9449 §11.1)::
+
+    from tokenguard.redis_store import RedisStore
+
+    app.add_middleware(TokenGuard, issuer=..., audience=..., replay_store=RedisStore("redis://redis:6379/0"))
+
+``add_once`` is one atomic command, ``SET <prefix><key> 1 NX PX <ttl in ms>``: of any number of
+concurrent calls with one key, on any number of processes, exactly one gets ``True``, and Redis
+forgets the key when its lifetime ends (memory is bounded by the TTLs, never by eviction of a live
+key). When Redis cannot answer within ``timeout`` (down, slow, restarting, refusing the password)
+``add_once`` raises ``StoreUnavailable``: the guard answers 503, never "not seen".
+
+The client: ``RedisStore(url)`` builds one from a ``redis://``, ``rediss://`` or ``unix://`` URL,
+with a bounded pool (``MAX_CONNECTIONS``; a request that waits longer than ``timeout`` for a
+connection is a 503 too), and closes it in ``aclose()``. ``RedisStore.from_client(client)`` uses a
+``redis.asyncio.Redis`` you configured yourself (Sentinel, cluster, TLS options, your own pool)
+and leaves closing it to you. Connections open on the first command and belong to the event loop
+that opened them: a store built from a URL that finds itself in another loop (a second
+``TestClient``, ``asyncio.run`` again) starts a new pool there; a client passed in is used as is.
+
+A URL's password never appears in ``repr`` or in an error's text.
+
+What only Redis can give: a Redis restarted without persistence (or a failover to a replica that
+had not caught up) forgets the keys it held, so a proof whose ``iat`` is still acceptable
+(``dpop_iat_window`` + ``leeway`` either side of now, 90 s by default) could be used once more;
+older proofs are refused by their ``iat`` anyway. Keys are stored as ``prefix + key``; the
+guard's keys start with ``tokenguard:dpop-jti:``.
+
+Every command goes through ``_run``, which bounds it by ``timeout`` and turns any failure into
+``StoreUnavailable``; state the fleet shares later (introspection answers, revocations) is more
+commands on the same client and prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
+
+from tokenguard.errors import ConfigurationError
+from tokenguard.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["RedisStore"]
+
+_T = TypeVar("_T")
+
+DEFAULT_URL = "redis://localhost:6379/0"
+_SCHEMES = ("redis", "rediss", "unix")
+_INSTALL = "pip install 'tokenguard-asgi[redis]'"
+
+
+def _redis_asyncio() -> Any:
+    """``redis.asyncio``, imported when a store is built: the core never needs it."""
+    try:
+        return importlib.import_module("redis.asyncio")
+    except ImportError as exc:
+        raise ImportError(f"RedisStore needs the redis package (redis>=5); install it with: {_INSTALL}") from exc
+
+
+def _check_url(url: object) -> tuple[str, tuple[str, ...]]:
+    """The URL as it may be shown (password masked) and the secrets to keep out of messages.
+
+    ``ConfigurationError`` (naming ``replay_store`` and the schemes) for anything Redis would refuse
+    or, worse, read differently (a database that is not a number would silently be database 0).
+    """
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(f"replay_store: RedisStore needs a redis://, rediss:// or unix:// URL, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(
+            "replay_store: the Redis URL is not a valid redis://, rediss:// or unix:// URL"
+        ) from None
+    userinfo = parts.password if parts.password is not None else parts.username
+    given = (userinfo, *(value for name, value in parse_qsl(parts.query) if name == "password"))
+    # As written and as sent (percent-decoded): neither may appear in a message.
+    secrets = tuple({form for secret in given if secret for form in (secret, unquote(secret))})
+    shown = _mask(url, parts)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"replay_store: the Redis URL must start with redis://, rediss:// or unix://, got {shown!r}"
+        )
+    if scheme == "unix":
+        if not parts.path:
+            raise ConfigurationError(f"replay_store: a unix:// Redis URL needs a socket path, got {shown!r}")
+    else:
+        database = parts.path.lstrip("/")
+        if database and not database.isdigit():
+            raise ConfigurationError(
+                f"replay_store: the Redis URL's path must be a database number (redis://host:port/0), got {shown!r}"
+            )
+        if port == 0:
+            raise ConfigurationError(f"replay_store: the Redis URL has port 0, got {shown!r}")
+    return shown, secrets
+
+
+def _mask(url: str, parts: SplitResult) -> str:
+    """``url`` as written, with its password (in the userinfo or a ``password=`` parameter) as ``***``."""
+    shown = url
+    if "@" in parts.netloc:
+        # A lone userinfo is masked too: some clients read ``redis://secret@host`` as a password.
+        user = f"{parts.username or ''}:" if parts.password is not None else ""
+        shown = shown.replace(parts.netloc, f"{user}***@{parts.netloc.rpartition('@')[2]}", 1)
+    if parts.query:
+        query = "&".join(
+            f"{piece.partition('=')[0]}=***" if unquote_plus(piece.partition("=")[0]) == "password" else piece
+            for piece in parts.query.split("&")
+        )
+        shown = shown.replace(parts.query, query, 1)
+    return shown
+
+
+def _client_secrets(client: Any) -> tuple[str, ...]:
+    """The password a client was configured with, to scrub from error text (its own messages omit it)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    password = kwargs.get("password") if isinstance(kwargs, dict) else None
+    return (password,) if isinstance(password, str) and password else ()
+
+
+def _check_options(prefix: object, timeout: object) -> float:
+    if not isinstance(prefix, str):
+        raise ConfigurationError(f"replay_store: RedisStore prefix must be a string, got {prefix!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise ConfigurationError(f"replay_store: RedisStore timeout must be seconds in (0, 60], got {timeout!r}")
+    return float(timeout)
+
+
+class RedisStore:
+    """A ``SharedStore`` on Redis: one atomic ``SET NX PX`` per ``add_once``; 503 when Redis cannot answer."""
+
+    #: The pool of a store built from a URL: at most this many connections to Redis per process.
+    MAX_CONNECTIONS = 64
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        client: redis.asyncio.Redis | None = None,
+        prefix: str = "tokenguard:",
+        timeout: float = 0.5,
+    ) -> None:
+        self.prefix = prefix
+        self.timeout = _check_options(prefix, timeout)
+        if client is not None:
+            if url != DEFAULT_URL:
+                raise ConfigurationError("replay_store: give RedisStore a url or a client, not both")
+            self._adopt(client)
+            return
+        self._shown, self._secrets = _check_url(url)
+        module = _redis_asyncio()
+        retry_module = importlib.import_module("redis.asyncio.retry")
+        backoff = importlib.import_module("redis.backoff")
+        exceptions = importlib.import_module("redis.exceptions")
+
+        def connect() -> redis.asyncio.Redis:
+            pool = module.BlockingConnectionPool.from_url(
+                url,
+                max_connections=self.MAX_CONNECTIONS,
+                timeout=self.timeout,  # waiting for a free connection
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                # One immediate retry: a pooled connection found dead (Redis restarted) is replaced at
+                # once. A retried SET NX that had in fact been applied answers "seen": a refusal, never
+                # a replay let through. The whole call stays within ``timeout`` (``_run``).
+                retry=retry_module.Retry(backoff.NoBackoff(), 1),
+                retry_on_error=[exceptions.ConnectionError],  # redis 5 retries only what is listed
+            )
+            client: redis.asyncio.Redis = module.Redis(connection_pool=pool)
+            return client
+
+        try:
+            self.client = connect()
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"replay_store: the Redis URL {self._shown!r} has an option redis cannot use: {self._scrub(exc)}"
+            ) from None
+        self._connect: Callable[[], redis.asyncio.Redis] | None = connect
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_client(
+        cls, client: redis.asyncio.Redis, *, prefix: str = "tokenguard:", timeout: float = 0.5
+    ) -> RedisStore:
+        """A store on a ``redis.asyncio.Redis`` you built; ``aclose()`` leaves it open (it is yours)."""
+        return cls(client=client, prefix=prefix, timeout=timeout)
+
+    def _adopt(self, client: object) -> None:
+        module = _redis_asyncio()
+        accepted = tuple(
+            kind for kind in (getattr(module, "Redis", None), getattr(module, "RedisCluster", None)) if kind
+        )
+        if not isinstance(client, accepted):
+            raise ConfigurationError(
+                "replay_store: RedisStore needs a redis.asyncio.Redis client (not the blocking redis.Redis), "
+                f"got {type(client).__name__}"
+            )
+        self.client = client  # a RedisCluster too: it runs the same commands
+        self._shown = f"<{type(client).__name__} client>"
+        self._secrets = _client_secrets(client)
+        self._connect = None  # not ours: its owner decides where it runs and when it closes
+        self._loop = None
+
+    # -- SharedStore -------------------------------------------------------------------------
+
+    async def add_once(self, key: str, ttl: float) -> bool:
+        """``SET <prefix><key> 1 NX PX <ttl ms>``: ``True`` if the key was not live, recorded now for ``ttl`` s."""
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        milliseconds = max(1, math.ceil(ttl * 1000))
+        name = self.prefix + key
+        answer = await self._run("SET NX", lambda: self.client.set(name, b"1", nx=True, px=milliseconds))
+        return bool(answer)  # True for OK; None when the key was already there
+
+    async def aclose(self) -> None:
+        """Close the connections of a client this store built; a client passed in is left to its owner."""
+        if self._connect is not None:
+            self._follow_loop()  # connections of a loop that is gone cannot be closed, only dropped
+            await self.client.connection_pool.disconnect()
+
+    # -- for every command -------------------------------------------------------------------
+
+    async def _run(self, command: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one Redis call within ``timeout``; any failure is ``StoreUnavailable`` (503), with a safe cause."""
+        self._follow_loop()
+        try:
+            return await asyncio.wait_for(call(), self.timeout)
+        except asyncio.TimeoutError:
+            cause = f"Redis at {self._shown} did not answer {command} within {self.timeout:g} s"
+        except Exception as exc:  # never CancelledError (a BaseException): a cancelled request stays cancelled
+            # redis.exceptions.RedisError (connection refused, reset, AUTH, OOM, READONLY replica…), OSError.
+            cause = f"Redis at {self._shown} failed {command}: {type(exc).__name__}: {self._scrub(exc)}"
+        raise StoreUnavailable(cause)
+
+    def _follow_loop(self) -> None:
+        """Connections belong to the loop that opened them: in another loop (a second TestClient,
+        ``asyncio.run`` again) a client this store built starts afresh; one passed in is left alone."""
+        if self._connect is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:
+                self.client = self._connect()
+            self._loop = loop
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:300]
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._shown!r}, prefix={self.prefix!r}, timeout={self.timeout:g})"
