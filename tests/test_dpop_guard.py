@@ -216,6 +216,14 @@ def test_a_bound_token_with_a_valid_proof_is_accepted(serve: Build, dpop_client:
         "source": "jwt",
     }
     assert "dpop-nonce" not in response.headers  # no nonces unless dpop_nonce=True
+    # The token is in the verified cache now: sent as Bearer it is still refused (RFC 9449 §7.2).
+    refused(
+        client.get("/me", headers=bearer(token)),
+        events,
+        error="invalid_token",
+        reason="dpop_binding_mismatch",
+        scheme="Bearer",
+    )
 
 
 def test_request_auth_binding_is_the_binding_type(guarded_app: GuardedAppFactory, dpop_client: DPoPClient) -> None:
@@ -475,6 +483,27 @@ def test_a_replayed_proof_is_refused(serve: Build, dpop_client: DPoPClient) -> N
     dpop_client.idp.clock.advance(30)
     refused(client.get("/me", headers=headers), events, error="invalid_dpop_proof", reason="dpop_replay")
     allowed(client.get("/me", headers=dpop_client.headers("GET", "/me", token)), events)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the replay store keeps a jti for 2 x (window + leeway) and treats it as gone at that instant "
+    "(expiry > now), while the iat check still accepts a proof whose iat was at the future edge "
+    "(iat <= now + window + leeway): the replay is accepted at exactly that second",
+)
+def test_a_replay_is_refused_for_as_long_as_the_proof_is_valid(serve: Build, dpop_client: DPoPClient) -> None:
+    dpop_client.idp.clock.set(T0)
+    client, events = serve()  # window 60 s, leeway 30 s: a proof is valid for iat within 90 s of now
+    token = dpop_client.token(expires_in=3600)
+    proof = dpop_client.key.proof("GET", "http://testserver/me", access_token=token, iat=T0 + 90)
+    headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+    allowed(client.get("/me", headers=headers), events)
+    for later in (179, 180):  # the proof's iat is within the window until T0 + 180, inclusive
+        dpop_client.idp.clock.set(T0 + later)
+        response = client.get("/me", headers=headers)
+        assert (response.status_code, events[-1].reason) == (401, "dpop_replay"), later
+    dpop_client.idp.clock.set(T0 + 181)
+    refused(client.get("/me", headers=headers), events, error="invalid_dpop_proof", reason="dpop_iat_out_of_window")
 
 
 def test_an_unbound_token_with_the_dpop_scheme_is_refused(serve: Build, dpop_client: DPoPClient) -> None:
@@ -755,6 +784,22 @@ def test_a_websocket_upgrade_carries_the_proof(serve: Build, dpop_client: DPoPCl
     assert (events[-1].reason, events[-1].method) == ("ok", "WEBSOCKET")
 
 
+def test_a_websocket_upgrade_gets_the_nonce_before_accept(serve: Build, dpop_client: DPoPClient) -> None:
+    client, events = serve(dpop_nonce=True)
+    token = dpop_client.token()
+    ACCEPTED.clear()
+    headers = dpop_client.headers("GET", "/ws", token)
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/ws", headers=headers):
+        pass  # pragma: no cover - the connection is refused
+    assert ACCEPTED == []
+    assert (denied.value.status_code, denied.value.json()["error"]) == (401, "use_dpop_nonce")
+    assert events[-1].reason == "dpop_nonce_required"
+    nonce = denied.value.headers["dpop-nonce"]
+    with client.websocket_connect("/ws", headers=dpop_client.headers("GET", "/ws", token, nonce=nonce)) as ws:
+        assert ws.receive_json() == {"binding": ["dpop", dpop_client.key.thumbprint]}
+    assert ACCEPTED == ["/ws"]
+
+
 @pytest.mark.parametrize("proof", ["none", "POST"])
 def test_a_websocket_without_a_good_proof_is_refused_before_accept(
     serve: Build, dpop_client: DPoPClient, proof: str
@@ -800,7 +845,11 @@ def test_a_proof_is_good_for_exactly_its_method_and_url(serve: Build, dpop_clien
     )
     def check(method: str, other_method: str, path: str, other_path: str, query: str) -> None:
         # The URL exactly as the client sends it (httpx's encoding), which is what a client signs.
-        url = str(httpx.URL("http://testserver" + path))
+        parsed = httpx.URL("http://testserver" + path)
+        # httpx removes dot segments ("/any/." is "/any"); the router would redirect "/any" to "/any/",
+        # and the redirected request would carry the first URL's proof.
+        assume(parsed.raw_path.startswith(b"/any/"))
+        url = str(parsed)
         ok = send(method, url + query, method, url)
         assert ok.status_code == 200, (method, url, ok.text)
         assert method == "HEAD" or ok.text == "dpop"
