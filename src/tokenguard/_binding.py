@@ -149,7 +149,7 @@ class SenderConstraints:
             raise UseDPoPNonce(nonce=self.nonces.current())
         # RFC 9449 §11.1: a proof is used once. The key is a digest: fixed size, no client text.
         digest = hashlib.sha256(f"{proof.jkt}\n{proof.jti}".encode()).digest()
-        key = "tokenguard:dpop-jti:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+        key = "dpop-jti:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
         if not await self.store.add_once(key, 2 * (self.iat_window + self.leeway)):
             raise InvalidDPoPProof("dpop_replay", "The DPoP proof was used before.")
         return Binding("dpop", proof.jkt)

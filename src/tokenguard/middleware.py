@@ -461,6 +461,7 @@ class TokenGuard:
                     raise
             elif message["type"] == "lifespan.shutdown":
                 await self.authenticator.aclose()
+                await self.constraints.store.aclose()
             return message
 
         async def wrapped_send(message: Message) -> None:

@@ -27,7 +27,7 @@ What only Redis can give: a Redis restarted without persistence (or a failover t
 had not caught up) forgets the keys it held, so a proof whose ``iat`` is still acceptable
 (``dpop_iat_window`` + ``leeway`` either side of now, 90 s by default) could be used once more;
 older proofs are refused by their ``iat`` anyway. Keys are stored as ``prefix + key``; the
-guard's keys start with ``tokenguard:dpop-jti:``.
+guard's keys start with ``dpop-jti:`` (so ``tokenguard:dpop-jti:`` with the default prefix).
 
 Every command goes through ``_run``, which bounds it by ``timeout`` and turns any failure into
 ``StoreUnavailable``; state the fleet shares later (introspection answers, revocations) is more
