@@ -75,3 +75,26 @@ async def test_concurrent_adds_of_one_key_let_exactly_one_through(clock: ManualC
 def test_a_bad_size_is_refused(size: object) -> None:
     with pytest.raises(ValueError, match="max_entries"):
         MemoryStore(size)  # type: ignore[arg-type]
+
+
+def test_the_guard_closes_its_replay_store_at_shutdown() -> None:
+    """The SharedStore contract: ``aclose`` at the app's lifespan shutdown (a RedisStore's pool)."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from tokenguard import TokenGuard
+
+    class Recording(MemoryStore):
+        closed = 0
+
+        async def aclose(self) -> None:
+            Recording.closed += 1
+            await super().aclose()
+
+    app = Starlette()
+    app.add_middleware(
+        TokenGuard, issuer="https://idp.example.com", audience="https://api.example.com", replay_store=Recording()
+    )
+    with TestClient(app):
+        assert Recording.closed == 0
+    assert Recording.closed == 1
