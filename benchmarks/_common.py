@@ -31,14 +31,14 @@ KIDS = {"RS256": "rsa-2048", "ES256": "p-256", "EdDSA": "ed25519"}
 SKIPPED: list[str] = []
 
 
-def optional(package: str, build: Callable[[], list[Case]]) -> list[Case]:
-    """The cases ``build`` makes, or none (noted in ``SKIPPED``) when ``package`` is not installed."""
+def optional(package: str, build: Callable[[], list[Case]], *, hint: str = "pip install -e '.[bench]'") -> list[Case]:
+    """The cases ``build`` makes, or none (noted in ``SKIPPED`` with ``hint``) when ``package`` is not installed."""
     try:
         return build()
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] != package:
             raise
-        note = f"{package} is not installed: its cases are skipped (pip install -e '.[bench]')"
+        note = f"{package} is not installed: its cases are skipped ({hint})"
         if note not in SKIPPED:
             SKIPPED.append(note)
         return []

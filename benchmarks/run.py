@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # ``python benchmarks/run.py``: make ``benchmarks
 from benchmarks import targets
 from benchmarks._common import SKIPPED, Case, Keys, Result
 
-GROUPS = ("validation", "asgi", "introspection", "memory", "server")
+GROUPS = ("validation", "asgi", "dpop", "introspection", "memory", "server")
 #: Distributions whose versions head the table (tokenguard's distribution is ``tokenguard-asgi``).
 _PACKAGES = (
     "tokenguard-asgi",
@@ -40,6 +40,7 @@ _PACKAGES = (
     "cryptography",
     "joserfc",
     "Authlib",
+    "pydpop",
     "starlette",
     "fastapi",
     "httpx",
@@ -325,6 +326,15 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
             cases += bench_asgi.cases(keys, loop, distinct=distinct)
         return round_robin(cases, rounds, 0.02 if args.quick else 0.15, loop)
 
+    def dpop() -> list[Result]:
+        from benchmarks import bench_dpop
+
+        cases = bench_dpop.cases(keys, loop, pool=distinct)
+        found = bench_dpop.with_added(round_robin(cases, rounds, 0.02 if args.quick else 0.15, loop))
+        _compare(found)
+        notes.append(("dpop", lambda: bench_dpop.summary(found)))
+        return found
+
     def server() -> list[Result]:
         from benchmarks import bench_server
 
@@ -358,6 +368,7 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
 
     if args.groups & {"validation", "asgi"}:
         attempt("validation" if "validation" in args.groups else "asgi", in_process)
+    attempt("dpop", dpop)
     attempt("introspection", lambda: _with_baselines(_introspection(rounds)))
     attempt("server", server)
     attempt("memory", memory)
