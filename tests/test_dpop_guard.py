@@ -485,12 +485,6 @@ def test_a_replayed_proof_is_refused(serve: Build, dpop_client: DPoPClient) -> N
     allowed(client.get("/me", headers=dpop_client.headers("GET", "/me", token)), events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the replay store keeps a jti for 2 x (window + leeway) and treats it as gone at that instant "
-    "(expiry > now), while the iat check still accepts a proof whose iat was at the future edge "
-    "(iat <= now + window + leeway): the replay is accepted at exactly that second",
-)
 def test_a_replay_is_refused_for_as_long_as_the_proof_is_valid(serve: Build, dpop_client: DPoPClient) -> None:
     dpop_client.idp.clock.set(T0)
     client, events = serve()  # window 60 s, leeway 30 s: a proof is valid for iat within 90 s of now
@@ -901,11 +895,6 @@ def test_the_dispatch_check_applies_the_endpoints_policy_to_a_bearer_token(
     assert [event.reason for event in events] == ["ok", "ok"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the dispatch check re-runs the whole token check, so the replay store sees the request's own "
-    "proof a second time and refuses it (dpop_replay) on a route the guard mispredicted",
-)
 def test_the_dispatch_check_does_not_count_the_proof_twice(serve: Build, dpop_client: DPoPClient) -> None:
     client, events = serve(routes=[RouterOnlyRoute("/thing", admin_only), Route("/thing", open_thing)])
     token = dpop_client.token(scopes=["admin"])
