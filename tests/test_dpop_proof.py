@@ -562,14 +562,19 @@ def test_a_secret_jti_never_reaches_the_description() -> None:
 def test_the_size_cap_applies_before_any_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """An oversized proof is refused without being parsed at all."""
 
-    def must_not_parse(_token: str) -> Any:
-        raise AssertionError("parsed an oversized proof")
+    parsed: list[int] = []
 
-    monkeypatch.setattr(_dpop, "parse_jws", must_not_parse)
+    def recording_parse(token: str) -> Any:
+        parsed.append(len(token))
+        raise ValueError("not parsed for real in this test")
+
+    monkeypatch.setattr(_dpop, "parse_jws", recording_parse)
     error = refused("a" * (MAX_PROOF_BYTES + 1))
     assert error.check == "size"
-    with pytest.raises(AssertionError, match="oversized"):
+    assert parsed == []
+    with pytest.raises(InvalidDPoPProof):
         check("a" * MAX_PROOF_BYTES)  # at the cap it is parsed: the patch above is really in the path
+    assert parsed == [MAX_PROOF_BYTES]
 
 
 def test_a_proof_at_the_cap_is_read() -> None:
@@ -938,3 +943,24 @@ def test_htu_normalisation_is_linear(htu_attack: Callable[[int], str]) -> None:
         if ratios[-1] < GROWTH:
             break
     assert min(ratios) < GROWTH, f"growth from n to 4n: {ratios}"
+
+
+@pytest.mark.parametrize("crv", [["Ed25519"], {"a": 1}, 5, None])
+@pytest.mark.parametrize("kty_alg", [("OKP", "EdDSA"), ("EC", "ES256")])
+def test_a_curve_of_the_wrong_type_is_a_refusal_not_a_crash(crv: object, kty_alg: tuple[str, str]) -> None:
+    """A ``crv`` that is not a string (a list, an object) is the client's malformed proof: 401, never a
+    TypeError the guard would turn into a 503 with an error in the log."""
+    import base64 as b64
+    import json as js
+
+    kty, alg = kty_alg
+
+    def part(value: object) -> str:
+        return b64.urlsafe_b64encode(js.dumps(value).encode()).rstrip(b"=").decode()
+
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": {"kty": kty, "crv": crv, "x": "AAAA", "y": "AAAA"}}
+    proof = f"{part(header)}.{part({'jti': 'j', 'htm': 'GET', 'htu': 'https://a.example/', 'iat': 0})}.AAAA"
+    with pytest.raises(InvalidDPoPProof):
+        check_proof(proof, method="GET", url="https://a.example/", access_token=None, now=0.0)
+    with pytest.raises(ValueError, match=r"curve|crv|key"):
+        jwk_thumbprint(header["jwk"])  # type: ignore[arg-type]

@@ -243,12 +243,20 @@ def test_forwarded_headers_without_trusted_proxies_are_ignored() -> None:
     assert request_url(scope(HOST, FORWARDED)) == "http://internal:8000/items/1"
 
 
-def test_forwarded_wins_over_x_forwarded_and_prefix_applies_to_both() -> None:
+def test_forwarded_and_x_forwarded_together_are_refused() -> None:
+    """A proxy that writes one family may pass the other through from the client: which is the proxy's
+    cannot be told, so a client's own Forwarded host is never believed over the proxy's X-Forwarded-Host."""
     both = scope(HOST, ("forwarded", "proto=https;host=a.example"), *X_FORWARDED, root_path="/api")
-    assert request_url(both, trusted_proxies=TRUSTED) == "https://a.example/edge/items/1"
-    # Forwarded without host/proto: the scope's, never X-Forwarded-Host.
+    with pytest.raises(InvalidRequest, match="Both Forwarded and X-Forwarded"):
+        request_url(both, trusted_proxies=TRUSTED)
     bare = scope(HOST, ("forwarded", "for=192.0.2.1"), ("x-forwarded-host", "b.example"))
-    assert request_url(bare, trusted_proxies=TRUSTED) == "http://internal:8000/items/1"
+    with pytest.raises(InvalidRequest):
+        request_url(bare, trusted_proxies=TRUSTED)
+    # From an untrusted peer neither is read: no refusal, the scope's own URL.
+    assert request_url(both) == "http://internal:8000/api/items/1"
+    # The prefix alone still applies with Forwarded.
+    prefixed = scope(HOST, ("forwarded", "proto=https;host=a.example"), ("x-forwarded-prefix", "/edge"))
+    assert request_url(prefixed, trusted_proxies=TRUSTED) == "https://a.example/edge/items/1"
 
 
 def test_each_x_forwarded_header_alone() -> None:

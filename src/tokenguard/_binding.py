@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -30,6 +31,8 @@ from tokenguard.models import AccessToken
 from tokenguard.store import MemoryStore, SharedStore
 
 __all__ = ["Binding", "DPoPMode", "SenderConstraints", "sender_constraints"]
+
+logger = logging.getLogger("tokenguard")
 
 DPoPMode = Literal["off", "allowed", "required"]
 #: Scope key: the replay-store key of the proof this request already recorded.
@@ -61,6 +64,8 @@ class SenderConstraints:
     public_url: str | None = None
     certificate_header: str | None = None
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    #: One warning per guard when ``htu`` is checked against a client-named host (no ``public_url``).
+    _warned: list[bool] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def dpop_enabled(self) -> bool:
@@ -129,6 +134,13 @@ class SenderConstraints:
         # RFC 9449 §4.3 point 8: for a WebSocket the upgrade request's method, GET.
         method = scope.get("method") or "GET"
         url = request_url(scope, trusted_proxies=self.trusted_proxies, public_url=self.public_url)
+        if self.public_url is None and not self._warned:
+            self._warned.append(True)
+            logger.warning(
+                "tokenguard: DPoP proofs are checked against the URL this request names (its Host header%s); "
+                "set public_url to the API's public URL so a proof made for another server is refused",
+                " or a trusted proxy's forwarded headers" if self.trusted_proxies else "",
+            )
         proof = check_proof(
             proof_text,
             method=method,
@@ -156,9 +168,11 @@ class SenderConstraints:
             # The same request checked again (the dispatch check, when the router runs another endpoint
             # than predicted): its own proof was recorded a moment ago, by this request.
             return Binding("dpop", proof.jkt)
-        # Kept as long as the proof could be accepted: an ``iat`` at the future edge of the window stays
-        # acceptable for 2 x (window + leeway); one more second covers the boundary and clock rounding.
-        if not await self.store.add_once(key, 2 * (self.iat_window + self.leeway) + 1):
+        # Kept exactly as long as this proof could still be accepted — until its own ``iat`` leaves the
+        # window — plus a second for the boundary and clock rounding: a proof made long ago holds a slot
+        # for seconds, not for the longest possible life (2 x (window + leeway) at most).
+        ttl = max(1.0, proof.iat + self.iat_window + self.leeway + 1 - self.clock())
+        if not await self.store.add_once(key, ttl):
             raise InvalidDPoPProof("dpop_replay", "The DPoP proof was used before.")
         if isinstance(scope, MutableMapping):
             scope[_RECORDED] = key

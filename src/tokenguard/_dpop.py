@@ -184,7 +184,8 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     kty = jwk.get("kty")
     if not isinstance(kty, str) or kty not in _THUMBPRINT_MEMBERS:
         raise ValueError("unsupported key type")
-    if kty in _CURVE_NAMES and jwk.get("crv") not in _CURVE_NAMES[kty]:
+    crv = jwk.get("crv")
+    if kty in _CURVE_NAMES and (not isinstance(crv, str) or crv not in _CURVE_NAMES[kty]):
         raise ValueError("unsupported curve")
     for name in _THUMBPRINT_MEMBERS[kty]:
         if name not in ("crv", "kty"):
@@ -346,7 +347,8 @@ def _key_fits(jwk: Mapping[str, Any], alg: str) -> bool:
     if alg in _EC_CURVES:
         fits = kty == "EC" and jwk.get("crv") == _EC_CURVES[alg][0]
     elif alg == "EdDSA":
-        fits = kty == "OKP" and jwk.get("crv") in _OKP_CURVES
+        crv = jwk.get("crv")
+        fits = kty == "OKP" and isinstance(crv, str) and crv in _OKP_CURVES
     else:
         fits = kty == "RSA"
     key_ops = jwk.get("key_ops")
@@ -392,6 +394,39 @@ def _ath(access_token: str) -> str:
 
 
 def check_proof(
+    proof: str,
+    *,
+    method: str,
+    url: str,
+    access_token: str | None,
+    now: float,
+    algorithms: frozenset[str] | None = None,
+    iat_window: float = 60.0,
+    leeway: float = 0.0,
+) -> DPoPProof:
+    """``_check_proof``, with any unexpected error in a client's proof refused as malformed, never a 500.
+
+    The proof is the client's JSON: a value of a type no check foresaw (a list where a string belongs)
+    must be a 401 ``invalid_dpop_proof``, not an internal error.
+    """
+    try:
+        return _check_proof(
+            proof,
+            method=method,
+            url=url,
+            access_token=access_token,
+            now=now,
+            algorithms=algorithms,
+            iat_window=iat_window,
+            leeway=leeway,
+        )
+    except InvalidDPoPProof:
+        raise
+    except Exception:
+        raise _refuse("malformed", "The DPoP proof is not a well-formed JWT.") from None
+
+
+def _check_proof(
     proof: str,
     *,
     method: str,

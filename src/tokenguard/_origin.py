@@ -216,6 +216,10 @@ def request_url(
     if peer_is_trusted(scope, trusted_proxies):
         headers = _headers(scope, (b"forwarded", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"))
         forwarded = headers.get(b"forwarded")
+        if forwarded is not None and (b"x-forwarded-host" in headers or b"x-forwarded-proto" in headers):
+            # A proxy writes one family and passes the other through from the client: which one is the
+            # proxy's cannot be told, so both at once are refused rather than a client's host believed.
+            raise InvalidRequest(description="Both Forwarded and X-Forwarded-* headers were sent.")
         if forwarded is not None:
             # RFC 7239 §4: the first forwarded-element is the one the first proxy (the client's) added.
             pairs = forwarded_pairs(forwarded)

@@ -586,6 +586,9 @@ def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
     else:
         scopes = local.scopes
     claims = {**local_claims, **remote.claims}
+    claims["cnf"] = _binding_of(local.claims.get("cnf"), remote.claims.get("cnf"))
+    if claims["cnf"] is None:
+        del claims["cnf"]
     deadlines = [t for t in (local.expires_at, remote.expires_at) if t is not None]
     return AccessToken(
         subject=remote.subject or local.subject,
@@ -598,6 +601,24 @@ def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
         token_id=local.token_id,
         key_id=local.key_id,
     )
+
+
+def _binding_of(signed: Any, answered: Any) -> Any:
+    """The confirmation (``cnf``) of a JWT confirmed by introspection: the signed one is never weakened.
+
+    RFC 9449 §6.2 / RFC 8705 §3.2 let the answer carry ``cnf``; it may add to the JWT's binding, never
+    drop or change a member of it (an answer of ``{}`` would turn a DPoP-bound token into a bearer one
+    on exactly the routes meant to be strictest). An answer without ``cnf`` keeps the JWT's.
+    """
+    if not signed:
+        return answered if answered is not None else signed
+    if answered is None or answered == {}:
+        return signed
+    if not isinstance(signed, Mapping) or not isinstance(answered, Mapping):
+        raise InvalidToken("bad_claim", "The introspection answer contradicts the token's binding.")
+    if any(answered.get(name) != value for name, value in signed.items()):
+        raise InvalidToken("bad_claim", "The introspection answer contradicts the token's binding.")
+    return dict(answered)
 
 
 def _json_object(body: bytes, url: str) -> dict[str, Any]:
