@@ -272,6 +272,24 @@ def test_inspect_verifies_with_the_middleware_code(
     assert idp.jwks_calls == 1
 
 
+def test_inspect_says_what_a_sender_constrained_token_also_needs(
+    capsys: pytest.CaptureFixture[str], clock: ManualClock, idp: Issuer
+) -> None:
+    """A DPoP- or certificate-bound token is valid as a token; the guard also asks for its proof."""
+    cnf = {
+        "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
+        "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2",
+    }
+    code, out, _ = run(capsys, "inspect", idp.token(cnf=cnf), "--issuer", ISSUER, "--audience", AUDIENCE, clock=clock)
+    assert code == 0
+    note = out[out.index("sender-constrained") - 40 :]
+    assert all(len(line) <= 100 for line in note.splitlines())  # the note is wrapped to 100 columns
+    flat = " ".join(out.split())
+    assert "sender-constrained" in flat
+    assert "a DPoP proof signed by the key with thumbprint 0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" in flat
+    assert "the TLS client certificate with thumbprint bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" in flat
+
+
 @pytest.mark.parametrize(
     ("claims", "kid", "reason"),
     [

@@ -14,7 +14,8 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -407,6 +408,18 @@ def _beyond_cap(rest: Verification, length: int) -> str:
     return f"with max_token_bytes={length} or more, it is still INVALID: {rest.reason}: {rest.description}"
 
 
+def _binding_note(confirmation: object) -> str:
+    """What else the guard asks of a sender-constrained token (RFC 9449 §7, RFC 8705 §3)."""
+    if not isinstance(confirmation, Mapping) or not confirmation:
+        return ""
+    needs = []
+    if isinstance(confirmation.get("jkt"), str):
+        needs.append(f"a DPoP proof signed by the key with thumbprint {confirmation['jkt']} (Authorization: DPoP)")
+    if isinstance(confirmation.get("x5t#S256"), str):
+        needs.append(f"the TLS client certificate with thumbprint {confirmation['x5t#S256']}")
+    return " It is sender-constrained: the guard also needs " + " and ".join(needs) + "." if needs else ""
+
+
 async def _validate(
     token: str,
     config: GuardConfig,
@@ -432,7 +445,7 @@ async def _validate(
         audience,
         True,
         "ok",
-        "The access token is valid.",
+        "The access token is valid." + _binding_note(result.claims.get("cnf")),
         identity=result.identity,
         scopes=tuple(sorted(result.scopes)),
         source=result.source,
@@ -515,6 +528,10 @@ def _render_verification(out: Printer, result: Verification) -> None:
     if result.valid:
         out.line("  " + out.style("VALID", "bold", "green") + f"  identity {result.identity}, source {result.source}")
         out.line(f"  scopes: {' '.join(result.scopes) or '(none)'}")
+        note = result.description.removeprefix("The access token is valid.").strip()
+        if note:  # a sender-constrained token: what the guard also asks for (wrapped to 100 columns)
+            for line in textwrap.wrap(note, width=96):
+                out.line(f"  {line}")
     else:
         out.line("  " + out.style("INVALID", "bold", "red") + f"  {result.reason}: {result.description}")
         if result.beyond_cap is not None:
