@@ -66,6 +66,12 @@ class SenderConstraints:
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
     #: One warning per guard when ``htu`` is checked against a client-named host (no ``public_url``).
     _warned: list[bool] = field(default_factory=list, repr=False, compare=False)
+    #: ``dpop="required"``: every protected route takes only proven, bound tokens (a plain attribute:
+    #: the hot path reads it on every request).
+    required: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required", self.mode == "required")
 
     @property
     def dpop_enabled(self) -> bool:
@@ -78,11 +84,7 @@ class SenderConstraints:
 
     def bearer_allowed(self, sender_constrained: bool) -> bool:
         """Whether a Bearer token may be used on a route (for its challenges)."""
-        return not (sender_constrained or self.mode == "required")
-
-    def must_check(self, scheme: str, token: AccessToken, sender_constrained: bool) -> bool:
-        """The fast question for the common case: a Bearer token with no ``cnf`` on an ordinary route."""
-        return scheme != "bearer" or "cnf" in token.claims or sender_constrained or self.mode == "required"
+        return not (sender_constrained or self.required)
 
     async def check(
         self,
@@ -114,7 +116,7 @@ class SenderConstraints:
             if presented is None or not isinstance(x5t, str) or not hmac.compare_digest(presented, x5t):
                 raise InvalidToken("certificate_mismatch", "The access token is bound to another client certificate.")
             binding = binding or Binding("mtls", x5t)
-        if binding is None and (sender_constrained or self.mode == "required"):
+        if binding is None and (sender_constrained or self.required):
             raise InvalidToken(
                 "sender_constraint_required", "This resource requires a sender-constrained (DPoP or mTLS) token."
             )

@@ -78,6 +78,7 @@ class _Pipeline:
         access_token = self._cached(raw) if raw is not None else None
         constraints = self.constraints
         scheme = "bearer"
+        token: str | None = None
         if access_token is None:
             dpop = constraints is not None and constraints.dpop_enabled
             scheme, token = credentials_from(values, self.config.max_token_bytes, dpop=dpop)
@@ -86,16 +87,19 @@ class _Pipeline:
             except AuthError as exc:
                 exc.scheme = scheme
                 raise
-        else:
-            assert raw is not None
-            token = raw.decode("ascii")  # the cache holds only tokens that passed the b64token check
         binding: Binding | None = None
         if constraints is None:
             if "cnf" in access_token.claims:  # no way to check a proof: a bound token is never a bearer token
                 raise InvalidToken(
                     "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
                 )
-        elif constraints.must_check(scheme, access_token, requirement.sender_constrained):
+        # The common case costs three tests: a Bearer token without ``cnf`` on an ordinary route.
+        elif (
+            scheme != "bearer" or requirement.sender_constrained or constraints.required or "cnf" in access_token.claims
+        ):
+            if token is None:
+                assert raw is not None
+                token = raw.decode("ascii")  # the cache holds only tokens that passed the b64token check
             try:
                 binding = await constraints.check(
                     scheme,
