@@ -142,6 +142,11 @@ class Server:
             rfc8414 = httpx.Response(404, text=HTML, headers={"Content-Type": "text/html"})
         router.get(rfc8414_url).mock(return_value=rfc8414)
         router.get(openid_url).mock(return_value=httpx.Response(200, json=self.discovery()))
+        if path:  # discovery reads on for a missing introspection_endpoint: these servers answer 404 there
+            appended = self.issuer.rstrip("/") + "/.well-known/oauth-authorization-server"
+            router.get(appended).mock(
+                return_value=httpx.Response(404, text=HTML, headers={"Content-Type": "text/html"})
+            )
 
         def jwks(request: httpx.Request) -> httpx.Response:
             self.jwks_calls += 1

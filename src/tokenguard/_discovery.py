@@ -4,6 +4,12 @@ RFC 8414 (OAuth 2.0 Authorization Server Metadata) and OpenID Connect Discovery 
 and introspection (through ``jwks.IssuerMetadata``), the OpenAPI document (``tokenguard.fastapi``) and
 ``tokenguard check`` all discover through ``discover``; ``check`` reports each URL it tries through
 ``on_attempt``.
+
+Discovery reads the well-known URLs in RFC 8414's order until the documents read so far name every
+endpoint the caller ``needs``, and merges the usable ones: servers split their metadata (an OpenID
+Connect document has no ``introspection_endpoint``, which belongs to RFC 8414 / RFC 7662, while the
+RFC 8414 document beside it has one: django-oauth-toolkit with OpenID on). Each merged document passes
+``metadata_problem`` on its own; for a member two documents both give, the earlier one wins.
 """
 
 from __future__ import annotations
@@ -50,11 +56,20 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Discovered:
-    """The metadata document that was used, where it came from, and the answer's headers (for max-age)."""
+    """The metadata that was used: the usable documents merged (an earlier document wins on a member
+    both give), where each member came from, and each document's headers (for max-age).
+
+    ``url`` and ``headers`` are the first usable document's; ``urls`` and ``all_headers`` name every
+    merged one, in the order read. ``missing`` lists the needed members no document gave.
+    """
 
     document: dict[str, Any]
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    urls: tuple[str, ...] = ()
+    all_headers: tuple[Mapping[str, str], ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+    missing: frozenset[str] = frozenset()
 
 
 class DiscoveryFailed(FetchError):
@@ -96,13 +111,22 @@ async def discover(
     *,
     timeout: float,
     max_bytes: int = METADATA_MAX_BYTES,
+    needs: frozenset[str] = frozenset(),
     on_attempt: Callable[[Attempt], None] | None = None,
 ) -> Discovered:
-    """The issuer's metadata: each well-known URL in turn, the first usable document wins.
+    """The issuer's metadata: the well-known URLs in turn, until the usable documents read so far give
+    every member in ``needs`` (with no needs, the first usable document, as with one that has them all).
 
-    Raises ``DiscoveryFailed`` (a ``FetchError``) naming what each URL did when none is usable.
+    Usable documents are merged (RFC 8414 §3.3: one naming another issuer never is); on a member two of
+    them give, the earlier one wins. When no document gives a needed member, what was found is
+    returned (``missing`` names it; the caller reports it). At most the well-known URLs, each read up
+    to ``max_bytes``. Raises ``DiscoveryFailed`` (a ``FetchError``) naming what each URL did when none
+    is usable.
     """
     attempts: list[Attempt] = []
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    used: list[tuple[str, Mapping[str, str]]] = []
 
     def record(attempt: Attempt) -> None:
         attempts.append(attempt)
@@ -110,6 +134,8 @@ async def discover(
             on_attempt(attempt)
 
     for url in well_known_urls(issuer):
+        if used and _lacking(merged, needs) == frozenset():
+            break  # everything needed is known: no further fetch
         try:
             result = await http.get(url, timeout=timeout, max_bytes=max_bytes)
         except FetchError as exc:
@@ -128,8 +154,34 @@ async def discover(
             record(Attempt(url, result.status, document, f"{safe_url(url)} {problem}"))
             continue
         record(Attempt(url, result.status, document))
-        return Discovered(document, url, result.headers)
-    raise DiscoveryFailed("; ".join(attempt.problem or attempt.url for attempt in attempts), tuple(attempts))
+        for name, value in document.items():
+            if _given(value) and not _given(merged.get(name)):
+                merged[name] = value
+                sources[name] = url
+            elif name not in merged:
+                merged[name] = value  # an empty value, kept only until a document gives one
+        used.append((url, result.headers))
+    if not used:
+        raise DiscoveryFailed("; ".join(attempt.problem or attempt.url for attempt in attempts), tuple(attempts))
+    return Discovered(
+        merged,
+        used[0][0],
+        used[0][1],
+        urls=tuple(url for url, _ in used),
+        all_headers=tuple(headers for _, headers in used),
+        sources=sources,
+        missing=_lacking(merged, needs),
+    )
+
+
+def _given(value: object) -> bool:
+    """A member a document actually gives: ``null`` and ``""`` say nothing."""
+    return value is not None and value != ""
+
+
+def _lacking(document: Mapping[str, Any], needs: frozenset[str]) -> frozenset[str]:
+    """The needed endpoints the document does not give as a URL string."""
+    return frozenset(name for name in needs if not (isinstance(document.get(name), str) and document[name]))
 
 
 def _shorten(text: str, limit: int = 200) -> str:

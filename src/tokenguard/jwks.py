@@ -283,6 +283,9 @@ class _Freshness:
 class IssuerMetadata:
     """The issuer's authorization-server metadata (RFC 8414), discovered once and kept fresh.
 
+    Discovery reads on until it has the endpoints this configuration ``needs`` and merges what the
+    issuer's documents say (``_discovery.discover``); the merged document is what is cached.
+
     A cache of one document (ARCHITECTURE.md, "Caches never outlive what they stand for"): used
     while fresh (its ``Cache-Control`` max-age, clamped like the JWKS'), refreshed in the background
     from ``refresh_at`` on, used past its max-age only while the issuer fails and only until the stale
@@ -319,14 +322,32 @@ class IssuerMetadata:
         value = document.get(name)
         return value if isinstance(value, str) else None
 
+    def needs(self) -> frozenset[str]:
+        """The endpoints discovery must find: ``jwks_uri`` unless configured, and the introspection
+        endpoint when introspection is configured (credentials set) without one."""
+        options = self._config.introspection
+        needs = {"jwks_uri"} if self._config.jwks_uri is None else set()
+        if options.has_credentials and options.endpoint is None:
+            needs.add("introspection_endpoint")
+        return frozenset(needs)
+
     async def _fetch(self) -> dict[str, Any]:
         self.fetches += 1
         try:
-            found = await discover(self._http, self._config.issuer, timeout=self._config.http_timeout)
+            found = await discover(
+                self._http, self._config.issuer, timeout=self._config.http_timeout, needs=self.needs()
+            )
         except FetchError as exc:
             return self._failed(exc)
         jwks = self._config.jwks
-        ttl = max_age(found.headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl)
+        # Merged documents are kept as long as the shortest-lived of them; one lacking a needed
+        # endpoint is looked at again soon (the document that has it may have failed just now).
+        ttl = min(
+            max_age(headers, default=jwks.default_ttl, low=jwks.min_ttl, high=jwks.max_ttl)
+            for headers in found.all_headers or (found.headers,)
+        )
+        if found.missing:
+            ttl = jwks.min_ttl
         self._document = found.document
         self._state.accept(self._config.clock(), ttl, jwks)
         return found.document

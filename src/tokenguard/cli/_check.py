@@ -35,6 +35,8 @@ _TIMEOUT = 5.0
 _LEEWAY = 30.0  # the middleware's default leeway, for the clock-skew warning
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _PLACEHOLDER_AUDIENCE = "urn:tokenguard:check"
+#: What a guard with introspection configured asks discovery for: the check reports what it would find.
+_NEEDS = frozenset({"jwks_uri", "introspection_endpoint"})
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Report:
     refusal: str | None = None
     #: Each metadata URL tried: its status, or why it could not be fetched (for ``--json``).
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    #: The document each metadata member came from, when discovery merged several.
+    sources: dict[str, str] = field(default_factory=dict)
 
     def add(self, severity: Severity, message: str) -> None:
         self.problems.append(Problem(severity, message))
@@ -126,15 +130,18 @@ async def _discover(report: Report, http: RecordingPool) -> Mapping[str, str]:
     attempts: list[Attempt] = []
     found: Discovered | None
     try:
-        found = await discover(http, report.issuer, timeout=_TIMEOUT, max_bytes=_MAX_BYTES, on_attempt=attempts.append)
+        found = await discover(
+            http, report.issuer, timeout=_TIMEOUT, max_bytes=_MAX_BYTES, needs=_NEEDS, on_attempt=attempts.append
+        )
     except DiscoveryFailed:
         found = None  # what each URL did is in `attempts`
     report.attempts = [_attempt_json(attempt, http) for attempt in attempts]
     refused = [attempt for attempt in attempts if attempt.document is not None and attempt.problem is not None]
     if found is not None:
         report.metadata, report.metadata_url = dict(found.document), found.url
+        report.sources = dict(found.sources)
         for attempt in refused:
-            report.add("warning", f"{attempt.problem}: TokenGuard skips it and uses {found.url}")
+            report.add("warning", f"{attempt.problem}: TokenGuard skips it and uses {', '.join(found.urls)}")
         return found.headers
     if http.first_headers is None:  # no URL answered at all
         reason = http.summary() or Unreachable(
@@ -358,7 +365,9 @@ def render_text(out: Printer, report: Report) -> None:
     for name in ("issuer", "jwks_uri", "token_endpoint", "introspection_endpoint", "revocation_endpoint"):
         value = report.metadata.get(name)
         if value is not None:
-            out.line(f"  {name:<24}{value}")
+            source = report.sources.get(name, report.metadata_url)
+            origin = f"  (from {safe_url(source)})" if source != report.metadata_url and source else ""
+            out.line(f"  {name:<24}{value}{origin}")
     _render_keys(out, report)
     out.line()
     out.line(f"Clock  {_skew_phrase(report.skew)}")
@@ -412,6 +421,7 @@ def as_json(report: Report) -> dict[str, Any]:
         "error": None,
         "metadata_attempts": report.attempts,
         "metadata_url": report.metadata_url,
+        "metadata_sources": {name: safe_url(url) for name, url in report.sources.items()} or None,
         "metadata": report.metadata or None,
         "jwks_uri": report.jwks_uri,
         "keys": [
