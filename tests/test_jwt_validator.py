@@ -1099,7 +1099,7 @@ def test_pure_claim_helpers() -> None:
     """The claim helpers shared with introspection behave as the validator does."""
     assert scopes_of({"scope": "a b"}) == frozenset({"a", "b"})
     assert scopes_of({}) == frozenset()
-    assert identity_of({"client_id": "svc"}) == (None, "svc")
+    assert identity_of({"client_id": "svc"}) == (None, "svc", None)
     check_audience({}, (AUDIENCE,), required=False)
     with pytest.raises(InvalidToken):
         check_audience({}, (AUDIENCE,))

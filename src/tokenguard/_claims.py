@@ -2,9 +2,9 @@
 
 Local JWT validation (``jwt_validator``) and introspection answers (``introspection``) read claims
 with the same rules, from this one place: audience (RFC 7519 §4.1.3), lifetime and numeric dates
-(RFC 7519 §4.1.4-§4.1.6), token kind (RFC 8725 §3.11, RFC 9068 §4, RFC 9449 §7), identity (``sub``
-and the client id, RFC 9068 §2.2) and scopes (RFC 6749 §3.3). Each refusal is an ``InvalidToken``
-whose reason the caller passes on unchanged.
+(RFC 7519 §4.1.4-§4.1.6), token kind (RFC 8725 §3.11, RFC 9068 §4, RFC 9449 §7), identity (``sub``,
+``username`` and the client id, RFC 9068 §2.2, RFC 7662 §2.2) and scopes (RFC 6749 §3.3). Each
+refusal is an ``InvalidToken`` whose reason the caller passes on unchanged.
 """
 
 from __future__ import annotations
@@ -224,15 +224,27 @@ def _provable(confirmation: object) -> bool:
 _CLIENT_ID_FALLBACKS = ("azp", "cid", "appid")
 
 
-def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """``sub`` and the client id; a token with neither names nobody and is refused.
+def identity_of(claims: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """``sub``, the client id and ``username``; a token with none of them names nobody and is refused.
 
     The client id is ``client_id`` (RFC 9068 §2.2), else the first string among the vendor claims that
     carry it; ``strict_rfc9068`` still requires ``client_id`` itself.
+
+    ``username`` is RFC 7662 §2.2's "human-readable identifier for the resource owner who authorized
+    this token": an issuer that answers with it and no ``sub`` (django-oauth-toolkit does) still names
+    the user, so a token with only ``username`` has an identity. It never replaces ``sub`` (the
+    caller's ``AccessToken.identity`` prefers ``sub``), and only a non-empty string counts: a value
+    of another type is ignored, not refused. That is the conservative reading: RFC 7662 §2.2 defines
+    it only as a human-readable string, and in a JWT it is a private claim name (RFC 7519 §4.3) whose
+    type no RFC fixes, so a malformed one must neither become an identity nor refuse a token that
+    names its subject or client by the claims that do have a defined form.
     """
     subject, client_id = string_claim(claims, "sub"), string_claim(claims, "client_id")
     if not client_id:
         client_id = next((v for n in _CLIENT_ID_FALLBACKS if isinstance(v := claims.get(n), str) and v), None)
-    if not subject and not client_id:
+    username = claims.get("username")
+    if not isinstance(username, str) or not username:
+        username = None
+    if not subject and not client_id and username is None:
         raise InvalidToken("no_identity", "The access token names no subject or client.")
-    return subject or None, client_id or None
+    return subject or None, client_id or None, username

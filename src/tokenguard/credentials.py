@@ -9,7 +9,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser
 
 from tokenguard._binding import Binding
-from tokenguard.models import AccessToken
+from tokenguard.models import AccessToken, IdentitySource
 
 __all__ = ["TokenCredentials", "TokenUser"]
 
@@ -40,7 +40,11 @@ class TokenCredentials(AuthCredentials):
 
 
 class TokenUser(BaseUser):
-    """``request.user``: ``identity`` is ``sub``, or ``client_id`` for a client-credentials token."""
+    """``request.user``: ``identity`` is ``sub``, else ``username``, else the client id.
+
+    ``identity_source`` says which of the three it is (``"sub"``, ``"username"``, ``"client_id"``): a
+    user's token without ``sub`` is told apart from a client-credentials token by it.
+    """
 
     def __init__(self, token: AccessToken) -> None:
         self.token = token
@@ -58,8 +62,16 @@ class TokenUser(BaseUser):
         return self.token.identity
 
     @property
+    def identity_source(self) -> IdentitySource:
+        return self.token.identity_source
+
+    @property
     def subject(self) -> str | None:
         return self.token.subject
+
+    @property
+    def username(self) -> str | None:
+        return self.token.username
 
     @property
     def client_id(self) -> str | None:

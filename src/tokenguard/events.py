@@ -32,7 +32,7 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
     wrong_audience                      401     ``aud`` does not contain the configured audience
     missing_claim                       401     a required claim (``exp``; strict RFC 9068 claims) is absent
     bad_claim                           401     a claim of the wrong type (``exp`` as a string, ...)
-    no_identity                         401     neither ``sub`` nor ``client_id``
+    no_identity                         401     no ``sub``, ``username`` or client id
     inactive                            401     introspection answered ``active`` other than ``true``
     opaque_not_supported                401     an opaque token and no way to introspect it
     invalid_token                       401     any other unacceptable token (reserved)
@@ -200,9 +200,21 @@ def decision_event(
         issuer=token.issuer if token is not None else None,
         kid=token.key_id if token is not None else None,
         client_id=token.client_id if token is not None else None,
-        subject_hash=subject_hash(token.subject) if token is not None else None,
+        subject_hash=subject_hash(_user_of(token)),
         scopes=tuple(sorted(token.scopes)) if token is not None else (),
     )
+
+
+def _user_of(token: AccessToken | None) -> str | None:
+    """The user a token names: ``sub``, else ``username`` (RFC 7662 §2.2); ``None`` for a client's own token.
+
+    Two users whose tokens carry no ``sub`` get two hashes, not one "no subject". A ``username`` hashes
+    like a ``sub`` of the same text (no separate namespace, as ``sub`` values of different issuers share
+    one): the tag correlates, it never decides.
+    """
+    if token is None:
+        return None
+    return token.subject if token.subject is not None else token.username
 
 
 DecisionHook = Callable[[DecisionEvent], None]

@@ -510,11 +510,12 @@ class Introspector:
             self._check_issuer(issuer)
         # RFC 7662 §4: a token for another resource must not be accepted here (RFC 7519 §4.1.3).
         check_audience(document, self._config.audience, required=self._options.require_aud)
-        subject, client_id = _identity(document)
+        subject, client_id, username = _identity(document)
         jti = document.get("jti")
         return AccessToken(
             subject=subject,
             client_id=client_id,
+            username=username,
             scopes=scopes_of(document),
             claims=MappingProxyType(dict(document)),  # cached and shared: read-only
             expires_at=exp,
@@ -530,10 +531,11 @@ class Introspector:
         check_lifetime(answer.token.claims, self._config.clock(), self._config.leeway, require_exp=False)
         if local is not None:
             return _merge(local, answer.token)
-        if answer.token.subject is None and answer.token.client_id is None:
+        token = answer.token
+        if token.subject is None and token.username is None and token.client_id is None:
             # An opaque token is known only through the answer, which must name someone.
             raise InvalidToken("no_identity", "The access token names no subject or client.")
-        return answer.token
+        return token
 
     def _store(self, digest: bytes, answer: _Answer) -> None:
         if self._cache is not None and answer.expires > self._config.clock():
@@ -560,14 +562,14 @@ def _expires(_key: bytes, answer: _Answer, _now: float) -> float:
     return answer.expires
 
 
-def _identity(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """``sub`` and ``client_id`` of an answer; both may be absent (RFC 7662 §2.2 makes them optional)."""
+def _identity(document: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """``sub``, the client id and ``username`` of an answer; all may be absent (RFC 7662 §2.2: OPTIONAL)."""
     try:
         return identity_of(document)
     except InvalidToken as exc:
         if exc.reason != "no_identity":
             raise
-        return None, None
+        return None, None, None
 
 
 def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
@@ -593,6 +595,8 @@ def _merge(local: AccessToken, remote: AccessToken) -> AccessToken:
     return AccessToken(
         subject=remote.subject or local.subject,
         client_id=remote.client_id or local.client_id,
+        # ``identity`` prefers ``sub``: a JWT's signed ``sub`` still wins over an answer's ``username``.
+        username=remote.username or local.username,
         scopes=scopes,
         claims=MappingProxyType(claims),
         expires_at=min(deadlines) if deadlines else None,

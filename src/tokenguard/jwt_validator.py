@@ -311,7 +311,7 @@ class JWTValidator:
                     raise InvalidToken("missing_claim", "The access token lacks a required claim.")
             if claims.get("iat") is None:
                 raise InvalidToken("missing_claim", "The access token lacks a required claim.")
-        subject, client_id = identity_of(claims)
+        subject, client_id, username = identity_of(claims)
         return AccessToken._from_validation(
             subject,
             client_id,
@@ -322,6 +322,7 @@ class JWTValidator:
             self._config.issuer,
             string_claim(claims, "jti"),
             kid,
+            username,
         )
 
     def _forget_keys(self, removed: frozenset[str], everything: bool = False) -> None:

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-__all__ = ["AccessToken", "TokenSource"]
+__all__ = ["AccessToken", "IdentitySource", "TokenSource"]
 
 TokenSource = Literal["jwt", "introspection"]
+#: Which claim ``AccessToken.identity`` came from.
+IdentitySource = Literal["sub", "username", "client_id"]
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,28 @@ class AccessToken:
     token_id: str | None = None
     #: ``kid`` of the JWKS key that verified the signature (also for a token whose header names none).
     key_id: str | None = None
+    #: RFC 7662 §2.2 ``username`` (also read from a JWT that carries it): a non-empty string, else ``None``.
+    username: str | None = None
 
     @property
     def identity(self) -> str:
-        """``sub``, or ``client_id`` for a client-credentials token without a subject."""
-        identity = self.subject if self.subject is not None else self.client_id
-        assert identity is not None  # the validators refuse tokens with neither
-        return identity
+        """``sub``, else ``username`` (a user's token without ``sub``), else the client id.
+
+        The client id is the identity only of a token that names no user (client credentials).
+        """
+        if self.subject is not None:
+            return self.subject
+        if self.username is not None:
+            return self.username
+        assert self.client_id is not None  # the validators refuse tokens naming no one
+        return self.client_id
+
+    @property
+    def identity_source(self) -> IdentitySource:
+        """Which claim ``identity`` is: ``"sub"``, ``"username"`` or ``"client_id"``."""
+        if self.subject is not None:
+            return "sub"
+        return "username" if self.username is not None else "client_id"
 
     @classmethod
     def _from_validation(
@@ -50,6 +67,7 @@ class AccessToken:
         issuer: str | None,
         token_id: str | None,
         key_id: str | None,
+        username: str | None = None,
     ) -> AccessToken:
         """Build one from values a validator already checked, without the frozen ``__init__``.
 
@@ -69,5 +87,6 @@ class AccessToken:
             issuer=issuer,
             token_id=token_id,
             key_id=key_id,
+            username=username,
         )
         return token
