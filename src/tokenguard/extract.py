@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tokenguard.errors import InvalidRequest, InvalidToken, MissingToken
+from tokenguard.errors import AuthError, InvalidRequest, InvalidToken, MissingToken
 
 __all__ = [
     "authorization_values",
@@ -90,16 +90,22 @@ def parse_credentials(value: bytes, max_bytes: int, *, dpop: bool) -> tuple[str,
         # RFC 6750 §3.1: a request without bearer credentials gets a challenge with no error code.
         raise MissingToken()
     if not credentials:
-        raise InvalidRequest(description="The bearer token is empty.")
+        raise _on(name, InvalidRequest(description="The bearer token is empty."))
     if len(credentials) > max_bytes:
         # Size cap before any parsing: bounds the work an attacker can ask of us.
-        raise InvalidToken("token_too_large", "The access token is too large.")
+        raise _on(name, InvalidToken("token_too_large", "The access token is too large."))
     token68 = credentials.rstrip(b"=")
     if sep != b" " or not token68 or token68.translate(None, _B64TOKEN_CHARS):
         # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token. We take exactly one SP (what clients send),
         # and refuse tabs, extra spaces, a second word, control bytes and non-ASCII.
-        raise InvalidRequest(description="The bearer token is malformed.")
+        raise _on(name, InvalidRequest(description="The bearer token is malformed."))
     return name, credentials.decode("ascii")
+
+
+def _on(scheme: str, error: AuthError) -> AuthError:
+    """``error``, marked with the scheme the client used: its challenge carries it (RFC 9449 §7.1)."""
+    error.scheme = scheme
+    return error
 
 
 def client_of(scope: Mapping[str, Any]) -> str | None:
