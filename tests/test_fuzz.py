@@ -41,6 +41,7 @@ from starlette.routing import Route
 from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, T0, Issuer, b64url
 from tokenguard import TokenGuard, require_scopes, sensitive
 from tokenguard.config import DEFAULT_ALGORITHMS
+from tokenguard.dpop import DPoPKey
 from tokenguard.testing import ManualClock
 
 CLIENT_ID, CLIENT_SECRET = "photos-api", "fuzz-secret"
@@ -468,3 +469,58 @@ def test_fuzzed_mutations_of_valid_tokens(world: World) -> None:
     seen = world.statuses - before
     assert seen[200] > 0
     assert seen[400] + seen[401] > 0
+
+
+def test_fuzzed_edits_of_valid_dpop_proofs(world: World) -> None:
+    """Byte edits of a fresh valid DPoP proof for a DPoP-bound token (RFC 9449 §4.3): unchanged bytes (but
+    for surrounding whitespace) are 200 once, then a replay (§11.1); anything else is 401 invalid_dpop_proof
+    on the DPoP challenge, the same twice, echoing neither the proof nor its parts."""
+    key = DPoPKey.generate("ES256")
+    token = world.issuer.token("ec-1", scope="read:photos", cnf={"jkt": key.thumbprint})
+    authorization = (b"authorization", b"DPoP " + token.encode())
+
+    @FUZZ
+    @given(
+        edits=st.lists(
+            st.tuples(st.sampled_from([*MUTATIONS, "whitespace"]), st.integers(0, 4096), st.integers(0, 255)),
+            min_size=1,
+            max_size=3,
+        ),
+        path=st.sampled_from(["/me", "/photos"]),
+    )
+    def run(edits: list[tuple[str, int, int]], path: str) -> None:
+        url = f"https://api.example.com{path}"
+        original = key.proof("GET", url, access_token=token, iat=int(world.issuer.clock())).encode()
+        edited = original
+        for kind, position, value in edits:
+            edited = b" " + edited + b"\t" if kind == "whitespace" else mutate(edited, kind, position, value) or b"x"
+        headers = [authorization, (b"dpop", edited)]
+        first = world.send(headers, path)
+        first_reason = world.reasons[-1]
+        second = world.send(headers, path)
+        world.statuses[first.status] += 1
+        if edited.strip(b" \t") == original:
+            assert (first.status, first_reason) == (200, "ok"), (first.status, first.body)
+            assert (second.status, world.reasons[-1]) == (401, "dpop_replay")
+            refusals = [second]
+        else:
+            assert first.status == 401, (first.status, first.body)
+            assert (first.status, first.body) == (second.status, second.body), "same input, another decision"
+            refusals = [first]
+        for reply in refusals:
+            assert json.loads(reply.body)["error"] == "invalid_dpop_proof"
+            (challenge,) = reply.header(b"www-authenticate")
+            bearer_part, dpop_part = challenge.split(b', DPoP realm="')
+            assert bearer_part.startswith(b'Bearer realm="')
+            assert b"error=" not in bearer_part
+            assert b'error="invalid_dpop_proof"' in dpop_part
+            assert b"\r" not in challenge
+            assert b"\n" not in challenge
+            for value in (edited, *original.split(b".")):
+                echo_free(world, value, reply)
+
+    before = world.statuses.copy()
+    run()
+    seen = world.statuses - before
+    assert seen[200] > 0, "the generator reaches unchanged proofs, so the yes is tested too"
+    assert seen[401] > 0
