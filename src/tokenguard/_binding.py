@@ -82,10 +82,6 @@ class SenderConstraints:
         """The ``algs`` of the DPoP challenge (RFC 9449 §7.1), in a stable order."""
         return tuple(alg for alg in DEFAULT_DPOP_ALGORITHMS if alg in self.algorithms)
 
-    def bearer_allowed(self, sender_constrained: bool) -> bool:
-        """Whether a Bearer token may be used on a route (for its challenges)."""
-        return not (sender_constrained or self.required)
-
     async def check(
         self,
         scheme: str,
