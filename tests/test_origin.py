@@ -651,3 +651,26 @@ def test_behind_a_path_prefixing_proxy_with_real_uvicorn(tmp_path: Path) -> None
             bad = client.get("/items/x", headers={"Host": "api.example.com@evil.example"})
             assert bad.status_code == 400
             assert bad.json() == {"refused": "The Host header is not a valid host[:port]."}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: "a" * n,  # one long name that never reaches "=" (the name is read, then given back)
+        lambda n: 'Cert="' + "\\x" * (n // 2),  # quoted-pairs in a string that never closes
+        lambda n: ";".join(f"k{i}=v" for i in range(n // 8)),  # many distinct pairs (dict inserts)
+        lambda n: "a=" + "b" * n,  # one long unquoted value
+        lambda n: "a=b" + " " * n + "x",  # whitespace, then text that is not a separator
+    ],
+    ids=["long-name", "open-quote", "many-pairs", "long-value", "spaces-then-junk"],
+)
+def test_forwarded_parsing_is_linear_within_its_window(make: Any) -> None:
+    """Inside the window (16 KiB for a client-certificate header) the work grows with the input, not its
+    square: four times the input costs about four times the time."""
+    limit = 16 * 1024
+    small, large = make(limit // 8), make(limit // 2)
+    parse = lambda text: forwarded_pairs(text, limit=limit)  # noqa: E731
+    ratio = _best_of(parse, large) / _best_of(parse, small)
+    if ratio >= 8:  # measured again before failing: a busy machine is not a quadratic parser
+        ratio = _best_of(parse, large) / _best_of(parse, small)
+    assert ratio < 8, ratio
