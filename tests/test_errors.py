@@ -22,6 +22,7 @@ from tokenguard.errors import (
     InvalidToken,
     KeysUnavailable,
     MissingToken,
+    RevocationsStale,
     TokenGuardError,
     UnavailableError,
     UseDPoPNonce,
@@ -45,6 +46,7 @@ EXPECTED = [
     (UnavailableError, 503, "temporarily_unavailable", "issuer_unavailable"),
     (KeysUnavailable, 503, "temporarily_unavailable", "issuer_unavailable"),
     (IntrospectionUnavailable, 503, "temporarily_unavailable", "introspection_unavailable"),
+    (RevocationsStale, 503, "temporarily_unavailable", "revocations_stale"),
 ]
 
 

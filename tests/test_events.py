@@ -261,6 +261,9 @@ TESTED_ELSEWHERE = {
     "certificate_mismatch",
     "sender_constraint_required",
     "replay_store_unavailable",
+    # Fleet mode: tests/test_revocation.py and tests/test_fleet.py.
+    "revoked",
+    "revocations_stale",
 }
 
 

@@ -23,6 +23,7 @@ EXPECTED = [
     "RequestContext",
     "Requirement",
     "Rule",
+    "SharedSignals",
     "TokenCredentials",
     "TokenGuard",
     "TokenGuardError",

@@ -31,6 +31,8 @@ from tokenguard.policy import (
 
 __version__ = "0.1.0"
 
+from tokenguard.ssf import SharedSignals
+
 __all__ = [
     "AccessToken",
     "AuthError",
@@ -44,6 +46,7 @@ __all__ = [
     "RequestContext",
     "Requirement",
     "Rule",
+    "SharedSignals",
     "TokenCredentials",
     "TokenGuard",
     "TokenGuardError",

@@ -8,6 +8,7 @@ change to this module alone. Foreign exceptions are translated once, at this bou
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import weakref
 from collections.abc import Callable, Mapping
@@ -140,6 +141,13 @@ class HttpClientPool:
     ) -> HttpResult:
         return await self._send("POST", url, timeout=timeout, max_bytes=max_bytes, form=form, headers=headers)
 
+    async def post_json(
+        self, url: str, document: Any, *, headers: Mapping[str, str], timeout: float, max_bytes: int
+    ) -> HttpResult:
+        body = json.dumps(document, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", **headers}
+        return await self._send("POST", url, timeout=timeout, max_bytes=max_bytes, content=body, headers=headers)
+
     async def _send(
         self,
         method: str,
@@ -148,6 +156,7 @@ class HttpClientPool:
         timeout: float,
         max_bytes: int,
         form: Mapping[str, str] | None = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> HttpResult:
         request_headers = {"Accept": "application/json", **(headers or {})}
@@ -156,7 +165,9 @@ class HttpClientPool:
         try:
             async with (
                 _deadline(timeout),
-                self.client().stream(method, url, data=form, headers=request_headers, timeout=timeout) as response,
+                self.client().stream(
+                    method, url, data=form, content=content, headers=request_headers, timeout=timeout
+                ) as response,
             ):
                 body = await _read_bounded(response, max_bytes, where)
                 return HttpResult(response.status_code, dict(response.headers), body)

@@ -7,7 +7,7 @@ export it (``jwks_fetch_failures`` is ``status()["jwks"]["failures"]``): no rena
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 
 class JWKSStatus(TypedDict):
@@ -49,6 +49,8 @@ class GuardStatus(IssuerStatus, total=False):
     route_cache_entries: int
     route_mismatches: int
     ready: bool
+    #: ``revocations`` (entries, stale, …), and in fleet mode ``shared_introspection``; ``shared_signals``.
+    fleet: dict[str, Any]
 
 
 class MetricsSnapshot(TypedDict):

@@ -27,6 +27,8 @@ from tokenguard.jwks import IssuerMetadata, JWKSCache
 from tokenguard.jwt_validator import JWTValidator
 from tokenguard.models import AccessToken
 from tokenguard.policy import Requirement
+from tokenguard.revocation import RevocationList
+from tokenguard.store import FleetStore
 
 __all__ = ["Authenticator", "MultiIssuerAuthenticator"]
 
@@ -52,6 +54,8 @@ class _Pipeline:
     config: GuardConfig
     #: Sender-constrained tokens (DPoP, mTLS), set by the guard; ``None``: every bound token is refused.
     constraints: SenderConstraints | None = None
+    #: The revocation list (``guard.revoke``, Shared Signals), set by the guard; checked after validation.
+    revocations: RevocationList | None = None
 
     async def authenticate(
         self,
@@ -84,6 +88,18 @@ class _Pipeline:
             scheme, token = credentials_from(values, self.config.max_token_bytes, dpop=dpop)
             try:
                 access_token = await self.validate(token, sensitive=requirement.sensitive, client=client)
+            except AuthError as exc:
+                exc.scheme = scheme
+                raise
+        revocations = self.revocations
+        if revocations is not None and revocations.active:  # one test when nothing is revoked
+            try:
+                cutoff = revocations.check(access_token)
+                if cutoff is not None:
+                    if token is None:
+                        assert raw is not None
+                        token = raw.decode("ascii")
+                    access_token = await self.recheck(token, access_token, cutoff, client=client)
             except AuthError as exc:
                 exc.scheme = scheme
                 raise
@@ -125,6 +141,17 @@ class _Pipeline:
         raise NotImplementedError
 
     async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
+        raise NotImplementedError
+
+    async def recheck(
+        self, token: str, access_token: AccessToken, cutoff: float, *, client: str | None = None
+    ) -> AccessToken:
+        """A token a ``recheck`` revocation covers (CAEP token-claims-change): ask its issuer again,
+        ignoring answers from before ``cutoff``; refused when nothing here can introspect."""
+        raise NotImplementedError
+
+    def share(self, store: FleetStore) -> None:
+        """Fleet mode: share introspection answers (and the calls for them) through ``store``."""
         raise NotImplementedError
 
 
@@ -170,6 +197,18 @@ class Authenticator(_Pipeline):
             raise InvalidToken("opaque_not_supported", "The access token is not a JWT.")
         # On a sensitive route a missing setting is the route's fault: 503 naming it, never a 401.
         return await self.introspector.introspect(token, client=client)
+
+    async def recheck(
+        self, token: str, access_token: AccessToken, cutoff: float, *, client: str | None = None
+    ) -> AccessToken:
+        if not await self.can_introspect():
+            raise InvalidToken("revoked", "The access token's claims changed; a new access token is needed.")
+        local = access_token if access_token.source == "jwt" else None
+        return await self.introspector.introspect(token, local, client=client, not_before=cutoff)
+
+    def share(self, store: FleetStore) -> None:
+        if self.config.introspection.has_credentials:
+            self.introspector.share(store)
 
     async def can_introspect(self) -> bool:
         """Credentials are set and an introspection endpoint is known (configured or in the metadata)."""
@@ -284,6 +323,19 @@ class MultiIssuerAuthenticator(_Pipeline):
         if _kind(token) == "jws":
             return await self._issuer_of(token).validate(token, sensitive=sensitive)
         return await (await self._introspecting()).validate(token, sensitive=sensitive, client=client)
+
+    async def recheck(
+        self, token: str, access_token: AccessToken, cutoff: float, *, client: str | None = None
+    ) -> AccessToken:
+        issuer = access_token.issuer
+        authenticator = self.by_issuer.get(issuer) if issuer is not None else None
+        if authenticator is None:
+            raise InvalidToken("revoked", "The access token's claims changed; a new access token is needed.")
+        return await authenticator.recheck(token, access_token, cutoff, client=client)
+
+    def share(self, store: FleetStore) -> None:
+        for authenticator in self.by_issuer.values():
+            authenticator.share(store)
 
     def _issuer_of(self, token: str) -> Authenticator:
         # RFC 8725 §3.8 / RFC 9068 §4: the issuer is matched exactly; the unverified "iss" only

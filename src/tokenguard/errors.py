@@ -17,7 +17,8 @@ No message ever contains a token: descriptions are short fixed sentences.
     │   └── UseDPoPNonce              401 use_dpop_nonce: the server's nonce is needed (RFC 9449 §9)
     └── UnavailableError              503: the token could not be checked (fail closed)
         ├── KeysUnavailable           the issuer's metadata or JWKS cannot be had
-        └── IntrospectionUnavailable  the introspection endpoint failed or its breaker is open
+        ├── IntrospectionUnavailable  the introspection endpoint failed or its breaker is open
+        └── RevocationsStale          the fleet's revocation feed is stale (``revocation_fail_closed``)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "KeysUnavailable",
     "MissingToken",
     "Reason",
+    "RevocationsStale",
     "TokenGuardError",
     "UnavailableError",
     "UseDPoPNonce",
@@ -96,6 +98,9 @@ class Reason(str, Enum):
     CERTIFICATE_MISMATCH = "certificate_mismatch"
     SENDER_CONSTRAINT_REQUIRED = "sender_constraint_required"
     REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"
+    # Fleet mode: the revocation list (``guard.revoke``, Shared Signals events).
+    REVOKED = "revoked"
+    REVOCATIONS_STALE = "revocations_stale"
 
     def __str__(self) -> str:
         return self.value
@@ -242,6 +247,12 @@ class UnavailableError(TokenGuardError):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cause={self.cause!r}, retry_after={self.retry_after})"
+
+
+class RevocationsStale(UnavailableError):
+    """503: the fleet's revocation feed is stale and the guard was told to fail closed (``revocation_fail_closed``)."""
+
+    reason = Reason.REVOCATIONS_STALE
 
 
 class KeysUnavailable(UnavailableError):

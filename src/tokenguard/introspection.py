@@ -22,6 +22,7 @@ import base64
 import logging
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,9 +46,11 @@ from tokenguard._lru import LRU
 from tokenguard._strictjson import NotAnObject, has_lone_surrogate, strict_loads
 from tokenguard.config import GuardConfig
 from tokenguard.errors import IntrospectionUnavailable, InvalidToken
+from tokenguard.fleet import SharedAnswers, SharedRecord
 from tokenguard.jwks import IssuerMetadata
 from tokenguard.jwt_validator import token_digest
 from tokenguard.models import AccessToken
+from tokenguard.store import FleetStore, StoreUnavailable
 
 __all__ = ["BreakerState", "CircuitBreaker", "FirstSightBudget", "Introspector"]
 
@@ -70,6 +73,8 @@ class _Answer:
     reason: str
     description: str = field(repr=False)
     expires: float
+    #: When the issuer gave this answer (a ``recheck`` revocation ignores answers older than its cut-off).
+    checked_at: float = 0.0
 
 
 class CircuitBreaker:
@@ -310,6 +315,19 @@ class Introspector:
         self.calls = 0
         self.cache_hits = 0
         self.cache_misses = 0
+        #: Fleet mode: answers shared with every process through a store (``share``); ``None``: this process only.
+        self.shared: SharedAnswers | None = None
+
+    def share(self, store: FleetStore) -> None:
+        """Share answers, and the calls that get them, with every process using ``store`` (fleet mode).
+
+        The keyed hash and the values' MAC use a secret derived from the issuer and the introspection
+        credentials, which every process of this resource server has (``fleet.SharedAnswers``).
+        """
+        options = self._options
+        secret = "\0".join((self._config.issuer, options.client_id or "", options.client_secret or "")).encode()
+        # A holder that dies loses the lock a second after its call would have timed out.
+        self.shared = SharedAnswers(store, secret, wait=options.timeout + 1.0, lock_ttl=options.timeout + 1.0)
 
     def __repr__(self) -> str:
         return (
@@ -318,25 +336,120 @@ class Introspector:
         )
 
     async def introspect(
-        self, token: str, local: AccessToken | None = None, *, client: str | None = None
+        self,
+        token: str,
+        local: AccessToken | None = None,
+        *,
+        client: str | None = None,
+        not_before: float | None = None,
     ) -> AccessToken:
         """The token as the issuer sees it now; ``local`` is its locally validated form, if a JWT.
 
         ``client`` (the peer's address) is charged for a first-sight call: each client has its own
-        share of the first-sight budget, so one client's junk cannot spend everyone's."""
+        share of the first-sight budget, so one client's junk cannot spend everyone's. ``not_before``:
+        an answer given before then is not used (a ``recheck`` revocation's cut-off)."""
         digest = token_digest(token)
         answer = self._cache.get(digest) if self._cache is not None else None
+        if answer is not None and not_before is not None and answer.checked_at < not_before:
+            answer = None
         if answer is None:
             self.cache_misses += 1
             # A verified signature, or an earlier active answer, says the token is real: re-check lane.
             opaque = local is None
             first_sight = opaque and not self.known(digest)
             answer = await self._flight.run(
-                digest, lambda: self._ask(token, digest, first_sight=first_sight, opaque=opaque, client=client)
+                digest, lambda: self._fetch(token, digest, first_sight, opaque, client, not_before)
             )
         else:
             self.cache_hits += 1
         return self._accepted(answer, local)
+
+    async def _fetch(
+        self, token: str, digest: bytes, first_sight: bool, opaque: bool, client: str | None, not_before: float | None
+    ) -> _Answer:
+        """This process's one call for ``token``: from the fleet's store when it has the answer, else the issuer.
+
+        Fleet-wide single-flight (``fleet.SharedAnswers``): the process that takes the token's lock
+        asks the issuer and stores the answer; the others wait for it (at most ``wait`` seconds) and
+        take over when the lock goes without an answer. Any store failure: this process asks alone.
+        """
+        shared = self.shared
+        if shared is None or not shared.usable():
+            return await self._ask(token, digest, first_sight=first_sight, opaque=opaque, client=client)
+        key = shared.key(token)
+        owner: bytes | None = None
+        try:
+            started, attempt = time.monotonic(), 0
+            while True:
+                record = await shared.get(key)
+                if record is not None and (not_before is None or record.checked_at >= not_before):
+                    return self._from_shared(record, digest, opaque)
+                owner = await shared.claim(key)
+                if owner is not None:
+                    break
+                if time.monotonic() - started >= shared.wait:
+                    shared.takeovers += 1  # the holder is taking too long: ask without the lock
+                    break
+                if attempt == 0:
+                    shared.waits += 1
+                await shared.pause(attempt)
+                attempt += 1
+        except StoreUnavailable as exc:
+            shared.health.failed(exc)
+            return await self._ask(token, digest, first_sight=first_sight, opaque=opaque, client=client)
+        try:
+            answer = await self._ask(token, digest, first_sight=first_sight, opaque=opaque, client=client)
+        except IntrospectionUnavailable:
+            if owner is not None:
+                await self._share(shared, key, *shared.failure(self._config.clock()), owner)
+            raise
+        except BaseException:
+            if owner is not None:
+                await self._share(shared, key, None, 0.0, owner)
+            raise
+        record = SharedRecord(
+            document=dict(answer.token.claims) if answer.token is not None else None,
+            reason=answer.reason,
+            description=answer.description,
+            expires=answer.expires,
+            checked_at=answer.checked_at,
+        )
+        await self._share(shared, key, record, answer.expires - self._config.clock(), owner)
+        return answer
+
+    async def _share(
+        self, shared: SharedAnswers, key: str, record: SharedRecord | None, ttl: float, owner: bytes | None
+    ) -> None:
+        """Leave ``record`` for the fleet (when it still has a lifetime) and give the lock back."""
+        try:
+            if record is not None and ttl > 0:
+                await shared.put(key, record, ttl)
+            if owner is not None:
+                await shared.release(key, owner)
+        except StoreUnavailable as exc:
+            shared.health.failed(exc)  # the answer stands; the others will ask for themselves
+
+    def _from_shared(self, record: SharedRecord, digest: bytes, opaque: bool) -> _Answer:
+        """An answer another process got: checked here again (clock, audience, issuer), never beyond its life."""
+        assert self.shared is not None
+        self.shared.hits += 1
+        if record.failed:
+            raise IntrospectionUnavailable("introspection failed in another process of the fleet", 1)
+        if record.document is None:
+            answer = _Answer(None, record.reason, record.description, record.expires, record.checked_at)
+        else:
+            checked = self._check(record.document)
+            answer = _Answer(
+                checked.token,
+                checked.reason,
+                checked.description,
+                min(checked.expires, record.expires),
+                record.checked_at,
+            )
+        self._store(digest, answer)
+        if opaque:
+            self._remember(digest, answer)
+        return answer
 
     def known(self, digest: bytes) -> bool:
         """Whether the issuer called the token with this SHA-256 active, and that still counts."""
@@ -477,11 +590,11 @@ class Introspector:
             token = self._checked_token(document, now)
         except InvalidToken as exc:
             # Refusals are cached briefly too, so garbage tokens cannot hammer the issuer.
-            return _Answer(None, exc.reason, exc.description, now + self._options.negative_cache_ttl)
+            return _Answer(None, exc.reason, exc.description, now + self._options.negative_cache_ttl, now)
         lifetime = self._options.cache_ttl
         if token.expires_at is not None:
             lifetime = min(lifetime, token.expires_at - now)
-        return _Answer(token, "ok", "", now + lifetime)
+        return _Answer(token, "ok", "", now + lifetime, now)
 
     def _checked_token(self, document: Mapping[str, Any], now: float) -> AccessToken:
         # RFC 7662 §2.2: "active" is REQUIRED and a JSON boolean; "true" (a string) or 1 is not true.

@@ -35,12 +35,15 @@ from tokenguard.credentials import TokenCredentials, TokenUser
 from tokenguard.errors import AuthError, ConfigurationError, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
 from tokenguard.extract import client_of, is_preflight
+from tokenguard.fleet import Fleet
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule
 from tokenguard.resource_metadata import ResourceMetadata, build_resource_metadata
 from tokenguard.resource_metadata import serve as serve_metadata
+from tokenguard.revocation import Revocation, RevocationKind, RevocationList
 from tokenguard.routing import DECISION_KEY, REQUIREMENT_KEY, RouteDecision, RouteResolver, declared_requirements
-from tokenguard.store import SharedStore
+from tokenguard.ssf import SharedSignals, SignalReceiver
+from tokenguard.store import FleetStore, MemoryStore, SharedStore
 
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
@@ -135,6 +138,11 @@ class TokenGuard:
         trusted_proxies: Sequence[str] | str | None = None,
         public_url: str | None = None,
         client_certificate_header: str | None = None,
+        shared_store: str | FleetStore | Any | None = None,
+        shared_signals: SharedSignals | None = None,
+        revocation_fail_closed: bool = False,
+        max_token_lifetime: float = 86400.0,
+        revocation_max_entries: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -177,6 +185,10 @@ class TokenGuard:
             if len(issuers) == 1
             else MultiIssuerAuthenticator(self.configs, http_client=http_client)
         )
+        # Fleet mode: one store shared by every process (introspection answers, DPoP replay, revocations).
+        store = _fleet_store(options["shared_store"])
+        self.shared_store: FleetStore | None = store
+        replay_store = options["replay_store"] if options["replay_store"] is not None else store
         # Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mTLS): proofs, nonces, the replay store.
         self.constraints = sender_constraints(
             dpop=options["dpop"],
@@ -184,7 +196,7 @@ class TokenGuard:
             dpop_iat_window=options["dpop_iat_window"],
             dpop_nonce=options["dpop_nonce"],
             dpop_nonce_secret=options["dpop_nonce_secret"],
-            replay_store=options["replay_store"],
+            replay_store=replay_store,
             trusted_proxies=options["trusted_proxies"],
             public_url=options["public_url"],
             client_certificate_header=options["client_certificate_header"],
@@ -192,12 +204,15 @@ class TokenGuard:
             clock=self.config.clock,
         )
         self.authenticator.constraints = self.constraints
+        self._configure_fleet(options, store)
         self._dpop_algs = self.constraints.algs if self.constraints.dpop_enabled else ()
         self.resource_metadata: ResourceMetadata | None = build_resource_metadata(
             options["resource_metadata"], resource=resource, audience=self.config.audience, issuers=issuers
         )
         self._metadata_url = self.resource_metadata.url if self.resource_metadata is not None else None
         self._metadata_paths = frozenset(self.resource_metadata.paths) if self.resource_metadata else frozenset()
+        # Paths the guard answers itself: RFC 9728 metadata, the RFC 8935 push endpoint.
+        self._own_paths = self._metadata_paths | ({self._push_path} if self._push_path else set())
         default_requirement = PUBLIC if options["default"] == "public" else AUTHENTICATED
         self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=options["route_cache_size"])
         self.resolver.enforce = self._enforce_at_dispatch
@@ -212,6 +227,95 @@ class TokenGuard:
         if not all(callable(hook) for hook in self._hooks):
             raise ConfigurationError("on_decision must be a callable or a list of callables")
         self.metrics = Metrics()
+
+    def _configure_fleet(self, options: Mapping[str, Any], store: FleetStore | None) -> None:
+        """The revocation list, its feed, the shared introspection answers and the Shared Signals receiver."""
+        lifetime, fail_closed = options["max_token_lifetime"], options["revocation_fail_closed"]
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 60 <= lifetime <= 30 * 86400:
+            raise ConfigurationError(f"max_token_lifetime must be seconds between 60 and 30 days, got {lifetime!r}")
+        if not isinstance(fail_closed, bool):
+            raise ConfigurationError(f"revocation_fail_closed must be True or False, got {fail_closed!r}")
+        check_count("revocation_max_entries", options["revocation_max_entries"])
+        clock = self.config.clock
+        self.max_token_lifetime = float(lifetime)
+        self.revocations = RevocationList(max_entries=options["revocation_max_entries"], clock=clock)
+        self.fleet = Fleet(self.revocations, store, fail_closed=fail_closed, clock=clock)
+        self.authenticator.revocations = self.revocations
+        if store is not None:
+            self.authenticator.share(store)
+        signals = options["shared_signals"]
+        self.signals: SignalReceiver | None = None
+        self._push_path: str | None = None
+        if signals is not None:
+            if not isinstance(signals, SharedSignals):
+                raise ConfigurationError("shared_signals must be a tokenguard.SharedSignals(...)")
+            audience = signals.audience if signals.audience is not None else options["client_id"]
+            if audience is None:
+                raise ConfigurationError(
+                    "shared_signals needs audience= (what the transmitter puts in the SETs' aud), or client_id"
+                )
+            self.signals = SignalReceiver(
+                signals,
+                audience=(audience,) if isinstance(audience, str) else tuple(audience),
+                token_issuers=self.issuers,
+                fleet=self.fleet,
+                dedup=store if store is not None else MemoryStore(clock=clock),
+                http=self.authenticator.http,
+                max_token_lifetime=self.max_token_lifetime,
+                leeway=self.config.leeway,
+                clock=clock,
+            )
+            self._push_path = signals.push_path
+        self._background = store is not None or (signals is not None and signals.poll_url is not None)
+
+    def _start_background(self) -> None:
+        """The revocation feed's listener and the Shared Signals poller, in the running loop."""
+        self.fleet.ensure_started()
+        if self.signals is not None:
+            self.signals.ensure_polling()
+
+    async def revoke(
+        self,
+        *,
+        jti: str | None = None,
+        sub: str | None = None,
+        client_id: str | None = None,
+        issued_before: float | None = None,
+        expires_at: float | None = None,
+        issuer: str | None = None,
+    ) -> None:
+        """Refuse tokens before they expire, on every route (ordinary ones too), in every process.
+
+        Exactly one of: ``jti`` (that one token), ``sub`` or ``client_id`` (every token of that subject
+        or client issued before ``issued_before``, default now). ``issuer`` narrows it to one
+        configured issuer. ``expires_at``: when the tokens covered expire at the latest (a ``jti``'s
+        ``exp``), so the entry can be forgotten sooner; default now (or ``issued_before``) plus
+        ``max_token_lifetime``. Applied in this process at once; with ``shared_store``, published
+        to every process within a second. Raises ``tokenguard.store.StoreUnavailable`` when the
+        store cannot take it now (it is applied here, and published when the store is back).
+        """
+        given = [(kind, value) for kind, value in (("jti", jti), ("sub", sub), ("client_id", client_id)) if value]
+        if len(given) != 1 or not all(isinstance(value, str) for _kind, value in given):
+            raise ValueError("revoke() needs exactly one of jti=, sub= or client_id= (a non-empty string)")
+        kind: RevocationKind = given[0][0]  # type: ignore[assignment]
+        value = given[0][1]
+        assert value is not None
+        if issuer is not None and issuer not in self.issuers:
+            raise ValueError(f"revoke(issuer=...) must be one of the configured issuers {list(self.issuers)}")
+        now = self.config.clock()
+        keep = self.max_token_lifetime + self.config.leeway
+        if kind == "jti":
+            if issued_before is not None:
+                raise ValueError(
+                    "revoke(jti=...) covers one token whenever it was issued: issued_before does not apply"
+                )
+            cutoff, until = float("inf"), now + keep
+        else:
+            cutoff = now if issued_before is None else float(issued_before)
+            until = cutoff + keep
+        if expires_at is not None:
+            until = min(until, float(expires_at) + self.config.leeway)
+        await self.fleet.revoke(Revocation(kind, value, cutoff, max(until, now + 1.0), issuer))
 
     __signature__ = inspect.signature(__init__).replace(
         parameters=list(inspect.signature(__init__).parameters.values())[1:]
@@ -229,7 +333,15 @@ class TokenGuard:
             return
         scope["tokenguard"] = self
         started = time.perf_counter()
-        if scope["type"] == "http" and scope["path"] in self._metadata_paths:
+        if self._background:
+            self._start_background()
+        if scope["type"] == "http" and scope["path"] in self._own_paths:
+            if scope["path"] == self._push_path:
+                assert self.signals is not None
+                status = await self.signals.serve(scope, receive, send)
+                decision = RouteDecision(PUBLIC, scope["path"])
+                self._decided(scope, decision, started, "allow" if status == 202 else "deny", "public", status, None)
+                return
             assert self.resource_metadata is not None
             status = await serve_metadata(self.resource_metadata, scope, send, self._declared(scope))
             outcome: Outcome = "allow" if status == 200 else "deny"
@@ -392,12 +504,34 @@ class TokenGuard:
     def status(self) -> GuardStatus:
         """A snapshot for health endpoints: keys known, last fetch, stale or not, caches, breaker."""
         status = self.authenticator.status()
+        fleet: dict[str, Any] = {"revocations": self.fleet.status()}
+        if self.shared_store is not None:
+            fleet["shared_introspection"] = self._shared_answers_status()
+        if self.signals is not None:
+            fleet["shared_signals"] = self.signals.status()
         return GuardStatus(
             **status,
             route_cache_entries=self.resolver.cache_entries,
             route_mismatches=self.resolver.mismatches,
             ready=status["jwks"]["usable"],
+            fleet=fleet,
         )
+
+    def _shared_answers_status(self) -> dict[str, int | bool]:
+        authenticator = self.authenticator
+        authenticators = (
+            list(authenticator.by_issuer.values())
+            if isinstance(authenticator, MultiIssuerAuthenticator)
+            else [authenticator]
+        )
+        totals: dict[str, int | bool] = {"hits": 0, "waits": 0, "takeovers": 0, "failures": 0, "usable": True}
+        for one in authenticators:
+            shared = one.introspector.shared
+            if shared is None:
+                continue
+            for name, value in shared.status().items():
+                totals[name] = (bool(totals[name]) and bool(value)) if name == "usable" else int(totals[name]) + value
+        return totals
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Counters as a plain dict: decisions by outcome and reason, JWKS fetches and failures,
@@ -456,12 +590,20 @@ class TokenGuard:
             if message["type"] == "lifespan.startup":
                 try:
                     await self._startup(scope.get("app"))
+                    if self._background:
+                        self._start_background()
+                        await self.fleet.start(wait=2.0)
                 except ConfigurationError as exc:
                     failure.append(exc)
                     raise
             elif message["type"] == "lifespan.shutdown":
+                await self.fleet.stop()
+                if self.signals is not None:
+                    await self.signals.stop()
                 await self.authenticator.aclose()
                 await self.constraints.store.aclose()
+                if self.shared_store is not None and self.shared_store is not self.constraints.store:
+                    await self.shared_store.aclose()
             return message
 
         async def wrapped_send(message: Message) -> None:
@@ -476,3 +618,27 @@ class TokenGuard:
             if failure and exc is failure[0] and not answered:
                 await fail_startup(send, exc)
             raise
+
+
+def _fleet_store(value: object) -> FleetStore | None:
+    """``shared_store=``: a Redis URL, a ``redis.asyncio`` client, or any ``FleetStore``."""
+    if value is None or isinstance(value, FleetStore):
+        return value
+    if isinstance(value, str):
+        from tokenguard.redis_store import RedisStore
+
+        try:
+            return RedisStore(value)
+        except ConfigurationError as exc:
+            raise ConfigurationError(str(exc).replace("replay_store:", "shared_store:", 1)) from None
+    if type(value).__module__.startswith("redis."):
+        from tokenguard.redis_store import RedisStore
+
+        try:
+            return RedisStore.from_client(value)  # type: ignore[arg-type]
+        except ConfigurationError as exc:
+            raise ConfigurationError(str(exc).replace("replay_store:", "shared_store:", 1)) from None
+    raise ConfigurationError(
+        "shared_store must be a Redis URL (redis://host:6379/0), a redis.asyncio.Redis client, or a "
+        f"tokenguard.store.FleetStore, got {type(value).__name__}"
+    )

@@ -30,8 +30,21 @@ older proofs are refused by their ``iat`` anyway. Keys are stored as ``prefix + 
 guard's keys start with ``dpop-jti:`` (so ``tokenguard:dpop-jti:`` with the default prefix).
 
 Every command goes through ``_run``, which bounds it by ``timeout`` and turns any failure into
-``StoreUnavailable``; state the fleet shares later (introspection answers, revocations) is more
-commands on the same client and prefix.
+``StoreUnavailable``.
+
+Fleet mode (``shared_store=``, a ``FleetStore``) uses more keys under the same prefix:
+
+- ``intro:<hex>`` — an introspection answer, ``SET … PX`` with the answer's own lifetime;
+  ``intro-lock:<hex>`` — the fleet-wide single-flight lock (``SET NX PX``, released by a script
+  only by its owner). ``<hex>`` is a keyed hash of the token, never the token.
+- ``revocations`` — a sorted set of revocation entries scored by when they may be forgotten; each
+  addition runs one script (drop the expired, refuse past the cap, add, keep the key's own expiry
+  at the latest entry's, ``PUBLISH`` on the channel ``revocations``), so the list is bounded by
+  its TTLs and by ``max_entries``.
+
+Subscriptions (``subscribe``) hold one connection each, outside the pool's timeouts, and ``PING``
+it every ``FEED_PING`` seconds: a subscription whose Redis died or went silent raises
+``StoreUnavailable`` within ``FEED_PING + timeout``, even when no TCP reset ever arrives.
 """
 
 from __future__ import annotations
@@ -39,12 +52,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 
 from tokenguard.errors import ConfigurationError
-from tokenguard.store import StoreUnavailable
+from tokenguard.store import StoreFull, StoreUnavailable
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -56,6 +70,27 @@ _T = TypeVar("_T")
 DEFAULT_URL = "redis://localhost:6379/0"
 _SCHEMES = ("redis", "rediss", "unix")
 _INSTALL = "pip install 'tokenguard-asgi[redis]'"
+
+# Give a lock back only if it is still ours (a holder that overran its lifetime must not free another's).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Add one revocation: drop the expired, refuse past the cap, add, keep the key's expiry at the
+# latest entry's, publish. One script, so every process sees the same list and the same order.
+_REVOKE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+local wanted = math.ceil(tonumber(ARGV[1]) * 1000)
+local now = math.floor(tonumber(ARGV[2]) * 1000)
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 or now + left < wanted then redis.call('PEXPIREAT', KEYS[1], wanted) end
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return 1
+"""
 
 
 def _redis_asyncio() -> Any:
@@ -222,6 +257,50 @@ class RedisStore:
         answer = await self._run("SET NX", lambda: self.client.set(name, b"1", nx=True, px=milliseconds))
         return bool(answer)  # True for OK; None when the key was already there
 
+    # -- FleetStore ---------------------------------------------------------------------------
+
+    #: Seconds between two PINGs on a quiet subscription.
+    FEED_PING = 1.0
+
+    async def get(self, key: str) -> bytes | None:
+        name = self.prefix + key
+        value = await self._run("GET", lambda: self.client.get(name))
+        return value if isinstance(value, bytes) else None
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        name, milliseconds = self.prefix + key, _milliseconds(ttl)
+        await self._run("SET PX", lambda: self.client.set(name, value, px=milliseconds))
+
+    async def claim(self, key: str, owner: bytes, ttl: float) -> bool:
+        name, milliseconds = self.prefix + key, _milliseconds(ttl)
+        return bool(await self._run("SET NX", lambda: self.client.set(name, owner, nx=True, px=milliseconds)))
+
+    async def release(self, key: str, owner: bytes) -> None:
+        name = self.prefix + key
+        await self._run("EVAL release", lambda: self.client.eval(_RELEASE, 1, name, owner))
+
+    async def record_revocation(self, entry: bytes, expires_at: float, *, now: float, max_entries: int) -> None:
+        keys = (self.prefix + "revocations", self.prefix + "revocations")
+        args = (repr(float(expires_at)), repr(float(now)), entry, str(int(max_entries)))
+        added = await self._run("EVAL revoke", lambda: self.client.eval(_REVOKE, 2, *keys, *args))
+        if not added:
+            raise StoreFull(f"the shared revocation list holds {max_entries} live entries", retry_after=60)
+
+    async def revocations(self, now: float) -> list[bytes]:
+        name = self.prefix + "revocations"
+        found = await self._run("ZRANGEBYSCORE", lambda: self.client.zrangebyscore(name, f"({float(now)!r}", "+inf"))
+        return [item for item in found if isinstance(item, bytes)]
+
+    async def subscribe(self) -> _Subscription:
+        self._follow_loop()
+        pubsub = self.client.pubsub()
+        try:
+            await self._run("SUBSCRIBE", lambda: pubsub.subscribe(self.prefix + "revocations"))
+        except StoreUnavailable:
+            await _quietly(pubsub.aclose())
+            raise
+        return _Subscription(self, pubsub)
+
     async def aclose(self) -> None:
         """Close the connections of a client this store built; a client passed in is left to its owner."""
         if self._connect is not None:
@@ -253,6 +332,9 @@ class RedisStore:
                 self.client = self._connect()
             self._loop = loop
 
+    def _failure(self, command: str, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"Redis at {self._shown} failed {command}: {type(exc).__name__}: {self._scrub(exc)}")
+
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc)
         for secret in self._secrets:
@@ -261,3 +343,57 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self._shown!r}, prefix={self.prefix!r}, timeout={self.timeout:g})"
+
+
+def _milliseconds(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return max(1, math.ceil(ttl * 1000))
+
+
+async def _quietly(closing: Awaitable[Any]) -> None:
+    try:
+        await closing
+    except Exception:  # a connection already gone has nothing left to close
+        return
+
+
+class _Subscription:
+    """One ``SUBSCRIBE`` to the revocation channel (``RevocationFeed``), checked by PING when quiet."""
+
+    def __init__(self, store: RedisStore, pubsub: Any) -> None:
+        self._store = store
+        self._pubsub = pubsub
+        self._heard = time.monotonic()  # the last message or pong
+        self._pinged: float | None = None
+
+    async def next(self, timeout: float) -> bytes | None:
+        store = self._store
+        now = time.monotonic()
+        if self._pinged is not None and now - self._pinged > store.FEED_PING + store.timeout:
+            raise StoreUnavailable(f"Redis at {store._shown} stopped answering the revocation subscription")
+        if self._pinged is None and now - self._heard >= store.FEED_PING:
+            try:
+                await asyncio.wait_for(self._pubsub.ping(), store.timeout)
+            except Exception as exc:
+                raise store._failure("PING", exc) from None
+            self._pinged = now
+        wait = max(0.0, min(timeout, store.FEED_PING))
+        try:
+            message = await asyncio.wait_for(
+                self._pubsub.get_message(ignore_subscribe_messages=True, timeout=wait), wait + store.timeout
+            )
+        except asyncio.TimeoutError:
+            raise StoreUnavailable(f"Redis at {store._shown} did not answer the subscription") from None
+        except Exception as exc:
+            raise store._failure("SUBSCRIBE", exc) from None
+        if message is None:
+            return None
+        self._heard, self._pinged = time.monotonic(), None
+        if message.get("type") == "message":
+            data = message.get("data")
+            return bytes(data) if isinstance(data, (bytes, bytearray)) else None
+        return None  # a pong, or a subscription notice
+
+    async def aclose(self) -> None:
+        await _quietly(self._pubsub.aclose())

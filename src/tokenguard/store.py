@@ -1,9 +1,14 @@
-"""State several guards may share: the store behind DPoP replay detection (RFC 9449 §11.1).
+"""State several guards may share: DPoP replay detection, introspection answers, revocations.
 
-A ``SharedStore`` answers one question atomically: "was this key recorded within its lifetime?".
-``MemoryStore`` answers it for one process; ``tokenguard.redis_store.RedisStore`` (an add-on, the
-``redis`` extra) for every process of a fleet, so a proof replayed to another worker is refused too.
-A store that cannot answer raises ``StoreUnavailable`` (503), never "not seen".
+A ``SharedStore`` answers one question atomically: "was this key recorded within its lifetime?"
+(RFC 9449 §11.1 replay detection). ``MemoryStore`` answers it for one process;
+``tokenguard.redis_store.RedisStore`` (an add-on, the ``redis`` extra) for every process of a
+fleet, so a proof replayed to another worker is refused too. A store that cannot answer raises
+``StoreUnavailable`` (503), never "not seen".
+
+A ``FleetStore`` is a ``SharedStore`` that also holds what fleet mode (``shared_store=``) shares:
+introspection answers with a fleet-wide single-flight lock, and the revocation list with a feed
+every process listens to. ``RedisStore`` is one.
 
 Keys are built by the caller from fixed-size digests, never from raw client values.
 """
@@ -17,7 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from tokenguard.errors import Reason, UnavailableError
 
-__all__ = ["MemoryStore", "SharedStore", "StoreFull", "StoreUnavailable"]
+__all__ = ["FleetStore", "MemoryStore", "RevocationFeed", "SharedStore", "StoreFull", "StoreUnavailable"]
 
 
 @runtime_checkable
@@ -35,6 +40,63 @@ class SharedStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections; called at the app's lifespan shutdown."""
+        ...
+
+
+class RevocationFeed(Protocol):
+    """A subscription to the fleet's revocation feed (``FleetStore.subscribe``)."""
+
+    async def next(self, timeout: float) -> bytes | None:
+        """The next revocation published, or ``None`` when none came within ``timeout`` seconds.
+
+        Raises ``StoreUnavailable`` when the subscription is lost: the caller resubscribes and
+        reads the whole list again (``FleetStore.revocations``), so nothing published meanwhile is missed.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class FleetStore(SharedStore, Protocol):
+    """What fleet mode (``shared_store=``) needs: values with a lifetime, a lock, and the revocation feed.
+
+    Every method raises ``StoreUnavailable`` when the store cannot answer; the guard then falls back
+    to what one process can do alone (docs/ARCHITECTURE.md, "Fleet mode").
+    """
+
+    async def get(self, key: str) -> bytes | None:
+        """The value stored under ``key`` and still live, else ``None``."""
+        ...
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (replacing any value)."""
+        ...
+
+    async def claim(self, key: str, owner: bytes, ttl: float) -> bool:
+        """Take the lock ``key`` for ``ttl`` seconds as ``owner``; ``False`` if someone holds it.
+
+        Atomic across the fleet; a holder that dies loses the lock when ``ttl`` ends.
+        """
+        ...
+
+    async def release(self, key: str, owner: bytes) -> None:
+        """Give the lock ``key`` back, only if ``owner`` still holds it."""
+        ...
+
+    async def record_revocation(self, entry: bytes, expires_at: float, *, now: float, max_entries: int) -> None:
+        """Add ``entry`` to the list until ``expires_at``, drop the expired ones, and publish it.
+
+        Raises ``StoreFull`` when ``max_entries`` live entries are held already.
+        """
+        ...
+
+    async def revocations(self, now: float) -> list[bytes]:
+        """Every entry of the list still live at ``now`` (what a process reads after subscribing)."""
+        ...
+
+    async def subscribe(self) -> RevocationFeed:
+        """Listen for revocations published from now on."""
         ...
 
 
