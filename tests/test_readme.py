@@ -119,8 +119,17 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
-def test_every_block_runs(block: Block, idp: DevIdP, pytester: pytest.Pytester) -> None:
+def test_every_block_runs(
+    block: Block,
+    idp: DevIdP,
+    pytester: pytest.Pytester,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Each block runs as written; an app it builds starts and refuses a request without a token."""
+    if "REDIS_URL" in block.source:  # fleet mode: README's Redis is a real redis-server here
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server"))
+    monkeypatch.setenv("SSF_PUSH_SECRET", "a-long-random-secret-for-the-readme-test")
     if re.search(r"^def test_", block.source, flags=re.MULTILINE):
         pytester.makepyfile(test_from_readme=block.source)
         result = pytester.runpytest("-p", "no:cacheprovider", "-q")
@@ -262,3 +271,34 @@ def test_several_issuers(idp: DevIdP) -> None:
     with TestClient(app) as client:
         assert client.get("/", headers=bearer(token)).status_code == 404  # allowed; no such route
         assert client.get("/", headers=bearer(stranger)).status_code == 401
+
+
+FLEET = "Fleet mode: shared state on Redis, revocation on every route"
+
+
+def test_fleet_mode_revokes_a_user_on_ordinary_routes_of_two_processes(
+    idp: DevIdP, redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's fleet app, twice (two guards, one Redis): a revocation made through one refuses the
+    user's token on the other's ordinary route; the sensitive route is introspected once for both."""
+    monkeypatch.setenv("REDIS_URL", redis_server)
+    block = block_under(FLEET, "sign_out_everywhere")
+    first, second = run(block)["app"], run(block)["app"]
+    alice = idp.issue_token(audience="https://photos.example", scopes=["write:transfers"])
+    admin = idp.issue_token(audience="https://photos.example", subject="admin", scopes=["admin:tokens"])
+    with TestClient(first) as one, TestClient(second) as two:
+        assert two.get("/photos", headers=bearer(alice)).json() == {"owner": "alice"}
+        calls = len([event for event in idp.events if event.kind == "introspected"])
+        assert one.post("/transfers", headers=bearer(alice)).status_code == 200
+        assert two.post("/transfers", headers=bearer(alice)).status_code == 200
+        assert len([event for event in idp.events if event.kind == "introspected"]) == calls + 1
+        assert one.post("/admin/users/alice/revoke", headers=bearer(admin)).json() == {"revoked": "alice"}
+        refused = None
+        for _ in range(200):  # the other process hears it through Redis pub/sub
+            refused = two.get("/photos", headers=bearer(alice))
+            if refused.status_code == 401:
+                break
+        assert refused is not None
+        assert refused.status_code == 401
+        assert 'error_description="The access token was revoked."' in refused.headers["www-authenticate"]
+        assert two.get("/photos", headers=bearer(admin)).status_code == 200
