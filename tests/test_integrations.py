@@ -371,3 +371,14 @@ def test_otel_hook_works_with_the_api_alone(clock: ManualClock, idp: Issuer) -> 
     assert guard.metrics_snapshot()["hook_errors"] == 0
     default = OpenTelemetryHook()  # the global provider's meter (a proxy until an SDK is installed)
     assert default.meter is not None
+
+
+def test_collector_exports_the_revocation_list_gauges() -> None:
+    """``revocation_entries`` and ``revocations_stale`` come from ``status()["fleet"]["revocations"]``."""
+    from tokenguard.integrations._common import gauges
+
+    status = {"fleet": {"revocations": {"entries": 3, "stale": True}}}
+    values = gauges(status)
+    assert values["revocation_entries"] == 3.0
+    assert values["revocations_stale"] == 1.0
+    assert "revocation_entries" not in gauges({})

@@ -54,6 +54,10 @@ def gauges(status: Mapping[str, Any]) -> dict[str, float]:
         "verified_cache_entries": float(status.get("verified_cache_entries", 0)),
         "introspection_cache_entries": float(introspection.get("cache_entries", 0)),
     }
+    revocations: Mapping[str, Any] = status.get("fleet", {}).get("revocations", {})
+    if revocations:
+        values["revocation_entries"] = float(revocations.get("entries", 0))
+        values["revocations_stale"] = float(bool(revocations.get("stale", False)))
     if isinstance(jwks.get("last_fetch"), (int, float)):
         values["jwks_last_fetch_timestamp_seconds"] = float(jwks["last_fetch"])
     return values

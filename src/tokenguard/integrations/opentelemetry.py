@@ -76,6 +76,8 @@ _GAUGES = {
     "jwks_last_fetch_timestamp_seconds": ("tokenguard.jwks.last_fetch", "s", "Unix time of the last good fetch."),
     "verified_cache_entries": ("tokenguard.verified_cache.entries", "{entry}", "Verified-token cache entries."),
     "introspection_cache_entries": ("tokenguard.introspection.cache.entries", "{entry}", "Introspection cache."),
+    "revocation_entries": ("tokenguard.revocations.entries", "{entry}", "Revocation list entries (this process)."),
+    "revocations_stale": ("tokenguard.revocations.stale", "1", "1 while the fleet's revocation feed is lost."),
 }
 
 

@@ -10,8 +10,8 @@ Two pieces, usable apart:
   at scrape time: ``tokenguard_ready``, ``tokenguard_jwks_keys``, ``tokenguard_jwks_fresh``,
   ``tokenguard_jwks_stale``, ``tokenguard_jwks_last_fetch_timestamp_seconds``,
   ``tokenguard_verified_cache_entries``, ``tokenguard_introspection_cache_entries``,
-  ``tokenguard_introspection_breaker_state{state="closed|half_open|open"}`` (1 for the current state)
-  and the counters ``tokenguard_jwks_fetches_total``, ``tokenguard_jwks_fetch_failures_total``,
+  ``tokenguard_introspection_breaker_state{state="closed|half_open|open"}`` (1 for the current state),
+  ``tokenguard_revocation_entries``, ``tokenguard_revocations_stale`` (fleet mode) and the counters ``tokenguard_jwks_fetches_total``, ``tokenguard_jwks_fetch_failures_total``,
   ``tokenguard_introspection_calls_total``, ``tokenguard_introspection_cache_hits_total``,
   ``tokenguard_introspection_cache_misses_total``, ``tokenguard_hook_errors_total``.
 
@@ -78,6 +78,8 @@ _GAUGE_HELP = {
     "jwks_last_fetch_timestamp_seconds": "Unix time of the last successful JWKS fetch.",
     "verified_cache_entries": "Entries in the verified-token cache.",
     "introspection_cache_entries": "Entries in the introspection answer cache.",
+    "revocation_entries": "Entries in this process's copy of the revocation list.",
+    "revocations_stale": "1 while the fleet's revocation feed is lost (the list keeps its last state), else 0.",
 }
 
 
