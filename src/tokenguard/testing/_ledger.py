@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 V = TypeVar("V")
 S = TypeVar("S", AccessState, RefreshState)
 TokenState = AccessState | RefreshState
+#: ``(grant, access tokens, reason)``: JWT access tokens of one grant, revoked while still usable, and why.
+RevocationListener = Callable[[Grant | None, list[AccessState], str], None]
 
 
 def digest(token: str) -> bytes:
@@ -56,8 +58,12 @@ def _store(maxsize: int, clock: Callable[[], float], expires: Callable[[V], floa
 class Ledger:
     """The bounded, expiring record of everything one DevIdP issued, and its event log."""
 
-    def __init__(self, idp: DevIdP, *, max_entries: int, max_events: int) -> None:
+    def __init__(
+        self, idp: DevIdP, *, max_entries: int, max_events: int, on_revoked: RevocationListener | None = None
+    ) -> None:
         self._idp = idp
+        #: Told of JWT access tokens revoked while still usable: the DevIdP's Shared Signals transmitter.
+        self.on_revoked = on_revoked
         self.max_entries = max_entries
         clock = idp.clock
         self.codes: TLRUCache[bytes, CodeState] = _store(max_entries, clock, lambda s: s.expires_at)
@@ -87,6 +93,13 @@ class Ledger:
                 detail=detail,
             )
         )
+
+    def record(
+        self, kind: EventKind, *, grant_id: str | None, client_id: str | None, subject: str | None, **detail: Any
+    ) -> None:
+        """Record an event about a grant known by id only (the Shared Signals transmitter's); never a token."""
+        event = Event(kind=kind, at=self.now(), grant_id=grant_id, client_id=client_id, subject=subject, detail=detail)
+        self.events.append(event)
 
     def counts(self) -> dict[str, int]:
         stores: dict[str, TLRUCache[Any, Any]] = {
@@ -320,16 +333,19 @@ class Ledger:
 
     # -- revoking ------------------------------------------------------------------------------
 
-    def revoke_grant(self, grant: Grant, reason: str) -> None:
-        """Revoke every refresh and access token of ``grant`` (once)."""
+    def revoke_grant(self, grant: Grant, reason: str, *, announce: bool = True) -> None:
+        """Revoke every refresh and access token of ``grant`` (once).
+
+        ``on_revoked`` hears of the JWT access tokens that were still usable (``announce=False``: not,
+        for a caller that tells the world in its own words, as a user's logout does).
+        """
         if grant.revoked:
             return
         grant.revoked_at, grant.revoked_reason = self.now(), reason
         for refresh in grant.refresh_tokens:
             if refresh.status == "active":
                 refresh.status = "revoked"
-        for access in grant.access_tokens:
-            self.revoke_access(access)
+        usable = [access for access in grant.access_tokens if self.revoke_access(access, announce=False)]
         self.emit(
             "chain_revoked",
             grant,
@@ -337,8 +353,24 @@ class Ledger:
             refresh_tokens=grant.chain,
             access_tokens=[access.id for access in grant.access_tokens],
         )
+        if announce:
+            self._announce(grant, usable, reason)
 
-    def revoke_access(self, state: AccessState) -> None:
+    def revoke_access(self, state: AccessState, reason: str = "access_token_revoked", *, announce: bool = True) -> bool:
+        """Revoke one access token; True when it was a JWT still usable until now (not expired, not revoked).
+
+        Such a token is the one kind a resource server may go on accepting without asking (RFC 7009 §1):
+        ``on_revoked`` hears of it, unless ``announce=False``.
+        """
+        now = self.now()
+        usable = not state.revoked and state.format == "jwt" and state.expires_at > now
         state.revoked = True
-        if state.format == "jwt" and state.expires_at > self.now():
+        if state.format == "jwt" and state.expires_at > now:
             self.revoked_jtis[state.id] = state.expires_at
+        if usable and announce:
+            self._announce(self.grants.get(state.grant_id), [state], reason)
+        return usable
+
+    def _announce(self, grant: Grant | None, revoked: list[AccessState], reason: str) -> None:
+        if revoked and self.on_revoked is not None:
+            self.on_revoked(grant, revoked, reason)

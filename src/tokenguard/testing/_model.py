@@ -36,6 +36,18 @@ EventKind = Literal[
     "revoked",
     "introspected",
     "dpop_replay_detected",
+    # A user's sessions ended (``DevIdP.logout``), and the Shared Signals transmitter's work, one per
+    # stream and SET (``_ssf``): queued, then delivered (202/200, or acknowledged by a poll), rejected
+    # (RFC 8935 §2.3 400, or an RFC 8936 setErrs entry), failed (retries exhausted) or dropped (the
+    # stream's outbox was full); and streams created and removed.
+    "logout",
+    "ssf_stream_created",
+    "ssf_stream_removed",
+    "ssf_queued",
+    "ssf_delivered",
+    "ssf_rejected",
+    "ssf_failed",
+    "ssf_dropped",
 ]
 
 
