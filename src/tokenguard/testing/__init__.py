@@ -26,6 +26,17 @@ and the token endpoint takes DPoP proofs (``tokenguard.dpop.DPoPAuth`` signs the
     token = idp.issue_token(scopes=["read"], cert_thumbprint=x5t_s256)     # cnf["x5t#S256"]
     idp = DevIdP(dpop_nonce=True)          # the token endpoint demands its DPoP-Nonce (§8)
 
+It is also an OpenID Shared Signals (SSF 1.0) transmitter: a receiver subscribes (over HTTP, or
+``add_stream``) and gets signed Security Event Tokens, CAEP session-revoked when a token or grant is
+revoked or a user logs out, and any CAEP/RISC event a test sends with ``signal``::
+
+    idp = DevIdP(ssf_http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app)))
+    idp.add_stream(push_url="https://api.tokenguard.test/ssf/events", audience=DEFAULT_CLIENT_ID)
+    idp.logout("alice")                      # one session-revoked SET about alice (iss_sub)
+    idp.signal(CREDENTIAL_CHANGE, {"format": "iss_sub", "iss": idp.issuer, "sub": "alice"},
+               credential_type="password", change_type="update")
+    await idp.deliver()                      # pushed (RFC 8935); served, the DevIdP pushes at once
+
 It is for development and tests only: it approves every authorization request it is sent.
 The pytest fixtures (``dev_idp``, ``issue_token``, ``guarded_app``, ``dpop_client``) are in
 ``pytest_plugin``.
@@ -62,8 +73,21 @@ from tokenguard.testing._model import (
     RefreshState,
     TokenSet,
 )
+from tokenguard.testing._ssf import (
+    ACCOUNT_DISABLED,
+    ACCOUNT_PURGED,
+    CREDENTIAL_CHANGE,
+    SESSION_REVOKED,
+    TOKEN_CLAIMS_CHANGE,
+    VERIFICATION,
+    SSFSettings,
+    Stream,
+)
 
 __all__ = [
+    "ACCOUNT_DISABLED",
+    "ACCOUNT_PURGED",
+    "CREDENTIAL_CHANGE",
     "DEFAULT_AUDIENCE",
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
@@ -74,6 +98,9 @@ __all__ = [
     "DEV_USER_GRANT",
     "RESOURCE_CLIENT_ID",
     "RESOURCE_CLIENT_SECRET",
+    "SESSION_REVOKED",
+    "TOKEN_CLAIMS_CHANGE",
+    "VERIFICATION",
     "AccessState",
     "Audience",
     "Client",
@@ -84,6 +111,8 @@ __all__ = [
     "ManualClock",
     "OAuthError",
     "RefreshState",
+    "SSFSettings",
     "SigningKey",
+    "Stream",
     "TokenSet",
 ]

@@ -23,7 +23,12 @@ What it implements, and where:
   token is bound to that key too, a proof's ``jti`` is accepted once, ``dpop_nonce=True`` demands
   the server's nonce (§8), and ``dpop_jkt`` on /authorize binds the code to a key (§10);
   ``issue_token(dpop_jkt=..., cert_thumbprint=...)`` mints DPoP- and certificate-bound tokens
-  (RFC 8705 §3.1) directly, and introspection answers carry their ``cnf``.
+  (RFC 8705 §3.1) directly, and introspection answers carry their ``cnf``;
+- an OpenID Shared Signals (SSF 1.0) transmitter (``_ssf``): discovery (§7), streams managed over
+  HTTP (§8.1.1) or with ``add_stream``, CAEP session-revoked SETs when a JWT access token or a grant
+  is revoked (``jwt_id`` subjects) or a user logs out (``logout``, ``iss_sub``), any other CAEP/RISC
+  event with ``signal``, verification (§8.1.4), delivered by RFC 8935 push (``deliver()``, or at once
+  when served) or RFC 8936 poll.
 
 State lives in memory, in bounded stores whose entries expire by the injected ``clock``.
 Every method is safe to call from the test thread while the ASGI app serves on another.
@@ -41,6 +46,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -56,6 +63,7 @@ from tokenguard.testing._model import (
     GRANT_TYPES,
     PUBLIC_GRANT_TYPES,
     SCOPE_TOKEN,
+    AccessState,
     Audience,
     Client,
     CodeState,
@@ -67,6 +75,25 @@ from tokenguard.testing._model import (
     TokenSet,
     scope_set,
     scope_string,
+)
+from tokenguard.testing._ssf import (
+    EVENT_TYPES,
+    SESSION_REVOKED,
+    VERIFICATION,
+    WELL_KNOWN,
+    DeliveryMethod,
+    SSFSettings,
+    Stream,
+    StreamRequest,
+    Transmitter,
+    check_authorization,
+    check_description,
+    check_event_fields,
+    check_events,
+    check_push_url,
+    check_subject,
+    new_txn,
+    revocation_fields,
 )
 
 if TYPE_CHECKING:
@@ -271,6 +298,13 @@ class DevIdP:
     DPoP (RFC 9449): a token request with a ``DPoP`` proof header gets a token bound to the proof's
     key. ``dpop_nonce=True`` makes the token endpoint demand its own nonce in proofs (§8), and
     ``dpop_algorithms`` narrows the proof algorithms it accepts (advertised in the metadata).
+
+    Shared Signals (SSF 1.0): ``add_stream(push_url=..., audience=...)`` (or a receiver, over HTTP)
+    subscribes to Security Event Tokens, signed with the DevIdP's key: revoking a JWT access token or a
+    grant, and ``logout(user)``, send CAEP session-revoked; ``signal(event_type, subject, ...)`` sends the
+    others. ``await idp.deliver()`` pushes what is pending, through ``ssf_http_client`` when given (an
+    ``httpx.ASGITransport`` to the app under test); served (``serve``, ``tokenguard dev-idp``), the
+    DevIdP pushes each SET as soon as it is queued. ``ssf=SSFSettings(...)`` tunes retries and bounds.
     """
 
     def __init__(
@@ -295,6 +329,8 @@ class DevIdP:
         cors_origins: str | Iterable[str] | None = None,
         dpop_nonce: bool = False,
         dpop_algorithms: Iterable[str] | None = None,
+        ssf: SSFSettings | None = None,
+        ssf_http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.issuer = check_issuer(issuer)
         if not callable(clock):
@@ -325,7 +361,23 @@ class DevIdP:
         self.dpop_nonces = DPoPNonces(secrets.token_bytes(32), clock=clock) if dpop_nonce else None
         self._audiences: dict[str, Audience] = {}
         self._clients: dict[str, Client] = {}
-        self._ledger = Ledger(self, max_entries=self.max_entries, max_events=int(_positive("max_events", max_events)))
+        self._ledger = Ledger(
+            self,
+            max_entries=self.max_entries,
+            max_events=int(_positive("max_events", max_events)),
+            on_revoked=self._access_revoked,
+        )
+        if ssf is not None and not isinstance(ssf, SSFSettings):
+            raise ConfigurationError(f"ssf must be an SSFSettings, got {type(ssf).__name__}")
+        self._transmitter = Transmitter(
+            issuer=self.issuer,
+            clock=clock,
+            lock=self._lock,
+            signing_key=self._set_signing_key,
+            record=self._ledger.record,
+            settings=ssf or SSFSettings(),
+            http_client=ssf_http_client,
+        )
         self._app: Starlette | None = None
         self.add_audience(default_audience, format=token_format, alg=signing_alg)
         if default_clients:
@@ -481,7 +533,8 @@ class DevIdP:
     # -- HTTP surface ------------------------------------------------------------------------
 
     def endpoint(self, name: str) -> str:
-        """The URL of an endpoint: ``authorize``, ``token``, ``introspect``, ``revoke`` or ``jwks``."""
+        """The URL of an endpoint: ``authorize``, ``token``, ``introspect``, ``revoke``, ``jwks``, ``logout``,
+        or the Shared Signals ones: ``ssf/streams``, ``ssf/verify``, ``ssf/poll/<stream id>``."""
         return f"{self.issuer.rstrip('/')}/{name}"
 
     def metadata(self) -> dict[str, Any]:
@@ -520,7 +573,10 @@ class DevIdP:
 
     @property
     def app(self) -> Starlette:
-        """The ASGI app serving metadata, JWKS, /authorize, /token, /introspect and /revoke."""
+        """The ASGI app serving metadata, JWKS, /authorize, /token, /introspect, /revoke, /logout and SSF.
+
+        Its lifespan runs the Shared Signals delivery task: served, it pushes each SET once queued.
+        """
         if self._app is None:
             from tokenguard.testing._endpoints import build_app
 
@@ -1128,6 +1184,196 @@ class DevIdP:
                 return False
             self._ledger.revoke_grant(grant, reason)
             return True
+
+    # -- Shared Signals (SSF 1.0): the transmitter, in _ssf ------------------------------------
+
+    @property
+    def transmitter(self) -> Transmitter:
+        """The Shared Signals transmitter: its streams, their outboxes, and delivery."""
+        return self._transmitter
+
+    @property
+    def ssf_http_client(self) -> httpx.AsyncClient | None:
+        """The client SETs are pushed through (``None``: a plain ``httpx.AsyncClient`` per delivering loop).
+
+        A client given is used from whichever event loop delivers: give one whose transport does not
+        tie it to one loop (``httpx.ASGITransport``), or deliver from a single loop.
+        """
+        return self._transmitter.http_client
+
+    @ssf_http_client.setter
+    def ssf_http_client(self, client: httpx.AsyncClient | None) -> None:
+        if client is not None and not isinstance(client, httpx.AsyncClient):
+            raise ConfigurationError(f"ssf_http_client must be an httpx.AsyncClient, got {type(client).__name__}")
+        self._transmitter.http_client = client
+
+    @property
+    def ssf_metadata_url(self) -> str:
+        """Where the SSF metadata is: ``/.well-known/ssf-configuration`` before the issuer's path (SSF §7.2)."""
+        parts = urlsplit(self.issuer)
+        return urlunsplit((parts.scheme, parts.netloc, WELL_KNOWN + parts.path.rstrip("/"), "", ""))
+
+    def ssf_metadata(self) -> dict[str, Any]:
+        """The SSF 1.0 §7.1 Transmitter Configuration Metadata (apart from, not in, the RFC 8414 document)."""
+        return {
+            "spec_version": "1_0",
+            "issuer": self.issuer,
+            # SSF §4.1.4: SETs are signed with a key of the DevIdP's own JWKS.
+            "jwks_uri": self.endpoint("jwks"),
+            "delivery_methods_supported": ["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"],
+            "configuration_endpoint": self.endpoint("ssf/streams"),
+            "verification_endpoint": self.endpoint("ssf/verify"),
+            # SSF §7.1.1: receivers authenticate as OAuth clients (here: HTTP Basic, RFC 6749 §2.3.1).
+            "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6749"}],
+            # SSF §7.1: no subject endpoints here, so a stream gets events about every subject.
+            "default_subjects": "ALL",
+        }
+
+    def add_stream(
+        self,
+        *,
+        push_url: str | None = None,
+        authorization: str | None = None,
+        audience: str,
+        events: Iterable[str] | None = None,
+        method: DeliveryMethod = "push",
+        description: str | None = None,
+    ) -> str:
+        """Create an event stream to the receiver ``audience`` (the SETs' ``aud``); returns its id.
+
+        ``method="push"`` (RFC 8935) needs ``push_url`` (https, or http to a loopback host), and
+        ``authorization`` is sent verbatim as each push's ``Authorization`` header; ``method="poll"``
+        (RFC 8936): the receiver polls ``endpoint("ssf/poll/<id>")``, authenticated as the client whose
+        ``client_id`` is ``audience``. ``events``: the event types requested (``None``: all supported);
+        verification events are always sent (SSF §8.1.4).
+        """
+        if method not in ("push", "poll"):
+            raise ConfigurationError(f"method must be 'push' or 'poll', got {method!r}")
+        if not isinstance(audience, str) or not audience or not audience.isprintable():
+            raise ConfigurationError(f"audience must be a non-empty printable string, got {audience!r}")
+        if method == "poll" and (push_url is not None or authorization is not None):
+            raise ConfigurationError("a poll stream takes no push_url or authorization: its receiver polls")
+        if method == "push" and push_url is None:
+            raise ConfigurationError("a push stream needs push_url, where its SETs are POSTed (RFC 8935)")
+        request = StreamRequest(
+            method=method,
+            events=None if events is None else check_events(events, "events"),
+            push_url=None if push_url is None else check_push_url(push_url, "push_url"),
+            authorization=None if authorization is None else check_authorization(authorization, "authorization"),
+            description=check_description(description, "description"),
+        )
+        return self._transmitter.add(request, audience).stream_id
+
+    def remove_stream(self, stream_id: str) -> bool:
+        """Delete a stream and its undelivered SETs; ``False`` when there is no such stream."""
+        return self._transmitter.remove(stream_id)
+
+    @property
+    def streams(self) -> Mapping[str, Stream]:
+        """The event streams by id, read-only (a snapshot)."""
+        return MappingProxyType(self._transmitter.streams)
+
+    def stream_configuration(self, stream: Stream) -> dict[str, Any]:
+        """A stream's configuration, as the configuration endpoint answers with it (SSF §8.1.1)."""
+        return self._transmitter.configuration(stream, self.endpoint(f"ssf/poll/{stream.stream_id}"))
+
+    def signal(
+        self, event_type: str, subject: Mapping[str, Any], *, txn: str | None = None, **fields: Any
+    ) -> list[str]:
+        """Queue a SET of ``event_type`` about ``subject`` to every stream that asked for it; their ``jti`` s.
+
+        ``subject``: an RFC 9493 subject identifier, e.g. ``{"format": "iss_sub", "iss": idp.issuer,
+        "sub": "alice"}``. ``fields``: the event's members, e.g. ``credential_type="password",
+        change_type="update"`` (CAEP §3.3) or ``claims={...}`` (§3.2); ``event_timestamp`` defaults to
+        now. ``txn`` (SSF §4.1.9) defaults to a new one, shared by the SETs of this call.
+        """
+        if event_type not in EVENT_TYPES:
+            raise ConfigurationError(f"event_type must be one of {list(EVENT_TYPES)}, got {event_type!r}")
+        if event_type == VERIFICATION:
+            raise ConfigurationError("a verification event is about one stream: use verify_stream(stream_id)")
+        sub_id = check_subject(subject)
+        check_event_fields(event_type, fields)
+        try:
+            json.dumps([sub_id, fields], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"the subject and fields of an event must be JSON: {exc}") from exc
+        if txn is not None and (not isinstance(txn, str) or not txn):
+            raise ConfigurationError("txn must be a non-empty string")
+        return self._transmitter.queue(event_type, sub_id, fields, txn=txn or new_txn())
+
+    def verify_stream(self, stream_id: str, state: str | None = None) -> str:
+        """Queue a verification SET on one stream (SSF §8.1.4.1), echoing ``state``; its ``jti``."""
+        if self._transmitter.get(stream_id) is None:
+            raise ConfigurationError(f"no stream {stream_id!r}")
+        if state is not None and not isinstance(state, str):
+            raise ConfigurationError("state must be a string")
+        # SSF §8.1.4.1: the subject of a verification event is the stream itself, an opaque id.
+        subject = {"format": "opaque", "id": stream_id}
+        fields = {} if state is None else {"state": state}
+        jtis = self._transmitter.queue(VERIFICATION, subject, fields, txn=new_txn(), stream_id=stream_id)
+        if not jtis:
+            raise ConfigurationError(f"no stream {stream_id!r}")  # deleted meanwhile
+        return jtis[0]
+
+    def logout(self, user: str) -> int:
+        """End every session of ``user``: revoke all their grants, and send one session-revoked SET.
+
+        The SET's subject is the user (``iss_sub``, RFC 9493 §3.2.3), its ``event_timestamp`` now: a
+        receiver refuses every token of theirs issued until then. (The grants' access tokens get no
+        ``jwt_id`` SET of their own: the user's covers them.) Returns how many grants were revoked.
+        """
+        self._check_logout_user(user)
+        with self._lock:
+            self._ledger.grants.expire()
+            grants = [grant for grant in list(self._ledger.grants.values()) if grant.subject == user]
+            live = [grant for grant in grants if not grant.revoked]
+            for grant in live:
+                self._ledger.revoke_grant(grant, "logout", announce=False)
+            self._ledger.record("logout", grant_id=None, client_id=None, subject=user, grants=len(live))
+            subject = {"format": "iss_sub", "iss": self.issuer, "sub": user}
+            fields = revocation_fields("logout", int(self.clock()))
+            self._transmitter.queue(SESSION_REVOKED, subject, fields, txn=new_txn())
+            return len(live)
+
+    async def deliver(self) -> int:
+        """Push every SET pending now (RFC 8935), retrying as ``SSFSettings`` says; how many were delivered."""
+        return await self._transmitter.deliver()
+
+    def delivering(self) -> AbstractAsyncContextManager[None]:
+        """``async with idp.delivering():`` pushes each SET as soon as it is queued (the app's lifespan does this)."""
+        return self._transmitter.running()
+
+    def ssf_status(self, stream_id: str | None = None) -> dict[str, int]:
+        """SETs ``queued``, ``delivered``, ``rejected``, ``failed``, ``dropped`` (ever) and ``pending`` (now).
+
+        For every stream (with ``streams``, how many exist), or for one.
+        """
+        status = self._transmitter.status(stream_id)
+        if status is None:
+            raise ConfigurationError(f"no stream {stream_id!r}")
+        return status
+
+    @staticmethod
+    def _check_logout_user(user: object) -> None:
+        if not isinstance(user, str) or _USERNAME.fullmatch(user) is None:
+            raise ConfigurationError(f"the user must be a user name (printable, no spaces), got {user!r}")
+
+    def _set_signing_key(self) -> SigningKey:
+        """The key SETs are signed with: the one that signs the default audience's access tokens."""
+        return self.keys.key_for(self._audiences[self.default_audience].alg)
+
+    def _access_revoked(self, grant: Grant | None, revoked: list[AccessState], reason: str) -> None:
+        """JWT access tokens revoked while usable: a CAEP session-revoked SET each (``jwt_id``, SSF §3.5.1)."""
+        if not self._transmitter.active:
+            return
+        txn = new_txn()  # SSF §4.1.9: one cause, one txn for all its SETs
+        fields = revocation_fields(reason, int(self.clock()))
+        for state in revoked:
+            jti, iss = state.claims.get("jti"), state.claims.get("iss")
+            if not isinstance(jti, str):
+                continue  # a token minted without a jti on purpose names no subject a receiver could match
+            subject = {"format": "jwt_id", "iss": iss if isinstance(iss, str) else self.issuer, "jti": jti}
+            self._transmitter.queue(SESSION_REVOKED, subject, fields, txn=txn, grant=grant)
 
     # -- the machinery -------------------------------------------------------------------------
 
