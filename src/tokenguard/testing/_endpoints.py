@@ -1,4 +1,5 @@
-"""The HTTP side of ``DevIdP``: a Starlette app for metadata, JWKS, /authorize, /token, /introspect, /revoke.
+"""The HTTP side of ``DevIdP``: a Starlette app for metadata, JWKS, /authorize, /token, /introspect, /revoke,
+/logout, and the Shared Signals transmitter's (``_ssf``) metadata, stream, verification and poll endpoints.
 
 Only wire formats live here: form parsing, client authentication, redirects, JSON answers and CORS.
 Every decision is taken by the ``DevIdP`` methods these endpoints call.
@@ -7,14 +8,22 @@ CORS (``DevIdP(cors_origins=...)``) covers what a browser app calls with ``fetch
 revocation endpoints and the metadata and JWKS documents. Not /authorize, which the browser navigates
 to, and not /introspect, which is for resource servers (servers, not browsers). A browser app may
 send a ``DPoP`` proof to the token endpoint and read the ``DPoP-Nonce`` it answers with (RFC 9449).
+
+The Shared Signals endpoints take JSON and a confidential client's HTTP Basic credentials, and a
+receiver sees and manages only its own streams (SSF 1.0 §8: the stream's ``aud`` is its client_id):
+another's is 404, as one that does not exist. Errors have the OAuth shape (``error``,
+``error_description``; 401 with a Basic challenge) except a malformed poll request, which is
+answered as RFC 8936 answers one (``err``, ``description``). The app's lifespan runs the transmitter's
+delivery task, so a served DevIdP pushes each SET as soon as it is queued.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from starlette.applications import Starlette
@@ -26,7 +35,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenguard._dpop import dpop_header_values
+from tokenguard._strictjson import strict_loads
+from tokenguard.errors import ConfigurationError
 from tokenguard.testing._model import Client, OAuthError
+from tokenguard.testing._ssf import WELL_KNOWN, Stream, StreamLimitReached, parse_poll_request, parse_stream_request
 
 if TYPE_CHECKING:
     from tokenguard.testing._idp import DevIdP
@@ -35,6 +47,7 @@ if TYPE_CHECKING:
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _CACHEABLE = {"Cache-Control": "public, max-age=300"}
 _FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
 _MAX_BODY = 64 * 1024
 _REALM = 'Basic realm="tokenguard-dev-idp"'
 #: Request headers a browser app may send cross-origin: Basic credentials (a confidential client), the
@@ -43,6 +56,8 @@ _CORS_HEADERS = ("Accept", "Authorization", "Content-Type", "X-Requested-With", 
 #: RFC 9449 §8: the token endpoint's nonce, which a browser app must be allowed to read.
 _CORS_EXPOSED = ("DPoP-Nonce",)
 _RESOURCE = "resource"
+#: SSF §8.1.4.2: the receiver's ``state``, echoed in the verification event; bounded here.
+_MAX_STATE = 1024
 
 
 def build_app(idp: DevIdP) -> Starlette:
@@ -98,6 +113,82 @@ def build_app(idp: DevIdP) -> Starlette:
         # RFC 7009 §2.2: 200 whether or not the token was known (an invalid token is no error).
         return Response(status_code=200, headers=_NO_STORE)
 
+    async def logout(request: Request) -> Response:
+        try:
+            form, _ = await _form(request)
+            _basic_client(idp, request)
+            username = _required(form, "username")
+            revoked = _configured(lambda: idp.logout(username))
+        except OAuthError as exc:
+            return _error(exc)
+        return JSONResponse({"grants_revoked": revoked}, headers=_NO_STORE)
+
+    async def ssf_metadata(request: Request) -> Response:
+        return JSONResponse(idp.ssf_metadata(), headers=_CACHEABLE)
+
+    async def ssf_streams(request: Request) -> Response:
+        """SSF 1.0 §8.1.1: POST creates (201), GET reads one or all (200), DELETE deletes (204)."""
+        try:
+            client = _basic_client(idp, request)
+            if request.method == "POST":
+                stream = _create_stream(idp, client, await _json(request))
+                return JSONResponse(idp.stream_configuration(stream), status_code=201, headers=_NO_STORE)
+            stream_id = _unique(_parse(request.url.query))[0].get("stream_id")
+            if request.method == "GET" and stream_id is None:
+                # §8.1.1.2: without a stream_id, every stream of this receiver (an empty list for none).
+                mine = [s for s in idp.streams.values() if s.audience == client.client_id]
+                return JSONResponse([idp.stream_configuration(s) for s in mine], headers=_NO_STORE)
+            if stream_id is None:
+                raise OAuthError("invalid_request", "The stream_id parameter is missing.")  # §8.1.1.5: MUST include
+            stream = _own_stream(idp, client, stream_id)
+            if request.method == "GET":
+                return JSONResponse(idp.stream_configuration(stream), headers=_NO_STORE)
+            idp.remove_stream(stream.stream_id)
+        except OAuthError as exc:
+            return _error(exc)
+        return Response(status_code=204, headers=_NO_STORE)
+
+    async def ssf_verify(request: Request) -> Response:
+        """SSF 1.0 §8.1.4.2: a verification event on the receiver's stream; 204 once it is queued."""
+        try:
+            client = _basic_client(idp, request)
+            document = await _json(request)
+            stream_id, state = document.get("stream_id"), document.get("state")
+            if not isinstance(stream_id, str) or not stream_id:
+                raise OAuthError("invalid_request", "stream_id is required, a string.")
+            if state is not None and (not isinstance(state, str) or len(state) > _MAX_STATE):
+                raise OAuthError("invalid_request", f"state must be a string of at most {_MAX_STATE} characters.")
+            stream = _own_stream(idp, client, stream_id)
+            _configured(lambda: idp.verify_stream(stream.stream_id, state))
+        except OAuthError as exc:
+            return _error(exc)
+        return Response(status_code=204, headers=_NO_STORE)
+
+    async def ssf_poll(request: Request) -> Response:
+        """RFC 8936 §2.4: acknowledge, then answer with the SETs not acknowledged yet."""
+        try:
+            client = _basic_client(idp, request)
+            stream = _own_stream(idp, client, request.path_params["stream_id"])
+            if stream.method != "poll":
+                raise OAuthError("not_found", "This stream delivers by push, not poll.", status_code=404)
+            document = await _json(request)
+        except OAuthError as exc:
+            return _poll_error(exc) if exc.status_code == 400 else _error(exc)
+        try:
+            max_events, immediately, ack, errors = parse_poll_request(document)
+        except ConfigurationError as exc:
+            return _poll_error(OAuthError("invalid_request", str(exc)))
+        sets, more = await idp.transmitter.poll(
+            stream, max_events=max_events, return_immediately=immediately, ack=ack, errors=errors
+        )
+        return JSONResponse({"sets": sets, "moreAvailable": more}, headers=_NO_STORE)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Served, the DevIdP pushes each SET as soon as it is queued, from whichever thread queued it.
+        async with idp.delivering():
+            yield
+
     def browser(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str) -> Route:
         """A route a browser app may call cross-origin, when the DevIdP has ``cors_origins``."""
         if not idp.cors_origins:
@@ -120,8 +211,14 @@ def build_app(idp: DevIdP) -> Starlette:
         browser(base + "/token", token, "POST"),
         Route(base + "/introspect", introspect, methods=["POST"]),
         browser(base + "/revoke", revoke, "POST"),
+        Route(base + "/logout", logout, methods=["POST"]),
+        # SSF 1.0 §7.2: the well-known part goes between host and path, as RFC 8414 §3.1 puts its own.
+        Route(WELL_KNOWN + base, ssf_metadata, methods=["GET"]),
+        Route(base + "/ssf/streams", ssf_streams, methods=["GET", "POST", "DELETE"]),
+        Route(base + "/ssf/verify", ssf_verify, methods=["POST"]),
+        Route(base + "/ssf/poll/{stream_id}", ssf_poll, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 class _NoPlainOptions:
@@ -182,16 +279,22 @@ def _unique(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], tuple[str
     return {name: value for name, value in params.items() if value}, tuple(resources)
 
 
-async def _form(request: Request) -> tuple[dict[str, str], tuple[str, ...]]:
-    """The body of a POST: application/x-www-form-urlencoded only (RFC 6749 §3.2), size-capped."""
+async def _body(request: Request, media_type: str) -> bytes:
+    """The body of a request of ``media_type``, size-capped."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != _FORM:
-        raise OAuthError("invalid_request", f"The request body must be {_FORM}.")
+    if content_type != media_type:
+        raise OAuthError("invalid_request", f"The request body must be {media_type}.")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > _MAX_BODY:
             raise OAuthError("invalid_request", "The request body is too large.")
+    return bytes(body)
+
+
+async def _form(request: Request) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The body of a POST: application/x-www-form-urlencoded only (RFC 6749 §3.2), size-capped."""
+    body = await _body(request, _FORM)
     try:
         text = body.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -248,3 +351,60 @@ def _basic(idp: DevIdP, credentials: str, form_client_id: str | None) -> Client:
     # Interoperability: some clients (Authlib among them) send id and secret without form-encoding;
     # the raw values must then match exactly, so this accepts nothing a compliant client could not send.
     return idp.authenticate_client(raw_id, raw_secret)
+
+
+# -- Shared Signals (SSF 1.0) ----------------------------------------------------------------------
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    """An application/json body holding one object (SSF §8.1.1.1, §8.1.4.2; RFC 8936 §2.4), strictly decoded."""
+    body = await _body(request, _JSON)
+    try:
+        return strict_loads(body)
+    except ValueError as exc:
+        raise OAuthError("invalid_request", "The request body must be a JSON object.") from exc
+
+
+def _basic_client(idp: DevIdP, request: Request) -> Client:
+    """A confidential client by its HTTP Basic credentials (RFC 6749 §2.3.1); 401 with a challenge otherwise."""
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise OAuthError("invalid_request", "More than one Authorization header.")
+    scheme, _, credentials = headers[0].partition(" ") if headers else ("", "", "")
+    if scheme.lower() != "basic":
+        raise OAuthError("invalid_client", "A confidential client's Basic credentials are required.", status_code=401)
+    # A public client has no secret, so no Basic credentials of one can match: only confidential ones pass.
+    return _basic(idp, credentials.strip(), None)
+
+
+def _configured(action: Callable[[], Any]) -> Any:
+    """Run a DevIdP method whose refusal of an argument (``ConfigurationError``) is the client's 400."""
+    try:
+        return action()
+    except ConfigurationError as exc:
+        raise OAuthError("invalid_request", str(exc)) from exc
+
+
+def _create_stream(idp: DevIdP, client: Client, document: Mapping[str, Any]) -> Stream:
+    """SSF §8.1.1.1: a stream for this receiver, its ``aud`` the client's id (Transmitter-Supplied)."""
+    request = _configured(lambda: parse_stream_request(document))
+    try:
+        stream: Stream = idp.transmitter.add(request, client.client_id)
+    except StreamLimitReached as exc:
+        # SSF §8.1.1.1: 409 when the transmitter will not hold another stream for this receiver.
+        raise OAuthError("too_many_streams", str(exc), status_code=409) from exc
+    return stream
+
+
+def _own_stream(idp: DevIdP, client: Client, stream_id: str) -> Stream:
+    """SSF §8.1.1.2: 404 "if there is no Event Stream with the given stream_id for this Event Receiver"."""
+    stream = idp.transmitter.get(stream_id, audience=client.client_id)
+    if stream is None:
+        raise OAuthError("not_found", "No such stream for this client.", status_code=404)
+    return stream
+
+
+def _poll_error(exc: OAuthError) -> Response:
+    """A refused poll request as RFC 8936 answers one: 400 with ``err`` and ``description`` (RFC 8935 §2.3)."""
+    body = {"err": exc.error, "description": exc.description}
+    return JSONResponse(body, status_code=400, headers=_NO_STORE)
