@@ -8,6 +8,12 @@ browser or native app on loopback; ``--cors-origin`` lets a browser app on that 
 token endpoint (CORS), e.g. Swagger UI on ``http://127.0.0.1:8000``. ``--audience AUD`` adds an
 API the DevIdP issues tokens for; a client asks for one with ``resource=AUD`` (RFC 8707).
 
+The DevIdP is a Shared Signals (SSF 1.0) transmitter too, and the banner prints where its metadata is.
+``--ssf-push URL`` (repeatable) creates a push stream to URL at startup (RFC 8935): every revocation,
+logout and signal is POSTed there as a signed SET as soon as it happens, with
+``--ssf-push-authorization VALUE`` as the ``Authorization`` header, for the receiver ``--ssf-audience AUD``
+(the SETs' ``aud``; by default the ``dev-client`` client, which may manage the stream over HTTP).
+
 Every error is one line with the hint that fits it, and only that one.
 """
 
@@ -16,13 +22,22 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from tokenguard.cli._output import CliError, Printer
 from tokenguard.config import check_url, is_loopback_host
 from tokenguard.errors import ConfigurationError
-from tokenguard.testing import DEV_USER_GRANT, RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET, Client, DevIdP
+from tokenguard.testing import (
+    DEFAULT_CLIENT_ID,
+    DEV_USER_GRANT,
+    RESOURCE_CLIENT_ID,
+    RESOURCE_CLIENT_SECRET,
+    Client,
+    DevIdP,
+)
 from tokenguard.testing._idp import cors_origin_list, is_resource_indicator
+from tokenguard.testing._ssf import check_authorization, check_push_url
 
 _ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - refused unless --allow-remote
 #: The public client registered out of the box: a browser or native app, no secret, PKCE.
@@ -44,6 +59,9 @@ def main(
     scopes: tuple[str, ...] = (),
     cors_origins: tuple[str, ...] = (),
     audiences: tuple[str, ...] = (),
+    ssf_push: tuple[str, ...] = (),
+    ssf_push_authorization: str | None = None,
+    ssf_audience: str | None = None,
 ) -> int:
     """Serve until interrupted; refuse a non-loopback host unless ``allow_remote``."""
     _check_host(host, allow_remote)
@@ -51,6 +69,7 @@ def main(
         raise CliError(f"--port must be between 0 and 65535, got {port}")
     origins = _cors_origins(cors_origins)
     _check_audiences(audiences)
+    push = _ssf_push(ssf_push, ssf_push_authorization, ssf_audience)
     try:
         import uvicorn  # noqa: F401 - only to say early and clearly that it is missing
     except ImportError as exc:
@@ -58,7 +77,7 @@ def main(
     origin = _key_origin(keys)  # before the DevIdP writes a missing key file
     sock = _bind(host, port)
     try:
-        idp = _build(host, sock.getsockname()[1], keys, issuer, origins, audiences)
+        idp = _build(host, sock.getsockname()[1], keys, issuer, origins, audiences, push)
         if scopes:
             idp.add_scopes(*scopes)
         _describe(out, idp, origin, listen=_url(host, sock.getsockname()[1]))
@@ -125,6 +144,31 @@ def _check_audiences(given: tuple[str, ...]) -> None:
             )
 
 
+@dataclass(frozen=True)
+class SsfPush:
+    """The push streams ``--ssf-push`` asks for: where, with which Authorization header, for whom."""
+
+    urls: tuple[str, ...] = ()
+    authorization: str | None = field(default=None, repr=False)
+    audience: str = DEFAULT_CLIENT_ID
+
+
+def _ssf_push(urls: tuple[str, ...], authorization: str | None, audience: str | None) -> SsfPush:
+    """The ``--ssf-*`` values, checked before the port is bound."""
+    if not urls and (authorization is not None or audience is not None):
+        given = "--ssf-push-authorization" if authorization is not None else "--ssf-audience"
+        raise CliError(f"{given} is for the stream --ssf-push URL creates: give --ssf-push too")
+    try:
+        checked = tuple(check_push_url(url, "--ssf-push") for url in urls)
+        if authorization is not None:
+            check_authorization(authorization, "--ssf-push-authorization")
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from exc
+    if audience is not None and (not audience or not audience.isprintable()):
+        raise CliError(f"--ssf-audience must be a non-empty printable string, got {audience!r}")
+    return SsfPush(checked, authorization, audience or DEFAULT_CLIENT_ID)
+
+
 def _build(
     host: str,
     port: int,
@@ -132,6 +176,7 @@ def _build(
     issuer: str | None,
     cors_origins: tuple[str, ...] = (),
     audiences: tuple[str, ...] = (),
+    push: SsfPush = SsfPush(),
 ) -> DevIdP:
     issuer = _issuer(host, port, issuer)
     try:
@@ -146,6 +191,8 @@ def _build(
     for audience in audiences:
         idp.add_audience(audience)
     idp.register_client(SPA_CLIENT_ID, redirect_uris=SPA_REDIRECT_URIS)
+    for url in push.urls:
+        idp.add_stream(push_url=url, authorization=push.authorization, audience=push.audience)
     return idp
 
 
@@ -194,6 +241,7 @@ def _describe(out: Printer, idp: DevIdP, key_origin: str, *, listen: str) -> Non
         ("scopes", " ".join(sorted(idp.scopes))),
         *_audience_rows(idp),
         ("cors", _cors_row(idp)),
+        *_ssf_rows(idp),
     ]
     for name, value in rows:
         out.line(f"  {name:<11}{value}")
@@ -222,6 +270,18 @@ def _audience_rows(idp: DevIdP) -> list[tuple[str, str]]:
     else:
         how += "; --audience AUD adds another"
     return [*rows, ("", f"({how})")]
+
+
+def _ssf_rows(idp: DevIdP) -> list[tuple[str, str]]:
+    """Shared Signals: where the transmitter's metadata is, and each push stream made at startup."""
+    rows = [("ssf", f"{idp.ssf_metadata_url} (Shared Signals transmitter, SSF 1.0)")]
+    for stream in idp.streams.values():
+        if stream.push_url is not None:
+            authorization = ", with the --ssf-push-authorization header" if stream.authorization else ""
+            rows.append(("", f"pushes SETs to {stream.push_url} for aud {stream.audience}{authorization}"))
+    if len(rows) == 1:
+        rows.append(("", "(--ssf-push URL pushes every revocation and logout there as a SET, RFC 8935)"))
+    return rows
 
 
 def _key_origin(keys: str | None) -> str:
