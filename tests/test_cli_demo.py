@@ -23,13 +23,14 @@ from tokenguard.cli._output import Printer
 from tokenguard.testing import ManualClock, OAuthError
 
 STEPS = [
-    "Step 1/7  leak",
-    "Step 2/7  attacker refresh",
-    "Step 3/7  legitimate replay",
-    "Step 4/7  detection",
-    "Step 5/7  chain revocation",
-    "Step 6/7  both refused",
-    "Step 7/7  re-authentication",
+    "Step 1/8  leak",
+    "Step 2/8  attacker refresh",
+    "Step 3/8  legitimate replay",
+    "Step 4/8  detection",
+    "Step 5/8  chain revocation",
+    "Step 6/8  both refused",
+    "Step 7/8  re-authentication",
+    "Step 8/8  revocation pushed",
 ]
 # Anything that could be a usable token: a compact JWS, or a long base64url run (refresh tokens, codes).
 WHOLE_TOKEN = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|[A-Za-z0-9_-]{40,}")
@@ -59,7 +60,7 @@ def logical(output: str) -> str:
 
 
 def owners(output: str) -> Counter[str | None]:
-    """Lines of the seven steps by whose part of the story they tell: "guard" (the guard's calls to
+    """Lines of the eight steps by whose part of the story they tell: "guard" (the guard's calls to
     the IdP and its verdicts), "idp" (clients' exchanges with the IdP, the IdP's events), "api" (the
     requests to the API and their answers) or None (narration, titles)."""
     steps = output.split(STEPS[0], 1)[1].split("\nSummary\n", 1)[0]
@@ -97,7 +98,7 @@ def demo_run() -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_subprocess_exits_0_and_prints_all_seven_steps_and_the_summary(
+def test_demo_subprocess_exits_0_and_prints_all_eight_steps_and_the_summary(
     demo_run: subprocess.CompletedProcess[str],
 ) -> None:
     """The whole story plays without network or configuration, in order, and ends with a summary table."""
@@ -117,6 +118,7 @@ def test_demo_subprocess_exits_0_and_prints_all_seven_steps_and_the_summary(
             "chain revocation",
             "both refused",
             "re-authentication",
+            "revocation pushed",
         ],
         start=1,
     ):
@@ -189,7 +191,7 @@ def test_demo_tells_what_the_guard_did_from_the_guard_itself(demo_run: subproces
     assert "read the IdP's metadata and public keys, which it keeps for later requests, then checked AT1" in first
     assert "/photos needs read:photos, which AT1 carries: 200, and list_photos runs." in first
     assert re.search(r"guard\s+recognised AT1: it passed the full check in an earlier request", first)
-    step7 = section(out, STEPS[6], "\nSummary\n")
+    step7 = section(out, STEPS[6], STEPS[7])
     assert "found its copy of the IdP's keys past the max-age the IdP set and fetched them again" in step7
 
 
@@ -302,7 +304,7 @@ def test_demo_exits_1_when_the_story_breaks() -> None:
     assert "UNEXPECTED" in out
     assert re.search(r"^\s+1\s+leak\s+.*FAILED$", out, re.MULTILINE)
     assert re.search(r"^\s+7\s+re-authentication\s+.*not run$", out, re.MULTILINE)
-    assert "The story did not go as told: step 1 failed; 6 later step(s) did not run." in out
+    assert "The story did not go as told: step 1 failed; 7 later step(s) did not run." in out
     assert max(len(line) for line in out.splitlines()) <= WIDTH
 
 
@@ -326,3 +328,16 @@ def test_demo_exits_1_when_the_guard_lets_the_revoked_token_through(monkeypatch:
     assert re.search(r"^\s+6\s+both refused\s+.*FAILED$", out, re.MULTILINE)
     assert "The story did not go as told: step 6 failed." in out
     assert max(len(line) for line in out.splitlines()) <= WIDTH
+
+
+def test_demo_shows_a_pushed_revocation_closing_the_window_on_an_ordinary_route(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
+    """Step 8: the IdP pushes alice's sign-out (a CAEP session-revoked SET); the guard refuses her token on
+    GET /photos at once, as revoked, without calling the IdP (the push did the work)."""
+    step8 = section(logical(demo_run.stdout), STEPS[7], "\nSummary\n")
+    assert "SET(s) pushed to the API: CAEP session-revoked, subject iss_sub alice" in step8
+    photos = re.findall(r"←\s+(\d{3})  ", step8)
+    assert photos == ["200", "401"]
+    assert 'error_description="The access token was revoked."' in step8
+    assert "guard → idp  POST /introspect" not in step8

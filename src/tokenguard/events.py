@@ -57,7 +57,7 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
     sender_constraint_required          401     the route takes only DPoP- or mTLS-bound tokens
     replay_store_unavailable            503     the DPoP replay store cannot answer (or is full of live entries)
     revoked                             401     the token is on the revocation list (``guard.revoke``, Shared Signals)
-    revocations_stale                   503     the fleet's revocation feed is stale and ``revocation_fail_closed`` is on
+    revocations_stale                   503     the fleet's revocation feed is stale (``revocation_fail_closed``)
     ==================================  ======  =====================================================
 """
 

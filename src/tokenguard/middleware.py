@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
@@ -286,13 +287,13 @@ class TokenGuard:
     ) -> None:
         """Refuse tokens before they expire, on every route (ordinary ones too), in every process.
 
-        Exactly one of: ``jti`` (that one token), ``sub`` or ``client_id`` (every token of that subject
-        or client issued before ``issued_before``, default now). ``issuer`` narrows it to one
-        configured issuer. ``expires_at``: when the tokens covered expire at the latest (a ``jti``'s
-        ``exp``), so the entry can be forgotten sooner; default now (or ``issued_before``) plus
-        ``max_token_lifetime``. Applied in this process at once; with ``shared_store``, published
-        to every process within a second. Raises ``tokenguard.store.StoreUnavailable`` when the
-        store cannot take it now (it is applied here, and published when the store is back).
+        Exactly one of: ``jti`` (that one token), ``sub`` or ``client_id`` (every token of that subject or
+        client issued before ``issued_before``; by default, up to the end of the current second). ``issuer``
+        narrows it to one configured issuer. ``expires_at``: when the tokens covered expire at the latest (a
+        ``jti``'s ``exp``), so the entry can be forgotten sooner; default now (or ``issued_before``) plus
+        ``max_token_lifetime``. Applied in this process at once; with ``shared_store``, published to every
+        process within a second. Raises ``tokenguard.store.StoreUnavailable`` when the store cannot take it now
+        (it is applied here, and published when the store is back).
         """
         given = [(kind, value) for kind, value in (("jti", jti), ("sub", sub), ("client_id", client_id)) if value]
         if len(given) != 1 or not all(isinstance(value, str) for _kind, value in given):
@@ -311,7 +312,9 @@ class TokenGuard:
                 )
             cutoff, until = float("inf"), now + keep
         else:
-            cutoff = now if issued_before is None else float(issued_before)
+            # Default: the end of this second. ``iat`` has whole seconds, so a token issued earlier in
+            # this second is covered too (RevocationList: covered when ``iat`` < cut-off).
+            cutoff = math.floor(now) + 1.0 if issued_before is None else float(issued_before)
             until = cutoff + keep
         if expires_at is not None:
             until = min(until, float(expires_at) + self.config.leeway)

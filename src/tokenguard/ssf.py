@@ -294,7 +294,10 @@ class SignalReceiver:
             return None
         stamp = event.get("event_timestamp")
         # The cut-off: when the event happened, never later than now (a clock ahead cannot revoke the future).
-        cutoff = min(float(stamp), now + self.leeway) if _number(stamp) else iat
+        at = min(float(stamp), now + self.leeway) if _number(stamp) else iat
+        # ``iat`` has whole seconds: a token issued in the event's own second may predate it, so it is
+        # covered too (the cut-off is the end of that second; tokens need ``iat`` < cut-off).
+        cutoff = math.floor(at) + 1.0
         action: RevocationAction = "recheck" if event_type == TOKEN_CLAIMS_CHANGE else "revoke"
         issuer = subject.get("iss")
         if not isinstance(issuer, str) or issuer not in self.token_issuers:

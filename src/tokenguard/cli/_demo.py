@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tokenguard import TokenGuard, public, require_scopes, sensitive
+from tokenguard import SharedSignals, TokenGuard, public, require_scopes, sensitive
 from tokenguard.cli._inspect import decode
 from tokenguard.cli._output import WIDTH, Printer, abbreviate, duration
 from tokenguard.events import DecisionEvent
@@ -51,6 +51,9 @@ REDIRECT_URI = "http://127.0.0.1/callback"
 SCOPES = "read:photos write:transfers"
 USER = "alice"
 LEEWAY = 30.0
+#: Where the API receives the IdP's Shared Signals (RFC 8935 push), and the header the stream sends.
+PUSH_PATH = "/ssf/events"
+PUSH_AUTHORIZATION = "Bearer demo-push-" + secrets.token_urlsafe(24)
 
 # Values never shown whole: tokens, codes, PKCE secrets, client secrets.
 _SECRET_FIELDS = frozenset(
@@ -109,6 +112,10 @@ def build_api(
         leeway=LEEWAY,
         clock=clock,
         on_decision=on_decision,
+        # The IdP's revocations, pushed as they happen (OpenID Shared Signals; step 8 opens the stream).
+        shared_signals=SharedSignals(
+            transmitter=idp.issuer, push_path=PUSH_PATH, push_authorization=PUSH_AUTHORIZATION, audience=API_CLIENT_ID
+        ),
     )
 
 
@@ -172,7 +179,7 @@ class GuardCall:
 
 
 class Story:
-    """Plays the seven steps; each HTTP exchange is printed, each expectation checked."""
+    """Plays the eight steps; each HTTP exchange is printed, each expectation checked."""
 
     def __init__(self, out: Printer, idp: DevIdP, clock: ManualClock) -> None:
         self.out = out
@@ -189,6 +196,9 @@ class Story:
             Step(5, "chain revocation", "every refresh and access token of the grant is inactive"),
             Step(6, "both refused", "refresh 400; /transfers 401 at once; /photos 200 until expiry, then 401"),
             Step(7, "re-authentication", "alice logs in again; /photos and /transfers answer 200; refresh works"),
+            Step(
+                8, "revocation pushed", "the IdP pushes alice's sign-out to the API: /photos 401 at once, no IdP call"
+            ),
         ]
         self.current: Step = self.steps[0]
         self.idp_http: httpx.AsyncClient | None = None
@@ -200,6 +210,7 @@ class Story:
         # Short names for the tokens, so that abbreviated ones can still be told apart: AT1/RT1, AT2/RT2...
         self.labels: dict[str, str] = {}
         self.keys_fetched = False
+        self.fresh: Tokens | None = None
 
     # -- running --------------------------------------------------------------------------------
 
@@ -212,6 +223,7 @@ class Story:
             self.chain_revocation,
             self.both_refused,
             self.reauthentication,
+            self.revocation_pushed,
         ]
         async with self.idp.http_client() as idp_http, self._api_client() as api_http:
             self.idp_http, self.api_http = idp_http, api_http
@@ -266,7 +278,7 @@ class Story:
             raise StepAborted(what)
         return value
 
-    # -- the seven steps ------------------------------------------------------------------------
+    # -- the eight steps ------------------------------------------------------------------------
 
     async def leak(self) -> None:
         self.say("alice signs in to photos-web (authorization code + PKCE; the IdP auto-approves her).")
@@ -430,9 +442,54 @@ class Story:
         self.expect(photos.status_code == 200, "GET /photos after the new login should answer 200")
         self.expect(transfer.status_code == 200, "POST /transfers after the new login should answer 200")
         self.expect(refresh.status_code == 200, "the new grant's refresh token should rotate normally (200)")
+        self.fresh = _tokens(_json(refresh)) or tokens
         self.current.got.append(
             f"login 200; /photos {photos.status_code}; /transfers {transfer.status_code}; refresh {refresh.status_code}"
         )
+
+    async def revocation_pushed(self) -> None:
+        fresh = self.need(self.fresh, "step 7 gave alice no new tokens")
+        self.say(
+            "Step 6 left a window: a revoked JWT still opened /photos until it expired. The IdP can close it by "
+            "telling the API about each revocation as it happens: an OpenID Shared Signals stream (SSF 1.0). "
+            f"The IdP pushes signed events (RFC 8417 SETs) to the API's {PUSH_PATH} (RFC 8935), and the guard "
+            "adds what they revoke to its revocation list, which it checks on every route, ordinary ones too."
+        )
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.guard), base_url=API_URL) as pushes:
+            self.idp.ssf_http_client = pushes
+            self.idp.add_stream(push_url=API_URL + PUSH_PATH, authorization=PUSH_AUTHORIZATION, audience=API_CLIENT_ID)
+            before = await self.api("photos-web", "GET", "/photos", fresh.access)
+            self.expect(before.status_code == 200, "GET /photos with alice's new token should answer 200")
+            self.say("alice reports her laptop stolen; the IdP signs her out everywhere (every grant revoked).")
+            revoked = self.idp.logout(USER)
+            delivered = await self.idp.deliver()
+            self.event(
+                f"IdP: {revoked} grant(s) revoked; {delivered} SET(s) pushed to the API: CAEP session-revoked, "
+                f"subject iss_sub {USER}"
+            )
+            self.expect(delivered >= 1, "the IdP should push at least one session-revoked SET")
+            pushed = self.signals_status()
+            self.guard_says(
+                f"verified {pushed.get('applied', 0)} SET(s) (signature with the IdP's key, iss, aud, iat, jti) "
+                f"and revoked every token of {USER} issued before the sign-out"
+            )
+            self.guard_calls.clear()
+            after = await self.api("photos-web", "GET", "/photos", fresh.access)
+            self.idp.ssf_http_client = None
+        self.expect(after.status_code == 401, "GET /photos with the signed-out token should answer 401 at once")
+        self.expect(self._reason() == "revoked", "the guard should refuse it as revoked")
+        self.expect(not self._called("/introspect"), "the guard should refuse it without calling the IdP")
+        self.say(
+            "Same kind of request as in step 6, now 401 within the second, with no call to the IdP: the push "
+            "did the work. With several worker processes, shared_store= (Redis) gives every process the same "
+            "list within a second (README, Fleet mode)."
+        )
+        self.current.got.append(f"/photos {before.status_code} before, {after.status_code} after the pushed sign-out")
+
+    def signals_status(self) -> dict[str, Any]:
+        fleet = self.guard.status().get("fleet", {})
+        status = fleet.get("shared_signals", {})
+        return status if isinstance(status, dict) else {}
 
     # -- the HTTP exchanges ---------------------------------------------------------------------
 
@@ -612,7 +669,7 @@ class Story:
 
     def _title(self, step: Step) -> None:
         self.out.line()
-        self.out.line(self.out.style(f"Step {step.number}/7  {step.name}", "bold", "cyan"))
+        self.out.line(self.out.style(f"Step {step.number}/{len(self.steps)}  {step.name}", "bold", "cyan"))
 
     def say(self, text: str) -> None:
         for line in self.out.wrap(text, indent="    "):
@@ -755,7 +812,7 @@ def summary(out: Printer, steps: list[Step]) -> None:
             "The guard: it checked every token itself (signature, issuer, audience, expiry, scopes) "
             "before the API's code ran; on the @sensitive route it also asked the IdP, so the "
             "revocation stopped the attacker there at once; elsewhere the token's short lifetime "
-            "ended it.",
+            "ended it, until the IdP pushed its revocations (Shared Signals) and every route refused at once.",
             indent="",
         ):
             out.line(line)

@@ -11,7 +11,8 @@ Two pieces, usable apart:
   ``tokenguard_jwks_stale``, ``tokenguard_jwks_last_fetch_timestamp_seconds``,
   ``tokenguard_verified_cache_entries``, ``tokenguard_introspection_cache_entries``,
   ``tokenguard_introspection_breaker_state{state="closed|half_open|open"}`` (1 for the current state),
-  ``tokenguard_revocation_entries``, ``tokenguard_revocations_stale`` (fleet mode) and the counters ``tokenguard_jwks_fetches_total``, ``tokenguard_jwks_fetch_failures_total``,
+  ``tokenguard_revocation_entries``, ``tokenguard_revocations_stale`` (fleet mode) and the counters
+  ``tokenguard_jwks_fetches_total``, ``tokenguard_jwks_fetch_failures_total``,
   ``tokenguard_introspection_calls_total``, ``tokenguard_introspection_cache_hits_total``,
   ``tokenguard_introspection_cache_misses_total``, ``tokenguard_hook_errors_total``.
 
