@@ -16,7 +16,10 @@ An entry covers:
 
 Each entry is ``revoke`` (the token is refused: 401 ``invalid_token``) or ``recheck`` (CAEP
 ``token-claims-change``: the token is asked about again with the issuer, RFC 7662, ignoring any
-answer cached before the cut-off; without introspection it is refused).
+answer cached before the cut-off; without introspection it is refused). A ``jti`` entry has no
+cut-off (``issued_before`` is infinite: it covers its token whenever it was issued); for a
+``recheck`` of one, the answers ignored are those given before this process first heard of the
+entry — once re-checked, the token is not asked about again on every request.
 
 **Invariants** (docs/ARCHITECTURE.md, "Revocation list"): an entry is kept until no token it covers
 can still be valid — ``expires_at``: the token's ``exp`` plus leeway when known, else the cut-off
@@ -62,6 +65,23 @@ class Revocation:
     issuer: str | None = None
     action: RevocationAction = "revoke"
 
+    def __post_init__(self) -> None:
+        """Only what ``decode`` reads back as the same entry on every other process: ``ValueError`` else.
+
+        ``issued_before`` is a number or ``math.inf`` (never ``-inf``, which would travel as "no
+        cut-off", nor NaN); ``expires_at`` is finite; ``value`` and ``issuer`` are non-empty UTF-8 text.
+        """
+        if self.kind not in _KINDS or self.action not in ("revoke", "recheck"):
+            raise ValueError(f"not a revocation entry: kind {self.kind!r}, action {self.action!r}")
+        if not _text(self.value) or (self.issuer is not None and not _text(self.issuer)):
+            raise ValueError("a revocation entry's value and issuer must be non-empty text of at most 1024 characters")
+        before, expires = self.issued_before, self.expires_at
+        if not (_number(before) or before == math.inf) or not _number(expires):
+            raise ValueError(
+                f"a revocation entry needs a cut-off (a number, or math.inf) and a finite expiry, got "
+                f"{before!r} and {expires!r}"
+            )
+
     def encode(self) -> bytes:
         """Compact JSON, sorted: the same entry is the same bytes on every process."""
         document = {
@@ -78,24 +98,38 @@ class Revocation:
     def decode(cls, data: bytes) -> Revocation:
         """The entry ``encode`` wrote; ``ValueError`` for anything else (a foreign or damaged value)."""
         document: dict[str, Any] = strict_loads(data, max_depth=2)
-        kind, value, before = document.get("k"), document.get("v"), document.get("b")
-        expires, issuer, action = document.get("x"), document.get("i"), document.get("a")
-        if kind not in _KINDS or not isinstance(value, str) or not value or len(value) > _MAX_VALUE:
-            raise ValueError("not a revocation entry")
-        if action not in ("revoke", "recheck") or (issuer is not None and not isinstance(issuer, str)):
+        kind: Any = document.get("k")
+        action: Any = document.get("a")
+        value, before = document.get("v"), document.get("b")
+        expires, issuer = document.get("x"), document.get("i")
+        if not isinstance(value, str) or (issuer is not None and not isinstance(issuer, str)):
             raise ValueError("not a revocation entry")
         if not _number(expires) or (before is not None and not _number(before)):
             raise ValueError("not a revocation entry")
         cutoff = math.inf if before is None else float(before)
-        return cls(kind, value, cutoff, float(expires), issuer, action)
+        return cls(kind, value, cutoff, float(expires), issuer, action)  # checked by __post_init__
 
 
 def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _text(value: object) -> bool:
+    """Non-empty, at most ``_MAX_VALUE`` characters, and UTF-8 (JSON of a lone surrogate is refused)."""
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_VALUE:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # One slot per (kind, issuer or "", value): the latest cut-off per action, and until when the slot lives.
-_Slot = tuple[float, float, float]  # (revoke_before, recheck_before, expires_at); -inf: no such entry
+# (revoke_before, recheck_before, recheck_since, expires_at); -inf: no such entry. ``recheck_since``:
+# when this process first heard of an infinite recheck cut-off (a jti's), the time answers must postdate.
+_Slot = tuple[float, float, float, float]
+_EMPTY: _Slot = (-math.inf, -math.inf, -math.inf, -math.inf)
 
 
 class RevocationList:
@@ -125,7 +159,7 @@ class RevocationList:
         if entry.expires_at <= now:
             return False
         slot_key = (entry.kind, entry.issuer or "", entry.value)
-        revoke_before, recheck_before, expires_at = self._slots.get(slot_key, (-math.inf, -math.inf, -math.inf))
+        revoke_before, recheck_before, recheck_since, expires_at = self._slots.get(slot_key, _EMPTY)
         if slot_key not in self._slots and len(self._slots) >= self.max_entries:
             self.purge(now)
             if len(self._slots) >= self.max_entries:
@@ -136,11 +170,13 @@ class RevocationList:
         else:
             changed = entry.issued_before > recheck_before
             recheck_before = max(recheck_before, entry.issued_before)
+            if changed and recheck_before == math.inf:
+                recheck_since = now
         if entry.expires_at > expires_at:
             changed = changed or slot_key not in self._slots
             expires_at = entry.expires_at
             heapq.heappush(self._heap, (expires_at, slot_key))
-        self._slots[slot_key] = (revoke_before, recheck_before, expires_at)
+        self._slots[slot_key] = (revoke_before, recheck_before, recheck_since, expires_at)
         self.active = True
         if changed:
             self.added += 1
@@ -162,11 +198,11 @@ class RevocationList:
         while heap and heap[0][0] <= now:
             when, slot_key = heapq.heappop(heap)
             slot = slots.get(slot_key)
-            if slot is not None and slot[2] == when:
+            if slot is not None and slot[3] == when:
                 del slots[slot_key]
                 dropped += 1
         if len(heap) > 2 * max(len(slots), 64):  # entries extended in place leave stale heap items behind
-            self._heap = [(slot[2], slot_key) for slot_key, slot in slots.items()]
+            self._heap = [(slot[3], slot_key) for slot_key, slot in slots.items()]
             heapq.heapify(self._heap)
         self.active = bool(slots) or self.refuse_all is not None
         return dropped
@@ -188,11 +224,14 @@ class RevocationList:
             for slot in (slots.get((kind, issuer, value)), slots.get((kind, "", value)) if issuer else None):
                 if slot is None:
                     continue
-                revoke_before, recheck_before, _expires = slot
+                revoke_before, recheck_before, recheck_since, _expires = slot
                 if issued < revoke_before:
                     return "revoke", revoke_before
                 if issued < recheck_before:
-                    recheck = recheck_before if recheck is None else max(recheck, recheck_before)
+                    # Answers given before the cut-off are ignored; with no cut-off (a jti), those
+                    # given before this process heard of the entry.
+                    cutoff = recheck_since if recheck_before == math.inf else recheck_before
+                    recheck = cutoff if recheck is None else max(recheck, cutoff)
         return ("recheck", recheck) if recheck is not None else None
 
     def check(self, token: AccessToken) -> float | None:
