@@ -17,7 +17,10 @@ and ``alg`` an asymmetric algorithm, its signature verifies with a key of the tr
 ``aud`` names this receiver, ``iat`` is within ``max_age`` in the past (and not in the future
 beyond leeway), ``jti`` is present, it has no ``exp`` and no ``sub`` (the subject is ``sub_id``),
 and ``events`` holds exactly one event. A SET whose ``jti`` was seen already is acknowledged and
-not applied again (the dedup key lives as long as a SET may be accepted at all).
+not applied again (the dedup key lives as long as a SET may be accepted at all). A ``jti`` is
+recorded as seen only once its event is applied: a SET answered 503 (the revocation list was full)
+is applied when the transmitter sends it again. Applying an event twice (two processes of a fleet
+racing on one SET) changes nothing: entries only ever extend.
 
 Events and what they do to the revocation list (``tokenguard.revocation``), for a subject of a
 trusted token issuer:
@@ -133,12 +136,19 @@ class SharedSignals:
                 raise ConfigurationError(
                     f"shared_signals.push_path must be a path such as '/ssf/events', got {self.push_path!r}"
                 )
-            if not isinstance(self.push_authorization, str) or len(self.push_authorization) < 16:
+            value = self.push_authorization
+            if not isinstance(value, str) or len(value) < 16 or not _header_value(value):
                 raise ConfigurationError(
                     "shared_signals.push_authorization must be the Authorization header value the transmitter "
-                    "sends (at least 16 characters, e.g. 'Bearer <random secret>'): an open push endpoint "
-                    "would let anyone replay SETs at it"
+                    "sends (at least 16 printable ASCII characters, e.g. 'Bearer <random secret>'): an open "
+                    "push endpoint would let anyone replay SETs at it"
                 )
+        if self.poll_authorization is not None and (
+            not isinstance(self.poll_authorization, str) or not _header_value(self.poll_authorization)
+        ):
+            raise ConfigurationError(
+                "shared_signals.poll_authorization must be an Authorization header value (printable ASCII)"
+            )
         if self.poll_url is not None:
             check_url("shared_signals.poll_url", self.poll_url)
         for name in ("poll_interval", "max_age", "timeout"):
@@ -155,9 +165,21 @@ class SharedSignals:
         )
 
 
-def _audiences(value: str | Sequence[str]) -> tuple[str, ...]:
-    items = (value,) if isinstance(value, str) else tuple(value)
-    return items if items and all(isinstance(item, str) and item for item in items) else ()
+def _audiences(value: object) -> tuple[str, ...]:
+    """``value`` as a non-empty tuple of non-empty strings, or ``()`` when it is not one."""
+    if isinstance(value, str):
+        items: tuple[object, ...] = (value,)
+    elif isinstance(value, (list, tuple)):
+        items = tuple(value)
+    else:
+        return ()
+    texts = tuple(item for item in items if isinstance(item, str) and item)
+    return texts if texts and len(texts) == len(items) else ()
+
+
+def _header_value(value: str) -> bool:
+    """What an HTTP client can send and a server hands over unchanged: printable ASCII, no outer spaces."""
+    return value.isascii() and value.isprintable() and value == value.strip()
 
 
 def configuration_url(issuer: str) -> str:
@@ -245,52 +267,57 @@ class SignalReceiver:
         ((event_type, event),) = events.items()
         if not isinstance(event, dict):
             raise self._refused("invalid_request", "The SET's event is not an object.")
+        if event_type == VERIFICATION:
+            state = event.get("state")
+            self.last_verification_state = state if isinstance(state, str) else None
+            self.counts["accepted"] += 1
+            return "verified"
         entries = self._entries(event_type, event, claims, float(iat), now)
         if entries is None:
-            return "verified" if event_type == VERIFICATION else "dropped"
-        seen = await self._first_time(jti)
-        if not seen:
-            self.counts["duplicates"] += 1
-            return "duplicate"
+            self.counts["accepted"] += 1
+            self.counts["dropped"] += 1
+            return "dropped"
+        key = "ssf-jti:" + hashlib.sha256(f"{self.signals.transmitter}\0{jti}".encode()).hexdigest()
+        if self._seen_here.get(key):
+            return self._duplicate()
         for entry in entries:
             try:
                 await self.fleet.revoke(entry)
             except StoreUnavailable:
                 # Applied here already; the fleet gets it when the store is back (``Fleet.pending``).
                 logger.warning("tokenguard: a Shared Signals event was applied here; the shared store has it later")
+        # Seen only now that it is applied: a SET refused with 503 above (``StoreFull``) comes again and
+        # must then be applied, not acknowledged as a duplicate of itself.
+        try:
+            fresh = await self.dedup.add_once(key, self.signals.max_age + self.leeway + 1)
+        except UnavailableError:
+            fresh = True  # applied all the same; only a duplicate from another process may go uncounted
+        self._seen_here[key] = True
+        if not fresh:
+            return self._duplicate()
+        self.counts["accepted"] += 1
         self.counts["applied"] += 1
         return "applied"
+
+    def _duplicate(self) -> str:
+        self.counts["accepted"] += 1
+        self.counts["duplicates"] += 1
+        return "duplicate"
 
     def _refused(self, err: str, description: str) -> SetRefused:
         self.counts["refused"] += 1
         return SetRefused(err, description)
 
-    async def _first_time(self, jti: str) -> bool:
-        key = "ssf-jti:" + hashlib.sha256(f"{self.signals.transmitter}\0{jti}".encode()).hexdigest()
-        if self._seen_here.get(key):
-            return False
-        fresh = await self.dedup.add_once(key, self.signals.max_age + self.leeway + 1)
-        self._seen_here[key] = True
-        return fresh
-
     def _entries(
         self, event_type: str, event: Mapping[str, Any], claims: Mapping[str, Any], iat: float, now: float
     ) -> list[Revocation] | None:
-        """The revocation entries an event asks for; ``None`` when it asks for nothing (or is dropped)."""
-        if event_type == VERIFICATION:
-            state = event.get("state")
-            self.last_verification_state = state if isinstance(state, str) else None
-            self.counts["accepted"] += 1
-            return None
+        """The revocation entries an event asks for; ``None`` when it is dropped (SSF §3.6)."""
         if event_type not in EVENT_TYPES:
-            self.counts["dropped"] += 1
             return None
-        self.counts["accepted"] += 1
         subject = claims.get("sub_id", event.get("subject"))  # SSF §4.1 sub_id; older CAEP drafts: in the event
         if isinstance(subject, Mapping) and subject.get("format") == "complex":
             subject = subject.get("user")
         if not isinstance(subject, Mapping):
-            self.counts["dropped"] += 1
             return None
         stamp = event.get("event_timestamp")
         # The cut-off: when the event happened, never later than now (a clock ahead cannot revoke the future).
@@ -301,15 +328,13 @@ class SignalReceiver:
         action: RevocationAction = "recheck" if event_type == TOKEN_CLAIMS_CHANGE else "revoke"
         issuer = subject.get("iss")
         if not isinstance(issuer, str) or issuer not in self.token_issuers:
-            self.counts["dropped"] += 1  # not about tokens this guard accepts
-            return None
+            return None  # not about tokens this guard accepts
         keep = self.max_token_lifetime + self.leeway
         if subject.get("format") == "jwt_id" and _text(subject.get("jti")):
             value = subject["jti"]
             return [Revocation("jti", value, math.inf, max(now, cutoff) + keep, issuer, action)]
         if subject.get("format") == "iss_sub" and _text(subject.get("sub")):
             return [Revocation("sub", subject["sub"], cutoff, cutoff + keep, issuer, action)]
-        self.counts["dropped"] += 1
         return None
 
     # -- the transmitter's keys ---------------------------------------------------------------
@@ -356,7 +381,10 @@ class SignalReceiver:
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise FetchError(f"{safe_url(url)} has no jwks_uri")
-        check_url("the transmitter's jwks_uri", jwks_uri)
+        try:
+            check_url("the transmitter's jwks_uri", jwks_uri)
+        except ConfigurationError as exc:  # the transmitter's document is wrong, not this guard's options
+            raise FetchError(f"{safe_url(url)}: {exc}") from None
         answer = await self.http.get(jwks_uri, timeout=self.signals.timeout, max_bytes=256 * 1024)
         if answer.status != 200:
             raise FetchError(f"GET {safe_url(jwks_uri)} answered {answer.status}", answer.status)
@@ -395,6 +423,10 @@ class SignalReceiver:
         except UnavailableError as exc:
             logger.warning("tokenguard: Shared Signals SET not recorded now (503): %s", exc.cause)
             await _answer(send, 503, None, extra=[(b"retry-after", str(exc.retry_after).encode())])
+            return 503
+        except Exception as exc:  # a bug: the SET is not taken, and the transmitter sends it again later
+            logger.error("tokenguard: Shared Signals SET not processed (503): %s", type(exc).__name__)
+            await _answer(send, 503, None, extra=[(b"retry-after", b"5")])
             return 503
         await _answer(send, 202, None)
         return 202
@@ -462,8 +494,12 @@ class SignalReceiver:
             sets = document.get("sets")
             if not isinstance(sets, dict):
                 raise FetchError(f"{safe_url(signals.poll_url)} answered without a sets object")
-            for jti, set_token in list(sets.items())[:_MAX_POLL_EVENTS]:
-                if not isinstance(jti, str) or not isinstance(set_token, str) or len(set_token) > _MAX_SET_BYTES:
+            received = list(sets.items())[:_MAX_POLL_EVENTS]
+            for jti, set_token in received:
+                if not isinstance(set_token, str) or len(set_token) > _MAX_SET_BYTES:
+                    # Reported, not skipped: a SET never acknowledged nor refused would come back forever.
+                    refused = self._refused("invalid_request", "The SET is not a compact JWS of at most 64 KiB.")
+                    self._errors[jti] = {"err": refused.err, "description": refused.description}
                     continue
                 try:
                     await self.accept(set_token)
@@ -473,7 +509,8 @@ class SignalReceiver:
                 except UnavailableError:
                     continue  # not acknowledged: it comes again with a later poll
                 self._acks.append(jti)
-            return document.get("moreAvailable") is True
+            # More only when this answer had SETs: "more" with none must not make the poller spin.
+            return document.get("moreAvailable") is True and bool(received)
         finally:
             if isinstance(store, FleetStore):
                 with contextlib.suppress(StoreUnavailable):  # the lock ends with its TTL anyway
