@@ -177,10 +177,28 @@ class SharedAnswers:
         payload = record.encode()
         await self.store.put(key, self._mac(key, payload) + payload, ttl)
 
-    async def claim(self, key: str) -> bytes | None:
-        """The lock for ``key`` (an owner token to release it with), or ``None`` if another holds it."""
+    async def claim(self, key: str, not_before: float | None = None) -> bytes | None:
+        """The lock for ``key`` (an owner token to release it with), or ``None`` if another holds it.
+
+        Also ``None`` when the answer is in the store once the lock is ours: its holder stored it and
+        let go between the caller's look at the store and this claim, and asking the issuer again
+        would be a second call for one token. The caller looks again and finds it. An answer given
+        before ``not_before`` (a ``recheck`` cut-off) does not count, as for the caller.
+        """
         owner = secrets.token_bytes(16)
-        return owner if await self.store.claim(key + ":lock", owner, self.lock_ttl) else None
+        if not await self.store.claim(key + ":lock", owner, self.lock_ttl):
+            return None
+        try:
+            record = await self.get(key)
+        except BaseException:
+            with contextlib.suppress(StoreUnavailable):
+                await self.release(key, owner)
+            raise
+        if record is not None and (not_before is None or record.checked_at >= not_before):
+            with contextlib.suppress(StoreUnavailable):  # it lapses by itself otherwise
+                await self.release(key, owner)
+            return None
+        return owner
 
     async def release(self, key: str, owner: bytes) -> None:
         await self.store.release(key + ":lock", owner)
@@ -318,11 +336,17 @@ class Fleet:
                 try:
                     await self._resync(store)
                     delay = 0.1
-                    purged_at = time.monotonic()
+                    purged_at = retried_at = time.monotonic()
                     while True:
                         data = await feed.next(1.0)
                         if data is not None:
                             self._apply(data)
+                        if self._pending and time.monotonic() - retried_at >= 1.0:
+                            # A ``revoke`` the store failed while the subscription stayed up (a
+                            # timeout, a failover): publish it now, not only after a resubscription.
+                            retried_at = time.monotonic()
+                            with contextlib.suppress(StoreUnavailable):
+                                await self._publish_pending(store)
                         if time.monotonic() - purged_at >= 10.0:
                             self.revocations.purge()
                             purged_at = time.monotonic()
@@ -342,6 +366,16 @@ class Fleet:
         now = self._clock()
         entries = [_decoded(data) for data in await store.revocations(now)]
         self.revocations.replace(entry for entry in entries if entry is not None)
+        await self._publish_pending(store)
+        self.resyncs += 1
+        if self.stale_since is not None and self.resyncs > 1:
+            logger.info("tokenguard: revocation feed is back; the list is current again")
+        self.stale_since = self.stale_cause = None
+        self.revocations.set_refuse_all(None)
+        self._ready.set()
+
+    async def _publish_pending(self, store: FleetStore) -> None:
+        """Record what ``revoke`` applied here while the store could not take it (``StoreUnavailable`` stops)."""
         for encoded, entry in list(self._pending.items()):
             try:
                 await store.record_revocation(
@@ -349,14 +383,9 @@ class Fleet:
                 )
             except StoreFull:
                 logger.error("tokenguard: the shared revocation list is full; an entry stays in this process only")
+            else:
+                self.published += 1
             self._pending.pop(encoded, None)
-            self.published += 1
-        self.resyncs += 1
-        if self.stale_since is not None and self.resyncs > 1:
-            logger.info("tokenguard: revocation feed is back; the list is current again")
-        self.stale_since = self.stale_cause = None
-        self.revocations.set_refuse_all(None)
-        self._ready.set()
 
     def _apply(self, data: bytes) -> None:
         entry = _decoded(data)

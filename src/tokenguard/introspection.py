@@ -384,7 +384,7 @@ class Introspector:
                 record = await shared.get(key)
                 if record is not None and (not_before is None or record.checked_at >= not_before):
                     return self._from_shared(record, digest, opaque)
-                owner = await shared.claim(key)
+                owner = await shared.claim(key, not_before)
                 if owner is not None:
                     break
                 if time.monotonic() - started >= shared.wait:

@@ -35,12 +35,15 @@ Every command goes through ``_run``, which bounds it by ``timeout`` and turns an
 Fleet mode (``shared_store=``, a ``FleetStore``) uses more keys under the same prefix:
 
 - ``intro:<hex>`` — an introspection answer, ``SET … PX`` with the answer's own lifetime;
-  ``intro-lock:<hex>`` — the fleet-wide single-flight lock (``SET NX PX``, released by a script
+  ``intro:<hex>:lock`` — the fleet-wide single-flight lock (``SET NX PX``, released by a script
   only by its owner). ``<hex>`` is a keyed hash of the token, never the token.
 - ``revocations`` — a sorted set of revocation entries scored by when they may be forgotten; each
   addition runs one script (drop the expired, refuse past the cap, add, keep the key's own expiry
   at the latest entry's, ``PUBLISH`` on the channel ``revocations``), so the list is bounded by
-  its TTLs and by ``max_entries``.
+  its TTLs and by ``max_entries``. Scores are on the guard's clock, as is the ``now`` each call
+  passes; the key's lifetime is set relative to that ``now`` (``PEXPIRE``), never as an instant on
+  Redis's own clock, so a guard whose clock differs from the Redis host's keeps its entries their
+  full life.
 
 Subscriptions (``subscribe``) hold one connection each, outside the pool's timeouts, and ``PING``
 it every ``FEED_PING`` seconds: a subscription whose Redis died or went silent raises
@@ -78,16 +81,20 @@ return 0
 """
 # Add one revocation: drop the expired, refuse past the cap, add, keep the key's expiry at the
 # latest entry's, publish. One script, so every process sees the same list and the same order.
+# Times are the guard's (ARGV[1] the entry's expiry, ARGV[2] now): the key's lifetime is relative
+# (PEXPIRE), so it does not depend on Redis's clock agreeing with the guard's. An entry already
+# expired changes nothing: it is neither kept nor published.
 _REVOKE = """
+local expires, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if expires <= now then return 1 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
-local wanted = math.ceil(tonumber(ARGV[1]) * 1000)
-local now = math.floor(tonumber(ARGV[2]) * 1000)
+local wanted = math.ceil((expires - now) * 1000)
 local left = redis.call('PTTL', KEYS[1])
-if left < 0 or now + left < wanted then redis.call('PEXPIREAT', KEYS[1], wanted) end
+if left < 0 or left < wanted then redis.call('PEXPIRE', KEYS[1], wanted) end
 redis.call('PUBLISH', KEYS[2], ARGV[3])
 return 1
 """
