@@ -700,9 +700,15 @@ async def test_failing_closed_refuses_until_the_first_read(world: World) -> None
 # -- the options ----------------------------------------------------------------------------------------
 
 
-async def test_a_redis_asyncio_client_as_shared_store(world: World, redis_server: str, raw: Any) -> None:
-    url = redis_server.rsplit("/", 1)[0] + "/7"  # the default prefix: a database of this test's own
-    clients = [redis_asyncio.Redis.from_url(url), redis_asyncio.Redis.from_url(url)]
+@pytest.mark.parametrize("decode_responses", [False, True])
+async def test_a_redis_asyncio_client_as_shared_store(
+    world: World, redis_server: str, raw: Any, decode_responses: bool
+) -> None:
+    """A client the app built (``decode_responses=True`` too, as many apps set it: values come back as
+    text) serves the feed, the shared answers and the replay store like a URL does."""
+    database = 7 if decode_responses else 8  # the default prefix: a database of this test's own
+    url = redis_server.rsplit("/", 1)[0] + f"/{database}"
+    clients = [redis_asyncio.Redis.from_url(url, decode_responses=decode_responses) for _ in range(2)]
     try:
         apps = [guarded_app(world, shared_store=client) for client in clients]
         async with running(apps[0]) as first, running(apps[1]) as second:
@@ -718,9 +724,15 @@ async def test_a_redis_asyncio_client_as_shared_store(world: World, redis_server
                 responses = await asyncio.gather(*(member.post(value) for member in members for _ in range(5)))
                 assert {response.status_code for response in responses} == {200}
                 assert world.introspections == 1
+                assert first.status()["fleet"]["shared_introspection"]["failures"] == 0
+                assert second.status()["fleet"]["shared_introspection"]["failures"] == 0
                 await first.revoke(jti=jti_of(value))
                 await eventually(lambda: _has_entries(second), 1.0, "the feed through a client passed in")
                 assert_revoked(await members[1].get(value))
+                assert second.fleet.status()["received"] == 1
+        # A guard started now reads the list through the client too.
+        async with running(guarded_app(world, shared_store=clients[0])) as third:
+            assert len(third.revocations) == 1
         # The guards left the clients open: they are the app's own.
         for client in clients:
             assert await client.ping()

@@ -52,7 +52,10 @@ _BACKOFF = 5.0
 _WARN_EVERY = 60.0
 #: Seconds a failed upstream call is remembered fleet-wide, so waiters do not all retry at once.
 _FAILURE_TTL = 1.0
-_MAC_BYTES = 16
+#: The MAC in front of each shared answer: 128 bits, as hex. Values are ASCII throughout (the answer's
+#: JSON is ASCII-escaped), so a client that decodes responses to text (``decode_responses=True``)
+#: reads them back unchanged.
+_MAC_CHARS = 32
 
 
 class SharedRecord:
@@ -162,9 +165,9 @@ class SharedAnswers:
 
     async def get(self, key: str) -> SharedRecord | None:
         data = await self.store.get(key)
-        if data is None or len(data) <= _MAC_BYTES:
+        if data is None or len(data) <= _MAC_CHARS:
             return None
-        mac, payload = data[:_MAC_BYTES], data[_MAC_BYTES:]
+        mac, payload = data[:_MAC_CHARS], data[_MAC_CHARS:]
         if not hmac.compare_digest(mac, self._mac(key, payload)):
             logger.warning("tokenguard: a shared introspection answer failed its MAC; ignored")
             return None
@@ -185,7 +188,7 @@ class SharedAnswers:
         would be a second call for one token. The caller looks again and finds it. An answer given
         before ``not_before`` (a ``recheck`` cut-off) does not count, as for the caller.
         """
-        owner = secrets.token_bytes(16)
+        owner = secrets.token_hex(16).encode()
         if not await self.store.claim(key + ":lock", owner, self.lock_ttl):
             return None
         try:
@@ -204,7 +207,8 @@ class SharedAnswers:
         await self.store.release(key + ":lock", owner)
 
     def _mac(self, key: str, payload: bytes) -> bytes:
-        return hmac.new(self._secret, key.encode() + b"\0" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = hmac.new(self._secret, key.encode() + b"\0" + payload, hashlib.sha256).hexdigest()[:_MAC_CHARS]
+        return mac.encode()
 
     @staticmethod
     def failure(now: float) -> tuple[SharedRecord, float]:

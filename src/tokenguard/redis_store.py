@@ -271,8 +271,7 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         name = self.prefix + key
-        value = await self._run("GET", lambda: self.client.get(name))
-        return value if isinstance(value, bytes) else None
+        return _bytes(await self._run("GET", lambda: self.client.get(name)))
 
     async def put(self, key: str, value: bytes, ttl: float) -> None:
         name, milliseconds = self.prefix + key, _milliseconds(ttl)
@@ -296,7 +295,7 @@ class RedisStore:
     async def revocations(self, now: float) -> list[bytes]:
         name = self.prefix + "revocations"
         found = await self._run("ZRANGEBYSCORE", lambda: self.client.zrangebyscore(name, f"({float(now)!r}", "+inf"))
-        return [item for item in found if isinstance(item, bytes)]
+        return [item for item in map(_bytes, found) if item is not None]
 
     async def subscribe(self) -> _Subscription:
         self._follow_loop()
@@ -352,6 +351,16 @@ class RedisStore:
         return f"RedisStore({self._shown!r}, prefix={self.prefix!r}, timeout={self.timeout:g})"
 
 
+def _bytes(value: object) -> bytes | None:
+    """A value as bytes, also from a client that decodes responses (``decode_responses=True``): every
+    value fleet mode stores is ASCII, so its text is its bytes."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return None
+
+
 def _milliseconds(ttl: float) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
@@ -398,8 +407,7 @@ class _Subscription:
             return None
         self._heard, self._pinged = time.monotonic(), None
         if message.get("type") == "message":
-            data = message.get("data")
-            return bytes(data) if isinstance(data, (bytes, bytearray)) else None
+            return _bytes(message.get("data"))
         return None  # a pong, or a subscription notice
 
     async def aclose(self) -> None:
