@@ -464,6 +464,33 @@ async def test_the_shared_list_refuses_past_its_cap_without_dropping_a_live_entr
         await store.aclose()
 
 
+async def test_a_guard_whose_list_is_full_keeps_reading_the_feed(
+    world: World, redis_server: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry a guard cannot hold (its own list is full of live entries) is logged and counted; the
+    feed goes on (it is not stale, it does not resubscribe), and holds the entries it can."""
+    async with fleet(world, redis_server, prefix, count=1) as (a,):
+        small = guarded_app(world, shared_store=RedisStore(redis_server, prefix=prefix), revocation_max_entries=2)
+        async with running(small) as b:
+            for index in range(3):
+                await a.guard.revoke(jti=f"j{index}")
+            await eventually(lambda: _overflowed(b, 1), 1.0, "the third entry does not fit")
+            assert len(b.revocations) == 2
+            assert not b.fleet.stale
+            assert b.fleet.status()["resyncs"] == 1
+        # Started with three live entries in the store: it reads what it can and serves.
+        fresh = guarded_app(world, shared_store=RedisStore(redis_server, prefix=prefix), revocation_max_entries=2)
+        async with running(fresh) as c:
+            assert not c.fleet.stale
+            assert len(c.revocations) == 2
+            assert c.fleet.status()["overflow"] == 1
+    assert "revocation list is full" in caplog.text
+
+
+async def _overflowed(guard: TokenGuard, count: int) -> bool:
+    return bool(guard.fleet.status()["overflow"] == count)
+
+
 # -- a store the feed cannot always write to ------------------------------------------------------------
 
 
@@ -526,6 +553,25 @@ async def test_a_revocation_the_store_refused_is_published_once_it_takes_writes_
         await eventually(lambda: _has_entries(b.guard), 1.0, "the other guard hears of it")
         assert_revoked(await b.get(value))
         assert guard.fleet.status()["resyncs"] == 1  # without resubscribing
+
+
+async def test_entries_waiting_for_the_store_are_bounded(world: World, redis_server: str, prefix: str) -> None:
+    """A long outage with many revocations: at most ``max_entries`` wait, the expired ones dropped first."""
+    flaky = FlakyWrites(RedisStore(redis_server, prefix=prefix))
+    guard = guard_of(guarded_app(world, shared_store=flaky, revocation_max_entries=2))
+    for index in range(2):
+        with pytest.raises(StoreUnavailable):
+            await guard.revoke(jti=f"j{index}", expires_at=T0 + 10)
+    assert guard.fleet.pending == 2
+    world.clock.advance(10 + guard.config.leeway)  # both expired, here and in the queue
+    with pytest.raises(StoreUnavailable):
+        await guard.revoke(jti="j2")
+    assert guard.fleet.pending == 1
+    with pytest.raises(StoreUnavailable):
+        await guard.revoke(jti="j3")
+    assert guard.fleet.pending == 2
+    assert len(guard.revocations) == 2  # applied here all the same
+    await flaky.aclose()
 
 
 async def _pending_is(guard: TokenGuard, count: int) -> bool:

@@ -253,6 +253,15 @@ def test_a_full_list_of_live_entries_refuses_a_new_one_and_keeps_every_live_one(
     assert all(revocations.verdict(token(jti=f"j{index}")) for index in range(2, 8))
 
 
+def test_replace_adds_what_fits_and_counts_the_rest(revocations: RevocationList) -> None:
+    """A full read of the shared list never stops half-way: what this list cannot hold is counted."""
+    entries = [entry("jti", f"j{index}") for index in range(11)]
+    assert revocations.replace(entries) == 3
+    assert len(revocations) == 8
+    assert revocations.replace(entries) == 3  # the same read again: the same 8 held, no live one dropped
+    assert [revocations.verdict(token(jti=f"j{index}")) is not None for index in range(11)] == [True] * 8 + [False] * 3
+
+
 def test_entries_extended_again_and_again_keep_the_heap_bounded(clock: ManualClock) -> None:
     revocations = RevocationList(max_entries=4, clock=clock)
     for step in range(1, 2000):
@@ -590,6 +599,7 @@ async def test_revoke_jti_refuses_that_jwt_on_an_ordinary_route_even_from_the_ve
         "pending": 0,
         "resyncs": 0,
         "received": 0,
+        "overflow": 0,
         "fail_closed": False,
     }
 

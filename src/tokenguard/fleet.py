@@ -263,6 +263,9 @@ class Fleet:
         self.resyncs = 0
         self.published = 0
         self.received = 0
+        #: Entries from the store this process could not hold: its list was full of live entries.
+        self.overflow = 0
+        self._overflow_warned_at: float | None = None
         if store is not None:
             self._lost("the revocation feed has not been read yet")
 
@@ -288,10 +291,25 @@ class Fleet:
                 entry.encode(), entry.expires_at, now=self._clock(), max_entries=self.revocations.max_entries
             )
         except StoreUnavailable:
-            self._pending[entry.encode()] = entry
+            self._keep_pending(entry)
             raise
         self.published += 1
         return changed
+
+    def _keep_pending(self, entry: Revocation) -> None:
+        """Hold ``entry`` for the store; at most ``max_entries``, those already expired dropped first."""
+        pending = self._pending
+        if len(pending) >= self.revocations.max_entries:
+            now = self._clock()
+            for encoded, held in list(pending.items()):
+                if held.expires_at <= now:
+                    del pending[encoded]
+        if len(pending) >= self.revocations.max_entries:
+            logger.error(
+                "tokenguard: %d revocations wait for the store already; one stays in this process only", len(pending)
+            )
+            return
+        pending[entry.encode()] = entry
 
     @property
     def pending(self) -> int:
@@ -369,7 +387,7 @@ class Fleet:
     async def _resync(self, store: FleetStore) -> None:
         now = self._clock()
         entries = [_decoded(data) for data in await store.revocations(now)]
-        self.revocations.replace(entry for entry in entries if entry is not None)
+        self._overflowed(self.revocations.replace(entry for entry in entries if entry is not None))
         await self._publish_pending(store)
         self.resyncs += 1
         if self.stale_since is not None and self.resyncs > 1:
@@ -395,7 +413,30 @@ class Fleet:
         entry = _decoded(data)
         if entry is not None:
             self.received += 1
-            self.revocations.add(entry)
+            try:
+                self.revocations.add(entry)
+            except StoreFull:
+                self._overflowed(1)
+
+    def _overflowed(self, count: int) -> None:
+        """Entries of the shared list this process cannot hold: logged (once a minute) and counted.
+
+        The feed goes on: a full list must not make it stale for good (nor, failing closed, refuse
+        every token); the entries held keep being applied, and room comes back as entries expire.
+        """
+        if not count:
+            return
+        self.overflow += count
+        now = time.monotonic()
+        if self._overflow_warned_at is None or now - self._overflow_warned_at >= _WARN_EVERY:
+            self._overflow_warned_at = now
+            logger.error(
+                "tokenguard: the revocation list is full (%d live entries): %d entr%s of the shared list "
+                "not applied in this process; raise revocation_max_entries",
+                self.revocations.max_entries,
+                count,
+                "y" if count == 1 else "ies",
+            )
 
     def _lost(self, cause: str) -> None:
         if self.stale_since is None:
@@ -421,6 +462,7 @@ class Fleet:
             "pending": self.pending,
             "resyncs": self.resyncs,
             "received": self.received,
+            "overflow": self.overflow,
             "fail_closed": self.fail_closed,
         }
 

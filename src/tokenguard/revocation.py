@@ -182,14 +182,20 @@ class RevocationList:
             self.added += 1
         return changed
 
-    def replace(self, entries: Iterable[Revocation]) -> None:
-        """Add every entry of a full read of the shared list (after a (re)subscription).
+    def replace(self, entries: Iterable[Revocation]) -> int:
+        """Add every entry of a full read of the shared list (after a (re)subscription); how many
+        could not be held (the list is full of live entries: ``add`` would raise ``StoreFull``).
 
         Entries are only ever added, never dropped early: one this process knew that the shared
         list lost (a Redis restarted without persistence) is kept until it expires.
         """
+        overflow = 0
         for entry in entries:
-            self.add(entry)
+            try:
+                self.add(entry)
+            except StoreFull:
+                overflow += 1
+        return overflow
 
     def purge(self, now: float | None = None) -> int:
         """Drop the entries whose tokens have all expired; how many were dropped."""
