@@ -491,6 +491,22 @@ async def _overflowed(guard: TokenGuard, count: int) -> bool:
     return bool(guard.fleet.status()["overflow"] == count)
 
 
+@pytest.mark.parametrize("ttl", [0, -1, math.inf, math.nan, True, "60"], ids=repr)
+async def test_both_stores_refuse_a_lifetime_that_is_not_one(redis_server: str, prefix: str, ttl: Any) -> None:
+    """A NaN lifetime would make every replay look new: a bug in the caller, refused by either store."""
+    from tokenguard.store import MemoryStore
+
+    redis_store = RedisStore(redis_server, prefix=prefix)
+    try:
+        for store in (MemoryStore(), redis_store):
+            with pytest.raises(ValueError, match="ttl"):
+                await store.add_once("dpop-jti:x", ttl)
+            assert await store.add_once("dpop-jti:x", 60) is True
+            assert await store.add_once("dpop-jti:x", 60) is False
+    finally:
+        await redis_store.aclose()
+
+
 # -- a store the feed cannot always write to ------------------------------------------------------------
 
 

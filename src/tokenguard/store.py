@@ -16,6 +16,7 @@ Keys are built by the caller from fixed-size digests, never from raw client valu
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -130,6 +131,9 @@ class MemoryStore:
         self._heap: list[tuple[float, str]] = []
 
     async def add_once(self, key: str, ttl: float) -> bool:
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
+            # As RedisStore: a NaN lifetime would make every replay of the key look new.
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
         now = self._clock()
         expiry = self._expiry.get(key)
         if expiry is not None and expiry > now:
