@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import math
 import re
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -702,6 +703,25 @@ async def test_redis_down_and_back_under_load(world: World) -> None:
 
 async def _served(load: Load, count: int) -> bool:
     return len(load.seen["good"]) >= count
+
+
+async def test_a_redis_that_goes_silent_is_noticed_without_a_reset(world: World) -> None:
+    """SIGSTOP: connections stay open and nothing answers. The feed's PING finds out (the list is marked
+    stale within FEED_PING + timeout and a poll); new tokens are introspected per process meanwhile."""
+    with private_redis() as server:
+        prefix = f"t{uuid.uuid4().hex}:"
+        async with fleet(world, server.url, prefix, count=1) as (a,):
+            assert (await a.post(world.idp.issue_token("read"))).status_code == 200
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                took = await eventually(lambda: _stale(a), 5.0, "the feed notices a silent Redis")
+                assert took >= RedisStore.FEED_PING  # found by its PING, not by a reset
+                response = await a.post(world.idp.issue_token("read", subject="new"))
+                assert response.status_code == 200
+                assert a.fleet_status()["shared_introspection"]["failures"] >= 1
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            await eventually(lambda: _fresh(a), 5.0, "the feed is back")
 
 
 async def test_failing_closed_answers_503_while_the_feed_is_stale_and_recovers(world: World) -> None:
