@@ -56,6 +56,9 @@ class _Pipeline:
     constraints: SenderConstraints | None = None
     #: The revocation list (``guard.revoke``, Shared Signals), set by the guard; checked after validation.
     revocations: RevocationList | None = None
+    #: Set while revocations are in use (``max_token_lifetime``): a token that would outlive the entries
+    #: covering it is refused, since an entry is forgotten ``max_token_lifetime`` after its cut-off.
+    max_lifetime: float | None = None
 
     async def authenticate(
         self,
@@ -88,6 +91,12 @@ class _Pipeline:
             scheme, token = credentials_from(values, self.config.max_token_bytes, dpop=dpop)
             try:
                 access_token = await self.validate(token, sensitive=requirement.sensitive, client=client)
+            except AuthError as exc:
+                exc.scheme = scheme
+                raise
+        if self.max_lifetime is not None:  # revocations in use; verified tokens are checked too
+            try:
+                self._check_lifetime(access_token, self.max_lifetime)
             except AuthError as exc:
                 exc.scheme = scheme
                 raise
@@ -136,6 +145,17 @@ class _Pipeline:
             exc.scheme = scheme
             raise
         return access_token, binding
+
+    def _check_lifetime(self, token: AccessToken, limit: float) -> None:
+        """Refuse a token that lives longer than ``max_token_lifetime``: a revocation covering it
+        would be forgotten while it is still valid (``revocation.py``, invariants)."""
+        expires = token.expires_at
+        if expires is None:
+            return  # no exp (an introspected opaque token): its issuer is asked about it anyway
+        iat = token.claims.get("iat")
+        start = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else self.config.clock()
+        if expires - start > limit + self.config.leeway:
+            raise InvalidToken("bad_claim", "The access token lives longer than this API accepts.")
 
     def _cached(self, raw: bytes) -> AccessToken | None:
         raise NotImplementedError

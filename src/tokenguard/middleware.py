@@ -268,6 +268,16 @@ class TokenGuard:
             )
             self._push_path = signals.push_path
         self._background = store is not None or (signals is not None and signals.poll_url is not None)
+        if store is not None or signals is not None:
+            self._enforce_lifetime()
+
+    def _enforce_lifetime(self) -> None:
+        """Revocations are in use: refuse tokens that would outlive the entries covering them.
+
+        An entry by ``sub``/``client_id`` is forgotten ``max_token_lifetime`` after its cut-off, so a
+        token living longer could come back to life. Checked on every request, verified tokens included.
+        """
+        self.authenticator.max_lifetime = self.max_token_lifetime
 
     def _start_background(self) -> None:
         """The revocation feed's listener and the Shared Signals poller, in the running loop."""
@@ -318,6 +328,7 @@ class TokenGuard:
             until = cutoff + keep
         if expires_at is not None:
             until = min(until, float(expires_at) + self.config.leeway)
+        self._enforce_lifetime()
         await self.fleet.revoke(Revocation(kind, value, cutoff, max(until, now + 1.0), issuer))
 
     __signature__ = inspect.signature(__init__).replace(

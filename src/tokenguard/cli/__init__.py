@@ -111,6 +111,17 @@ def _add_dev_idp(commands: Any) -> None:
         help="a browser origin (e.g. http://127.0.0.1:8000, or '*') allowed to call the token endpoint (repeatable)",
     )
     dev.add_argument(
+        "--ssf-push",
+        action="append",
+        dest="ssf_push",
+        metavar="URL",
+        help="push every revocation and logout as a Shared Signals SET to URL (RFC 8935; repeatable)",
+    )
+    dev.add_argument("--ssf-push-authorization", metavar="VALUE", help="the Authorization header sent with each push")
+    dev.add_argument(
+        "--ssf-audience", metavar="AUD", help="the receiver (the SETs' aud) of --ssf-push; default dev-client"
+    )
+    dev.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --host (never do this on a shared network)"
     )
     dev.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
@@ -245,6 +256,9 @@ def _cmd_dev_idp(args: argparse.Namespace, http_client: HttpClientOption, clock:
         issuer=args.issuer,
         cors_origins=tuple(args.cors_origins or ()),
         audiences=tuple(args.audiences or ()),
+        ssf_push=tuple(args.ssf_push or ()),
+        ssf_push_authorization=args.ssf_push_authorization,
+        ssf_audience=args.ssf_audience,
     )
 
 
