@@ -32,7 +32,9 @@ if __package__ in (None, ""):  # ``python benchmarks/run.py``: make ``benchmarks
 from benchmarks import targets
 from benchmarks._common import SKIPPED, Case, Keys, Result
 
-GROUPS = ("validation", "asgi", "dpop", "introspection", "memory", "server")
+GROUPS = ("validation", "asgi", "dpop", "introspection", "memory", "server", "fleet")
+#: Groups that start processes of their own: run only when named (``--only``, ``--server``).
+ON_REQUEST = frozenset({"server", "fleet"})
 #: Distributions whose versions head the table (tokenguard's distribution is ``tokenguard-asgi``).
 _PACKAGES = (
     "tokenguard-asgi",
@@ -262,7 +264,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="requests in the memory case (default 1,000,000, or 20,000 with --quick)",
     )
-    parser.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of {','.join(GROUPS)}")
+    parser.add_argument(
+        "--only",
+        metavar="GROUPS",
+        help=f"comma-separated subset of {','.join(GROUPS)} (server and fleet start processes: only when named)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -271,7 +277,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    selected = set(GROUPS) - {"server"} if args.only is None else set(args.only.split(","))
+    selected = set(GROUPS) - ON_REQUEST if args.only is None else set(args.only.split(","))
     if args.server:
         selected.add("server")
     unknown = selected - set(GROUPS)
@@ -366,12 +372,37 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
         notes.append((f"memory / {found.name}", lambda: found.note))
         return [found]
 
+    def fleet() -> list[Result]:
+        from benchmarks import bench_fleet
+
+        setup = bench_fleet.Fleet()
+        try:
+            try:
+                redis_url = setup.start_redis()
+            except bench_fleet.Unavailable as exc:
+                bench_fleet.skipped(str(exc))
+                return []
+            hot = bench_fleet.HotPath(keys, loop, redis_url)
+            try:
+                hot_rows = round_robin(hot.cases, rounds, 0.02 if args.quick else 0.15, loop)
+            finally:
+                hot.close()
+            if hot.request_path_commands():
+                raise AssertionError(f"the JWT hot path sent commands to Redis: {dict(hot.commands)}")
+            setup.start_workers(_log)
+            calls = _with_baselines(setup.calls_per_token(rounds, _log))
+        finally:
+            setup.close()
+        notes.append(("fleet", lambda: bench_fleet.summary(hot_rows, setup.calls, hot)))
+        return hot_rows + calls
+
     if args.groups & {"validation", "asgi"}:
         attempt("validation" if "validation" in args.groups else "asgi", in_process)
     attempt("dpop", dpop)
     attempt("introspection", lambda: _with_baselines(_introspection(rounds)))
     attempt("server", server)
     attempt("memory", memory)
+    attempt("fleet", fleet)
 
     judged = not args.quick
     targets.judge(results, full=judged)
