@@ -370,9 +370,24 @@ class Drill:
             headers={"X-Admin-Secret": ADMIN_SECRET},
         )
         print(f"guard.revoke() on process 1 while Redis is down: {response.status_code} {response.json()}", flush=True)
+        self.live.add(REVOKED_API)  # process 1 applied it before it answered
+        started = time.monotonic()
         await self.idp.revoke(client, self.tokens[REVOKED_SSF])
-        print("RFC 7009 revocation at the DevIdP while Redis is down (pushed to process 1)", flush=True)
-        self.live |= {REVOKED_API, REVOKED_SSF}
+        # The DevIdP pushes the SET after it answered the revocation: process 1 refuses the token once the
+        # push has landed, which is when the drill starts holding it to that.
+        deadline = started + 5.0
+        while time.monotonic() < deadline:
+            response = await client.get(f"{self.apps[0].url}/photos", headers=_bearer(self.tokens[REVOKED_SSF]))
+            if response.status_code == 401:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise DrillError("process 1 did not apply the pushed revocation within 5 s while Redis was down")
+        took = (time.monotonic() - started) * 1000
+        print(
+            f"RFC 7009 revocation at the DevIdP while Redis is down: pushed, refused by process 1 after {took:.0f} ms"
+        )
+        self.live.add(REVOKED_SSF)
 
     def fleet_status(self) -> list[dict[str, Any]]:
         return [httpx.get(f"{app.url}/status", timeout=10).json()["status"]["fleet"] for app in self.apps]
