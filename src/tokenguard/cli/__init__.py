@@ -10,6 +10,7 @@ This module parses the arguments and dispatches; each command lives in its own p
 imported only when that command runs:
 
     _demo     ``tokenguard demo``     the leaked-refresh-token story, in process
+    _fleet_demo  ``tokenguard demo --fleet``  a revocation across worker processes (runs ``_fleet_app``)
     _devidp   ``tokenguard dev-idp``  the development IdP on a port (uvicorn)
     _inspect  ``tokenguard inspect``  decode a token, flag risky parts, verify it with the middleware's code
     _check    ``tokenguard check``    an issuer's metadata (through ``tokenguard._discovery``), keys and clock
@@ -70,6 +71,13 @@ def _add_demo(commands: Any) -> None:
         "Exits 1 if any step behaves unexpectedly.",
     )
     demo.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    demo.add_argument(
+        "--fleet",
+        action="store_true",
+        help="instead, show a revocation reaching ordinary routes across several worker processes: starts "
+        "redis-server (must be on PATH), the development IdP and 3 API workers on loopback ports; exits 1 "
+        "unless every worker refuses the revoked token within 1 s, 2 without redis-server",
+    )
 
 
 def _add_dev_idp(commands: Any) -> None:
@@ -238,6 +246,10 @@ def _cmd_check(args: argparse.Namespace, http_client: HttpClientOption, clock: C
 
 
 def _cmd_demo(args: argparse.Namespace, http_client: HttpClientOption, clock: Callable[[], float]) -> int:
+    if args.fleet:
+        from tokenguard.cli import _fleet_demo as fleet_demo
+
+        return fleet_demo.main(_printer(args))
     from tokenguard.cli import _demo as demo
 
     return demo.main(_printer(args))
