@@ -94,7 +94,7 @@ def listen(port: int, variable: str) -> socket.socket:
 
     The message is the one ``tokenguard dev-idp`` gives, with the hint that fits here.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))

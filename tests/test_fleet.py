@@ -839,3 +839,25 @@ async def test_the_replay_store_defaults_to_the_shared_store(world: World, redis
         response = await b.client.get("/me", headers={"Authorization": f"DPoP {value}", "DPoP": fresh})
         assert response.status_code == 200
         assert REVOKED not in response.text
+
+
+async def test_a_redis_that_lost_its_data_gets_the_list_back_from_the_processes(world: World) -> None:
+    """Redis restarted without persistence: the processes still hold the list and give it back on their
+    resync, so a process started afterwards refuses the token revoked before the restart (found by
+    ``scripts/fleet_drill.py --late-joiner``: it answered 200)."""
+    with private_redis() as server:
+        prefix = f"t{uuid.uuid4().hex}:"
+        async with fleet(world, server.url, prefix, count=1) as (a,):
+            revoked = world.idp.issue_token("read", subject="bob")
+            await a.guard.revoke(jti=jti_of(revoked))
+            server.stop()  # killed: without persistence, the shared list is gone
+            server.start(port=server.port)
+
+            async def given_back() -> bool:
+                return a.fleet_status()["revocations"]["resyncs"] >= 2
+
+            await eventually(given_back, 5.0, "the process resyncs after the restart")
+            async with fleet(world, server.url, prefix, count=1) as (late,):
+                response = await late.get(revoked)
+                assert response.status_code == 401
+                assert response.json()["error_description"] == "The access token was revoked."

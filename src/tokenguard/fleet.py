@@ -386,15 +386,33 @@ class Fleet:
 
     async def _resync(self, store: FleetStore) -> None:
         now = self._clock()
-        entries = [_decoded(data) for data in await store.revocations(now)]
-        self._overflowed(self.revocations.replace(entry for entry in entries if entry is not None))
+        entries = [entry for entry in (_decoded(data) for data in await store.revocations(now)) if entry is not None]
+        self._overflowed(self.revocations.replace(entries))
         await self._publish_pending(store)
+        await self._give_back(store, entries)
         self.resyncs += 1
         if self.stale_since is not None and self.resyncs > 1:
             logger.info("tokenguard: revocation feed is back; the list is current again")
         self.stale_since = self.stale_cause = None
         self.revocations.set_refuse_all(None)
         self._ready.set()
+
+    async def _give_back(self, store: FleetStore, stored: list[Revocation]) -> None:
+        """Record the entries this process holds that the store lacks (a Redis restarted without
+        persistence forgot them), so a process started afterwards reads them too."""
+        held = RevocationList(max_entries=self.revocations.max_entries, clock=self._clock)
+        held.replace(stored)
+        for entry in self.revocations.entries():
+            if held.holds(entry):
+                continue
+            try:
+                await store.record_revocation(
+                    entry.encode(), entry.expires_at, now=self._clock(), max_entries=self.revocations.max_entries
+                )
+            except StoreFull:
+                logger.error("tokenguard: the shared revocation list is full; an entry stays in this process only")
+                return
+            self.published += 1
 
     async def _publish_pending(self, store: FleetStore) -> None:
         """Record what ``revoke`` applied here while the store could not take it (``StoreUnavailable`` stops)."""

@@ -300,12 +300,19 @@ class RedisStore:
     async def subscribe(self) -> _Subscription:
         self._follow_loop()
         pubsub = self.client.pubsub()
+        subscription = _Subscription(self, pubsub)
+        # redis-py reconnects a subscription by itself and resubscribes: what was published meanwhile is
+        # lost. Counting connects lets ``next`` report it, so the feed reads the whole list again.
+        subscription.counter = _ConnectCounter(subscription, pubsub.on_connect)
+        # Before the first connect, which registers it (as a weak bound method: the subscription keeps it).
+        pubsub.on_connect = subscription.counter.on_connect  # type: ignore[method-assign]
         try:
             await self._run("SUBSCRIBE", lambda: pubsub.subscribe(self.prefix + "revocations"))
         except StoreUnavailable:
             await _quietly(pubsub.aclose())
             raise
-        return _Subscription(self, pubsub)
+        subscription.baseline = subscription.connects  # the first connect may or may not call back
+        return subscription
 
     async def aclose(self) -> None:
         """Close the connections of a client this store built; a client passed in is left to its owner."""
@@ -374,6 +381,18 @@ async def _quietly(closing: Awaitable[Any]) -> None:
         return
 
 
+class _ConnectCounter:
+    """Counts a subscription's connects, then lets redis-py resubscribe as it would have."""
+
+    def __init__(self, subscription: _Subscription, resubscribe: Callable[[Any], Awaitable[None]]) -> None:
+        self._subscription = subscription
+        self._resubscribe = resubscribe
+
+    async def on_connect(self, connection: Any) -> None:
+        self._subscription.connects += 1
+        await self._resubscribe(connection)
+
+
 class _Subscription:
     """One ``SUBSCRIBE`` to the revocation channel (``RevocationFeed``), checked by PING when quiet."""
 
@@ -382,9 +401,15 @@ class _Subscription:
         self._pubsub = pubsub
         self._heard = time.monotonic()  # the last message or pong
         self._pinged: float | None = None
+        #: Connects seen (redis-py's reconnects included); any after ``baseline`` means messages may be lost.
+        self.connects = 0
+        self.baseline = 0
+        self.counter: _ConnectCounter | None = None
 
     async def next(self, timeout: float) -> bytes | None:
         store = self._store
+        if self.connects > self.baseline:
+            raise StoreUnavailable(f"the subscription to Redis at {store._shown} was reconnected")
         now = time.monotonic()
         if self._pinged is not None and now - self._pinged > store.FEED_PING + store.timeout:
             raise StoreUnavailable(f"Redis at {store._shown} stopped answering the revocation subscription")

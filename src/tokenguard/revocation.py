@@ -182,6 +182,24 @@ class RevocationList:
             self.added += 1
         return changed
 
+    def holds(self, entry: Revocation) -> bool:
+        """Whether this list already covers ``entry`` as far and as long."""
+        slot = self._slots.get((entry.kind, entry.issuer or "", entry.value))
+        if slot is None:
+            return False
+        before = slot[0] if entry.action == "revoke" else slot[1]
+        return before >= entry.issued_before and slot[3] >= entry.expires_at
+
+    def entries(self) -> list[Revocation]:
+        """What this list holds, as entries (one per slot and action): what a resync gives back to a
+        store that lost them."""
+        found: list[Revocation] = []
+        for (kind, issuer, value), (revoke_before, recheck_before, _since, expires_at) in self._slots.items():
+            for action, before in (("revoke", revoke_before), ("recheck", recheck_before)):
+                if before != -math.inf:
+                    found.append(Revocation(kind, value, before, expires_at, issuer or None, action))  # type: ignore[arg-type]
+        return found
+
     def replace(self, entries: Iterable[Revocation]) -> int:
         """Add every entry of a full read of the shared list (after a (re)subscription); how many
         could not be held (the list is full of live entries: ``add`` would raise ``StoreFull``).
