@@ -345,8 +345,10 @@ class Fleet:
         task, self._task = self._task, None
         if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # it ends here, whatever it was doing
-                await task
+            # It ends here, whatever it was doing; bounded, so a store that stopped answering cannot hold
+            # the app's shutdown (redis-py shields its connection teardown from cancellation).
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), 2.0)
 
     async def _listen(self) -> None:
         store = self.store

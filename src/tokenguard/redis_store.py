@@ -436,4 +436,5 @@ class _Subscription:
         return None  # a pong, or a subscription notice
 
     async def aclose(self) -> None:
-        await _quietly(self._pubsub.aclose())
+        # Bounded: redis-py shields its teardown, which can wait on a Redis that stopped answering.
+        await _quietly(asyncio.wait_for(self._pubsub.aclose(), self._store.timeout))
