@@ -934,3 +934,56 @@ def test_the_guard_needs_an_audience_for_the_sets(clock: ManualClock) -> None:
         TokenGuard(Starlette(), issuer=ISSUER, audience=AUDIENCE, clock=clock, shared_signals=signals)
     with pytest.raises(ConfigurationError, match=r"shared_signals must be a tokenguard\.SharedSignals"):
         TokenGuard(Starlette(), issuer=ISSUER, audience=AUDIENCE, shared_signals={"transmitter": ISSUER})
+
+
+# -- found reading the change as an attacker -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("iat", [10**400, -(10**400)], ids=["huge", "huge-negative"])
+async def test_an_iat_no_double_holds_is_refused_as_invalid_not_503(
+    api: Api, transmitter: Transmitter, iat: int
+) -> None:
+    """A signed SET whose ``iat`` is an integer past a double's range: 400 ``invalid_request`` (it once
+    reached ``math.isfinite`` and raised OverflowError, which the push endpoint answered with 503, so a
+    pushing transmitter retried it for ever)."""
+    assert_refused(await api.push(transmitter.set(ACCOUNT_DISABLED, iss_sub("alice"), {}, iat=iat)), "invalid_request")
+    assert api.entries == 0
+
+
+async def test_an_event_timestamp_no_double_holds_falls_back_to_the_sets_iat(
+    clock: ManualClock, idp: Issuer, transmitter: Transmitter, api: Api
+) -> None:
+    before = idp.token()
+    clock.advance(10)
+    event = {"event_timestamp": 10**400}
+    assert_accepted(await api.push(transmitter.set(ACCOUNT_DISABLED, iss_sub("alice"), event)))
+    clock.advance(1)
+    assert await api.status(before) == 401
+    assert await api.status(idp.token()) == 200  # a token issued a second later: the cut-off is not "forever"
+
+
+async def test_a_push_announcing_a_body_over_the_limit_is_refused_before_it_is_read(
+    api: Api, transmitter: Transmitter
+) -> None:
+    """The announced ``Content-Length`` alone decides: nothing is read (the body here is small)."""
+    received: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append({})
+        return {"type": "http.request", "body": b"x", "more_body": False}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"authorization", PUSH_AUTHORIZATION.encode()),
+        (b"content-type", SECEVENT.encode()),
+        (b"content-length", b"9" * 40),
+    ]
+    scope = {"type": "http", "method": "POST", "path": PUSH_PATH, "headers": headers}
+    assert await api.receiver.serve(scope, receive, send) == 400
+    assert received == []
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["err"] == "invalid_request"

@@ -73,10 +73,10 @@ class Revocation:
         """
         if self.kind not in _KINDS or self.action not in ("revoke", "recheck"):
             raise ValueError(f"not a revocation entry: kind {self.kind!r}, action {self.action!r}")
-        if not _text(self.value) or (self.issuer is not None and not _text(self.issuer)):
+        if not entry_text(self.value) or (self.issuer is not None and not entry_text(self.issuer)):
             raise ValueError("a revocation entry's value and issuer must be non-empty text of at most 1024 characters")
         before, expires = self.issued_before, self.expires_at
-        if not (_number(before) or before == math.inf) or not _number(expires):
+        if not (finite_number(before) or before == math.inf) or not finite_number(expires):
             raise ValueError(
                 f"a revocation entry needs a cut-off (a number, or math.inf) and a finite expiry, got "
                 f"{before!r} and {expires!r}"
@@ -104,17 +104,23 @@ class Revocation:
         expires, issuer = document.get("x"), document.get("i")
         if not isinstance(value, str) or (issuer is not None and not isinstance(issuer, str)):
             raise ValueError("not a revocation entry")
-        if not _number(expires) or (before is not None and not _number(before)):
+        if not finite_number(expires) or (before is not None and not finite_number(before)):
             raise ValueError("not a revocation entry")
         cutoff = math.inf if before is None else float(before)
         return cls(kind, value, cutoff, float(expires), issuer, action)  # checked by __post_init__
 
 
-def _number(value: object) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def finite_number(value: object) -> TypeGuard[float]:
+    """A JSON number a double holds: not a bool, not NaN or infinite, not an integer past a double's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int such as 10**400: math.isfinite converts it to a float first
+        return False
 
 
-def _text(value: object) -> bool:
+def entry_text(value: object) -> bool:
     """Non-empty, at most ``_MAX_VALUE`` characters, and UTF-8 (JSON of a lone surrogate is refused)."""
     if not isinstance(value, str) or not 0 < len(value) <= _MAX_VALUE:
         return False
@@ -240,7 +246,7 @@ class RevocationList:
         slots = self._slots
         issuer = token.issuer or ""
         iat = token.claims.get("iat")
-        issued = float(iat) if _number(iat) else -math.inf  # no iat: covered by every cut-off
+        issued = float(iat) if finite_number(iat) else -math.inf  # no iat: covered by every cut-off
         recheck: float | None = None
         for kind, value in (("jti", token.token_id), ("sub", token.subject), ("client_id", token.client_id)):
             if value is None:

@@ -52,18 +52,19 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tokenguard._details import read_body
 from tokenguard._http import FetchError, HttpClientPool, safe_url
 from tokenguard._jose import parse_jws
 from tokenguard._lru import LRU
 from tokenguard._signatures import verifier
 from tokenguard.config import DEFAULT_ALGORITHMS, check_url
-from tokenguard.errors import ConfigurationError, InvalidToken, UnavailableError
+from tokenguard.errors import ConfigurationError, InvalidRequest, InvalidToken, UnavailableError
 from tokenguard.fleet import Fleet
 from tokenguard.jwks import KeySet, parse_jwks
-from tokenguard.revocation import Revocation, RevocationAction
+from tokenguard.revocation import Revocation, RevocationAction, entry_text, finite_number
 from tokenguard.store import FleetStore, SharedStore, StoreUnavailable
 
 __all__ = ["EVENT_TYPES", "SetRefused", "SharedSignals", "SignalReceiver"]
@@ -255,7 +256,7 @@ class SignalReceiver:
             raise self._refused("invalid_audience", "The SET is for another audience.")
         now = self.clock()
         iat, jti = claims.get("iat"), claims.get("jti")
-        if not _number(iat) or iat > now + self.leeway or iat < now - self.signals.max_age:
+        if not finite_number(iat) or iat > now + self.leeway or iat < now - self.signals.max_age:
             raise self._refused("invalid_request", "The SET's iat is missing, in the future, or too old.")
         if not isinstance(jti, str) or not 0 < len(jti) <= _MAX_JTI:
             raise self._refused("invalid_request", "The SET has no usable jti.")
@@ -321,7 +322,7 @@ class SignalReceiver:
             return None
         stamp = event.get("event_timestamp")
         # The cut-off: when the event happened, never later than now (a clock ahead cannot revoke the future).
-        at = min(float(stamp), now + self.leeway) if _number(stamp) else iat
+        at = min(float(stamp), now + self.leeway) if finite_number(stamp) else iat
         # ``iat`` has whole seconds: a token issued in the event's own second may predate it, so it is
         # covered too (the cut-off is the end of that second; tokens need ``iat`` < cut-off).
         cutoff = math.floor(at) + 1.0
@@ -330,10 +331,10 @@ class SignalReceiver:
         if not isinstance(issuer, str) or issuer not in self.token_issuers:
             return None  # not about tokens this guard accepts
         keep = self.max_token_lifetime + self.leeway
-        if subject.get("format") == "jwt_id" and _text(subject.get("jti")):
+        if subject.get("format") == "jwt_id" and entry_text(subject.get("jti")):
             value = subject["jti"]
             return [Revocation("jti", value, math.inf, max(now, cutoff) + keep, issuer, action)]
-        if subject.get("format") == "iss_sub" and _text(subject.get("sub")):
+        if subject.get("format") == "iss_sub" and entry_text(subject.get("sub")):
             return [Revocation("sub", subject["sub"], cutoff, cutoff + keep, issuer, action)]
         return None
 
@@ -409,9 +410,10 @@ class SignalReceiver:
         media = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
         if media != b"application/secevent+jwt":  # RFC 8935 §2.1
             return await _refuse(send, self._refused("invalid_request", "The body must be application/secevent+jwt."))
-        body = await _read_body(receive, _MAX_SET_BYTES)
-        if body is None:
-            return await _refuse(send, self._refused("invalid_request", "The request body is too large."))
+        try:
+            body, _replay = await read_body(scope, receive, _MAX_SET_BYTES)
+        except InvalidRequest as exc:  # too large (announced or read), or the client went away
+            return await _refuse(send, self._refused("invalid_request", exc.description))
         try:
             text = body.decode("ascii").strip()
             await self.accept(text)
@@ -518,29 +520,6 @@ class SignalReceiver:
 
     def status(self) -> dict[str, Any]:
         return {**self.counts, "last_verification_state": self.last_verification_state}
-
-
-def _number(value: object) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _text(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 1024
-
-
-async def _read_body(receive: Callable[[], Awaitable[Any]], limit: int) -> bytes | None:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message.get("type") != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _refuse(send: Any, exc: SetRefused) -> int:
