@@ -638,21 +638,15 @@ def _fleet_store(value: object) -> FleetStore | None:
     """``shared_store=``: a Redis URL, a ``redis.asyncio`` client, or any ``FleetStore``."""
     if value is None or isinstance(value, FleetStore):
         return value
-    if isinstance(value, str):
-        from tokenguard.redis_store import RedisStore
+    if not isinstance(value, str) and not type(value).__module__.startswith("redis."):
+        raise ConfigurationError(
+            "shared_store must be a Redis URL (redis://host:6379/0), a redis.asyncio.Redis client, or a "
+            f"tokenguard.store.FleetStore, got {type(value).__name__}"
+        )
+    from tokenguard.redis_store import RedisStore
 
-        try:
-            return RedisStore(value)
-        except ConfigurationError as exc:
-            raise ConfigurationError(str(exc).replace("replay_store:", "shared_store:", 1)) from None
-    if type(value).__module__.startswith("redis."):
-        from tokenguard.redis_store import RedisStore
-
-        try:
-            return RedisStore.from_client(value)  # type: ignore[arg-type]
-        except ConfigurationError as exc:
-            raise ConfigurationError(str(exc).replace("replay_store:", "shared_store:", 1)) from None
-    raise ConfigurationError(
-        "shared_store must be a Redis URL (redis://host:6379/0), a redis.asyncio.Redis client, or a "
-        f"tokenguard.store.FleetStore, got {type(value).__name__}"
-    )
+    try:
+        return RedisStore(value) if isinstance(value, str) else RedisStore.from_client(value)  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        # RedisStore's messages name the option it is usually given as; here it is this one.
+        raise ConfigurationError(str(exc).replace("replay_store:", "shared_store:", 1)) from None
