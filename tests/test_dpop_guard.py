@@ -650,36 +650,28 @@ def test_dpop_required_refuses_a_bearer_token(serve: Build, dpop_client: DPoPCli
     allowed(client.post("/photos", headers=dpop_client.headers("POST", "/photos", token)), events)
 
 
-def test_a_sender_constrained_route_takes_only_a_proven_token(serve: Build, dpop_client: DPoPClient) -> None:
-    client, events = serve()
+@pytest.mark.parametrize(
+    ("path", "options"),
+    [("/transfer", {}), ("/pay", {"rules": [Rule("/pay", sender_constrained=True)]})],
+    ids=["mark", "rule"],
+)
+def test_a_sender_constrained_route_takes_only_a_proven_token(
+    serve: Build, dpop_client: DPoPClient, path: str, options: dict[str, Any]
+) -> None:
+    """``@sender_constrained`` on the endpoint, or ``Rule(..., sender_constrained=True)``: the same policy."""
+    client, events = serve(**options)
     plain = dpop_client.idp.issue_token()
     refused(
-        client.post("/transfer", headers=bearer(plain)),
+        client.post(path, headers=bearer(plain)),
         events,
         error="invalid_token",
         reason="sender_constraint_required",
         scheme="Bearer",
     )
     token = dpop_client.token()
-    ok = client.post("/transfer", headers=dpop_client.headers("POST", "/transfer", token))
+    ok = client.post(path, headers=dpop_client.headers("POST", path, token))
     assert allowed(ok, events) == {"binding": ["dpop", dpop_client.key.thumbprint]}
     # Other routes still take the bearer token.
-    assert allowed(client.get("/me", headers=bearer(plain)), events)["binding"] is None
-
-
-def test_a_sender_constrained_rule(serve: Build, dpop_client: DPoPClient) -> None:
-    client, events = serve(rules=[Rule("/pay", sender_constrained=True)])
-    plain = dpop_client.idp.issue_token()
-    refused(
-        client.post("/pay", headers=bearer(plain)),
-        events,
-        error="invalid_token",
-        reason="sender_constraint_required",
-        scheme="Bearer",
-    )
-    token = dpop_client.token()
-    ok = client.post("/pay", headers=dpop_client.headers("POST", "/pay", token))
-    assert allowed(ok, events) == {"binding": ["dpop", dpop_client.key.thumbprint]}
     assert allowed(client.get("/me", headers=bearer(plain)), events)["binding"] is None
 
 
