@@ -17,12 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import queue
-import re
-import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +29,7 @@ import pytest
 
 from tokenguard.dpop import DPoPAuth, DPoPKey
 from tokenguard.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DevIdP
+from tokenguard.testing._processes import UvicornProcess
 
 pytest.importorskip("uvicorn")
 
@@ -80,47 +77,17 @@ def uvicorn_serving(directory: Path, app: str, keys: Path) -> Iterator[str]:
     """``uvicorn <app>`` behind the proxy's options, on a free port; yields its base URL once it serves."""
     (directory / "served.py").write_text(textwrap.dedent(SERVED_APP))
     src = str(Path(__file__).resolve().parent.parent / "src")
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(directory), src, *sys.path]),
-        PYTHONUNBUFFERED="1",
-        DEVIDP_KEYS=str(keys),
-    )
-    argv = [sys.executable, "-m", "uvicorn", f"served:{app}", "--host", "127.0.0.1", "--port", "0"]
-    argv += ["--root-path", "/api", "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"]
-    process = subprocess.Popen(
-        argv, cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(directory), src, *sys.path]), DEVIDP_KEYS=str(keys))
+    options = ("--root-path", "/api", "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1")
+    server = UvicornProcess(f"served:{app}", *options, env=env, cwd=directory)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"uvicorn did not start within 60 s:\n{''.join(output)}")
-            if line is None:
-                pytest.fail(f"uvicorn exited before serving:\n{''.join(output)}")
-            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
-                break
-        yield found.group(1)
-    finally:
-        process.terminate()
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            base = server.ready(time.monotonic() + 60)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield base
+    finally:
+        server.stop()
 
 
 class PathPrefixingProxy(httpx.BaseTransport):

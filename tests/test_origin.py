@@ -11,12 +11,9 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
-import queue
 import re
-import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +41,7 @@ from tokenguard._origin import (
     request_url,
 )
 from tokenguard.errors import ConfigurationError, InvalidRequest
+from tokenguard.testing._processes import UvicornProcess
 
 PROXY = "10.0.0.5"
 TRUSTED = parse_trusted_proxies(["10.0.0.0/8", "2001:db8::/32"])
@@ -576,41 +574,16 @@ def uvicorn_server(directory: Path, *options: str) -> Iterator[str]:
     """``uvicorn app:app`` on a free port; yields its base URL once it says it is serving."""
     (directory / "app.py").write_text(textwrap.dedent(UVICORN_APP))
     src = str(Path(__file__).resolve().parent.parent / "src")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(directory), src, *sys.path]), PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", "0", *options]
-    process = subprocess.Popen(
-        argv, cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(directory), src, *sys.path]))
+    server = UvicornProcess("app:app", *options, env=env, cwd=directory)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            if line is None:
-                pytest.fail(f"uvicorn exited before serving:\n{''.join(output)}")
-            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
-                base = found.group(1)
-                break
-        yield base
-    except queue.Empty:
-        pytest.fail(f"uvicorn did not start within 60 s:\n{''.join(output)}")
-    finally:
-        process.terminate()
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            base = server.ready(time.monotonic() + 60)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield base
+    finally:
+        server.stop()
 
 
 def test_behind_a_path_prefixing_proxy_with_real_uvicorn(tmp_path: Path) -> None:

@@ -10,24 +10,30 @@ all need, so each starts, waits for and stops these parts the same way:
   (``--save "" --appendonly no``), ready once it answers ``PING`` (raw RESP: no client library);
   ``kill()`` is a crash (SIGKILL), ``start(port=...)`` restarts it where it was;
 - ``ServedIdP``: a ``DevIdP`` served by uvicorn from a thread of this process, on a socket bound before
-  the DevIdP is made, so its issuer names the port it listens on.
+  the DevIdP is made, so its issuer names the port it listens on;
+- ``UvicornProcess``: ``python -m uvicorn <app> --port 0`` as a child process, its output read line by
+  line (``wait_for`` a line, ``ready`` for the URL it serves on).
 
 Every wait polls with a deadline; nothing sleeps to decide an outcome.
 """
 
 from __future__ import annotations
 
+import os
+import queue
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tokenguard.testing._idp import DevIdP
 
-__all__ = ["RedisNotInstalled", "RedisServer", "ServedIdP", "free_port", "stop_process"]
+__all__ = ["RedisNotInstalled", "RedisServer", "ServedIdP", "UvicornProcess", "free_port", "stop_process"]
 
 _POLL = 0.01  # seconds between two looks at something starting: a poll interval, bounded by a deadline
 
@@ -143,3 +149,66 @@ class ServedIdP:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
+
+
+class UvicornProcess:
+    """``python -m uvicorn <app> --host 127.0.0.1 --port 0 [options]``, its output read by a thread.
+
+    ``env`` replaces the environment (``PYTHONUNBUFFERED=1`` is added, so lines arrive as printed);
+    ``output`` holds every line so far, for failure messages.
+    """
+
+    RUNNING = r"Uvicorn running on (http://127\.0\.0\.1:\d+)"
+
+    def __init__(
+        self,
+        app: str,
+        *options: str,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        environment = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+        argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0", *options]
+        # argv: this Python and the caller's fixed arguments, no shell.
+        self.popen = subprocess.Popen(  # noqa: S603
+            argv,
+            cwd=cwd,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = ""
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.output.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, pattern: str, deadline: float) -> re.Match[str]:
+        """The first line from now on matching ``pattern``; ``RuntimeError`` (with the output) if the
+        process exits first or ``deadline`` (``time.monotonic()``) passes."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                raise RuntimeError(f"uvicorn exited ({self.popen.wait()}) before {pattern!r}:\n{''.join(self.output)}")
+            if found := re.search(pattern, line):
+                return found
+        raise RuntimeError(f"no line of uvicorn matched {pattern!r} in time:\n{''.join(self.output)}")
+
+    def ready(self, deadline: float) -> str:
+        """The base URL, once uvicorn says it serves (after the lifespan startup)."""
+        self.url = self.wait_for(self.RUNNING, deadline).group(1)
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop_process(self.popen, timeout)
