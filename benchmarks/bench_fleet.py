@@ -30,20 +30,21 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks._common import AUDIENCE, ISSUER, SKIPPED, Case, IssuerTransport, Keys, Result, mint
 from benchmarks.bench_asgi import REPEATED, Harness, starlette_app
+
+if TYPE_CHECKING:
+    from tokenguard.testing import DevIdP
+    from tokenguard.testing._processes import RedisServer, ServedIdP
 
 GROUP = "fleet"
 HOT_GROUP = "fleet ASGI Starlette"
@@ -67,87 +68,25 @@ def row_name(processes: int, shared: bool) -> str:
     return f"{processes} {plural}, {'shared_store' if shared else 'no store'}: first requests"
 
 
-# -- Redis and the DevIdP ---------------------------------------------------------------------------------
+# -- Redis and the DevIdP: tokenguard.testing._processes (imported when used, as tokenguard.testing is) -----
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _opaque_idp(issuer: str) -> DevIdP:
+    """The DevIdP ``ServedIdP`` serves: a ledger long enough for every round, an audience of opaque tokens."""
+    from tokenguard.testing import DevIdP
+
+    idp = DevIdP(issuer, max_events=100_000)
+    idp.add_audience(OPAQUE_AUDIENCE, format="opaque")
+    return idp
 
 
-class RedisProcess:
-    """A ``redis-server`` on a free loopback port, no persistence; ``Unavailable`` when none is installed."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise Unavailable("redis-server is not installed (Debian: apt-get install redis-server)")
-        for _attempt in range(3):  # the probed port may be taken before Redis binds it
-            self.port = _free_port()
-            argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 10
-            while self.process.poll() is None and time.monotonic() < deadline:
-                if self._pings():
-                    self.url = f"redis://127.0.0.1:{self.port}/0"
-                    return
-                time.sleep(0.01)  # a poll interval, bounded by the deadline
-            self.stop()
-        raise Unavailable("redis-server did not answer PING (3 attempts)")
-
-    def _pings(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-
-class ServedIdP:
-    """A ``DevIdP`` (issuer ``http://127.0.0.1:PORT``) served by uvicorn from a thread of this process."""
-
-    def __init__(self) -> None:
-        from tokenguard.testing import DevIdP
-
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
-        # every answer on a reused keep-alive connection waits ≈ 40 ms for a delayed ACK (Nagle).
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.idp = DevIdP(f"http://127.0.0.1:{self.sock.getsockname()[1]}", max_events=100_000)
-        self.idp.add_audience(OPAQUE_AUDIENCE, format="opaque")
-        # An issuer keeps connections open longer than uvicorn's 5 s default: rounds reuse them.
-        self.server = self.idp.server(log_level="warning", timeout_keep_alive=120)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the DevIdP did not start serving")
-            time.sleep(0.01)  # a poll interval, bounded by the deadline
-
-    def opaque_token(self) -> str:
-        return self.idp.issue_token(["read"], audience=OPAQUE_AUDIENCE)
-
-    def introspections(self, token: str) -> int:
-        """Introspection requests the DevIdP answered about ``token`` (its ledger's events)."""
-        grant = self.idp.grant_of(token)
-        if grant is None:
-            raise RuntimeError("the DevIdP does not know this token")
-        ids = {state.id for state in grant.access_tokens}
-        return sum(1 for event in self.idp.events if event.kind == "introspected" and event.detail.get("token") in ids)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+def _introspections(idp: DevIdP, token: str) -> int:
+    """Introspection requests the DevIdP answered about ``token`` (its ledger's events)."""
+    grant = idp.grant_of(token)
+    if grant is None:
+        raise RuntimeError("the DevIdP does not know this token")
+    ids = {state.id for state in grant.access_tokens}
+    return sum(1 for event in idp.events if event.kind == "introspected" and event.detail.get("token") in ids)
 
 
 # -- the worker processes ---------------------------------------------------------------------------------
@@ -183,14 +122,15 @@ class Worker:
         return answer
 
     def stop(self) -> None:
+        """Ask it to quit (its lifespans shut down), then ``stop_process``: terminate, kill, when it did not."""
+        from tokenguard.testing._processes import stop_process
+
         if self.process.poll() is None:
             with contextlib.suppress(OSError, ValueError):
                 self.send({"command": "quit"})
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 _SCOPE: dict[str, Any] = {
@@ -322,20 +262,32 @@ class Fleet:
     """Everything part (a) needs, started once; ``close()`` stops it all."""
 
     def __init__(self) -> None:
-        self.redis: RedisProcess | None = None
+        self.redis: RedisServer | None = None
         self.idp: ServedIdP | None = None
         self.workers: list[Worker] = []
         self.calls: dict[tuple[int, bool], list[int]] = {}
 
     def start_redis(self) -> str:
         """The Redis both parts use; its URL. ``Unavailable`` without ``redis-server``."""
-        self.redis = RedisProcess()
+        from tokenguard.testing._processes import RedisNotInstalled, RedisServer
+
+        self.redis = RedisServer()
+        try:
+            self.redis.start()
+        except RedisNotInstalled as exc:
+            raise Unavailable("redis-server is not installed (Debian: apt-get install redis-server)") from exc
+        except RuntimeError as exc:
+            raise Unavailable("redis-server did not answer PING (3 attempts)") from exc
         return self.redis.url
 
     def start_workers(self, log: Callable[[str], None]) -> None:
         """The DevIdP and the worker processes, each ready (lifespans run) and warmed up."""
+        from tokenguard.testing._processes import ServedIdP
+
         assert self.redis is not None
-        self.idp = ServedIdP()
+        # An issuer keeps connections open longer than uvicorn's 5 s default: rounds reuse them.
+        self.idp = ServedIdP(_opaque_idp, timeout_keep_alive=120)
+        self.idp.start()
         log(f"  starting {max(PROCESS_COUNTS)} worker processes (each a guard with shared_store and one without)")
         self.workers = [Worker(self.idp.idp.issuer, self.redis.url) for _ in range(max(PROCESS_COUNTS))]
         for worker in self.workers:
@@ -343,10 +295,14 @@ class Fleet:
         # Warm-up: each guard asks the issuer once about a token of its own (discovery, a connection).
         for shared in (False, True):
             for worker in self.workers:
-                token = self.idp.opaque_token()
+                token = self._opaque_token()
                 worker.send({"command": "burst", "shared": shared, "token": token, "at": 0.0, "n": 1})
                 if worker.receive()["calls"] != 1:
                     raise AssertionError("a worker's warm-up token was not introspected by that worker")
+
+    def _opaque_token(self) -> str:
+        assert self.idp is not None
+        return self.idp.idp.issue_token(["read"], audience=OPAQUE_AUDIENCE)
 
     def close(self) -> None:
         for worker in self.workers:
@@ -367,7 +323,7 @@ class Fleet:
         refused = [status for answer in answers for status in answer["statuses"] if status != 200]
         if refused:
             raise AssertionError(f"{len(refused)} first requests were refused: {Counter(refused)}")
-        calls = self.idp.introspections(token)
+        calls = _introspections(self.idp.idp, token)
         reported = sum(answer["calls"] for answer in answers)
         if reported != calls:
             raise AssertionError(f"the workers made {reported} introspection calls, the DevIdP answered {calls}")
@@ -386,7 +342,7 @@ class Fleet:
             log(f"  round {number + 1}/{rounds}: calls per token")
             shift = number % len(configurations)
             for key in [*configurations[shift:], *configurations[:shift]]:
-                seconds, made = self._burst(*key, self.idp.opaque_token())
+                seconds, made = self._burst(*key, self._opaque_token())
                 results[key].seconds.append(seconds)
                 calls[key].append(made)
         for key, result in results.items():
@@ -504,7 +460,7 @@ def skipped(reason: str) -> None:
         SKIPPED.append(note)
 
 
-__all__ = ["GROUP", "HOT_GROUP", "NO_STORE", "WITH_STORE", "Fleet", "HotPath", "RedisProcess", "Unavailable", "summary"]
+__all__ = ["GROUP", "HOT_GROUP", "NO_STORE", "WITH_STORE", "Fleet", "HotPath", "Unavailable", "summary"]
 
 
 if __name__ == "__main__":

@@ -17,12 +17,9 @@ import importlib.util
 import os
 import re
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +30,7 @@ import httpx
 from tokenguard.cli._output import CliError, Printer, abbreviate
 from tokenguard.testing import DevIdP
 from tokenguard.testing._model import DEV_USER_GRANT
+from tokenguard.testing._processes import RedisNotInstalled, RedisServer, ServedIdP, free_port, stop_process
 
 WORKERS = 3
 #: Seconds within which every worker must refuse the revoked token for the story to pass.
@@ -58,81 +56,28 @@ class FleetDemoError(Exception):
     """Something the story needs did not start (a process, a port): the story cannot go on."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+# -- the processes: tokenguard.testing._processes, with the story's clients and its own errors ---------
 
 
-# -- the processes -------------------------------------------------------------------------------------
+def start_redis(redis: RedisServer) -> RedisServer:
+    """Start the fleet's ``redis-server``; the shared helper's errors become the demo's own."""
+    try:
+        return redis.start()
+    except RedisNotInstalled as exc:
+        raise CliError(INSTALL_HINT) from exc  # one line on stderr, exit 2
+    except RuntimeError as exc:
+        raise FleetDemoError(f"redis-server did not answer PING (port {redis.port}, 3 attempts)") from exc
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """Terminate, wait, kill when it does not exit in time."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def _story_devidp(issuer: str) -> DevIdP:
+    return DevIdP(issuer, default_audience=API_AUDIENCE, default_clients=False)
 
 
-class Redis:
-    """A ``redis-server`` on a free loopback port, without persistence."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> Redis:
-        for _attempt in range(3):  # the probed port may be taken before redis binds it: try another
-            self.port = free_port()
-            argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            # argv: the redis-server found on PATH and fixed arguments, no outside input.
-            self.process = subprocess.Popen(  # noqa: S603
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            deadline = time.monotonic() + 10
-            while self.process.poll() is None and time.monotonic() < deadline:
-                if self.pings():
-                    return self
-                time.sleep(0.01)  # a poll interval, bounded by the deadline
-            self.stop()
-        raise FleetDemoError(f"redis-server did not answer PING (port {self.port}, 3 attempts)")
-
-    def pings(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop(self.process)
-
-
-class ServedIdP:
-    """The DevIdP over HTTP on a free loopback port, served by uvicorn in a thread of this process.
-
-    The socket is bound before the DevIdP is made, so the issuer names the port it listens on.
-    """
+class StoryIdP(ServedIdP):
+    """The shared ``ServedIdP`` with the story's two clients, registered with secrets it keeps."""
 
     def __init__(self) -> None:
-        # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say TCP (no 40 ms delayed ACKs).
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        port = self.sock.getsockname()[1]
-        self.idp = DevIdP(f"http://127.0.0.1:{port}", default_audience=API_AUDIENCE, default_clients=False)
+        super().__init__(make=_story_devidp)
         self.app_secret = "photos-app-" + secrets.token_urlsafe(16)
         self.api_secret = "photos-api-" + secrets.token_urlsafe(16)
         # The client alice's token is for (confidential: it may use the dev-user grant), and the API,
@@ -141,26 +86,13 @@ class ServedIdP:
             APP_CLIENT_ID, self.app_secret, scopes=SCOPES, audience=API_AUDIENCE, grant_types=[DEV_USER_GRANT]
         )
         self.idp.register_client(API_CLIENT_ID, self.api_secret, scopes=(), grant_types=(), introspection=True)
-        self.server = self.idp.server(log_level="warning")
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    @property
-    def issuer(self) -> str:
-        return self.idp.issuer
-
-    def start(self) -> ServedIdP:
-        self.thread.start()
-        deadline = time.monotonic() + STARTUP
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise FleetDemoError("the development IdP did not start serving")
-            time.sleep(0.01)  # a poll interval, bounded by the deadline
+    def start(self, timeout: float = STARTUP) -> StoryIdP:
+        try:
+            super().start(timeout)
+        except RuntimeError as exc:
+            raise FleetDemoError("the development IdP did not start serving") from exc
         return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 class Worker:
@@ -208,7 +140,7 @@ class Worker:
         return text[-600:] or "no output"
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
         self.log.close()
 
 
@@ -272,19 +204,19 @@ class FleetStory:
 
     # -- the steps -----------------------------------------------------------------------------------
 
-    def run(self, redis_binary: str) -> int:
-        redis: Redis | None = None
-        idp: ServedIdP | None = None
+    def run(self, redis: RedisServer) -> int:
+        idp: StoryIdP | None = None
         workers: list[Worker] = []
         http = httpx.Client(timeout=5.0)
         try:
             self.title("redis-server")
-            redis = Redis(redis_binary).start()
-            self.labelled("started", "yellow", f"{redis_binary} on {redis.url} (no persistence)")
+            start_redis(redis)
+            self.labelled("started", "yellow", f"{redis.binary} on {redis.url} (no persistence)")
             self.say("The fleet's shared store: the revocation list every worker reads, and its pub/sub feed.")
 
             self.title("identity provider")
-            idp = ServedIdP().start()
+            idp = StoryIdP()
+            idp.start()
             push_authorization = "Bearer fleet-demo-push-" + secrets.token_urlsafe(24)
             env = {
                 "TOKENGUARD_FLEET_ISSUER": idp.issuer,
@@ -379,8 +311,7 @@ class FleetStory:
                 worker.stop()
             if idp is not None:
                 idp.stop()
-            if redis is not None:
-                redis.stop()
+            redis.stop()
             self.labelled("stopped", "yellow", f"{len(workers)} worker(s), the IdP and redis-server")
             self.print_summary()
 
@@ -496,11 +427,11 @@ def intro(out: Printer) -> None:
 
 def main(out: Printer) -> int:
     """Play the fleet story; 0 when every worker refused in time, 1 otherwise, 2 without redis-server."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    redis = RedisServer()  # not started: its binary is looked up on PATH
+    if redis.binary is None:
         raise CliError(INSTALL_HINT)  # one line on stderr, exit 2
     missing = [name for name in ("uvicorn", "redis") if importlib.util.find_spec(name) is None]
     if missing:
         raise CliError(f"tokenguard demo --fleet needs {' and '.join(missing)}: pip install {' '.join(missing)}")
     intro(out)
-    return FleetStory(out).run(binary)
+    return FleetStory(out).run(redis)
