@@ -47,9 +47,6 @@ import os
 import queue
 import random
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +60,7 @@ import httpx
 import jwt
 
 from tokenguard.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DevIdP
+from tokenguard.testing import _processes as processes
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = (DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
@@ -87,72 +85,43 @@ class DrillError(Exception):
 # -- Redis ----------------------------------------------------------------------------------------------------
 
 
-class Redis:
-    """A ``redis-server`` on one loopback port, no persistence; ``kill()`` is SIGKILL, ``start()`` restarts it there."""
+class Redis(processes.RedisServer):
+    """The shared ``redis-server``, no persistence; ``kill()`` is SIGKILL, ``start()`` restarts it where it was.
 
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise DrillError("redis-server is not installed (Debian: apt-get install redis-server)")
-        self.binary = binary
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
+    Its failures are the drill's (exit 2): ``DrillError``.
+    """
 
-    def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603 - fixed arguments, no shell
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DrillError(f"redis-server exited ({self.process.returncode}) on port {self.port}")
-            if self._pings():
-                return
-            time.sleep(0.01)  # a poll interval, bounded by the deadline
-        raise DrillError(f"redis-server did not answer PING on port {self.port}")
-
-    def _pings(self) -> bool:
+    def start(self, port: int | None = None, *, timeout: float = 10.0) -> Redis:
+        """Start on a free port the first time, then (a restart) on the port it had."""
+        if port is None and self.port:
+            port = self.port
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+            super().start(port, timeout=timeout)
+        except processes.RedisNotInstalled as exc:
+            raise DrillError("redis-server is not installed (Debian: apt-get install redis-server)") from exc
+        except RuntimeError as exc:  # it never answered PING
+            raise DrillError(str(exc)) from exc
+        return self
 
 
 # -- the DevIdP -----------------------------------------------------------------------------------------------
 
 
-class ServedIdP:
-    """A ``DevIdP`` on a free loopback port, served by uvicorn from a thread of this process."""
+def _devidp(issuer: str) -> DevIdP:
+    idp = DevIdP(issuer, max_events=100_000)
+    idp.add_audience(OPAQUE_AUDIENCE, format="opaque")
+    return idp
+
+
+class ServedIdP(processes.ServedIdP):
+    """The shared served ``DevIdP``, with an audience of opaque tokens; serving once made."""
 
     def __init__(self) -> None:
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
-        # every answer on a reused keep-alive connection waits ≈ 40 ms for a delayed ACK (Nagle).
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.idp = DevIdP(f"http://127.0.0.1:{self.sock.getsockname()[1]}", max_events=100_000)
-        self.idp.add_audience(OPAQUE_AUDIENCE, format="opaque")
-        self.server = self.idp.server(log_level="warning", timeout_keep_alive=60)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise DrillError("the DevIdP did not start serving")
-            time.sleep(0.01)  # a poll interval, bounded by the deadline
-
-    @property
-    def issuer(self) -> str:
-        return self.idp.issuer
+        super().__init__(make=_devidp, timeout_keep_alive=60)
+        try:
+            self.start(timeout=30)
+        except RuntimeError as exc:
+            raise DrillError(str(exc)) from exc
 
     def token(self, **form: str) -> str:
         """A token from the token endpoint over HTTP, for ``dev-client``."""
@@ -168,11 +137,6 @@ class ServedIdP:
         response = await client.post(f"{self.issuer}/revoke", data=data, auth=CLIENT)
         if response.status_code != 200:
             raise DrillError(f"the DevIdP refused a revocation: {response.status_code}")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 # -- the app's processes --------------------------------------------------------------------------------------
@@ -220,13 +184,7 @@ class App:
         raise DrillError(f"an app process did not start in time:\n{''.join(self.output)}")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        processes.stop_process(self.popen, timeout=10)
 
 
 # -- the load -------------------------------------------------------------------------------------------------

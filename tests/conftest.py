@@ -20,6 +20,7 @@ import respx
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tokenguard.testing import ManualClock, SigningKey
+from tokenguard.testing import _processes as processes
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "https://api.example.com"
@@ -208,61 +209,23 @@ def dpop_challenge(realm: str, metadata: str | None = None) -> str:
 # -- A real Redis (tests/test_redis_store.py) ------------------------------------------------------
 
 
-class RedisServer:
-    """A real ``redis-server`` on a free loopback port, without persistence; ``stop()`` kills it.
+class RedisServer(processes.RedisServer):
+    """``tokenguard.testing._processes.RedisServer`` for tests: a real ``redis-server`` on a free loopback port,
+    without persistence; ``stop()`` kills it.
 
-    ``start()`` skips the test when no ``redis-server`` is installed (``.ci/run`` installs Debian's).
-    Imports are local: this block is self-contained.
+    ``start()`` skips the test when no ``redis-server`` is installed (``.ci/run`` installs Debian's) and fails
+    it when the server never answers PING.
     """
 
-    def __init__(self) -> None:
-        self.url = ""
-        self.port = 0
-        self.process: Any = None
-
-    def start(self, port: int | None = None) -> RedisServer:
+    def start(self, port: int | None = None, *, timeout: float = 10.0) -> RedisServer:
         """Start on a free port (or on ``port``, e.g. to restart a stopped server where it was)."""
-        import shutil
-        import socket
-        import subprocess
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (Debian: apt-get install redis-server); Redis tests need one")
-        for _attempt in range(3):  # the probed port may be taken before redis binds it: try another
-            if port is not None:
-                self.port = port
-            else:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", 0))
-                    self.port = probe.getsockname()[1]
-            argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 10
-            while self.process.poll() is None and time.monotonic() < deadline:
-                if self.pings():
-                    self.url = f"redis://127.0.0.1:{self.port}/0"
-                    return self
-                time.sleep(0.01)  # a poll interval, not a wait for readiness
-            self.stop()
-        pytest.fail(f"redis-server did not answer PING on port {self.port} (3 attempts)")
-
-    def pings(self) -> bool:
-        """Whether the server answers PING (raw RESP, no client library needed)."""
-        import socket
-
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-        if self.process is not None:
-            self.process.wait()
+            super().start(port, timeout=timeout)
+        except processes.RedisNotInstalled:
+            pytest.skip("redis-server is not installed (Debian: apt-get install redis-server); Redis tests need one")
+        except RuntimeError as exc:  # never answered PING
+            pytest.fail(str(exc))
+        return self
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("redis")
 
 from tokenguard.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEV_USER_GRANT, DevIdP
+from tokenguard.testing import _processes as processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 4
@@ -66,43 +67,23 @@ HTTP = httpx.Client(timeout=10)
 # -- the DevIdP, served over HTTP from a thread of this process --------------------------------------------
 
 
-class ServedIdP:
-    """A ``DevIdP`` on a free loopback port (issuer ``http://127.0.0.1:PORT``), served by uvicorn in a thread.
+#: Opaque tokens for their own audience: the ones only introspection can check.
+OPAQUE_AUDIENCE = "https://opaque.fleet.test"
 
-    The socket is bound before the DevIdP is made, so the issuer names the port it listens on.
-    """
+
+def _devidp(issuer: str) -> DevIdP:
+    idp = DevIdP(issuer)
+    idp.add_audience(OPAQUE_AUDIENCE, format="opaque")
+    return idp
+
+
+class ServedIdP(processes.ServedIdP):
+    """The shared served ``DevIdP`` (issuer ``http://127.0.0.1:PORT``), with an audience of opaque tokens."""
+
+    opaque_audience = OPAQUE_AUDIENCE
 
     def __init__(self) -> None:
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
-        # every answer on a reused keep-alive connection waits ≈ 40 ms for a delayed ACK (Nagle).
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        port = self.sock.getsockname()[1]
-        self.idp = DevIdP(f"http://127.0.0.1:{port}")
-        # Opaque tokens for their own audience: the ones only introspection can check.
-        self.opaque_audience = "https://opaque.fleet.test"
-        self.idp.add_audience(self.opaque_audience, format="opaque")
-        self.server = self.idp.server(log_level="warning")
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def issuer(self) -> str:
-        return self.idp.issuer
-
-    def start(self) -> ServedIdP:
-        self.thread.start()
-        deadline = time.monotonic() + STARTUP
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise AssertionError("the DevIdP did not start serving")
-            time.sleep(0.01)  # a poll interval, bounded by the deadline above
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        super().__init__(make=_devidp)
 
     def introspections(self, token: str) -> int:
         """How many times the DevIdP answered an introspection request about ``token`` (its ledger's events)."""
@@ -161,13 +142,7 @@ class AppProcess:
         self.url = self.wait_for(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", deadline).group(1)
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        processes.stop_process(self.popen, timeout=10)
 
 
 @contextmanager
@@ -208,7 +183,8 @@ def _close_http() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def idp() -> Iterator[ServedIdP]:
-    served = ServedIdP().start()
+    served = ServedIdP()
+    served.start(STARTUP)
     try:
         yield served
     finally:
