@@ -44,12 +44,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import queue
 import random
-import re
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -142,49 +138,20 @@ class ServedIdP(processes.ServedIdP):
 # -- the app's processes --------------------------------------------------------------------------------------
 
 
-class App:
-    """``uvicorn tests.fleet_app:app --port 0`` from the repository root; output kept by a thread."""
+class App(processes.UvicornProcess):
+    """``uvicorn tests.fleet_app:app --port 0`` from the repository root, configured by ``env``."""
 
     def __init__(self, env: dict[str, str]) -> None:
         environment = {name: value for name, value in os.environ.items() if not name.startswith("FLEET_")}
-        environment.update(env, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "uvicorn", "tests.fleet_app:app", "--host", "127.0.0.1", "--port", "0"]
-        self.popen = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments, no shell
-            [*argv, "--no-access-log", "--log-level", "info"],
-            cwd=ROOT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        super().__init__(
+            "tests.fleet_app:app", "--no-access-log", "--log-level", "info", env={**environment, **env}, cwd=ROOT
         )
-        self.output: list[str] = []
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.url = ""
 
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def ready(self, deadline: float) -> None:
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                raise DrillError(f"an app process exited ({self.popen.wait()}):\n{''.join(self.output)}")
-            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
-                self.url = found.group(1)
-                return
-        raise DrillError(f"an app process did not start in time:\n{''.join(self.output)}")
-
-    def stop(self) -> None:
-        processes.stop_process(self.popen, timeout=10)
+    def ready(self, deadline: float) -> str:
+        try:
+            return super().ready(deadline)
+        except RuntimeError as exc:
+            raise DrillError(f"an app process did not start: {exc}") from None
 
 
 # -- the load -------------------------------------------------------------------------------------------------

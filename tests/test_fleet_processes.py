@@ -26,12 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
-import re
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,53 +91,19 @@ class ServedIdP(processes.ServedIdP):
 # -- the app's processes -----------------------------------------------------------------------------------
 
 
-class AppProcess:
-    """``uvicorn tests.fleet_app:app --port 0``; its output read line by line by a thread."""
+class AppProcess(processes.UvicornProcess):
+    """``uvicorn tests.fleet_app:app --port 0`` from the repository root, configured by ``env``."""
 
     def __init__(self, env: dict[str, str]) -> None:
         environment = {name: value for name, value in os.environ.items() if not name.startswith("FLEET_")}
-        environment.update(env, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "uvicorn", "tests.fleet_app:app", "--host", "127.0.0.1", "--port", "0"]
-        self.popen = subprocess.Popen(
-            [*argv, "--no-access-log", "--log-level", "info"],
-            cwd=ROOT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        super().__init__(
+            "tests.fleet_app:app", "--no-access-log", "--log-level", "info", env={**environment, **env}, cwd=ROOT
         )
-        self.output: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.url = ""
 
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.output.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_for(self, pattern: str, deadline: float) -> re.Match[str]:
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                raise AssertionError(f"exited ({self.popen.wait()}) before {pattern!r}:\n{''.join(self.output)}")
-            if found := re.search(pattern, line):
-                return found
-        raise AssertionError(f"no line matched {pattern!r} in time:\n{''.join(self.output)}")
-
-    def ready(self, deadline: float) -> None:
+    def ready(self, deadline: float) -> str:
         # uvicorn runs the lifespan startup (the guard reads the revocation feed) before it binds.
         self.wait_for(r"Application startup complete", deadline)
-        self.url = self.wait_for(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", deadline).group(1)
-
-    def stop(self) -> None:
-        processes.stop_process(self.popen, timeout=10)
+        return super().ready(deadline)
 
 
 @contextmanager
