@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,6 +28,8 @@ from typing import Any
 import httpx
 import pytest
 from examples import fastapi_app, fastapi_oauth_app, payments_app, starlette_app
+
+from tokenguard.testing._processes import OutputProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -98,53 +98,19 @@ def run_literally(block: str, idp: str, api: str) -> list[Any]:
 # -- processes ------------------------------------------------------------------------------------------------
 
 
-class Process:
-    """A subprocess whose combined output a thread reads line by line, so a test can wait for a line."""
+class Process(OutputProcess):
+    """A subprocess run from the repository root, without the caller's ``TOKENGUARD_*`` settings."""
 
     def __init__(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         environment = {name: value for name, value in os.environ.items() if not name.startswith("TOKENGUARD_")}
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**environment, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(argv, env={**environment, **(env or {})}, cwd=ROOT)
 
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.output.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_for(self, pattern: str) -> re.Match[str]:
+    def wait_for(self, pattern: str, deadline: float | None = None) -> re.Match[str]:
         """The first line (from here on) matching ``pattern``; fails if the process exits or is silent too long."""
-        deadline = time.monotonic() + STARTUP
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                raise AssertionError(f"exited ({self.popen.wait()}) before {pattern!r}:\n{''.join(self.output)}")
-            if found := re.search(pattern, line):
-                return found
-        raise AssertionError(f"no line matched {pattern!r} in {STARTUP} s:\n{''.join(self.output)}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        try:
+            return super().wait_for(pattern, time.monotonic() + STARTUP if deadline is None else deadline)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
 
 
 @contextmanager

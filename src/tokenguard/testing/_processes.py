@@ -11,8 +11,8 @@ all need, so each starts, waits for and stops these parts the same way:
   ``kill()`` is a crash (SIGKILL), ``start(port=...)`` restarts it where it was;
 - ``ServedIdP``: a ``DevIdP`` served by uvicorn from a thread of this process, on a socket bound before
   the DevIdP is made, so its issuer names the port it listens on;
-- ``UvicornProcess``: ``python -m uvicorn <app> --port 0`` as a child process, its output read line by
-  line (``wait_for`` a line, ``ready`` for the URL it serves on).
+- ``OutputProcess``: a child process whose output is read line by line (``wait_for`` a line);
+  ``UvicornProcess``: ``python -m uvicorn <app> --port 0`` as one (``ready`` for the URL it serves on).
 
 Every wait polls with a deadline; nothing sleeps to decide an outcome.
 """
@@ -33,7 +33,15 @@ from typing import Any
 
 from tokenguard.testing._idp import DevIdP
 
-__all__ = ["RedisNotInstalled", "RedisServer", "ServedIdP", "UvicornProcess", "free_port", "stop_process"]
+__all__ = [
+    "OutputProcess",
+    "RedisNotInstalled",
+    "RedisServer",
+    "ServedIdP",
+    "UvicornProcess",
+    "free_port",
+    "stop_process",
+]
 
 _POLL = 0.01  # seconds between two looks at something starting: a poll interval, bounded by a deadline
 
@@ -151,25 +159,18 @@ class ServedIdP:
         self.sock.close()
 
 
-class UvicornProcess:
-    """``python -m uvicorn <app> --host 127.0.0.1 --port 0 [options]``, its output read by a thread.
+class OutputProcess:
+    """A child process whose combined output a thread reads line by line, so a caller can wait for a line.
 
     ``env`` replaces the environment (``PYTHONUNBUFFERED=1`` is added, so lines arrive as printed);
     ``output`` holds every line so far, for failure messages.
     """
 
-    RUNNING = r"Uvicorn running on (http://127\.0\.0\.1:\d+)"
-
     def __init__(
-        self,
-        app: str,
-        *options: str,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
+        self, argv: list[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
     ) -> None:
         environment = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0", *options]
-        # argv: this Python and the caller's fixed arguments, no shell.
+        # argv: the caller's fixed arguments, no shell.
         self.popen = subprocess.Popen(  # noqa: S603
             argv,
             cwd=cwd,
@@ -182,7 +183,6 @@ class UvicornProcess:
         self.output: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.url = ""
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
@@ -200,15 +200,32 @@ class UvicornProcess:
             except queue.Empty:
                 break
             if line is None:
-                raise RuntimeError(f"uvicorn exited ({self.popen.wait()}) before {pattern!r}:\n{''.join(self.output)}")
+                raise RuntimeError(f"exited ({self.popen.wait()}) before {pattern!r}:\n{''.join(self.output)}")
             if found := re.search(pattern, line):
                 return found
-        raise RuntimeError(f"no line of uvicorn matched {pattern!r} in time:\n{''.join(self.output)}")
+        raise RuntimeError(f"no line matched {pattern!r} in time:\n{''.join(self.output)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop_process(self.popen, timeout)
+
+
+class UvicornProcess(OutputProcess):
+    """``python -m uvicorn <app> --host 127.0.0.1 --port 0 [options]``; ``ready`` waits for its URL."""
+
+    RUNNING = r"Uvicorn running on (http://127\.0\.0\.1:\d+)"
+
+    def __init__(
+        self,
+        app: str,
+        *options: str,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0", *options]
+        super().__init__(argv, env=env, cwd=cwd)
+        self.url = ""
 
     def ready(self, deadline: float) -> str:
         """The base URL, once uvicorn says it serves (after the lifespan startup)."""
         self.url = self.wait_for(self.RUNNING, deadline).group(1)
         return self.url
-
-    def stop(self, timeout: float = 10.0) -> None:
-        stop_process(self.popen, timeout)
