@@ -154,6 +154,16 @@ def check_dates(exp: float | None, nbf: float | None, iat: float | None, now: fl
         raise InvalidToken("not_yet_valid", "The access token was issued in the future.")
 
 
+def check_longest_life(exp: float | None, iat: float | None, now: float, limit: float, leeway: float) -> None:
+    """Refuse a token whose life (``exp`` - ``iat``, or ``exp`` - now without ``iat``) exceeds ``limit``.
+
+    Used while revocations are in use (``max_token_lifetime``): a revocation by ``sub``/``client_id`` is
+    forgotten ``limit`` after its cut-off, so a token living longer could come back to life.
+    """
+    if exp is not None and exp - (now if iat is None else iat) > limit + leeway:
+        raise InvalidToken("bad_claim", "The access token lives longer than this API accepts.")
+
+
 def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, required: bool = True) -> None:
     """RFC 7519 §4.1.3: the recipient MUST identify itself with a value in ``aud``, else reject."""
     aud = claims.get("aud")

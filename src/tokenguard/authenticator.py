@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from tokenguard._binding import Binding, SenderConstraints
-from tokenguard._claims import issuer_difference
+from tokenguard._claims import check_longest_life, issuer_difference, number_claim
 from tokenguard._http import HttpClientOption, HttpClientPool
 from tokenguard._jose import classify, parse_jws
 from tokenguard._status import IssuerStatus
@@ -56,7 +56,7 @@ class _Pipeline:
     constraints: SenderConstraints | None = None
     #: The revocation list (``guard.revoke``, Shared Signals), set by the guard; checked after validation.
     revocations: RevocationList | None = None
-    #: Set while revocations are in use (``max_token_lifetime``): a token that would outlive the entries
+    #: Set while revocations are in use (``limit_lifetime``): a token that would outlive the entries
     #: covering it is refused, since an entry is forgotten ``max_token_lifetime`` after its cut-off.
     max_lifetime: float | None = None
 
@@ -91,12 +91,9 @@ class _Pipeline:
             scheme, token = credentials_from(values, self.config.max_token_bytes, dpop=dpop)
             try:
                 access_token = await self.validate(token, sensitive=requirement.sensitive, client=client)
-            except AuthError as exc:
-                exc.scheme = scheme
-                raise
-        if self.max_lifetime is not None:  # revocations in use; verified tokens are checked too
-            try:
-                self._check_lifetime(access_token, self.max_lifetime)
+                if self.max_lifetime is not None and access_token.source == "introspection":
+                    # JWTs are held to it by their validator, before the verified cache; answers here.
+                    self._check_lifetime(access_token, self.max_lifetime)
             except AuthError as exc:
                 exc.scheme = scheme
                 raise
@@ -147,15 +144,13 @@ class _Pipeline:
         return access_token, binding
 
     def _check_lifetime(self, token: AccessToken, limit: float) -> None:
-        """Refuse a token that lives longer than ``max_token_lifetime``: a revocation covering it
-        would be forgotten while it is still valid (``revocation.py``, invariants)."""
-        expires = token.expires_at
-        if expires is None:
-            return  # no exp (an introspected opaque token): its issuer is asked about it anyway
-        iat = token.claims.get("iat")
-        start = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else self.config.clock()
-        if expires - start > limit + self.config.leeway:
-            raise InvalidToken("bad_claim", "The access token lives longer than this API accepts.")
+        """An introspected token's life against ``limit`` (no ``exp``: its issuer is asked about it anyway)."""
+        iat = number_claim(token.claims, "iat", required=False)
+        check_longest_life(token.expires_at, iat, self.config.clock(), limit, self.config.leeway)
+
+    def limit_lifetime(self, limit: float) -> None:
+        """Revocations are in use: refuse tokens living longer than ``limit`` (``max_token_lifetime``)."""
+        raise NotImplementedError
 
     def _cached(self, raw: bytes) -> AccessToken | None:
         raise NotImplementedError
@@ -225,6 +220,10 @@ class Authenticator(_Pipeline):
             raise InvalidToken("revoked", "The access token's claims changed; a new access token is needed.")
         local = access_token if access_token.source == "jwt" else None
         return await self.introspector.introspect(token, local, client=client, not_before=cutoff)
+
+    def limit_lifetime(self, limit: float) -> None:
+        self.max_lifetime = limit
+        self.validator.limit_lifetime(limit)
 
     def share(self, store: FleetStore) -> None:
         if self.config.introspection.has_credentials:
@@ -352,6 +351,11 @@ class MultiIssuerAuthenticator(_Pipeline):
         if authenticator is None:
             raise InvalidToken("revoked", "The access token's claims changed; a new access token is needed.")
         return await authenticator.recheck(token, access_token, cutoff, client=client)
+
+    def limit_lifetime(self, limit: float) -> None:
+        self.max_lifetime = limit
+        for authenticator in self.by_issuer.values():
+            authenticator.limit_lifetime(limit)
 
     def share(self, store: FleetStore) -> None:
         for authenticator in self.by_issuer.values():

@@ -19,6 +19,7 @@ from tokenguard._claims import (
     check_audience,
     check_dates,
     check_lifetime,
+    check_longest_life,
     check_token_kind,
     identity_of,
     issuer_difference,
@@ -98,6 +99,9 @@ class JWTValidator:
         self._memo_keys: KeySet | None = None
         self._memo: dict[tuple[str | None, str], tuple[tuple[KeyIdentity, Verifier], ...]] = {}
         jwks.subscribe(self._forget_keys)
+        #: Set while revocations are in use (``Authenticator.limit_lifetime``): longer-lived tokens are
+        #: refused here, before they enter the verified cache, so a cache hit needs no second look.
+        self.max_lifetime: float | None = None
 
     async def validate(self, token: str) -> AccessToken:
         """Return the validated token, or raise ``InvalidToken`` / ``KeysUnavailable``."""
@@ -152,17 +156,28 @@ class JWTValidator:
         parsed = pending.parsed
         identity = self._verify_signature(parsed, pending.alg, pending.kid, keys)
         access_token = self._access_token(parsed.claims, identity[0] if identity is not None else None)
+        if self._verified is None and self.max_lifetime is None:
+            return access_token
+        claims = parsed.claims
+        exp, iat = float(claims["exp"]), number_claim(claims, "iat", required=False)
+        if self.max_lifetime is not None:
+            check_longest_life(exp, iat, self._config.clock(), self.max_lifetime, self._config.leeway)
         if self._verified is not None:
-            claims = parsed.claims
             self._verified[pending.digest] = (
                 access_token,
-                float(claims["exp"]),
+                exp,
                 number_claim(claims, "nbf", required=False),
-                number_claim(claims, "iat", required=False),
+                iat,
                 keys if identity is not None else None,
                 identity,
             )
         return access_token
+
+    def limit_lifetime(self, limit: float) -> None:
+        """Refuse tokens living longer than ``limit`` from now on; the verified ones are checked again."""
+        self.max_lifetime = limit
+        if self._verified is not None:
+            self._verified.clear()
 
     def cached(self, raw_token: bytes) -> AccessToken | None:
         """The validated token for these exact bytes if the verified cache holds it, else ``None``.

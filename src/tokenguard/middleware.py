@@ -275,9 +275,11 @@ class TokenGuard:
         """Revocations are in use: refuse tokens that would outlive the entries covering them.
 
         An entry by ``sub``/``client_id`` is forgotten ``max_token_lifetime`` after its cut-off, so a
-        token living longer could come back to life. Checked on every request, verified tokens included.
+        token living longer could come back to life. Checked when a token is validated (the verified
+        tokens of before are checked again), so a verified-cache hit costs nothing more.
         """
-        self.authenticator.max_lifetime = self.max_token_lifetime
+        if self.authenticator.max_lifetime is None:
+            self.authenticator.limit_lifetime(self.max_token_lifetime)
 
     def _start_background(self) -> None:
         """The revocation feed's listener and the Shared Signals poller, in the running loop."""
