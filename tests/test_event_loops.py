@@ -35,6 +35,9 @@ async def me(request: Request) -> JSONResponse:
 
 
 CLIENTS: dict[int, httpx.AsyncClient] = {}
+# Loops seen by the endpoint stay referenced here, so a closed loop's id() is never reused by a
+# later one and "a new loop" is not mistaken for "the same loop" (or the reverse).
+LOOPS: dict[int, asyncio.AbstractEventLoop] = {}
 
 
 @public
@@ -43,7 +46,9 @@ async def client_id(request: Request) -> JSONResponse:
     guard: TokenGuard = request.scope["tokenguard"]
     client = guard.authenticator.http.client()
     CLIENTS[id(client)] = client
-    return JSONResponse({"client": id(client), "loop": id(asyncio.get_running_loop())})
+    loop = asyncio.get_running_loop()
+    LOOPS[id(loop)] = loop
+    return JSONResponse({"client": id(client), "loop": id(loop)})
 
 
 def make_guard(clock: ManualClock, **options: Any) -> TokenGuard:
