@@ -9,6 +9,7 @@ refusal is an ``InvalidToken`` whose reason the caller passes on unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tokenguard._uri import canonical_uri
 from tokenguard.errors import InvalidToken
 
 logger = logging.getLogger("tokenguard")
@@ -178,8 +180,39 @@ def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, req
     values = [aud] if isinstance(aud, str) else aud
     if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
         raise InvalidToken("bad_claim", "The access token has a malformed audience claim.")
-    if not any(value in audiences for value in values):
+    if not any(value in audiences for value in values) and matched_audience(values, audiences) is None:
         raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
+
+
+def matched_audience(values: list[str] | tuple[str, ...], audiences: tuple[str, ...]) -> str | None:
+    """The configured audience one of ``values`` names, exactly or as the same canonical resource URI.
+
+    MCP's "Canonical Server URI" and RFC 3986 §6.2.2-6.2.3: ``HTTPS://API.example.com:443/mcp`` names
+    the resource ``https://api.example.com/mcp`` does (``_uri.canonical_uri``); plain names match only
+    exactly. At most 64 values are looked at (a claim listing more is refused by the caller's miss).
+    """
+    for value in values[:64]:
+        if value in audiences:
+            return value
+    canonical = _canonical_audiences(audiences)
+    if not canonical:
+        return None
+    for value in values[:64]:
+        form = canonical_uri(value) if isinstance(value, str) else None
+        if form is not None and form in canonical:
+            return canonical[form]
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _canonical_audiences(audiences: tuple[str, ...]) -> dict[str, str]:
+    """Canonical form -> configured audience, for the configured values that have one (cached per tuple)."""
+    forms: dict[str, str] = {}
+    for audience in audiences:
+        form = canonical_uri(audience)
+        if form is not None:
+            forms.setdefault(form, audience)
+    return forms
 
 
 #: Vendor markers of tokens that are not access tokens: Keycloak's "typ" claim ("ID", "Refresh",
