@@ -29,6 +29,7 @@ CORE_LEVELS: dict[str, int] = {
     "tokenguard._flight": 0,
     "tokenguard._signatures": 0,
     "tokenguard._status": 0,
+    "tokenguard._uri": 0,
     "tokenguard.models": 1,
     "tokenguard.store": 1,
     "tokenguard.config": 1,
@@ -51,6 +52,7 @@ CORE_LEVELS: dict[str, int] = {
     "tokenguard.resource_metadata": 4,
     "tokenguard.jwt_validator": 4,
     "tokenguard.ssf": 4,
+    "tokenguard._mcp": 4,
     "tokenguard.introspection": 5,
     "tokenguard.authenticator": 6,
 }
@@ -75,6 +77,10 @@ ADDONS = frozenset(
         "tokenguard.integrations._common",
         "tokenguard.integrations.opentelemetry",
         "tokenguard.integrations.prometheus",
+        "tokenguard.mcp",
+        "tokenguard.mcp._sdk",
+        "tokenguard.mcp._fastmcp",
+        "tokenguard.mcp._verify",
     }
 )
 #: The development identity provider and the pytest plugin.

@@ -24,9 +24,10 @@ from typing import Any
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenguard._binding import DPoPMode, sender_constraints
-from tokenguard._details import check_details
+from tokenguard._binding import Binding, DPoPMode, sender_constraints
+from tokenguard._details import check_details, read_body
 from tokenguard._http import HttpClientOption
+from tokenguard._mcp import MCPPolicy, ToolsListFilter, filtering_send
 from tokenguard._startup import FailedGuard, argument_problem, built_by_framework, fail_startup
 from tokenguard._status import GuardStatus, MetricsSnapshot
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
@@ -42,13 +43,24 @@ from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule
 from tokenguard.resource_metadata import ResourceMetadata, build_resource_metadata
 from tokenguard.resource_metadata import serve as serve_metadata
 from tokenguard.revocation import Revocation, RevocationKind, RevocationList
-from tokenguard.routing import DECISION_KEY, REQUIREMENT_KEY, RouteDecision, RouteResolver, declared_requirements
+from tokenguard.routing import (
+    DECISION_KEY,
+    REQUIREMENT_KEY,
+    RouteDecision,
+    RouteResolver,
+    declared_requirements,
+    route_path,
+)
 from tokenguard.ssf import SharedSignals, SignalReceiver
 from tokenguard.store import FleetStore, MemoryStore, SharedStore
 
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
 logger = logging.getLogger("tokenguard")
+
+#: Where ``_enforce_call`` leaves the ``tools/list`` filter for ``__call__`` to wrap ``send`` with.
+_TOOLS_LIST_KEY = "tokenguard.mcp_tools_list"
+_NOTHING_MORE = Requirement()
 
 
 class TokenGuard:
@@ -144,6 +156,7 @@ class TokenGuard:
         revocation_fail_closed: bool = False,
         max_token_lifetime: float = 86400.0,
         revocation_max_entries: int = 100_000,
+        mcp: MCPPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -217,6 +230,12 @@ class TokenGuard:
         default_requirement = PUBLIC if options["default"] == "public" else AUTHENTICATED
         self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=options["route_cache_size"])
         self.resolver.enforce = self._enforce_at_dispatch
+        if options["mcp"] is not None and not isinstance(options["mcp"], MCPPolicy):
+            raise ConfigurationError(
+                "mcp must be a tokenguard.mcp.MCPPolicy, e.g. MCPPolicy(tools={'transfer': ToolPolicy(scopes='pay')})"
+            )
+        #: Per-tool policy of an MCP endpoint (``_mcp``): the JSON-RPC body says what a call needs.
+        self.mcp: MCPPolicy | None = options["mcp"]
         self._prefetch = options["prefetch"]
         self._realm = self.config.effective_realm
         if on_decision is None:
@@ -391,6 +410,10 @@ class TokenGuard:
             checked = await self._enforce(scope, receive, send, decision, requirement, started)
         if checked is None:
             return
+        if self.mcp is not None:
+            rewrite = scope.pop(_TOOLS_LIST_KEY, None)
+            if rewrite is not None:
+                send = filtering_send(send, rewrite)
         # An ``AuthError`` the app raises (a ``tokenguard.fastapi`` dependency, an endpoint raising
         # ``InsufficientScope``) is rendered here, by the one renderer, so a refusal looks the same
         # whichever layer made it. Dependencies run before the endpoint answers; an app that raises
@@ -433,6 +456,9 @@ class TokenGuard:
             token, binding = await self.authenticator.authenticate_request(
                 scope.get("headers", ()), requirement, client=client_of(scope), scope=scope
             )
+            mcp = self.mcp
+            if mcp is not None and scope["type"] == "http" and mcp.covers(route_path(scope), scope["method"]):
+                token, binding, receive = await self._enforce_call(mcp, scope, receive, requirement, token, binding)
             if requirement.details:
                 receive = await check_details(
                     scope,
@@ -460,6 +486,38 @@ class TokenGuard:
         self._decided(scope, decision, started, "allow", "ok", 200, token)
         return receive
 
+    async def _enforce_call(
+        self,
+        mcp: MCPPolicy,
+        scope: Scope,
+        receive: Receive,
+        requirement: Requirement,
+        token: AccessToken,
+        binding: Binding | None,
+    ) -> tuple[AccessToken, Binding | None, Receive]:
+        """An MCP call: what its JSON-RPC body asks for, on top of the endpoint's policy (``_mcp``).
+
+        The body is read only now, after the token passed the endpoint's own policy, so an anonymous
+        client cannot make the guard buffer anything; it is capped by ``max_body_bytes``.
+        """
+        data, receive = await read_body(scope, receive, self.config.max_body_bytes)
+        extra, message = mcp.requirement_for(data)
+        if extra != _NOTHING_MORE:
+            merged = requirement.merge(extra)
+            # Again with the call's policy: introspection for a sensitive tool, a proof for a
+            # sender-constrained one, then its scopes (403 listing all the call needs) and step-up.
+            token, binding = await self.authenticator.authenticate_request(
+                scope.get("headers", ()), merged, client=client_of(scope), scope=scope
+            )
+        if mcp.filter_tools_list and isinstance(message, dict) and message.get("method") == "tools/list":
+            config = self.config
+
+            def keep(name: str) -> bool:
+                return mcp.may_call(name, token, bound=binding is not None, clock=config.clock, leeway=config.leeway)
+
+            scope[_TOOLS_LIST_KEY] = ToolsListFilter(message.get("id"), keep)
+        return token, binding, receive
+
     async def _enforce_at_dispatch(
         self, scope: MutableMapping[str, Any], receive: Receive, send: Send, requirement: Requirement
     ) -> Receive | None:
@@ -476,7 +534,8 @@ class TokenGuard:
     def _declared(self, scope: Scope) -> list[Requirement]:
         """Every policy the app declares (marks and rules): what RFC 9728 metadata lists."""
         rules = (rule.requirement for rule in self.resolver.rules)
-        return [*declared_requirements(scope.get("app") or self.app), *rules]
+        calls = [] if self.mcp is None else [*self.mcp.tools.values(), *self.mcp.methods.values(), self.mcp.default]
+        return [*declared_requirements(scope.get("app") or self.app), *rules, *calls]
 
     def _decided(
         self,
