@@ -1,13 +1,18 @@
 """The HTTP side of ``DevIdP``: a Starlette app for metadata, JWKS, /authorize, /token, /introspect, /revoke,
-/logout, and the Shared Signals transmitter's (``_ssf``) metadata, stream, verification and poll endpoints.
+/logout, /register (RFC 7591 dynamic client registration), and the Shared Signals transmitter's (``_ssf``)
+metadata, stream, verification and poll endpoints.
 
 Only wire formats live here: form parsing, client authentication, redirects, JSON answers and CORS.
 Every decision is taken by the ``DevIdP`` methods these endpoints call.
 
-CORS (``DevIdP(cors_origins=...)``) covers what a browser app calls with ``fetch``: the token and
-revocation endpoints and the metadata and JWKS documents. Not /authorize, which the browser navigates
+CORS (``DevIdP(cors_origins=...)``) covers what a browser app calls with ``fetch``: the token,
+revocation and registration endpoints and the metadata and JWKS documents. Not /authorize, which the browser navigates
 to, and not /introspect, which is for resource servers (servers, not browsers). A browser app may
 send a ``DPoP`` proof to the token endpoint and read the ``DPoP-Nonce`` it answers with (RFC 9449).
+
+/register is open (RFC 7591 §3: no initial access token), as befits a development IdP: it takes one
+JSON object of client metadata and answers 201 with the client information, or 400 with an RFC 7591
+§3.2.2 error (``invalid_redirect_uri``, ``invalid_client_metadata``), a body that is not JSON included.
 
 The Shared Signals endpoints take JSON and a confidential client's HTTP Basic credentials, and a
 receiver sees and manages only its own streams (SSF 1.0 §8: the stream's ``aud`` is its client_id):
@@ -123,6 +128,16 @@ def build_app(idp: DevIdP) -> Starlette:
             return _error(exc)
         return JSONResponse({"grants_revoked": revoked}, headers=_NO_STORE)
 
+    async def register(request: Request) -> Response:
+        """RFC 7591 §3.1: register a client from its metadata; 201 and the §3.2.1 client information."""
+        try:
+            document = await _registration_document(request)
+            answer = idp.register_dynamic_client(document)
+        except OAuthError as exc:
+            return _error(exc)
+        # RFC 7591 §3.2.1: "HTTP 201 Created", and the answer holds a client secret: never cached.
+        return JSONResponse(answer, status_code=201, headers=_NO_STORE)
+
     async def ssf_metadata(request: Request) -> Response:
         return JSONResponse(idp.ssf_metadata(), headers=_CACHEABLE)
 
@@ -212,6 +227,7 @@ def build_app(idp: DevIdP) -> Starlette:
         Route(base + "/introspect", introspect, methods=["POST"]),
         browser(base + "/revoke", revoke, "POST"),
         Route(base + "/logout", logout, methods=["POST"]),
+        browser(base + "/register", register, "POST"),
         # SSF 1.0 §7.2: the well-known part goes between host and path, as RFC 8414 §3.1 puts its own.
         Route(WELL_KNOWN + base, ssf_metadata, methods=["GET"]),
         Route(base + "/ssf/streams", ssf_streams, methods=["GET", "POST", "DELETE"]),
@@ -363,6 +379,17 @@ async def _json(request: Request) -> dict[str, Any]:
         return strict_loads(body)
     except ValueError as exc:
         raise OAuthError("invalid_request", "The request body must be a JSON object.") from exc
+
+
+async def _registration_document(request: Request) -> dict[str, Any]:
+    """An RFC 7591 §3.1 request body: one JSON object; anything else is ``invalid_client_metadata`` (§3.2.2)."""
+    try:
+        body = await _body(request, _JSON)  # the same content type check and size cap as the other bodies
+        return strict_loads(body)
+    except OAuthError as exc:
+        raise OAuthError("invalid_client_metadata", exc.description) from exc
+    except ValueError as exc:
+        raise OAuthError("invalid_client_metadata", "The request body must be a JSON object (RFC 7591 §3.1).") from exc
 
 
 def _basic_client(idp: DevIdP, request: Request) -> Client:

@@ -12,7 +12,10 @@ What it implements, and where:
   token presented again revokes its whole grant, refresh and access tokens alike;
 - RFC 9068 JWT access tokens or opaque ones, chosen per audience;
 - RFC 8707 resource indicators: ``resource`` on /authorize (several) and the token endpoint (one)
-  chooses the access token's ``aud`` among the audiences it knows (``add_audience``);
+  chooses the access token's ``aud`` among the audiences it knows (``add_audience``), matched as the
+  same canonical URI (``tokenguard._uri.canonical_uri``) when not spelled exactly as registered;
+- RFC 7591 dynamic client registration (``register_dynamic_client``, ``POST /register``), open to
+  anyone: public or confidential clients for the authorization code grant, as MCP clients register;
 - for step-up and rich authorization tests: ``acr`` (from the RFC 9470 / OpenID ``acr_values``
   request parameter), ``auth_time`` on every user token, and RFC 9396 ``authorization_details``
   (from the authorization or token request), in tokens, introspection answers and token responses;
@@ -54,6 +57,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 
 from tokenguard._dpop import DEFAULT_DPOP_ALGORITHMS, DPoPNonces, check_algorithms, check_proof
+from tokenguard._uri import canonical_uri
 from tokenguard.config import check_issuer, is_loopback_host
 from tokenguard.errors import ConfigurationError, InvalidDPoPProof
 from tokenguard.testing._keys import ALGORITHMS, KeyRing, SigningKey
@@ -129,6 +133,19 @@ _JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 #: RFC 9449 §11.1: how far a proof's iat may be from now at the token endpoint (seconds, either way).
 DPOP_IAT_WINDOW = 60.0
 
+#: RFC 7591 §2 ``token_endpoint_auth_method`` values a dynamically registered client may ask for:
+#: "none" makes a public client (RFC 6749 §2.1), the other two a confidential one with a secret.
+REGISTRATION_AUTH_METHODS: tuple[str, ...] = ("none", "client_secret_basic", "client_secret_post")
+#: RFC 7591 §2 ``grant_types`` a dynamically registered client may ask for. Never
+#: ``client_credentials`` nor the development user grant: anyone may register here, without an
+#: initial access token (§3), and either grant would hand an anonymous registrant tokens that no
+#: user consented to (the dev-user grant even a user's own tokens, for any user it names).
+REGISTRATION_GRANT_TYPES: tuple[str, ...] = ("authorization_code", "refresh_token")
+# Bounds on one registration request's metadata: a development server still refuses unbounded input.
+_MAX_REDIRECT_URIS = 16
+_MAX_URI_LENGTH = 2048
+_MAX_CLIENT_NAME = 256
+
 
 def parse_authorization_details(value: str, allowed: frozenset[str] | None = None) -> list[dict[str, Any]]:
     """The ``authorization_details`` request parameter, checked (RFC 9396 §2, error codes §5)."""
@@ -190,6 +207,26 @@ def _resources_of(params: Mapping[str, str], resources: Sequence[str] | None) ->
         return resources
     single = params.get("resource")
     return (single,) if single else ()
+
+
+def _metadata_string(metadata: Mapping[str, Any], name: str, default: str | None) -> str | None:
+    """An RFC 7591 §2 string member, or ``default`` when absent (or null); another JSON type is refused."""
+    value = metadata.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value:
+        raise OAuthError("invalid_client_metadata", f"{name} must be a non-empty string.")
+    return value
+
+
+def _metadata_strings(metadata: Mapping[str, Any], name: str, default: list[str]) -> list[str]:
+    """An RFC 7591 §2 array-of-strings member (redirect_uris, grant_types, response_types), or ``default``."""
+    value = metadata.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise OAuthError("invalid_client_metadata", f"{name} must be an array of non-empty strings.")
+    return list(value)
 
 
 def _user_claims(acr: str | None, auth_time: float | None, authorization_details: Any, now: float) -> dict[str, Any]:
@@ -361,6 +398,8 @@ class DevIdP:
         self.dpop_nonces = DPoPNonces(secrets.token_bytes(32), clock=clock) if dpop_nonce else None
         self._audiences: dict[str, Audience] = {}
         self._clients: dict[str, Client] = {}
+        #: The ids of the clients ``register_dynamic_client`` made (at most ``max_entries`` of them).
+        self._dynamic_clients: set[str] = set()
         self._ledger = Ledger(
             self,
             max_entries=self.max_entries,
@@ -486,6 +525,155 @@ class DevIdP:
         if parts is None or not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
             raise ConfigurationError(f"redirect_uris must be absolute URIs without a fragment, got {uri!r}")
 
+    # -- RFC 7591 dynamic client registration ---------------------------------------------------
+
+    def register_dynamic_client(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """Register a client from its RFC 7591 §2 metadata; the §3.2.1 client information response.
+
+        What ``POST {issuer}/register`` does, open to anyone: this is a development IdP, so there is no
+        initial access token (RFC 7591 §3) and no software statement. ``token_endpoint_auth_method``
+        "none" registers a public client (no secret); "client_secret_basic" (the default, §2) or
+        "client_secret_post" a confidential one, whose ``client_secret`` never expires
+        (``client_secret_expires_at`` 0, §3.2.1). ``grant_types`` (default ``["authorization_code"]``,
+        §2) may hold ``authorization_code`` and ``refresh_token`` only, ``response_types`` only
+        ``code``; ``redirect_uris`` is required, each https or http on a loopback host (RFC 8252 §7.3,
+        any port), without a fragment. ``scope`` (space-separated, known scopes only) becomes what the
+        client may ask for; without it, every scope the DevIdP supports. Metadata it does not know
+        (``client_uri``, ``application_type``, ...) is ignored (§2). Refusals are ``OAuthError`` with
+        the RFC 7591 §3.2.2 codes ``invalid_redirect_uri`` and ``invalid_client_metadata``; so is a
+        registration beyond ``max_entries`` dynamically registered clients.
+        """
+        if not isinstance(metadata, Mapping):
+            raise OAuthError("invalid_client_metadata", "The client metadata must be a JSON object (RFC 7591 §3.1).")
+        method = _metadata_string(metadata, "token_endpoint_auth_method", "client_secret_basic")
+        if method not in REGISTRATION_AUTH_METHODS:
+            raise OAuthError(
+                "invalid_client_metadata",
+                f"token_endpoint_auth_method must be one of {', '.join(REGISTRATION_AUTH_METHODS)}.",
+            )
+        # RFC 7591 §2: grant_types defaults to ["authorization_code"], response_types to ["code"].
+        grant_types = _metadata_strings(metadata, "grant_types", ["authorization_code"])
+        refused = sorted(set(grant_types) - set(REGISTRATION_GRANT_TYPES))
+        if refused:
+            raise OAuthError(
+                "invalid_client_metadata",
+                f"grant_types may hold only {', '.join(REGISTRATION_GRANT_TYPES)} here, not {' '.join(refused)}.",
+            )
+        response_types = _metadata_strings(metadata, "response_types", ["code"])
+        if set(response_types) != {"code"}:
+            raise OAuthError("invalid_client_metadata", 'response_types must be ["code"]: the only one supported.')
+        # RFC 7591 §2.1: response_type "code" goes with the authorization_code grant type.
+        if "authorization_code" not in grant_types:
+            raise OAuthError(
+                "invalid_client_metadata", "grant_types must include authorization_code, as response_types code does."
+            )
+        redirect_uris = self._registration_redirect_uris(metadata)
+        scopes = self._registration_scopes(metadata)
+        client_name = _metadata_string(metadata, "client_name", None)
+        if client_name is not None and (len(client_name) > _MAX_CLIENT_NAME or not client_name.isprintable()):
+            raise OAuthError(
+                "invalid_client_metadata", f"client_name must be printable, at most {_MAX_CLIENT_NAME} characters."
+            )
+        public = method == "none"
+        with self._lock:
+            self._dynamic_clients &= set(self._clients)  # a client removed or replaced meanwhile no longer counts
+            if len(self._dynamic_clients) >= self.max_entries:
+                # RFC 7591 §3.2.2 defines no code for a server that will hold no more clients; its
+                # invalid_client_metadata is the code clients know, and the description says why.
+                raise OAuthError(
+                    "invalid_client_metadata",
+                    f"This development IdP holds at most {self.max_entries} dynamically registered clients "
+                    "(max_entries), and has that many: restart it, or raise max_entries.",
+                )
+            client_id = "dyn-" + secrets.token_urlsafe(16)
+            while client_id in self._clients:  # pragma: no cover - 128 random bits
+                client_id = "dyn-" + secrets.token_urlsafe(16)
+            # RFC 7591 §3.2.1: a secret for a confidential client only; "none" means the client has none.
+            client_secret = None if public else secrets.token_urlsafe(32)
+            self.register_client(
+                client_id,
+                client_secret,
+                scopes=scopes,
+                redirect_uris=redirect_uris,
+                grant_types=grant_types,
+            )
+            self._dynamic_clients.add(client_id)
+            issued_at = int(self.clock())
+        # RFC 7591 §3.2.1: client_id, the secret with its expiry (0: never), and the registered
+        # metadata, "including any fields provisioned by the authorization server itself".
+        answer: dict[str, Any] = {"client_id": client_id, "client_id_issued_at": issued_at}
+        if client_secret is not None:
+            answer["client_secret"] = client_secret
+            answer["client_secret_expires_at"] = 0
+        answer.update(
+            redirect_uris=list(redirect_uris),
+            grant_types=list(dict.fromkeys(grant_types)),
+            response_types=["code"],
+            token_endpoint_auth_method=method,
+        )
+        if client_name is not None:
+            answer["client_name"] = client_name
+        if scopes is not None:
+            answer["scope"] = scope_string(scopes)
+        return answer
+
+    @property
+    def dynamic_clients(self) -> frozenset[str]:
+        """The ids of the clients registered with ``register_dynamic_client`` (RFC 7591) and still registered."""
+        with self._lock:
+            return frozenset(self._dynamic_clients & set(self._clients))
+
+    def _registration_redirect_uris(self, metadata: Mapping[str, Any]) -> tuple[str, ...]:
+        """RFC 7591 §2 ``redirect_uris``: required here (every client uses the code grant), each checked."""
+        if metadata.get("redirect_uris") is None:
+            raise OAuthError("invalid_redirect_uri", "redirect_uris is required: the code grant redirects.")
+        uris = _metadata_strings(metadata, "redirect_uris", [])
+        if not uris:
+            raise OAuthError("invalid_redirect_uri", "redirect_uris must name at least one redirect URI.")
+        if len(uris) > _MAX_REDIRECT_URIS:
+            raise OAuthError("invalid_redirect_uri", f"At most {_MAX_REDIRECT_URIS} redirect_uris may be registered.")
+        for uri in uris:
+            self._check_registration_redirect_uri(uri)
+        return tuple(dict.fromkeys(uris))
+
+    def _check_registration_redirect_uri(self, uri: str) -> None:
+        """One redirect URI an anonymous registrant asks for: ``invalid_redirect_uri`` (RFC 7591 §3.2.2) if refused.
+
+        What ``register_client`` demands (an absolute URI, no fragment: RFC 6749 §3.1.2), and on top, as
+        a registrant here is anyone: https (RFC 6749 §3.1.2.1, RFC 9700 §4.1.1), or http to a loopback
+        host, where a native app listens (RFC 8252 §7.3). No private-use scheme: ``register_client``
+        takes none (it wants a host), so a native app registers a loopback redirect URI.
+        """
+        refusal = OAuthError(
+            "invalid_redirect_uri",
+            "Each redirect URI must be an https:// URI, or http:// to a loopback host, without a fragment.",
+        )
+        if len(uri) > _MAX_URI_LENGTH or _ABSOLUTE_URI.fullmatch(uri) is None:
+            raise refusal
+        try:
+            self._check_redirect_uri(uri)
+            parts = urlsplit(uri)
+            parts.port  # noqa: B018 - a malformed port raises here
+        except (ConfigurationError, ValueError) as exc:
+            raise refusal from exc
+        secure = parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))
+        if not secure or not parts.hostname or "@" in parts.netloc:
+            raise refusal
+
+    def _registration_scopes(self, metadata: Mapping[str, Any]) -> frozenset[str] | None:
+        """RFC 7591 §2 ``scope``: space-separated scopes the client may ask for; known ones only here."""
+        value = _metadata_string(metadata, "scope", None)
+        if value is None:
+            return None  # every supported scope, as for a client registered without scopes
+        items = value.split(" ")
+        if any(SCOPE_TOKEN.fullmatch(item) is None for item in items):
+            raise OAuthError("invalid_client_metadata", "scope must be space-separated scope tokens (RFC 6749 §3.3).")
+        unknown = set(items) - self._scopes
+        if unknown:
+            # Registering a scope must not add it to scopes_supported: only the DevIdP's owner does that.
+            raise OAuthError("invalid_client_metadata", f"Unknown scope: {scope_string(unknown)}.")
+        return frozenset(items)
+
     def add_audience(self, audience: str, *, format: TokenFormat = "jwt", alg: str = "RS256") -> None:
         """Issue access tokens for ``audience`` as RFC 9068 JWTs signed with ``alg``, or opaque strings.
 
@@ -534,7 +722,8 @@ class DevIdP:
 
     def endpoint(self, name: str) -> str:
         """The URL of an endpoint: ``authorize``, ``token``, ``introspect``, ``revoke``, ``jwks``, ``logout``,
-        or the Shared Signals ones: ``ssf/streams``, ``ssf/verify``, ``ssf/poll/<stream id>``."""
+        ``register`` (RFC 7591 dynamic client registration, open to anyone), or the Shared Signals ones:
+        ``ssf/streams``, ``ssf/verify``, ``ssf/poll/<stream id>``."""
         return f"{self.issuer.rstrip('/')}/{name}"
 
     def metadata(self) -> dict[str, Any]:
@@ -549,6 +738,8 @@ class DevIdP:
             "jwks_uri": self.endpoint("jwks"),
             "introspection_endpoint": self.endpoint("introspect"),
             "revocation_endpoint": self.endpoint("revoke"),
+            # RFC 8414 §2 / RFC 7591 §3: where clients register themselves (no initial access token here).
+            "registration_endpoint": self.endpoint("register"),
             "scopes_supported": sorted(self._scopes),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
@@ -573,7 +764,7 @@ class DevIdP:
 
     @property
     def app(self) -> Starlette:
-        """The ASGI app serving metadata, JWKS, /authorize, /token, /introspect, /revoke, /logout and SSF.
+        """The ASGI app serving metadata, JWKS, /authorize, /token, /introspect, /revoke, /logout, /register and SSF.
 
         Its lifespan runs the Shared Signals delivery task: served, it pushes each SET once queued.
         """
@@ -856,17 +1047,32 @@ class DevIdP:
         (``at_most_one=False``: the grant covers them all) and a token request one at most; the client
         gets a token for each other resource with its refresh token, as RFC 8707 §2.2 shows.
         """
-        resources = _resource_list(values)
-        unknown = [value for value in resources if value not in self._audiences]
-        if unknown:
+        registered = [self._audience_named(value) for value in _resource_list(values)]
+        if None in registered:
             # RFC 8707 §2: "unknown" resources are invalid_target too. The value is not echoed.
             raise OAuthError("invalid_target", "This server issues no tokens for that resource.")
+        resources = tuple(dict.fromkeys(audience for audience in registered if audience is not None))
         if at_most_one and len(resources) > 1:
             raise OAuthError(
                 "invalid_target",
                 "Name one resource per token request: each access token has one audience (RFC 9700 §2.3).",
             )
         return resources
+
+    def _audience_named(self, resource: str) -> str | None:
+        """The registered audience ``resource`` names: itself, else the same canonical URI (``None``: neither).
+
+        RFC 3986 §6.2.2.1 and §6.2.3: ``HTTP://127.0.0.1:80/mcp`` and ``http://127.0.0.1/mcp`` are one
+        resource, and MCP clients send the server URL as they hold it (a root URL often with a "/" added).
+        The token names the audience as registered, the string the resource server was told to expect.
+        Several audiences with one canonical form: the first registered wins. Other values match exactly.
+        """
+        if resource in self._audiences:
+            return resource
+        canonical = canonical_uri(resource)
+        if canonical is None:
+            return None
+        return next((audience for audience in self._audiences if canonical_uri(audience) == canonical), None)
 
     def _requested_scopes(self, client: Client, value: str | None) -> frozenset[str]:
         """RFC 6749 §3.3: unknown or disallowed scopes are ``invalid_scope``; none asked means the default."""
