@@ -204,6 +204,7 @@ async def test_the_rfc_8414_document_is_unchanged(idp: DevIdP) -> None:
         "jwks_uri",
         "introspection_endpoint",
         "revocation_endpoint",
+        "registration_endpoint",
         "scopes_supported",
         "response_types_supported",
         "response_modes_supported",
