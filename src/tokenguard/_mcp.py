@@ -118,7 +118,9 @@ class MCPPolicy:
     """The policy of an MCP endpoint, per tool and per JSON-RPC method (TokenGuard's ``mcp=`` option).
 
     ``path``: the endpoint, as the app's routes see it (``/mcp`` for the SDK's and FastMCP's
-    Streamable HTTP app); every ``POST`` there is read. ``tools``: tool name → ``ToolPolicy``;
+    Streamable HTTP app); every ``POST`` there is read. ``scopes``: what every request to the
+    endpoint needs (``initialize`` included), named in its 401 challenges so that an MCP client asks
+    for these first and steps up per tool (MCP 2025-11-25 scope selection). ``tools``: tool name → ``ToolPolicy``;
     ``default``: for a tool not listed (``None``: nothing beyond the endpoint's policy — list every
     tool, or set a default, to be least-privilege). ``methods``: JSON-RPC method → ``ToolPolicy``
     (``"resources/read"``, ``"prompts/get"``, or ``"tools/call"`` for every tool call); methods not
@@ -128,6 +130,7 @@ class MCPPolicy:
     """
 
     path: str = "/mcp"
+    scopes: frozenset[str] = frozenset()
     tools: Mapping[str, Requirement] = field(default_factory=dict)
     methods: Mapping[str, Requirement] = field(default_factory=dict)
     default: Requirement = _NOTHING_MORE
@@ -137,6 +140,7 @@ class MCPPolicy:
         self,
         *,
         path: str = "/mcp",
+        scopes: ScopesArg = (),
         tools: Mapping[str, ToolPolicy] | None = None,
         methods: Mapping[str, ToolPolicy] | None = None,
         default: ToolPolicy | None = None,
@@ -149,14 +153,25 @@ class MCPPolicy:
         if not isinstance(filter_tools_list, bool):
             raise ConfigurationError("MCPPolicy filter_tools_list must be True or False")
         object.__setattr__(self, "path", path.rstrip("/") or "/")
+        object.__setattr__(self, "scopes", Rule("/", scopes=scopes).scopes if scopes else frozenset())
         object.__setattr__(self, "tools", _policies("tools", tools))
         object.__setattr__(self, "methods", _policies("methods", methods))
         object.__setattr__(self, "default", default.requirement if default is not None else _NOTHING_MORE)
         object.__setattr__(self, "filter_tools_list", filter_tools_list)
 
-    def covers(self, path: str, method: str) -> bool:
-        """Whether a request is a JSON-RPC call to this endpoint (a ``POST`` to ``path``, slash or not)."""
-        return method == "POST" and (path == self.path or path == self.path + "/")
+    def at(self, path: str) -> bool:
+        """Whether a request goes to this endpoint (``path``, with or without a final slash), any method."""
+        return path == self.path or path == self.path + "/"
+
+    @property
+    def endpoint(self) -> Requirement:
+        """What every request to the endpoint needs (``scopes``), whatever it calls: GET and DELETE too."""
+        return Requirement(all_scopes=self.scopes)
+
+    @property
+    def scope_hint(self) -> tuple[str, ...]:
+        """The ``scope`` of a 401 challenge from the endpoint: the scopes a client should ask for first."""
+        return tuple(sorted(self.scopes))
 
     def tool_requirement(self, name: str) -> Requirement:
         """What calling tool ``name`` needs beyond the endpoint: its policy merged with ``methods["tools/call"]``."""

@@ -51,6 +51,7 @@ def challenge(
     scheme: str = "Bearer",
     with_error: bool = True,
     algs: tuple[str, ...] = (),
+    scopes: tuple[str, ...] = (),
 ) -> str:
     """One ``WWW-Authenticate`` challenge for a refusal: a bare one when there was no token, or when
     the error belongs to the other scheme's challenge (``with_error=False``). ``algs``: the DPoP
@@ -62,6 +63,10 @@ def challenge(
     if with_error and isinstance(error, InsufficientScope) and error.required:
         # RFC 6750 §3: the scope attribute lists the scopes necessary to access the resource.
         params.append(f"scope={_quoted(' '.join(error.required))}")
+    elif scopes and error.status_code == 401 and not isinstance(error, InsufficientUserAuthentication):
+        # RFC 6750 §3 allows scope on any challenge; MCP 2025-11-25 (scope selection strategy) has a
+        # client ask for the scopes of a 401 challenge instead of every scope in the metadata.
+        params.append(f"scope={_quoted(' '.join(scopes))}")
     if with_error and isinstance(error, InsufficientUserAuthentication):
         # RFC 9470 §3: acr_values (space-separated) and max_age tell the client how to step up.
         if error.acr_values:
@@ -78,7 +83,12 @@ def challenge(
 
 
 def render(
-    error: TokenGuardError, *, realm: str, resource_metadata: str | None = None, dpop_algs: tuple[str, ...] = ()
+    error: TokenGuardError,
+    *,
+    realm: str,
+    resource_metadata: str | None = None,
+    dpop_algs: tuple[str, ...] = (),
+    scopes: tuple[str, ...] = (),
 ) -> Denial:
     """Turn any refusal into the response that says it; the single error-to-HTTP mapping.
 
@@ -93,7 +103,9 @@ def render(
     body: dict[str, str] = {}
     if isinstance(error, AuthError):
         on_dpop = bool(dpop_algs) and (isinstance(error, (InvalidDPoPProof, UseDPoPNonce)) or error.scheme == "dpop")
-        value = challenge(error, realm=realm, resource_metadata=resource_metadata, with_error=not on_dpop)
+        value = challenge(
+            error, realm=realm, resource_metadata=resource_metadata, with_error=not on_dpop, scopes=scopes
+        )
         if dpop_algs:
             # One field, two challenges, as RFC 9449 §7.2 shows ("Bearer, DPoP algs=..."): a client that
             # reads one header value sees both (RFC 9110 §11.6.1).
@@ -104,6 +116,7 @@ def render(
                 scheme="DPoP",
                 with_error=on_dpop,
                 algs=dpop_algs,
+                scopes=scopes,
             )
         headers.append((b"www-authenticate", value.encode("ascii")))
         if isinstance(error, UseDPoPNonce) and error.nonce is not None:

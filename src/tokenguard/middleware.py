@@ -452,12 +452,18 @@ class TokenGuard:
         # The policy applied, for the app and for the dispatch check.
         scope[REQUIREMENT_KEY] = requirement
         token: AccessToken | None = None
+        mcp = self.mcp
+        on_mcp = mcp is not None and scope["type"] == "http" and mcp.at(route_path(scope))
+        if on_mcp:
+            assert mcp is not None
+            # Every request to the MCP endpoint needs the endpoint's own scopes (MCPPolicy scopes=).
+            requirement = requirement.merge(mcp.endpoint)
         try:
             token, binding = await self.authenticator.authenticate_request(
                 scope.get("headers", ()), requirement, client=client_of(scope), scope=scope
             )
-            mcp = self.mcp
-            if mcp is not None and scope["type"] == "http" and mcp.covers(route_path(scope), scope["method"]):
+            if on_mcp and scope["method"] == "POST":
+                assert mcp is not None
                 token, binding, receive = await self._enforce_call(mcp, scope, receive, requirement, token, binding)
             if requirement.details:
                 receive = await check_details(
@@ -470,7 +476,14 @@ class TokenGuard:
                     max_body_bytes=self.config.max_body_bytes,
                 )
         except TokenGuardError as exc:
-            denial = render(exc, realm=self._realm, resource_metadata=self._metadata_url, dpop_algs=self._dpop_algs)
+            denial = render(
+                exc,
+                realm=self._realm,
+                resource_metadata=self._metadata_url,
+                dpop_algs=self._dpop_algs,
+                # MCP 2025-11-25 scope selection: a 401 names the scopes to ask for first (RFC 6750 §3).
+                scopes=mcp.scope_hint if on_mcp and mcp is not None else (),
+            )
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
             refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
             self._decided(scope, decision, started, outcome, exc.reason, denial.status, refused)
