@@ -515,3 +515,45 @@ def test_a_call_reaches_the_server_exactly_when_the_token_holds_what_it_needs(
     else:
         assert response.status_code == 403
         assert CALLS == []
+
+
+# -- the endpoint's own scopes (MCPPolicy scopes=) ---------------------------------------------------------------
+
+
+def test_endpoint_scopes_are_needed_by_every_request_and_named_in_401s(clock: ManualClock, idp: Issuer) -> None:
+    """MCP 2025-11-25 scope selection: the 401 names what to ask for first; every request needs it."""
+    policy = MCPPolicy(scopes="bank:use", tools={"transfer": ToolPolicy(scopes="payments:write")})
+    with TestClient(make_app(clock, policy), base_url=BASE) as client:
+        missing = client.post("/mcp", content=b"{}", headers=HEADERS)
+        assert missing.status_code == 401
+        assert 'scope="bank:use"' in challenge(missing)
+        assert "error=" not in challenge(missing)
+        bad = call(client, "not-a-token", "get_balance")
+        assert bad.status_code == 401
+        assert 'error="invalid_token"' in challenge(bad)
+        assert 'scope="bank:use"' in challenge(bad)
+        # initialize too needs the endpoint's scopes, and a GET (the server's event stream) as well.
+        without = post(client, token(idp, "payments:write"), {"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert without.status_code == 403
+        assert 'scope="bank:use"' in challenge(without)
+        stream = client.get("/mcp", headers={"authorization": f"Bearer {token(idp, 'payments:write')}"})
+        assert stream.status_code == 403
+        refused = call(client, token(idp, "bank:use"), "transfer", {"to": "b", "amount": 1})
+        assert refused.status_code == 403
+        assert 'scope="bank:use payments:write"' in challenge(refused)
+        assert (
+            call(client, token(idp, "bank:use payments:write"), "transfer", {"to": "b", "amount": 1}).status_code == 200
+        )
+
+
+def test_without_endpoint_scopes_a_401_names_none(client: Any) -> None:
+    assert "scope=" not in challenge(client.post("/mcp", content=b"{}", headers=HEADERS))
+
+
+def test_other_paths_are_not_read_as_json_rpc(clock: ManualClock, idp: Issuer) -> None:
+    """Only the MCP endpoint's POSTs are read; another path keeps its own policy and body."""
+    policy = MCPPolicy(path="/other", scopes="bank:use")
+    with TestClient(make_app(clock, policy), base_url=BASE) as client:
+        response = call(client, token(idp, ""), "transfer", {"to": "b", "amount": 1})
+        assert response.status_code == 200
+        assert "scope=" not in challenge(client.post("/mcp", content=b"{}", headers=HEADERS))
