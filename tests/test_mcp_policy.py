@@ -528,7 +528,8 @@ def test_endpoint_scopes_are_needed_by_every_request_and_named_in_401s(clock: Ma
         assert missing.status_code == 401
         assert 'scope="bank:use"' in challenge(missing)
         assert "error=" not in challenge(missing)
-        bad = call(client, "not-a-token", "get_balance")
+        expired = token(idp, "bank:use", exp=int(clock()) - 3600, iat=int(clock()) - 7200)
+        bad = call(client, expired, "get_balance")
         assert bad.status_code == 401
         assert 'error="invalid_token"' in challenge(bad)
         assert 'scope="bank:use"' in challenge(bad)
