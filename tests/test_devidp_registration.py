@@ -173,12 +173,12 @@ async def test_a_public_client_registers_without_a_secret(idp: DevIdP) -> None:
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",
         "client_name": "My MCP client",
-        "scope": "read write",
+        "scope": "admin read write",  # widened: see test_a_registered_client_may_step_up_beyond_its_first_scope
     }
     assert set(idp.clients) - before == {answer["client_id"]}
     client = idp.clients[answer["client_id"]]
     assert client.public
-    assert client.scopes == frozenset({"read", "write"})
+    assert client.scopes is None  # every supported scope (step-up), whatever the registration asked
     assert client.grant_types == {"authorization_code", "refresh_token"}
     assert idp.dynamic_clients == {answer["client_id"]}
     again = await registered(idp, {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"})
@@ -359,15 +359,15 @@ async def test_dynamic_registrations_are_bounded_by_max_entries(dev_idp_keys: Ke
     assert len(bounded.dynamic_clients) == 3
 
 
-async def test_a_registered_client_may_ask_for_its_registered_scopes_only(idp: DevIdP) -> None:
-    """scope at registration bounds what the client may ask for at /authorize (RFC 6749 §3.3)."""
-    client_id = (
-        await registered(idp, {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "scope": "read"})
-    )["client_id"]
-    answer = await authorize(idp, client_id, scope="read write")
-    assert answer["error"] == "invalid_scope"
-    assert "code" not in answer
-    assert "code" in await authorize(idp, client_id, scope="read")
+async def test_a_registered_client_may_step_up_beyond_its_first_scope(idp: DevIdP) -> None:
+    """MCP 2025-11-25 step-up: a client registers with the first challenge's scope and later asks for
+    more; the registration is widened to every supported scope (RFC 7591 §3.2.1), unknown ones refused."""
+    registration = await registered(
+        idp, {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "scope": "read"}
+    )
+    assert registration["scope"] == "admin read write"
+    assert "code" in await authorize(idp, registration["client_id"], scope="read write")
+    assert (await authorize(idp, registration["client_id"], scope="read delete"))["error"] == "invalid_scope"
 
 
 # -- the registered clients, through the code grant with resource= --------------------------------------------
@@ -564,7 +564,7 @@ async def test_the_mcp_clients_registration_request_and_parser(idp: DevIdP, auth
     assert info.client_secret == client_record.client_secret
     assert (info.client_secret is None) == (auth_method == "none")
     assert info.grant_types == ["authorization_code", "refresh_token"]  # the mcp client's default, kept
-    assert info.scope == "read write"
+    assert info.scope == "admin read write"  # every supported scope, for step-up
     assert [str(uri) for uri in info.redirect_uris or []] == [CALLBACK]
 
     # The token request as the mcp client authenticates it (OAuthContext.prepare_token_auth).

@@ -537,8 +537,12 @@ class DevIdP:
         (``client_secret_expires_at`` 0, §3.2.1). ``grant_types`` (default ``["authorization_code"]``,
         §2) may hold ``authorization_code`` and ``refresh_token`` only, ``response_types`` only
         ``code``; ``redirect_uris`` is required, each https or http on a loopback host (RFC 8252 §7.3,
-        any port), without a fragment. ``scope`` (space-separated, known scopes only) becomes what the
-        client may ask for; without it, every scope the DevIdP supports. Metadata it does not know
+        any port), without a fragment. ``scope`` (space-separated, known scopes only) is checked, but a
+        dynamically registered client may ask for every scope the DevIdP supports: an MCP client
+        registers with the scope of the first challenge and later steps up to more (MCP 2025-11-25
+        scope challenges), which a registration capped at its first scope would refuse. RFC 7591
+        §3.2.1 lets the server replace requested metadata; the response's ``scope`` says what was
+        registered. Metadata it does not know
         (``client_uri``, ``application_type``, ...) is ignored (§2). Refusals are ``OAuthError`` with
         the RFC 7591 §3.2.2 codes ``invalid_redirect_uri`` and ``invalid_client_metadata``; so is a
         registration beyond ``max_entries`` dynamically registered clients.
@@ -593,7 +597,7 @@ class DevIdP:
             self.register_client(
                 client_id,
                 client_secret,
-                scopes=scopes,
+                scopes=None,  # every supported scope: the registration's scope is not a cap (see above)
                 redirect_uris=redirect_uris,
                 grant_types=grant_types,
             )
@@ -614,7 +618,7 @@ class DevIdP:
         if client_name is not None:
             answer["client_name"] = client_name
         if scopes is not None:
-            answer["scope"] = scope_string(scopes)
+            answer["scope"] = scope_string(self._scopes)
         return answer
 
     @property
