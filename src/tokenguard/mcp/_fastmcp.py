@@ -3,9 +3,10 @@
 FastMCP (``fastmcp.server.auth``) wires a ``TokenVerifier`` into the SDK's ``BearerAuthBackend`` and
 its own ``RequireAuthMiddleware``. The mapping is ``MCPTokenVerifier``'s (``_sdk``): ``None`` for a
 token tokenguard refuses (401), FastMCP's ``AccessToken`` for a good one. A token that cannot be
-checked now (issuer unreachable, introspection down or its breaker open) raises FastMCP's
-``TokenVerificationError``, which it reserves for exactly that ("operational failures"): the request
-fails (500) instead of telling the client its token is bad, and ``MultiAuth`` tries its next source.
+checked now (issuer unreachable, introspection down or its breaker open) is ``None`` as well, with a
+warning logged: FastMCP's ``TokenVerificationError`` ends as a 500 outside ``MultiAuth``, and the
+first-sight budget that refuses unknown opaque tokens during a flood is spent by any client, so
+raising would let junk tokens produce 500s. ``TokenGuard`` in front answers 503 with ``Retry-After``.
 
 ``required_scopes``, ``base_url`` and ``resource_base_url`` go to FastMCP's ``TokenVerifier``:
 FastMCP checks the scopes itself (403 ``insufficient_scope``) and advertises them in its metadata.
@@ -16,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tokenguard.errors import UnavailableError
 from tokenguard.mcp._verify import TokenCheck, scope_list
 from tokenguard.middleware import TokenGuard
 
 try:
-    from fastmcp.server.auth import TokenVerificationError, TokenVerifier
+    from fastmcp.server.auth import TokenVerifier
     from fastmcp.server.auth.auth import AccessToken
     from pydantic import AnyHttpUrl
 except ImportError as exc:  # pragma: no cover - fastmcp needs Python 3.11+
@@ -65,12 +65,9 @@ class FastMCPTokenVerifier(TokenVerifier):
         return self._check.guard
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        """The token's ``AccessToken``, ``None`` when it is refused; ``TokenVerificationError`` when it
-        cannot be checked now. ``client_id`` is ``""`` for a token naming no client (a string is required)."""
-        try:
-            verified = await self._check.check(token)
-        except UnavailableError as exc:
-            raise TokenVerificationError(f"the access token could not be checked right now: {exc.cause}") from None
+        """The token's ``AccessToken``; ``None`` when it is refused or cannot be checked now (logged).
+        ``client_id`` is ``""`` for a token naming no client (a string is required)."""
+        verified = await self._check.check(token)
         if verified is None:
             return None
         return AccessToken(

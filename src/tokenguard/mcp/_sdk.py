@@ -15,12 +15,11 @@ mapping here:
 * An exception: nothing in the SDK catches it; Starlette's ``ServerErrorMiddleware`` answers 500.
 
 The token could not be checked now (issuer or JWKS unreachable, introspection down or its breaker
-open: tokenguard's 503 ``UnavailableError``): ``verify_token`` **raises** that ``UnavailableError``,
-so the client gets a 500 and the server logs the cause. A ``None`` would be a 401 ``invalid_token``
-telling the client its token is bad: an MCP client then throws the token away and starts the OAuth
-flow again (a user prompt), against an issuer that is down, and the outage shows up as failed logins.
-The 500 fails closed as well, and is retried. The exception is raised fresh (no chain) and carries
-only its cause (a URL or status), never the token.
+open, the first-sight budget spent: tokenguard's 503 ``UnavailableError``): ``verify_token`` returns
+``None`` too, so the client gets 401, and the cause is logged as a warning. The protocol has no
+"try again later": an exception would be a 500, and the first-sight budget is spent by anyone who
+sends unknown opaque tokens, so raising would let any client turn junk into 500s. For a 503 with
+``Retry-After`` (and a client that keeps its token), put ``TokenGuard`` in front of the MCP app.
 
 A token bound to a key (``cnf``: DPoP, RFC 9449; an mTLS certificate, RFC 8705) needs a proof the
 SDK never passes to its verifier, so it is refused (RFC 9449 §7.2: a DPoP-bound token MUST NOT be
@@ -92,7 +91,7 @@ class MCPTokenVerifier:
     async def verify_token(self, token: str) -> AccessToken | None:
         """The token's ``AccessToken``, or ``None`` when it is refused.
 
-        Raises ``tokenguard.errors.UnavailableError`` when it cannot be checked now (see the module).
+        ``None`` also when it cannot be checked now (logged; see the module).
         ``client_id`` is ``""`` for a token that names no client: the SDK's model requires a string.
         """
         verified = await self._check.check(token)

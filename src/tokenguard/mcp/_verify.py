@@ -10,10 +10,13 @@ What the token-only interface cannot carry is refused rather than skipped: a tok
 refused as a bearer token (RFC 9449 §7.2; RFC 8705 §3), and options that act only on requests the
 verifier never sees (route rules, DPoP proofs, challenges, metadata) are configuration errors.
 
-Verdicts: a ``Verified`` token; ``None`` for a token that is wrong (``AuthError``: forged, expired,
-another audience or issuer, revoked, malformed, not ASCII, too long); ``UnavailableError`` when it
-could not be checked now (issuer or introspection unreachable, breaker open). The SDK adapters map
-these to their own types. Neither a log line nor an exception raised here holds the token.
+Verdicts: a ``Verified`` token, or ``None``: for a token that is wrong (``AuthError``: forged,
+expired, another audience or issuer, revoked, malformed, not ASCII, too long), and also for one that
+could not be checked now (``UnavailableError``: issuer or introspection unreachable, breaker open,
+the first-sight budget spent), logged as a warning with its cause. The token-only protocols have no
+"try again later": an exception there is a 500, and the first-sight budget is spent by anyone who
+sends unknown opaque tokens, so raising would let any client turn junk into 500s. ``TokenGuard`` in
+front of the MCP app answers those with 503 and ``Retry-After``. Nothing logged here holds the token.
 """
 
 from __future__ import annotations
@@ -127,8 +130,7 @@ class TokenCheck:
         self._closed = False
 
     async def check(self, token: str) -> Verified | None:
-        """The token's values; ``None`` for a wrong token. Raises ``UnavailableError`` (503-class) when it
-        could not be checked now; the exception is a fresh one, without the chain of what failed."""
+        """The token's values; ``None`` for a wrong token, or one that could not be checked now (logged)."""
         if not isinstance(token, str) or len(token) > self.max_token_bytes or not token:
             return None
         if not token.isascii() or not token.isprintable():
@@ -144,11 +146,11 @@ class TokenCheck:
             return None
         except UnavailableError as exc:
             # ``cause`` names what failed (a URL, a status), never the token.
-            logger.warning("tokenguard: %s could not check a token: %s", self.verifier, exc.cause)
-            raise _unavailable(type(exc), exc.cause, exc.retry_after) from None
+            logger.warning("tokenguard: %s could not check a token (refused): %s", self.verifier, exc.cause)
+            return None
         except Exception as exc:  # a bug fails closed; its message might quote the token, so only its type
             logger.error("tokenguard: %s: internal error while checking a token: %s", self.verifier, type(exc).__name__)
-            raise UnavailableError(f"internal error: {type(exc).__name__}") from None
+            return None
         return Verified(
             token=token,
             client_id=access.client_id,
@@ -193,14 +195,6 @@ def scope_list(verifier: str, scopes: Iterable[str] | None) -> list[str]:
     if not all(isinstance(value, str) and value and not any(c.isspace() for c in value) for value in values):
         raise ConfigurationError(f"{verifier}: required_scopes must be a list of scope names, got {values!r}")
     return values
-
-
-def _unavailable(cls: type[UnavailableError], cause: str, retry_after: int) -> UnavailableError:
-    """A fresh ``UnavailableError`` of the same kind (``KeysUnavailable``, ``IntrospectionUnavailable``, ...)."""
-    try:
-        return cls(cause, retry_after)
-    except TypeError:  # a subclass with another signature
-        return UnavailableError(cause, retry_after)
 
 
 def _build_guard(
