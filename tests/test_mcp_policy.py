@@ -325,6 +325,8 @@ def test_a_sensitive_tool_is_introspected_and_a_revoked_token_refused(
     response = call(client, revoked, "close_account", {"account": "a"})
     assert response.status_code == 401
     assert 'error="invalid_token"' in challenge(response)
+    # The 401 names what the call needs, so a client authorizing again asks for enough at once.
+    assert 'scope="accounts:admin"' in challenge(response)
     assert CALLS == ["close_account", "get_balance"]
 
 

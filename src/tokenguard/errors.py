@@ -134,6 +134,9 @@ class AuthError(TokenGuardError):
     #: The authorization scheme the request used ("bearer" or "dpop"), when known: the challenge
     #: carrying the error is that scheme's (RFC 9449 §7.1).
     scheme: str | None = None
+    #: The scopes a 401 challenge names (RFC 6750 §3), when the guard knows what the request needs:
+    #: an MCP call refused after its body was read (MCP 2025-11-25 scope selection).
+    challenge_scopes: tuple[str, ...] = ()
 
     def __init__(self, reason: Reason | str | None = None, description: str | None = None) -> None:
         if reason is not None:

@@ -482,7 +482,7 @@ class TokenGuard:
                 resource_metadata=self._metadata_url,
                 dpop_algs=self._dpop_algs,
                 # MCP 2025-11-25 scope selection: a 401 names the scopes to ask for first (RFC 6750 §3).
-                scopes=mcp.scope_hint if on_mcp and mcp is not None else (),
+                scopes=_challenge_scopes(exc, mcp if on_mcp else None),
             )
             outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
             refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
@@ -519,9 +519,15 @@ class TokenGuard:
             merged = requirement.merge(extra)
             # Again with the call's policy: introspection for a sensitive tool, a proof for a
             # sender-constrained one, then its scopes (403 listing all the call needs) and step-up.
-            token, binding = await self.authenticator.authenticate_request(
-                scope.get("headers", ()), merged, client=client_of(scope), scope=scope
-            )
+            try:
+                token, binding = await self.authenticator.authenticate_request(
+                    scope.get("headers", ()), merged, client=client_of(scope), scope=scope
+                )
+            except AuthError as exc:
+                # A token refused now (revoked, seen by introspection) is refused for this call: the
+                # 401 names all it needs, so a client authorizing again asks for enough at once.
+                exc.challenge_scopes = merged.required_scopes
+                raise
         if mcp.filter_tools_list and isinstance(message, dict) and message.get("method") == "tools/list":
             config = self.config
 
@@ -706,6 +712,15 @@ class TokenGuard:
             if failure and exc is failure[0] and not answered:
                 await fail_startup(send, exc)
             raise
+
+
+def _challenge_scopes(exc: TokenGuardError, mcp: MCPPolicy | None) -> tuple[str, ...]:
+    """The ``scope`` of a 401 from the MCP endpoint: what the refused call needs, else the endpoint's."""
+    if mcp is None:
+        return ()
+    if isinstance(exc, AuthError) and exc.challenge_scopes:
+        return exc.challenge_scopes
+    return mcp.scope_hint
 
 
 def _fleet_store(value: object) -> FleetStore | None:
