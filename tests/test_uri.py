@@ -19,7 +19,7 @@ from tokenguard.errors import InvalidToken
         ("https://mcp.example.com:443/mcp", "https://mcp.example.com/mcp"),
         ("http://127.0.0.1:80/mcp", "http://127.0.0.1/mcp"),
         ("http://127.0.0.1:8000/mcp", "http://127.0.0.1:8000/mcp"),
-        ("https://mcp.example.com/", "https://mcp.example.com"),
+        ("https://mcp.example.com/", "https://mcp.example.com/"),  # the path as given, even "/"
         ("https://mcp.example.com", "https://mcp.example.com"),
         ("https://mcp.example.com/MCP", "https://mcp.example.com/MCP"),  # the path keeps its case
         ("https://mcp.example.com/mcp/", "https://mcp.example.com/mcp/"),  # and its trailing slash
@@ -84,6 +84,7 @@ def test_matched_audience_returns_the_configured_value() -> None:
     [
         "https://mcp.example.com/mcp/",
         "https://mcp.example.com/mcp#x",
+        "https://mcp.example.com/mcp/.",
         "https://evil.example.com/mcp",
         "https://mcp.example.com.evil.com/mcp",
         "https://mcp.example.com:444/mcp",

@@ -3,9 +3,11 @@
 MCP (authorization spec 2025-06-18 and 2025-11-25, "Canonical Server URI") makes the audience of a
 token for an MCP server that server's canonical URI, and RFC 8707 §2 the ``resource`` a client asks
 for: an absolute URI without a fragment. RFC 3986 §6.2.2.1 makes scheme and host case-insensitive,
-§6.2.3 drops a scheme's default port and reads an empty path as "/". So
-``HTTPS://MCP.Example.com:443/mcp`` and ``https://mcp.example.com/mcp`` are one resource, while the
-path stays exactly as given (paths are case-sensitive, and ``/mcp`` and ``/mcp/`` may be two resources).
+§6.2.3 drops a scheme's default port. So ``HTTPS://MCP.Example.com:443/mcp`` and
+``https://mcp.example.com/mcp`` are one resource, while the path stays exactly as given: paths are
+case-sensitive, ``/mcp`` and ``/mcp/`` may be two resources, and even ``https://api.example.com/``
+stays apart from ``https://api.example.com`` (RFC 3986 would equate those two; an audience
+configured one way is not silently widened to the other).
 
 Only ``http`` and ``https`` URIs have a canonical form here; anything else (a plain name such as
 ``api://photos``, a URI with user information or a fragment) is compared as the exact string.
@@ -29,7 +31,7 @@ def canonical_uri(value: str) -> str | None:
     >>> canonical_uri("HTTPS://MCP.Example.com:443/mcp")
     'https://mcp.example.com/mcp'
     >>> canonical_uri("https://mcp.example.com/")
-    'https://mcp.example.com'
+    'https://mcp.example.com/'
     >>> canonical_uri("https://mcp.example.com/mcp#frag") is None
     True
     """
@@ -49,5 +51,4 @@ def canonical_uri(value: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    path = "" if parts.path == "/" else parts.path
-    return urlunsplit((scheme, netloc, path, parts.query, ""))
+    return urlunsplit((scheme, netloc, parts.path, parts.query, ""))

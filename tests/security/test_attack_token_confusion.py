@@ -68,7 +68,9 @@ def test_id_token_presented_as_an_access_token_is_refused(idp: Issuer, clock: Ma
         "https://other-api.example.com",
         ["https://other-api.example.com", CLIENT_ID],
         AUDIENCE + "/",
-        AUDIENCE.upper(),
+        AUDIENCE + "/v2",
+        AUDIENCE + ":8443",
+        AUDIENCE.replace("https://", "http://"),
         AUDIENCE + ".evil.example",
         [],
         "",
@@ -79,6 +81,16 @@ def test_token_for_another_audience_from_the_same_issuer_is_refused(idp: Issuer,
     """RFC 8725 §3.9 / RFC 7519 §4.1.3: the issuer's genuine token for another API is refused (no prefix/case games)."""
     with attack_target(clock) as target:
         assert_refused(target, target.get(idp.token(aud=aud)), 401, "invalid_token", "wrong_audience")
+
+
+@pytest.mark.parametrize("aud", [AUDIENCE.upper(), AUDIENCE.replace("example.com", "EXAMPLE.com") + ":443"], ids=repr)
+def test_another_spelling_of_the_same_resource_uri_is_this_audience(idp: Issuer, clock: ManualClock, aud: str) -> None:
+    """RFC 3986 §6.2.2.1/§6.2.3 and MCP's canonical server URI: scheme and host case, the default port.
+
+    The one widening of the exact comparison; paths, other ports and other schemes stay refused (above).
+    """
+    with attack_target(clock) as target:
+        assert_ok(target, target.get(idp.token(aud=aud)))
 
 
 @pytest.mark.parametrize(
