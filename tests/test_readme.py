@@ -31,7 +31,7 @@ pytest_plugins = ["pytester"]
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ISSUER = "https://idp.example.com"
-AUDIENCES = ("https://photos.example", "https://api.example.com", "api://photos")
+AUDIENCES = ("https://photos.example", "https://api.example.com", "api://photos", "https://mcp.example.com/mcp")
 SECRET = "photos-api-secret-for-the-readme-test"
 MFA = "urn:example:mfa"
 
@@ -127,6 +127,8 @@ def test_every_block_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each block runs as written; an app it builds starts and refuses a request without a token."""
+    if "fastmcp" in block.source:
+        pytest.importorskip("fastmcp")  # FastMCP 4 needs Python 3.11+; CI also runs 3.10
     if "REDIS_URL" in block.source:  # fleet mode: README's Redis is a real redis-server here
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server"))
     monkeypatch.setenv("SSF_PUSH_SECRET", "a-long-random-secret-for-the-readme-test")
@@ -138,8 +140,12 @@ def test_every_block_runs(
     namespace = run(block)
     app = namespace.get("app")
     if isinstance(app, Starlette):
-        with TestClient(app) as client:  # the lifespan runs: a wrong option would raise here
-            response = client.get("/no-route-of-the-readme")
+        # An MCP SDK server guarding itself with a tokenguard verifier guards its endpoint, /mcp, only.
+        path = "/mcp" if "TokenVerifier(" in block.source else "/no-route-of-the-readme"
+        with TestClient(
+            app, base_url="http://127.0.0.1"
+        ) as client:  # the lifespan runs: a wrong option would raise here
+            response = client.post(path) if path == "/mcp" else client.get(path)
             assert response.status_code == 401
             assert response.headers["www-authenticate"].startswith("Bearer")
 
@@ -302,3 +308,54 @@ def test_fleet_mode_revokes_a_user_on_ordinary_routes_of_two_processes(
         assert refused.status_code == 401
         assert 'error_description="The access token was revoked."' in refused.headers["www-authenticate"]
         assert two.get("/photos", headers=bearer(admin)).status_code == 200
+
+
+MCP = "MCP servers"
+
+
+def test_mcp_server_policy_per_tool(idp: DevIdP) -> None:
+    """README's MCP server: the 401 names bank:read; transfer without bank:write is 403 naming what it
+    needs; with it, the sensitive tool is introspected and a revoked token refused."""
+    app = run(block_under(MCP, "MCPPolicy"))["app"]
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "transfer", "arguments": {"source": "a", "target": "b", "amount": 1}},
+    }
+    reader = idp.issue_token(audience="https://mcp.example.com/mcp", scopes=["bank:read"])
+    writer = idp.issue_token(audience="https://mcp.example.com/mcp", scopes=["bank:read", "bank:write"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:  # the SDK checks the Host header
+        first = client.post("/mcp", json=call, headers=headers)
+        assert first.status_code == 401
+        assert 'scope="bank:read"' in first.headers["www-authenticate"]
+        assert (
+            'resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp"'
+            in first.headers["www-authenticate"]
+        )
+        refused = client.post("/mcp", json=call, headers={**headers, **bearer(reader)})
+        assert refused.status_code == 403
+        assert 'scope="bank:read bank:write"' in refused.headers["www-authenticate"]
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        opened = client.post("/mcp", json=initialize, headers={**headers, **bearer(writer)})
+        assert opened.status_code == 200
+        headers["mcp-session-id"] = opened.headers["mcp-session-id"]  # the SDK's server is stateful
+        headers["mcp-protocol-version"] = "2025-11-25"
+        allowed = client.post("/mcp", json=call, headers={**headers, **bearer(writer)})
+        assert allowed.status_code == 200
+        assert "moved 1 EUR" in allowed.text
+        revoked = idp.issue_token(audience="https://mcp.example.com/mcp", scopes=["bank:read", "bank:write"])
+        idp.revoke(revoked)  # sensitive: introspected, so refused at once (an answer is cached 30 s)
+        assert client.post("/mcp", json=call, headers={**headers, **bearer(revoked)}).status_code == 401
+        metadata = client.get("/.well-known/oauth-protected-resource/mcp").json()
+        assert {"bank:read", "bank:write", "bank:admin"} <= set(metadata["scopes_supported"])
