@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, Issuer
 from tokenguard import TokenGuard
 from tokenguard._mcp import ToolsListFilter, filtering_send
+from tokenguard.dpop import DPoPKey
 from tokenguard.errors import ConfigurationError
 from tokenguard.mcp import MCPPolicy, ToolPolicy
 from tokenguard.testing import ManualClock
@@ -352,6 +353,29 @@ def test_a_sender_constrained_tool_refuses_a_bearer_token(clock: ManualClock, id
         assert call(client, token(idp, "payments:write"), "get_balance", {"account": "a"}).status_code == 200
 
 
+def test_a_sender_constrained_tool_accepts_a_dpop_bound_token_with_its_proof(clock: ManualClock, idp: Issuer) -> None:
+    """RFC 9449: the tool runs for the key's holder only; the same token without a proof is refused."""
+    key = DPoPKey.generate("ES256")
+    bound = token(idp, "payments:write", cnf={"jkt": key.thumbprint})
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "transfer", "arguments": {"to": "b", "amount": 1}},
+        }
+    ).encode()
+    policy = MCPPolicy(tools={"transfer": ToolPolicy(sender_constrained=True)})
+    CALLS.clear()
+    with TestClient(make_app(clock, policy), base_url=BASE) as client:
+        proof = key.proof("POST", BASE + "/mcp", access_token=bound, iat=int(clock()))
+        headers = {**HEADERS, "authorization": f"DPoP {bound}", "dpop": proof}
+        assert client.post("/mcp", content=body, headers=headers).status_code == 200
+        without = {**HEADERS, "authorization": f"DPoP {bound}"}
+        assert client.post("/mcp", content=body, headers=without).status_code == 401
+    assert CALLS == ["transfer"]
+
+
 # -- tools/list filtering --------------------------------------------------------------------------------------
 
 
@@ -560,3 +584,23 @@ def test_other_paths_are_not_read_as_json_rpc(clock: ManualClock, idp: Issuer) -
         response = call(client, token(idp, ""), "transfer", {"to": "b", "amount": 1})
         assert response.status_code == 200
         assert "scope=" not in challenge(client.post("/mcp", content=b"{}", headers=HEADERS))
+
+
+@pytest.mark.parametrize(
+    ("aud", "status"), [("HTTPS://API.Example.COM:443/mcp", 200), ("https://api.example.com/mcp/", 401)]
+)
+def test_the_introspection_answers_aud_is_compared_as_a_canonical_uri(
+    client: Any, idp: Issuer, respx_mock: respx.MockRouter, aud: str, status: int
+) -> None:
+    """The audience rule is the same for an introspection answer (RFC 7662 §2.2) as for a JWT."""
+    answer = {
+        "active": True,
+        "iss": ISSUER,
+        "aud": aud,
+        "sub": "alice",
+        "client_id": "photos-app",
+        "scope": "accounts:admin",
+        "exp": int(idp.clock()) + 300,
+    }
+    respx_mock.post(INTROSPECTION_URL).mock(return_value=httpx.Response(200, json=answer))
+    assert call(client, token(idp, "accounts:admin"), "close_account", {"account": "a"}).status_code == status
