@@ -40,7 +40,7 @@ def test_the_project_is_named_tokenguard_asgi() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["name"] == DISTRIBUTION
     assert project["scripts"] == {"tokenguard": "tokenguard.cli:main"}
-    assert {"server", "prometheus", "otel"} <= set(project["optional-dependencies"])
+    assert {"server", "prometheus", "otel", "redis", "mcp"} <= set(project["optional-dependencies"])
 
 
 def test_the_installed_distribution_is_ours() -> None:
