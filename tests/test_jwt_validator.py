@@ -479,7 +479,14 @@ async def test_foreign_or_stale_token_triggers_no_key_fetch(idp: Issuer, guard: 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "aud",
-    [AUDIENCE, [AUDIENCE], ["https://other.example", AUDIENCE], [AUDIENCE, AUDIENCE]],
+    [
+        AUDIENCE,
+        [AUDIENCE],
+        ["https://other.example", AUDIENCE],
+        [AUDIENCE, AUDIENCE],
+        "HTTPS://API.EXAMPLE.COM",
+        [AUDIENCE + ":443"],
+    ],
     ids=repr,
 )
 async def test_audience_accepted(idp: Issuer, guard: Guard, aud: Any) -> None:
@@ -496,7 +503,8 @@ async def test_audience_accepted(idp: Issuer, guard: Guard, aud: Any) -> None:
         ([], "wrong_audience"),
         (None, "wrong_audience"),
         ("https://api.example.com/", "wrong_audience"),
-        ("HTTPS://API.EXAMPLE.COM", "wrong_audience"),
+        ("http://api.example.com", "wrong_audience"),
+        ("https://api.example.com:8443", "wrong_audience"),
         ([AUDIENCE, 5], "bad_claim"),
         ([[AUDIENCE]], "bad_claim"),
         ([None], "bad_claim"),

@@ -287,6 +287,15 @@ def _origin(value: object) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
+def _root_slash(canonical: str | None) -> str | None:
+    """An empty path as "/" (RFC 3986 §6.2.3): the AS maps both spellings of a root resource to the
+    audience it registered. The resource server itself compares paths exactly (``tokenguard._uri``)."""
+    if canonical is None:
+        return None
+    after_scheme = canonical.index("://") + 3
+    return canonical if "/" in canonical[after_scheme:] or "?" in canonical else canonical + "/"
+
+
 def redirect_uri_matches(registered: str, given: str) -> bool:
     """Exact string match (RFC 9700 §4.1.3), except the port of a loopback IP literal (RFC 8252 §7.3)."""
     if hmac.compare_digest(registered.encode(), given.encode()):
@@ -1073,10 +1082,12 @@ class DevIdP:
         """
         if resource in self._audiences:
             return resource
-        canonical = canonical_uri(resource)
+        canonical = _root_slash(canonical_uri(resource))
         if canonical is None:
             return None
-        return next((audience for audience in self._audiences if canonical_uri(audience) == canonical), None)
+        return next(
+            (audience for audience in self._audiences if _root_slash(canonical_uri(audience)) == canonical), None
+        )
 
     def _requested_scopes(self, client: Client, value: str | None) -> frozenset[str]:
         """RFC 6749 §3.3: unknown or disallowed scopes are ``invalid_scope``; none asked means the default."""
