@@ -17,6 +17,10 @@ import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp.server.mcpserver import MCPServer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, Issuer
@@ -578,12 +582,33 @@ def test_without_endpoint_scopes_a_401_names_none(client: Any) -> None:
 
 
 def test_other_paths_are_not_read_as_json_rpc(clock: ManualClock, idp: Issuer) -> None:
-    """Only the MCP endpoint's POSTs are read; another path keeps its own policy and body."""
-    policy = MCPPolicy(path="/other", scopes="bank:use")
-    with TestClient(make_app(clock, policy), base_url=BASE) as client:
-        response = call(client, token(idp, ""), "transfer", {"to": "b", "amount": 1})
-        assert response.status_code == 200
-        assert "scope=" not in challenge(client.post("/mcp", content=b"{}", headers=HEADERS))
+    """Only the MCP endpoint's POSTs are read; another route keeps its own policy and gets its body untouched."""
+
+    async def echo(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(await request.body())
+
+    app = Starlette(routes=[Route("/mcp", echo, methods=["POST"]), Route("/upload", echo, methods=["POST"])])
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=MCPPolicy(scopes="bank:use"))
+    with TestClient(app) as client:
+        headers = {"authorization": f"Bearer {token(idp, '')}"}
+        upload = client.post("/upload", content=b"not json {", headers=headers)
+        assert upload.status_code == 200
+        assert upload.content == b"not json {"
+        assert "scope=" not in challenge(client.post("/upload", content=b"x"))
+        assert client.post("/mcp", content=b"not json {", headers=headers).status_code == 403  # bank:use
+        mcp_headers = {"authorization": f"Bearer {token(idp, 'bank:use')}"}
+        assert client.post("/mcp", content=b"not json {", headers=mcp_headers).status_code == 400
+        body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+        assert client.post("/mcp", content=body, headers=mcp_headers).content == body  # replayed to the app
+
+
+def test_a_policy_path_that_is_no_route_stops_the_startup(clock: ManualClock) -> None:
+    """A policy no request would reach guards nothing: the server must not start with it."""
+    with (
+        pytest.raises(ConfigurationError, match=r"mcp: MCPPolicy path '/other' is not a route"),
+        TestClient(make_app(clock, MCPPolicy(path="/other")), base_url=BASE),
+    ):
+        pass
 
 
 @pytest.mark.parametrize(
@@ -604,3 +629,31 @@ def test_the_introspection_answers_aud_is_compared_as_a_canonical_uri(
     }
     respx_mock.post(INTROSPECTION_URL).mock(return_value=httpx.Response(200, json=answer))
     assert call(client, token(idp, "accounts:admin"), "close_account", {"account": "a"}).status_code == status
+
+
+def test_fastmcp_behind_the_guard_gets_the_same_per_tool_policy(clock: ManualClock, idp: Issuer) -> None:
+    """FastMCP's Streamable HTTP app (``http_app``) serves /mcp too: the guard in front works the same."""
+    fastmcp = pytest.importorskip("fastmcp")
+    server = fastmcp.FastMCP("bank")
+
+    @server.tool
+    def transfer(to: str, amount: int) -> str:
+        return f"sent {amount} to {to}"
+
+    app = server.http_app(stateless_http=True, json_response=True)
+    app.add_middleware(
+        TokenGuard,
+        issuer=ISSUER,
+        audience=RESOURCE,
+        clock=clock,
+        mcp=MCPPolicy(tools={"transfer": ToolPolicy(scopes="payments:write")}),
+    )
+    with TestClient(app, base_url=BASE) as client:
+        refused = call(client, token(idp, "accounts:read"), "transfer", {"to": "b", "amount": 1})
+        assert refused.status_code == 403
+        assert 'scope="payments:write"' in challenge(refused)
+        allowed = call(client, token(idp, "payments:write"), "transfer", {"to": "b", "amount": 1})
+        assert allowed.status_code == 200
+        assert "sent 1 to b" in allowed.text
+        metadata = client.get("/.well-known/oauth-protected-resource/mcp").json()
+        assert metadata["resource"] == RESOURCE

@@ -50,6 +50,7 @@ from tokenguard.routing import (
     RouteResolver,
     declared_requirements,
     route_path,
+    routed_app,
 )
 from tokenguard.ssf import SharedSignals, SignalReceiver
 from tokenguard.store import FleetStore, MemoryStore, SharedStore
@@ -663,12 +664,36 @@ class TokenGuard:
                 await self.authenticator.prefetch()
             except UnavailableError as exc:
                 logger.warning("tokenguard: could not prefetch keys at startup: %s", exc.cause)
+        if self.mcp is not None:
+            self._check_mcp_path(self.mcp, app or self.app)
         declared = declared_requirements(app or self.app)
         if self.resolver.has_sensitive_rules or any(requirement.sensitive for requirement in declared):
             if self._prefetch:
                 await self.authenticator.check_introspection()
             elif (problem := self.authenticator.introspection_problem()) is not None:
                 logger.error("tokenguard: sensitive routes cannot be introspected: %s", problem)
+
+    def _check_mcp_path(self, mcp: MCPPolicy, app: Any) -> None:
+        """``MCPPolicy.path`` must be a route of the app: a policy on a path no request reaches guards
+        nothing, while the real endpoint would get only the route's policy. Apps whose routes cannot
+        be read (a plain ASGI app) are not checked."""
+        if routed_app(app) is None:
+            logger.warning("tokenguard: cannot read the app's routes to check MCPPolicy path %r", mcp.path)
+            return
+        probe: dict[str, Any] = {
+            "type": "http",
+            "method": "POST",
+            "path": mcp.path,
+            "raw_path": mcp.path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+        }
+        if self.resolver.decide(probe, app).template is None:
+            raise ConfigurationError(
+                f"mcp: MCPPolicy path {mcp.path!r} is not a route of this app, so no call would get its "
+                "per-tool policy; give the MCP endpoint's path as the app's routes see it (e.g. '/mcp')"
+            )
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app's lifespan, with the guard's own startup checks on the ``startup`` event.
