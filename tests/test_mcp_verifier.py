@@ -670,3 +670,20 @@ def test_fastmcp_missing_is_an_import_error_with_a_hint(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "fastmcp.server.auth", None)
     with pytest.raises(ImportError, match="pip install fastmcp"):
         importlib.import_module("tokenguard.mcp._fastmcp")
+
+
+def test_the_verdict_never_shows_the_token_in_its_repr() -> None:
+    from tokenguard.mcp._verify import Verified
+
+    verdict = Verified(
+        token="eyJ.secret-token-value.sig",
+        client_id="c",
+        scopes=["read"],
+        expires_at=1,
+        resource=None,
+        subject="alice",
+        issuer=None,
+        claims={},
+    )
+    assert "secret-token-value" not in repr(verdict)
+    assert "alice" in repr(verdict)

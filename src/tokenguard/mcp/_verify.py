@@ -25,7 +25,7 @@ import copy
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -74,7 +74,8 @@ async def _refuse_everything(scope: Scope, receive: Receive, send: Send) -> None
 class Verified:
     """What an MCP ``AccessToken`` is built from: the token's values, as the SDKs' models name them."""
 
-    token: str
+    #: The raw token, which the SDKs' ``AccessToken`` requires; never in this object's ``repr``.
+    token: str = field(repr=False)
     #: The token's ``client_id`` (RFC 9068 §2.2, RFC 7662 §2.2), ``None`` when it names none.
     client_id: str | None
     scopes: list[str]
