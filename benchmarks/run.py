@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # ``python benchmarks/run.py``: make ``benchmarks
 from benchmarks import targets
 from benchmarks._common import SKIPPED, Case, Keys, Result
 
-GROUPS = ("validation", "asgi", "dpop", "introspection", "memory", "server", "fleet")
+GROUPS = ("validation", "asgi", "dpop", "introspection", "mcp", "memory", "server", "fleet")
 #: Groups that start processes of their own: run only when named (``--only``, ``--server``).
 ON_REQUEST = frozenset({"server", "fleet"})
 #: Distributions whose versions head the table (tokenguard's distribution is ``tokenguard-asgi``).
@@ -47,6 +47,8 @@ _PACKAGES = (
     "fastapi",
     "httpx",
     "uvicorn",
+    "mcp",
+    "fastmcp",
 )
 
 
@@ -364,6 +366,15 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
         )
         return found + _with_baselines(bundle.cpu_results(rounds))
 
+    def mcp() -> list[Result]:
+        from benchmarks import bench_mcp
+
+        bundle = bench_mcp.Bundle(keys, loop)  # every app's lifespan runs until close()
+        try:
+            return round_robin(bundle.cases, rounds, 0.02 if args.quick else 0.15, loop) if bundle.cases else []
+        finally:
+            bundle.close()
+
     def memory() -> list[Result]:
         from benchmarks import bench_memory
 
@@ -400,6 +411,7 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
         attempt("validation" if "validation" in args.groups else "asgi", in_process)
     attempt("dpop", dpop)
     attempt("introspection", lambda: _with_baselines(_introspection(rounds)))
+    attempt("mcp", mcp)
     attempt("server", server)
     attempt("memory", memory)
     attempt("fleet", fleet)
