@@ -518,12 +518,21 @@ class TokenGuard:
         extra, message = mcp.requirement_for(data)
         if extra != _NOTHING_MORE:
             merged = requirement.merge(extra)
-            # Again with the call's policy: introspection for a sensitive tool, a proof for a
-            # sender-constrained one, then its scopes (403 listing all the call needs) and step-up.
             try:
-                token, binding = await self.authenticator.authenticate_request(
-                    scope.get("headers", ()), merged, client=client_of(scope), scope=scope
-                )
+                if binding is None and not (merged.sensitive or merged.sender_constrained):
+                    # A Bearer token, and the call asks nothing of validation: only its scopes and
+                    # step-up are left to check, on the token already validated (no second pass).
+                    try:
+                        merged.authorize(token, clock=self.config.clock, leeway=self.config.leeway)
+                    except AuthError as exc:
+                        exc.token, exc.scheme = token, "bearer"
+                        raise
+                else:
+                    # Again with the call's policy: introspection for a sensitive tool, a proof for a
+                    # sender-constrained one, then its scopes (403 listing all it needs) and step-up.
+                    token, binding = await self.authenticator.authenticate_request(
+                        scope.get("headers", ()), merged, client=client_of(scope), scope=scope
+                    )
             except AuthError as exc:
                 # A token refused now (revoked, seen by introspection) is refused for this call: the
                 # 401 names all it needs, so a client authorizing again asks for enough at once.
