@@ -657,3 +657,17 @@ def test_fastmcp_behind_the_guard_gets_the_same_per_tool_policy(clock: ManualClo
         assert "sent 1 to b" in allowed.text
         metadata = client.get("/.well-known/oauth-protected-resource/mcp").json()
         assert metadata["resource"] == RESOURCE
+
+
+def test_the_merge_memo_gives_what_merge_gives_and_stays_bounded() -> None:
+    """Cache invariant (docs/ARCHITECTURE.md): a pure function of two immutable values, at most 256 entries."""
+    policy = MCPPolicy(tools={"a": ToolPolicy(scopes="x"), "b": ToolPolicy(scopes="y", sensitive=True)})
+    base = ToolPolicy(scopes="base").requirement
+    for name in ("a", "b", "unknown"):
+        extra = policy.tool_requirement(name)
+        assert policy.merged(base, extra) == base.merge(extra)
+        assert policy.merged(base, extra) is policy.merged(base, extra)
+    for index in range(600):
+        endpoint = ToolPolicy(scopes=f"s{index}").requirement
+        assert policy.merged(endpoint, policy.tool_requirement("a")).all_scopes == {f"s{index}", "x"}
+        assert len(policy._merges) <= 256

@@ -38,11 +38,13 @@ from tokenguard.errors import AuthError, ConfigurationError, InvalidRequest
 from tokenguard.models import AccessToken
 from tokenguard.policy import Requirement, Rule, ScopesArg
 
-__all__ = ["MCPPolicy", "ToolPolicy", "ToolsListFilter", "call_of"]
+__all__ = ["NOTHING_MORE", "MCPPolicy", "ToolPolicy", "ToolsListFilter", "call_of"]
 
 logger = logging.getLogger("tokenguard")
 
 _NOTHING_MORE = Requirement()
+#: What ``requirement_for`` answers for a call that needs nothing beyond the endpoint (this very object).
+NOTHING_MORE = _NOTHING_MORE
 #: A ``tools/list`` answer larger than this is passed on unfiltered (filtering only hides; calls are checked).
 MAX_FILTERED_BYTES = 1024 * 1024
 
@@ -95,6 +97,10 @@ class ToolPolicy:
         object.__setattr__(self, "sender_constrained", sender_constrained)
 
 
+def _merged(requirement: Requirement, extra: Requirement | None) -> Requirement:
+    return requirement if extra is None else requirement.merge(extra)
+
+
 def _policies(option: str, value: object) -> dict[str, Requirement]:
     if value is None:
         return {}
@@ -135,6 +141,14 @@ class MCPPolicy:
     methods: Mapping[str, Requirement] = field(default_factory=dict)
     default: Requirement = _NOTHING_MORE
     filter_tools_list: bool = False
+    # Worked out once in __init__: what a call of each listed tool (and of any other) needs, the
+    # endpoint's requirement, and the memo of merges (``merged``).
+    _calls: Mapping[str, Requirement] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _other_call: Requirement = field(default=_NOTHING_MORE, init=False, repr=False, compare=False)
+    _endpoint: Requirement = field(default=_NOTHING_MORE, init=False, repr=False, compare=False)
+    _merges: dict[tuple[Requirement, Requirement], Requirement] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __init__(
         self,
@@ -158,6 +172,12 @@ class MCPPolicy:
         object.__setattr__(self, "methods", _policies("methods", methods))
         object.__setattr__(self, "default", default.requirement if default is not None else _NOTHING_MORE)
         object.__setattr__(self, "filter_tools_list", filter_tools_list)
+        every_call = self.methods.get("tools/call")
+        calls = {name: _merged(policy, every_call) for name, policy in self.tools.items()}
+        object.__setattr__(self, "_calls", calls)
+        object.__setattr__(self, "_other_call", _merged(self.default, every_call))
+        object.__setattr__(self, "_endpoint", Requirement(all_scopes=self.scopes))
+        object.__setattr__(self, "_merges", {})
 
     def at(self, path: str) -> bool:
         """Whether a request goes to this endpoint (``path``, with or without a final slash), any method."""
@@ -166,7 +186,22 @@ class MCPPolicy:
     @property
     def endpoint(self) -> Requirement:
         """What every request to the endpoint needs (``scopes``), whatever it calls: GET and DELETE too."""
-        return Requirement(all_scopes=self.scopes)
+        return self._endpoint
+
+    def merged(self, requirement: Requirement, extra: Requirement) -> Requirement:
+        """``requirement.merge(extra)``, memoised: both are immutable, so an entry never goes stale.
+
+        Bounded: the pairs are the app's endpoint policies times the policies named here; past 256
+        (an app whose policies are built per request), the memo is emptied and refilled.
+        """
+        merges = self._merges
+        key = (requirement, extra)
+        found = merges.get(key)
+        if found is None:
+            if len(merges) >= 256:
+                merges.clear()
+            found = merges[key] = requirement.merge(extra)
+        return found
 
     @property
     def scope_hint(self) -> tuple[str, ...]:
@@ -175,9 +210,8 @@ class MCPPolicy:
 
     def tool_requirement(self, name: str) -> Requirement:
         """What calling tool ``name`` needs beyond the endpoint: its policy merged with ``methods["tools/call"]``."""
-        requirement = self.tools.get(name, self.default)
-        every_call = self.methods.get("tools/call")
-        return requirement if every_call is None else requirement.merge(every_call)
+        found = self._calls.get(name)
+        return found if found is not None else self._other_call
 
     def requirement_for(self, body: bytes) -> tuple[Requirement, Any]:
         """What the call(s) in ``body`` need beyond the endpoint, and the parsed body; 400 when unreadable."""
@@ -185,7 +219,7 @@ class MCPPolicy:
         if isinstance(message, list):
             requirement = _NOTHING_MORE
             for element in message:
-                requirement = requirement.merge(self._one(element))
+                requirement = self.merged(requirement, self._one(element))
             return requirement, message
         return self._one(message), message
 

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenguard._binding import Binding, DPoPMode, sender_constraints
 from tokenguard._details import check_details, read_body
 from tokenguard._http import HttpClientOption
-from tokenguard._mcp import MCPPolicy, ToolsListFilter, filtering_send
+from tokenguard._mcp import NOTHING_MORE, MCPPolicy, ToolsListFilter, filtering_send
 from tokenguard._startup import FailedGuard, argument_problem, built_by_framework, fail_startup
 from tokenguard._status import GuardStatus, MetricsSnapshot
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
@@ -61,7 +61,6 @@ logger = logging.getLogger("tokenguard")
 
 #: Where ``_enforce_call`` leaves the ``tools/list`` filter for ``__call__`` to wrap ``send`` with.
 _TOOLS_LIST_KEY = "tokenguard.mcp_tools_list"
-_NOTHING_MORE = Requirement()
 
 
 class TokenGuard:
@@ -458,7 +457,8 @@ class TokenGuard:
         if on_mcp:
             assert mcp is not None
             # Every request to the MCP endpoint needs the endpoint's own scopes (MCPPolicy scopes=).
-            requirement = requirement.merge(mcp.endpoint)
+            if mcp.scopes:
+                requirement = mcp.merged(requirement, mcp.endpoint)
         try:
             token, binding = await self.authenticator.authenticate_request(
                 scope.get("headers", ()), requirement, client=client_of(scope), scope=scope
@@ -516,8 +516,8 @@ class TokenGuard:
         """
         data, receive = await read_body(scope, receive, self.config.max_body_bytes)
         extra, message = mcp.requirement_for(data)
-        if extra != _NOTHING_MORE:
-            merged = requirement.merge(extra)
+        if extra is not NOTHING_MORE:
+            merged = mcp.merged(requirement, extra)
             try:
                 if binding is None and not (merged.sensitive or merged.sender_constrained):
                     # A Bearer token, and the call asks nothing of validation: only its scopes and
