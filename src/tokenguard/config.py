@@ -118,8 +118,8 @@ def check_issuer(issuer: str) -> str:
         if problem is not None:
             raise ConfigurationError(f"issuer template {_shown(issuer)} {problem}")
         check_url("issuer", issuer_for(issuer, "common"))
-        return issuer
-    check_url("issuer", issuer)  # refuses other schemes and fragments
+    else:
+        check_url("issuer", issuer)  # refuses other schemes and fragments
     if urlsplit(issuer).query:
         raise ConfigurationError(f"issuer must not have a query, got {_shown(issuer)}")
     return issuer
