@@ -264,6 +264,8 @@ TESTED_ELSEWHERE = {
     # Fleet mode: tests/test_revocation.py and tests/test_fleet.py.
     "revoked",
     "revocations_stale",
+    # Tenant template issuers (Entra multi-tenant): tests/test_interop_cloud.py.
+    "wrong_tenant",
 }
 
 

@@ -30,6 +30,7 @@ CORE_LEVELS: dict[str, int] = {
     "tokenguard._signatures": 0,
     "tokenguard._status": 0,
     "tokenguard._uri": 0,
+    "tokenguard._tenants": 0,
     "tokenguard.models": 1,
     "tokenguard.store": 1,
     "tokenguard.config": 1,

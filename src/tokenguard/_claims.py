@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tokenguard._tenants import GUID, issuer_for
 from tokenguard._uri import canonical_uri
 from tokenguard.errors import InvalidToken
 
@@ -74,6 +75,68 @@ class IssuerCheck:
             self.configured,
             difference,
         )
+
+
+class TenantIssuerCheck:
+    """A tenant template issuer (Microsoft Entra multi-tenant, ``_tenants``): the tenant, then ``iss``.
+
+    RFC 7519 §4.1.1 / RFC 9068 §4 compare ``iss`` exactly with the issuer; a multi-tenant app has one
+    issuer per tenant, ``template`` with ``{tenantid}`` replaced by the tenant id. So the token's ``tid``
+    must be a tenant id as Entra writes it (a lowercase GUID), ``iss`` must equal the template filled
+    with exactly that ``tid``, and the tenant must be allowed. ``check_issuer`` runs before any key is
+    looked up (with an allow-list, the whole decision); ``check_tenant`` runs after the signature
+    verified when ``tenants`` is a callable, so forged tokens never reach the application's code.
+    """
+
+    __slots__ = ("prefix", "suffix", "template", "tenants")
+
+    def __init__(self, template: str, tenants: frozenset[str] | Callable[[str], bool]) -> None:
+        self.template = template
+        self.tenants = tenants
+        self.prefix, _, self.suffix = template.partition("{tenantid}")
+
+    @property
+    def deferred(self) -> bool:
+        """The tenant is decided by a callable, after the signature: ``check_tenant`` must be called then."""
+        return not isinstance(self.tenants, frozenset)
+
+    def check_issuer(self, claims: Mapping[str, Any]) -> None:
+        """``tid`` is a tenant id, ``iss`` is the template filled with it, and (allow-list) it is allowed."""
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or not (iss.startswith(self.prefix) and iss.endswith(self.suffix)):
+            raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+        tid = claims.get("tid")
+        if tid is None:
+            raise InvalidToken("missing_claim", "The access token lacks a required claim.")
+        if not isinstance(tid, str) or GUID.fullmatch(tid) is None:
+            raise InvalidToken("bad_claim", "The access token has a malformed claim.")
+        if iss != issuer_for(self.template, tid):
+            # Tenant A's tid under tenant B's issuer (or any other spelling): exact, as for any issuer.
+            raise InvalidToken("wrong_issuer", "The access token comes from another issuer.")
+        tenants = self.tenants
+        if isinstance(tenants, frozenset) and tid not in tenants:
+            raise InvalidToken("wrong_tenant", "The access token comes from a tenant this API does not accept.")
+
+    def check_tenant(self, claims: Mapping[str, Any]) -> None:
+        """The callable's decision on a token whose ``tid``/``iss`` (``check_issuer``) and signature passed.
+
+        Only ``True`` allows; anything else, and an exception, refuses (logged without the token).
+        """
+        tenants = self.tenants
+        if isinstance(tenants, frozenset):
+            return  # decided in check_issuer
+        tid = claims["tid"]
+        try:
+            allowed = tenants(tid)
+        except Exception as exc:  # the application's code: whatever it raises, the tenant is not allowed
+            logger.error(
+                "tokenguard: the tenants callable raised %s for tenant %s: the token is refused",
+                type(exc).__name__,
+                tid,
+            )
+            allowed = False
+        if allowed is not True:
+            raise InvalidToken("wrong_tenant", "The access token comes from a tenant this API does not accept.")
 
 
 def number_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
@@ -166,14 +229,32 @@ def check_longest_life(exp: float | None, iat: float | None, now: float, limit: 
         raise InvalidToken("bad_claim", "The access token lives longer than this API accepts.")
 
 
-def check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...], *, required: bool = True) -> None:
-    """RFC 7519 §4.1.3: the recipient MUST identify itself with a value in ``aud``, else reject."""
+def check_audience(
+    claims: Mapping[str, Any],
+    audiences: tuple[str, ...],
+    *,
+    required: bool = True,
+    client_ids: frozenset[str] | None = None,
+) -> None:
+    """RFC 7519 §4.1.3: the recipient MUST identify itself with a value in ``aud``, else reject.
+
+    ``client_ids`` (``allowed_client_ids``, off by default) is the one exception, for issuers whose access
+    tokens carry no ``aud`` at all: Amazon Cognito's access tokens name the app client in ``client_id``
+    and say ``token_use: access`` instead (its ID tokens carry ``aud``; "Using the access token", Amazon
+    Cognito Developer Guide). A token *without* ``aud`` (absent, null or ``[]``) then passes only if its
+    ``client_id`` claim (RFC 9068 §2.2, RFC 7662 §2.2: the same name in an introspection answer) is one of
+    them; a token that has an ``aud`` is judged by it alone, so a foreign ``aud`` is refused as ever.
+    """
     aud = claims.get("aud")
     if type(aud) is str and aud in audiences:  # the common case, decided at once
         return
     if aud is None or aud == []:
         # An empty list names no audience, like an absent claim (ORY Hydra sends "aud": [] for a token
         # granted none): refused when the audience is required, let through only when it is relaxed.
+        if client_ids is not None:
+            client_id = claims.get("client_id")
+            if type(client_id) is str and client_id in client_ids:
+                return
         if required:
             raise InvalidToken("wrong_audience", "The access token is not meant for this resource.")
         return

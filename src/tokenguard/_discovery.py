@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tokenguard._claims import issuer_difference
 from tokenguard._http import FetchError, HttpClientPool, safe_url
+from tokenguard._tenants import is_template, metadata_url
 from tokenguard.config import check_url
 from tokenguard.errors import ConfigurationError
 
@@ -33,7 +34,12 @@ _CHECKED_ENDPOINTS = ("jwks_uri", "introspection_endpoint")
 def well_known_urls(issuer: str) -> tuple[str, ...]:
     """Metadata URLs to try, in order: RFC 8414 §3.1 (path-inserted), OpenID Connect Discovery 1.0 §4
     (appended), and for an issuer with a path the appended RFC 8414 form that several servers use
-    instead of §3.1 (Keycloak, Okta, Spring Authorization Server). Each must name the issuer exactly."""
+    instead of §3.1 (Keycloak, Okta, Spring Authorization Server). Each must name the issuer exactly.
+
+    A tenant template issuer (``{tenantid}``, Entra multi-tenant) has one URL: the ``common`` tenant's
+    OpenID document (``_tenants.metadata_url``), whose ``issuer`` is the template itself."""
+    if is_template(issuer):
+        return (metadata_url(issuer),)
     parts = urlsplit(issuer)
     path = parts.path.rstrip("/")
     rfc8414 = urlunsplit((parts.scheme, parts.netloc, "/.well-known/oauth-authorization-server" + path, "", ""))

@@ -19,6 +19,7 @@ from tokenguard._claims import check_longest_life, issuer_difference, number_cla
 from tokenguard._http import HttpClientOption, HttpClientPool
 from tokenguard._jose import classify, parse_jws
 from tokenguard._status import IssuerStatus
+from tokenguard._tenants import is_template, shape
 from tokenguard.config import GuardConfig
 from tokenguard.errors import AuthError, IntrospectionUnavailable, InvalidToken, UnavailableError
 from tokenguard.extract import authorization_values, cached_candidate, credentials_from
@@ -325,6 +326,10 @@ class MultiIssuerAuthenticator(_Pipeline):
         self.by_issuer: dict[str, Authenticator] = {
             config.issuer: Authenticator(config, http=self.http) for config in configs
         }
+        #: Tenant template issuers (``{tenantid}``): the text before and after it, and their authenticator.
+        self._templates: tuple[tuple[str, str, Authenticator], ...] = tuple(
+            (*shape(name), authenticator) for name, authenticator in self.by_issuer.items() if is_template(name)
+        )
 
     @property
     def issuers(self) -> tuple[str, ...]:
@@ -366,6 +371,10 @@ class MultiIssuerAuthenticator(_Pipeline):
         # chooses whose keys to try, and that issuer's validator checks it again with the signature.
         issuer = parse_jws(token).claims.get("iss")
         authenticator = self.by_issuer.get(issuer) if isinstance(issuer, str) else None
+        if authenticator is None and self._templates and isinstance(issuer, str):
+            # No exact match: a tenant's issuer goes to the template whose shape it has (its prefix and
+            # suffix around one path segment); that validator checks it exactly against the token's "tid".
+            authenticator = next((a for p, s, a in self._templates if _has_shape(issuer, p, s)), None)
         if authenticator is None:
             # A near miss of a configured issuer goes to that issuer's validator: it refuses it too
             # (exact match), and reports the near miss if the issuer's own keys verify the token.
@@ -436,6 +445,14 @@ class MultiIssuerAuthenticator(_Pipeline):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _has_shape(issuer: str, prefix: str, suffix: str) -> bool:
+    """``issuer`` is ``prefix`` + one non-empty path segment + ``suffix`` (a template's shape)."""
+    if len(issuer) <= len(prefix) + len(suffix) or not (issuer.startswith(prefix) and issuer.endswith(suffix)):
+        return False
+    middle = issuer[len(prefix) : len(issuer) - len(suffix)]
+    return "/" not in middle
 
 
 def _worst(states: Iterable[str]) -> str:

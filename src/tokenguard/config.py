@@ -12,11 +12,12 @@ import ipaddress
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
+from tokenguard._tenants import GUID, is_template, issuer_for, template_problem
 from tokenguard.errors import ConfigurationError
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "is_loopback_host",
     "issuer_list",
 ]
+
+#: ``tenants=``: the tenant ids a template issuer accepts, or a callable deciding one ``tid``.
+TenantPolicy = frozenset[str] | Callable[[str], bool]
 
 #: Asymmetric algorithms allowed by default (RFC 8725 §3.1: an explicit allow-list, never ``none``).
 DEFAULT_ALGORITHMS: tuple[str, ...] = (
@@ -107,8 +111,15 @@ def check_url(name: str, url: str) -> str:
 
 def check_issuer(issuer: str) -> str:
     """RFC 8414 §2: the issuer identifier is an https URL (http on loopback, for development) that
-    "has no query or fragment components"."""
-    check_url("issuer", issuer)  # refuses other schemes and fragments
+    "has no query or fragment components". A tenant template (``{tenantid}`` as one path segment,
+    ``_tenants``) is checked as the URL it names for a tenant."""
+    if isinstance(issuer, str) and is_template(issuer):
+        problem = template_problem(issuer)
+        if problem is not None:
+            raise ConfigurationError(f"issuer template {_shown(issuer)} {problem}")
+        check_url("issuer", issuer_for(issuer, "common"))
+    else:
+        check_url("issuer", issuer)  # refuses other schemes and fragments
     if urlsplit(issuer).query:
         raise ConfigurationError(f"issuer must not have a query, got {_shown(issuer)}")
     return issuer
@@ -137,6 +148,40 @@ def _as_tuple(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
     if not items or not all(isinstance(item, str) and item for item in items):
         raise ConfigurationError(f"{name} must be a non-empty string or a non-empty list of strings")
     return items
+
+
+def _client_ids(value: str | Sequence[str] | frozenset[str] | None) -> frozenset[str] | None:
+    """``allowed_client_ids=``: one client id or a list; each a non-empty string of printable characters."""
+    if value is None:
+        return None
+    try:
+        items: tuple[object, ...] = (value,) if isinstance(value, str) else tuple(value)
+    except TypeError:
+        items = ()
+    if not items or not all(isinstance(item, str) and item and item.isprintable() for item in items):
+        raise ConfigurationError(
+            "allowed_client_ids must be a client id or a non-empty list of client ids "
+            f"(non-empty strings of printable characters), got {value!r:.200}"
+        )
+    return frozenset(item for item in items if isinstance(item, str))
+
+
+def _tenant_policy(value: object) -> TenantPolicy | None:
+    """``tenants=``: Entra tenant ids (GUIDs, any case; kept lowercase as Entra writes ``tid``) or a callable."""
+    if value is None:
+        return None
+    if callable(value):
+        return cast("Callable[[str], bool]", value)  # called as (tid) -> bool; anything but True refuses
+    try:
+        items: tuple[object, ...] = (value,) if isinstance(value, str) else tuple(cast("Iterable[object]", value))
+    except TypeError:
+        items = ()
+    if not items or not all(isinstance(item, str) and GUID.fullmatch(item.lower()) for item in items):
+        raise ConfigurationError(
+            "tenants must be a non-empty list of Entra tenant ids (GUIDs such as "
+            f"'72f988bf-86f1-41af-91ab-2d7cd011db47') or a callable (tid) -> bool, got {value!r:.200}"
+        )
+    return frozenset(item.lower() for item in items if isinstance(item, str))
 
 
 def check_count(name: str, value: int, *, allow_zero: bool = False) -> None:
@@ -252,10 +297,23 @@ class GuardConfig:
     jwks: JWKSOptions = field(default_factory=JWKSOptions)
     introspection: IntrospectionOptions = field(default_factory=IntrospectionOptions)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    #: RFC 7519 §4.1.3 relaxed for issuers whose access tokens carry no ``aud`` (Amazon Cognito): such a
+    #: token passes the audience check only when its ``client_id`` is one of these (``_claims``).
+    allowed_client_ids: frozenset[str] | None = None
+    #: A template issuer's (``{tenantid}``) allowed tenants: ids, or a callable deciding one ``tid``.
+    tenants: TenantPolicy | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_issuer(self.issuer)
         object.__setattr__(self, "audience", _as_tuple("audience", self.audience))
+        object.__setattr__(self, "allowed_client_ids", _client_ids(self.allowed_client_ids))
+        if self.allowed_client_ids is not None and self.strict_rfc9068:
+            # RFC 9068 §2.2 makes "aud" REQUIRED: strict mode and tokens without one cannot both hold.
+            raise ConfigurationError(
+                "allowed_client_ids accepts tokens without aud, which strict_rfc9068 refuses (RFC 9068 section 2.2): "
+                "use one or the other"
+            )
+        self._check_tenants()
         if self.jwks_uri is not None:
             check_url("jwks_uri", self.jwks_uri)
         self._check_algorithms()
@@ -275,6 +333,34 @@ class GuardConfig:
             raise ConfigurationError("realm must be printable ASCII without double quotes or backslashes")
         if not callable(self.clock):
             raise ConfigurationError("clock must be a callable returning seconds since the epoch")
+
+    def _check_tenants(self) -> None:
+        object.__setattr__(self, "tenants", _tenant_policy(self.tenants))
+        if not self.is_template:
+            if self.tenants is not None:
+                raise ConfigurationError(
+                    f"tenants applies to an issuer template holding {{tenantid}}, and issuer {self.issuer!r} is none"
+                )
+            return
+        if self.tenants is None:
+            # A template alone would mean "any Entra tenant": anyone can create one and get tokens for a
+            # multi-tenant app. The allowed tenants are always said.
+            raise ConfigurationError(
+                f"issuer {self.issuer!r} is a tenant template: tenants= must list the allowed tenant ids "
+                "(or be a callable (tid) -> bool); a template never means any tenant"
+            )
+        options = self.introspection
+        if options.endpoint is not None or options.has_credentials:
+            # Microsoft Entra has no RFC 7662 endpoint, and one endpoint could not speak for every tenant.
+            raise ConfigurationError(
+                f"issuer {self.issuer!r} is a tenant template, whose tokens cannot be introspected: "
+                "introspection_endpoint, client_id/client_secret and introspection_credentials do not apply to it"
+            )
+
+    @property
+    def is_template(self) -> bool:
+        """The issuer is a tenant template (``{tenantid}``, ``_tenants``)."""
+        return is_template(self.issuer)
 
     def _check_algorithms(self) -> None:
         algorithms = _as_tuple("algorithms", self.algorithms)
@@ -336,6 +422,8 @@ def guard_configs(
     jwks_stale_ttl: float,
     introspection_credentials: Mapping[str, tuple[str, str]] | None,
     max_body_bytes: int,
+    allowed_client_ids: str | Sequence[str] | None,
+    tenants: Sequence[str] | Callable[[str], bool] | None,
     clock: Callable[[], float],
 ) -> tuple[GuardConfig, ...]:
     """One ``GuardConfig`` per issuer, from ``TokenGuard``'s options (the names README documents).
@@ -346,6 +434,9 @@ def guard_configs(
     ``IntrospectionOptions``), and a ``ConfigurationError`` names it. ``jwks_uri``,
     ``introspection_endpoint`` and ``shared_secret`` name one issuer's endpoints or keys, so they need
     a single issuer; ``introspection_credentials`` gives each issuer its own introspection client.
+
+    A tenant template issuer (``{tenantid}``) gets ``tenants`` (required then) and never introspection:
+    beside other issuers, the shared ``client_id``/``client_secret`` go to those only.
     """
     issuers = issuer_list(issuer)
     if len(issuers) > 1:
@@ -361,49 +452,69 @@ def guard_configs(
     unknown = sorted(set(introspection_credentials or {}) - set(issuers))
     if unknown:
         raise ConfigurationError(f"introspection_credentials names issuers that are not configured: {unknown}")
-    first = GuardConfig(
-        issuer=issuers[0],
-        audience=_as_tuple("audience", audience),
-        jwks_uri=jwks_uri,
-        algorithms=_as_tuple("algorithms", algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
-        leeway=leeway,
-        shared_secret=shared_secret,
-        strict_rfc9068=strict_rfc9068,
-        max_token_bytes=max_token_bytes,
-        max_body_bytes=max_body_bytes,
-        realm=realm,
-        default=default,
-        http_timeout=http_timeout,
-        retry_after=retry_after,
-        verified_cache_size=verified_cache_size,
-        jwks=JWKSOptions(
+    templates = [name for name in issuers if is_template(name)]
+    if tenants is not None and not templates:
+        raise ConfigurationError("tenants applies to an issuer template holding {tenantid}, and no issuer is one")
+    if templates and tenants is None:
+        raise ConfigurationError(
+            f"issuer {templates[0]!r} is a tenant template: tenants= must list the allowed tenant ids "
+            "(or be a callable (tid) -> bool); a template never means any tenant"
+        )
+    common = {
+        "audience": _as_tuple("audience", audience),
+        "jwks_uri": jwks_uri,
+        "algorithms": _as_tuple("algorithms", algorithms) if algorithms is not None else DEFAULT_ALGORITHMS,
+        "leeway": leeway,
+        "shared_secret": shared_secret,
+        "strict_rfc9068": strict_rfc9068,
+        "max_token_bytes": max_token_bytes,
+        "max_body_bytes": max_body_bytes,
+        "realm": realm,
+        "default": default,
+        "http_timeout": http_timeout,
+        "retry_after": retry_after,
+        "verified_cache_size": verified_cache_size,
+        "jwks": JWKSOptions(
             default_ttl=jwks_cache_ttl,
             min_ttl=jwks_min_ttl,
             max_ttl=jwks_max_ttl,
             refetch_cooldown=jwks_refetch_cooldown,
             stale_ttl=jwks_stale_ttl,
         ),
-        introspection=IntrospectionOptions(
-            endpoint=introspection_endpoint,
-            client_id=client_id,
-            client_secret=client_secret,
-            auth_method=introspection_auth_method,
-            cache_ttl=introspection_cache_ttl,
-            negative_cache_ttl=introspection_negative_cache_ttl,
-            cache_size=introspection_cache_size,
-            timeout=introspection_timeout,
-            require_aud=introspection_requires_aud,
-            breaker_threshold=breaker_threshold,
-            breaker_cooldown=breaker_cooldown,
-            first_sight_rate=introspection_first_sight_rate,
-            first_sight_burst=introspection_first_sight_burst,
-            first_sight_concurrency=introspection_first_sight_concurrency,
-        ),
-        clock=clock,
+        "clock": clock,
+        "allowed_client_ids": _client_ids(allowed_client_ids),
+    }
+    introspection = IntrospectionOptions(
+        endpoint=introspection_endpoint,
+        client_id=client_id,
+        client_secret=client_secret,
+        auth_method=introspection_auth_method,
+        cache_ttl=introspection_cache_ttl,
+        negative_cache_ttl=introspection_negative_cache_ttl,
+        cache_size=introspection_cache_size,
+        timeout=introspection_timeout,
+        require_aud=introspection_requires_aud,
+        breaker_threshold=breaker_threshold,
+        breaker_cooldown=breaker_cooldown,
+        first_sight_rate=introspection_first_sight_rate,
+        first_sight_burst=introspection_first_sight_burst,
+        first_sight_concurrency=introspection_first_sight_concurrency,
     )
-    return tuple(
-        _with_credentials(dataclasses.replace(first, issuer=name), introspection_credentials) for name in issuers
-    )
+    policy = _tenant_policy(tenants)
+    configs = []
+    for name in issuers:
+        options = introspection
+        if is_template(name) and len(issuers) > 1 and options.has_credentials:
+            # The shared introspection client belongs to the other issuers: a template never introspects.
+            options = dataclasses.replace(options, client_id=None, client_secret=None)
+        config = GuardConfig(
+            issuer=name,
+            introspection=options,
+            tenants=policy if is_template(name) else None,
+            **common,  # type: ignore[arg-type]
+        )
+        configs.append(_with_credentials(config, introspection_credentials))
+    return tuple(configs)
 
 
 #: The ``TokenGuard`` options that ``guard_configs`` takes.

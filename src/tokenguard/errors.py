@@ -72,6 +72,7 @@ class Reason(str, Enum):
     NOT_YET_VALID = "not_yet_valid"
     WRONG_ISSUER = "wrong_issuer"
     WRONG_AUDIENCE = "wrong_audience"
+    WRONG_TENANT = "wrong_tenant"
     MISSING_CLAIM = "missing_claim"
     BAD_CLAIM = "bad_claim"
     NO_IDENTITY = "no_identity"

@@ -30,6 +30,7 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
     not_yet_valid                       401     ``nbf`` or ``iat`` in the future (with leeway)
     wrong_issuer                        401     ``iss`` is not the configured issuer
     wrong_audience                      401     ``aud`` does not contain the configured audience
+    wrong_tenant                        401     a tenant template issuer's ``tid`` is not an allowed tenant
     missing_claim                       401     a required claim (``exp``; strict RFC 9068 claims) is absent
     bad_claim                           401     a claim of the wrong type (``exp`` as a string, ...)
     no_identity                         401     no ``sub``, ``username`` or client id

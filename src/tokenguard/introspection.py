@@ -622,7 +622,12 @@ class Introspector:
             self._check_issuer.report(issuer, "the introspection answer")
             self._check_issuer(issuer)
         # RFC 7662 §4: a token for another resource must not be accepted here (RFC 7519 §4.1.3).
-        check_audience(document, self._config.audience, required=self._options.require_aud)
+        check_audience(
+            document,
+            self._config.audience,
+            required=self._options.require_aud,
+            client_ids=self._config.allowed_client_ids,
+        )
         subject, client_id, username = _identity(document)
         jti = document.get("jti")
         return AccessToken(

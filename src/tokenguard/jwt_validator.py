@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenguard._claims import (
     IssuerCheck,
+    TenantIssuerCheck,
     check_audience,
     check_dates,
     check_lifetime,
@@ -78,6 +79,11 @@ class JWTValidator:
     def __init__(self, config: GuardConfig, jwks: JWKSCache) -> None:
         self._config = config
         self._check_issuer = IssuerCheck(config.issuer, config.clock)
+        #: A tenant template issuer (Entra multi-tenant): ``iss`` is checked against the token's ``tid``.
+        self._tenant: TenantIssuerCheck | None = None
+        if config.is_template:
+            assert config.tenants is not None  # config refuses a template without tenants
+            self._tenant = TenantIssuerCheck(config.issuer, config.tenants)
         self._jwks = jwks
         self._algorithms = frozenset(config.algorithms)
         self._accepted_typ = _RFC9068_TYP if config.strict_rfc9068 else _ACCEPTED_TYP
@@ -248,8 +254,11 @@ class JWTValidator:
         return alg, kid
 
     def _check_issuer_and_lifetime(self, claims: Mapping[str, Any]) -> None:
-        # RFC 7519 §4.1.1 / RFC 9068 §4: "iss" MUST exactly match the issuer; no normalisation.
-        if claims.get("iss") != self._config.issuer:
+        # RFC 7519 §4.1.1 / RFC 9068 §4: "iss" MUST exactly match the issuer; no normalisation. A tenant
+        # template's issuer is the template filled with the token's "tid" (``TenantIssuerCheck``).
+        if self._tenant is not None:
+            self._tenant.check_issuer(claims)
+        elif claims.get("iss") != self._config.issuer:
             self._check_issuer(claims.get("iss"))
         now, leeway = self._config.clock(), self._config.leeway
         exp, nbf, iat = claims.get("exp"), claims.get("nbf", _ABSENT), claims.get("iat", _ABSENT)
@@ -316,8 +325,10 @@ class JWTValidator:
         return keys
 
     def _access_token(self, claims: dict[str, Any], kid: str | None) -> AccessToken:
-        check_audience(claims, self._config.audience)
+        check_audience(claims, self._config.audience, client_ids=self._config.allowed_client_ids)
         check_token_kind(claims)
+        if self._tenant is not None and self._tenant.deferred:
+            self._tenant.check_tenant(claims)  # a callable sees only tokens whose signature verified
         if self._config.strict_rfc9068:
             # RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat and jti are REQUIRED.
             for name in ("sub", "client_id", "jti"):

@@ -72,7 +72,9 @@ class TokenGuard:
     ``issuer`` may list several issuers: each gets its own discovery, JWKS cache and introspection
     endpoint (``client_id``/``client_secret`` are shared), and a JWT's ``iss`` picks its issuer
     before any key is looked up. ``jwks_uri``, ``introspection_endpoint`` and ``shared_secret`` name
-    one issuer's endpoints or keys, so they need a single issuer. ``resource_metadata`` (on by
+    one issuer's endpoints or keys, so they need a single issuer. An issuer holding ``{tenantid}`` is a
+    tenant template (Entra multi-tenant apps) and needs ``tenants``; ``allowed_client_ids`` lets tokens
+    without ``aud`` (Amazon Cognito access tokens) through by their ``client_id``. ``resource_metadata`` (on by
     default) serves RFC 9728 metadata for ``resource`` (default: the first https audience);
     ``False`` turns it off, a dict adds members such as ``resource_name``.
 
@@ -157,6 +159,8 @@ class TokenGuard:
         max_token_lifetime: float = 86400.0,
         revocation_max_entries: int = 100_000,
         mcp: MCPPolicy | None = None,
+        allowed_client_ids: str | Sequence[str] | None = None,
+        tenants: Sequence[str] | Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
