@@ -703,3 +703,30 @@ def test_template_metadata_urls() -> None:
     assert well_known_urls("https://login.microsoftonline.us/{tenantid}/v2.0") == (
         "https://login.microsoftonline.us/common/v2.0/.well-known/openid-configuration",
     )
+
+
+def _served_metadata(clock: ManualClock, **options: Any) -> dict[str, Any]:
+    app = TokenGuard(Starlette(), audience="https://photos.example", clock=clock, **options)
+    with TestClient(app) as http:
+        response = http.get("/.well-known/oauth-protected-resource")
+    assert response.status_code == 200
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_rfc9728_metadata_lists_each_allowed_tenants_issuer_never_the_template(clock: ManualClock) -> None:
+    """RFC 9728 §2: authorization_servers are issuers a client can discover; a template is none."""
+    document = _served_metadata(
+        clock, issuer=[V2_TEMPLATE, V1_TEMPLATE, "https://idp.example.com"], tenants=[FABRIKAM, CONTOSO]
+    )
+    assert document["authorization_servers"] == [
+        f"https://login.microsoftonline.com/{CONTOSO}/v2.0",
+        f"https://login.microsoftonline.com/{FABRIKAM}/v2.0",
+        "https://idp.example.com",
+    ]
+    assert "{tenantid}" not in str(document)
+
+
+def test_rfc9728_metadata_with_a_callable_allow_list_names_no_template(clock: ManualClock) -> None:
+    document = _served_metadata(clock, issuer=V2_TEMPLATE, tenants=lambda tid: True)
+    assert "authorization_servers" not in document
+    assert document["resource"] == "https://photos.example"

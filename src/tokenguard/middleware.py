@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,9 +31,17 @@ from tokenguard._http import HttpClientOption
 from tokenguard._mcp import NOTHING_MORE, MCPPolicy, ToolsListFilter, filtering_send
 from tokenguard._startup import FailedGuard, argument_problem, built_by_framework, fail_startup
 from tokenguard._status import GuardStatus, MetricsSnapshot
+from tokenguard._tenants import is_template, issuer_for
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
 from tokenguard.challenge import render, send_denial
-from tokenguard.config import CONFIG_OPTIONS, ClientAuthMethod, DefaultPolicy, check_count, guard_configs
+from tokenguard.config import (
+    CONFIG_OPTIONS,
+    ClientAuthMethod,
+    DefaultPolicy,
+    GuardConfig,
+    check_count,
+    guard_configs,
+)
 from tokenguard.credentials import TokenCredentials, TokenUser
 from tokenguard.errors import AuthError, ConfigurationError, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
@@ -225,7 +234,10 @@ class TokenGuard:
         self._configure_fleet(options, store)
         self._dpop_algs = self.constraints.algs if self.constraints.dpop_enabled else ()
         self.resource_metadata: ResourceMetadata | None = build_resource_metadata(
-            options["resource_metadata"], resource=resource, audience=self.config.audience, issuers=issuers
+            options["resource_metadata"],
+            resource=resource,
+            audience=self.config.audience,
+            issuers=_metadata_issuers(self.configs),
         )
         self._metadata_url = self.resource_metadata.url if self.resource_metadata is not None else None
         self._metadata_paths = frozenset(self.resource_metadata.paths) if self.resource_metadata else frozenset()
@@ -750,6 +762,23 @@ class TokenGuard:
             if failure and exc is failure[0] and not answered:
                 await fail_startup(send, exc)
             raise
+
+
+def _metadata_issuers(configs: Sequence[GuardConfig]) -> tuple[str, ...]:
+    """RFC 9728 §2 ``authorization_servers``: issuer identifiers a client can discover (RFC 8414).
+
+    A tenant template (``{tenantid}``) is no issuer a client can use: each allowed tenant's own
+    issuer is listed instead (``https://login.microsoftonline.com/<tid>/v2.0`` serves its metadata);
+    with a callable allow-list the tenants are unknown, so the template is left out. v1 templates
+    (``https://sts.windows.net/{tenantid}/``) have no metadata at their own host: left out too.
+    """
+    issuers: list[str] = []
+    for config in configs:
+        if not is_template(config.issuer):
+            issuers.append(config.issuer)
+        elif isinstance(config.tenants, frozenset) and urlsplit(config.issuer).hostname != "sts.windows.net":
+            issuers.extend(issuer_for(config.issuer, tid) for tid in sorted(config.tenants))
+    return tuple(dict.fromkeys(issuers))
 
 
 def _challenge_scopes(exc: TokenGuardError, mcp: MCPPolicy | None) -> tuple[str, ...]:

@@ -90,10 +90,13 @@ class ResourceMetadata:
         document: dict[str, Any] = {
             # RFC 9728 §3.3: "resource" MUST be identical to the identifier the URL was built from.
             "resource": self.resource,
-            "authorization_servers": list(self.authorization_servers),
-            # RFC 6750 §2.1 only: tokens in a form body or query are never read.
-            "bearer_methods_supported": ["header"],
         }
+        if self.authorization_servers:
+            # RFC 9728 §2: OPTIONAL; left out when no issuer is one a client can discover (a tenant
+            # template with a callable allow-list).
+            document["authorization_servers"] = list(self.authorization_servers)
+        # RFC 6750 §2.1 only: tokens in a form body or query are never read.
+        document["bearer_methods_supported"] = ["header"]
         scope_list = sorted(set(scopes))
         if scope_list:
             document["scopes_supported"] = scope_list
