@@ -32,7 +32,14 @@ from tokenguard._startup import FailedGuard, argument_problem, built_by_framewor
 from tokenguard._status import GuardStatus, MetricsSnapshot
 from tokenguard.authenticator import Authenticator, MultiIssuerAuthenticator
 from tokenguard.challenge import render, send_denial
-from tokenguard.config import CONFIG_OPTIONS, ClientAuthMethod, DefaultPolicy, check_count, guard_configs
+from tokenguard.config import (
+    CONFIG_OPTIONS,
+    ClientAuthMethod,
+    DefaultPolicy,
+    IntrospectionResponse,
+    check_count,
+    guard_configs,
+)
 from tokenguard.credentials import TokenCredentials, TokenUser
 from tokenguard.errors import AuthError, ConfigurationError, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
@@ -120,6 +127,7 @@ class TokenGuard:
         introspection_first_sight_rate: float = 10.0,
         introspection_first_sight_burst: int = 20,
         introspection_first_sight_concurrency: int = 8,
+        introspection_response: IntrospectionResponse = "json",
         default: DefaultPolicy = "authenticated",
         rules: Iterable[Rule] = (),
         http_client: HttpClientOption = None,
