@@ -215,6 +215,7 @@ async def test_the_rfc_8414_document_is_unchanged(idp: DevIdP) -> None:
         "revocation_endpoint_auth_methods_supported",
         "authorization_response_iss_parameter_supported",
         "dpop_signing_alg_values_supported",
+        "introspection_signing_alg_values_supported",  # RFC 9701 §7, not SSF
     }
 
 

@@ -134,3 +134,21 @@ def parse_jws(token: str) -> ParsedJWS:
         )
     except ValueError as exc:
         raise _malformed() from exc
+
+
+def split_jws(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """A compact JWS as (header object, payload bytes, signing input, signature), decoded strictly.
+
+    For JWS whose payload its caller decodes with rules of its own (an RFC 9701 introspection answer
+    is read as RFC 7662 answers are): the header is a strict JSON object, every segment canonical
+    base64url (RFC 7515 §7.1); the payload is returned undecoded. Refusals are ``malformed_token``.
+    """
+    if token.count(".") != 2 or _COMPACT_JWS.fullmatch(token) is None:
+        raise _malformed()
+    head, payload, signature = token.split(".")
+    return (
+        json_segment(_b64decode(head)),
+        _b64decode(payload),
+        f"{head}.{payload}".encode("ascii"),
+        _b64decode(signature),
+    )

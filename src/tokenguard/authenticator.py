@@ -183,7 +183,7 @@ class Authenticator(_Pipeline):
         self.metadata = IssuerMetadata(config, self.http)
         self.jwks = JWKSCache(config, self.http, self.metadata)
         self.validator = JWTValidator(config, self.jwks)
-        self.introspector = Introspector(config, self.http, self.metadata)
+        self.introspector = Introspector(config, self.http, self.metadata, self.jwks)
         options = config.introspection
         if options.endpoint is not None and not options.has_credentials:
             # An explicit endpoint says introspection is wanted; without credentials it cannot work.

@@ -28,6 +28,7 @@ __all__ = [
     "DefaultPolicy",
     "GuardConfig",
     "IntrospectionOptions",
+    "IntrospectionResponse",
     "JWKSOptions",
     "check_count",
     "check_issuer",
@@ -60,6 +61,8 @@ _KNOWN_ALGORITHMS = frozenset(DEFAULT_ALGORITHMS + HMAC_ALGORITHMS)
 _REALM = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+#: What the introspection endpoint is asked to answer with: RFC 7662 §2.2 JSON, or an RFC 9701 signed JWT.
+IntrospectionResponse = Literal["json", "jwt"]
 DefaultPolicy = Literal["authenticated", "public"]
 
 
@@ -252,12 +255,17 @@ class IntrospectionOptions:
     first_sight_rate: float = 10.0
     first_sight_burst: int = 20
     first_sight_concurrency: int = 8
+    #: ``"jwt"``: ask for RFC 9701 answers (``Accept: application/token-introspection+jwt``) and accept
+    #: only a JWS the issuer signed with a key of its JWKS; ``"json"``: the plain RFC 7662 answer.
+    response: IntrospectionResponse = "json"
 
     def __post_init__(self) -> None:
         if self.endpoint is not None:
             check_url("introspection_endpoint", self.endpoint)
         if self.auth_method not in ("client_secret_basic", "client_secret_post"):
             raise ConfigurationError("introspection_auth_method must be 'client_secret_basic' or 'client_secret_post'")
+        if self.response not in ("json", "jwt"):
+            raise ConfigurationError(f"introspection_response must be 'json' or 'jwt', got {self.response!r}")
         if (self.client_id is None) != (self.client_secret is None):
             raise ConfigurationError("client_id and client_secret must be given together")
         _positive("introspection_cache_ttl", self.cache_ttl, allow_zero=True)
@@ -333,6 +341,18 @@ class GuardConfig:
             raise ConfigurationError("realm must be printable ASCII without double quotes or backslashes")
         if not callable(self.clock):
             raise ConfigurationError("clock must be a callable returning seconds since the epoch")
+        if self.introspection.response == "jwt" and not self.introspection_algorithms:
+            # RFC 9701 §5: the answer is signed by the issuer; only its published (asymmetric) keys
+            # can vouch for it here, never a shared secret (README, "Sensitive routes and introspection").
+            raise ConfigurationError(
+                "introspection_response='jwt' needs an asymmetric algorithm (RS*, PS*, ES*, EdDSA) in algorithms: "
+                "signed introspection answers are verified with the issuer's JWKS, never with an HMAC secret"
+            )
+
+    @property
+    def introspection_algorithms(self) -> tuple[str, ...]:
+        """The ``alg`` values an RFC 9701 introspection answer may use: the allow-list without HS*."""
+        return tuple(alg for alg in self.algorithms if alg not in HMAC_ALGORITHMS)
 
     def _check_tenants(self) -> None:
         object.__setattr__(self, "tenants", _tenant_policy(self.tenants))
@@ -407,6 +427,7 @@ def guard_configs(
     introspection_first_sight_rate: float,
     introspection_first_sight_burst: int,
     introspection_first_sight_concurrency: int,
+    introspection_response: IntrospectionResponse,
     default: DefaultPolicy,
     shared_secret: bytes | None,
     strict_rfc9068: bool,
@@ -499,6 +520,7 @@ def guard_configs(
         first_sight_rate=introspection_first_sight_rate,
         first_sight_burst=introspection_first_sight_burst,
         first_sight_concurrency=introspection_first_sight_concurrency,
+        response=introspection_response,
     )
     policy = _tenant_policy(tenants)
     configs = []

@@ -14,6 +14,12 @@ known to be real (flaw 6 of the assurance review; the caches' invariants are in 
   (``FirstSightBudget``: rate, burst, calls in flight; over budget is a 503 without a call) and has
   its own breaker, ``first_sight_breaker``: junk the issuer throttles (429), rejects with a 5xx or
   times out on can open that one only, never the breaker the re-checks depend on.
+
+With ``introspection_response="jwt"`` the issuer is asked for an RFC 9701 answer: a JWS it signed
+with a key of its JWKS (the key cache the JWT validator uses), whose ``token_introspection`` claim
+is the RFC 7662 answer, then checked, cached and shared exactly as a plain JSON answer is. An answer
+that is not such a JWS (plain JSON, a bad signature, a wrong ``typ``/``iss``/``aud``/``iat``, an
+encrypted JWE) is no answer: a 503, as a body that is not JSON is (``_signed_answer``).
 """
 
 from __future__ import annotations
@@ -38,21 +44,24 @@ from tokenguard._claims import (
     check_token_kind,
     has_scope_claim,
     identity_of,
+    number_claim,
     scopes_of,
 )
 from tokenguard._flight import SingleFlight
-from tokenguard._http import FetchError, HttpClientPool, safe_url
+from tokenguard._http import FetchError, HttpClientPool, HttpResult, safe_url
+from tokenguard._jose import split_jws
 from tokenguard._lru import LRU
+from tokenguard._signatures import verifier
 from tokenguard._strictjson import NotAnObject, has_lone_surrogate, strict_loads
 from tokenguard.config import GuardConfig
-from tokenguard.errors import IntrospectionUnavailable, InvalidToken
+from tokenguard.errors import IntrospectionUnavailable, InvalidToken, KeysUnavailable
 from tokenguard.fleet import SharedAnswers, SharedRecord
-from tokenguard.jwks import IssuerMetadata
+from tokenguard.jwks import IssuerMetadata, JWKSCache, KeySet
 from tokenguard.jwt_validator import token_digest
 from tokenguard.models import AccessToken
 from tokenguard.store import FleetStore, StoreUnavailable
 
-__all__ = ["BreakerState", "CircuitBreaker", "FirstSightBudget", "Introspector"]
+__all__ = ["JWT_MEDIA_TYPE", "BreakerState", "CircuitBreaker", "FirstSightBudget", "Introspector"]
 
 logger = logging.getLogger("tokenguard")
 
@@ -61,6 +70,16 @@ _MAX_RESPONSE_BYTES = 256 * 1024
 _ACCESS_TOKEN_TYPES = frozenset({"access_token", "bearer", "urn:ietf:params:oauth:token-type:access_token"})
 _INACTIVE = "The access token is not active."
 _ERROR_CODE = re.compile(r"[a-z_]{1,48}")
+
+#: RFC 9701 §4, §5: the media type a JWT answer is asked for with (``Accept``) and comes back as.
+JWT_MEDIA_TYPE = "application/token-introspection+jwt"
+#: RFC 9701 §5 ``typ``; RFC 7515 §4.1.9: compared case-insensitively, the "application/" prefix optional.
+_JWT_TYP = frozenset({"token-introspection+jwt", JWT_MEDIA_TYPE})
+#: Seconds a JWT answer's ``iat`` may lie before now beyond the call's timeout and the leeway: the
+#: issuer signs the answer while we wait for it, so an older one is a replayed or stale answer.
+_IAT_MARGIN = 5.0
+#: Keys tried for a JWT answer that names none (``kid``), as for access tokens (``jwt_validator``).
+_MAX_KIDLESS_TRIES = 8
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -275,12 +294,18 @@ _KNOWN_AT_MOST = 86400.0
 class Introspector:
     """Asks the issuer whether a token is active (RFC 7662 §2), through a cache and two lanes (module doc)."""
 
-    def __init__(self, config: GuardConfig, http: HttpClientPool, metadata: IssuerMetadata) -> None:
+    def __init__(
+        self, config: GuardConfig, http: HttpClientPool, metadata: IssuerMetadata, jwks: JWKSCache | None = None
+    ) -> None:
         self._config = config
         self._check_issuer = IssuerCheck(config.issuer, config.clock)
         self._options = config.introspection
         self._http = http
         self._metadata = metadata
+        # RFC 9701 answers are verified with the issuer's keys: the validator's cache (and its
+        # rate-limited refetch for an unknown kid) when the authenticator passes it.
+        self._jwks = jwks if jwks is not None else JWKSCache(config, http, metadata)
+        self._jwt_algorithms = frozenset(config.introspection_algorithms)
         options = config.introspection
         # The answer cache (ARCHITECTURE.md, "Caches never outlive what they stand for"): token
         # SHA-256 -> checked answer. A positive answer lives min(cache_ttl, exp - now) and every hit
@@ -325,7 +350,11 @@ class Introspector:
         credentials, which every process of this resource server has (``fleet.SharedAnswers``).
         """
         options = self._options
-        secret = "\0".join((self._config.issuer, options.client_id or "", options.client_secret or "")).encode()
+        parts = [self._config.issuer, options.client_id or "", options.client_secret or ""]
+        if options.response == "jwt":
+            # Processes that verify signed answers never read answers a JSON-mode process stored.
+            parts.append("rfc9701")
+        secret = "\0".join(parts).encode()
         # A holder that dies loses the lock a second after its call would have timed out.
         self.shared = SharedAnswers(store, secret, wait=options.timeout + 1.0, lock_ttl=options.timeout + 1.0)
 
@@ -564,6 +593,8 @@ class Introspector:
         # RFC 7662 §2.1: POST, form-encoded "token" and the optional "token_type_hint".
         form = {"token": token, "token_type_hint": "access_token"}
         headers: dict[str, str] = {}
+        if self._options.response == "jwt":
+            headers["Accept"] = JWT_MEDIA_TYPE  # RFC 9701 §4: ask for the signed answer
         client_id, secret = self._options.client_id or "", self._options.client_secret or ""
         if self._options.auth_method == "client_secret_basic":
             # RFC 6749 §2.3.1: id and secret are form-urlencoded before they are joined and base64'd.
@@ -580,7 +611,122 @@ class Introspector:
             raise FetchError(
                 f"POST {safe_url(endpoint)} answered {result.status}{_error_code(result.body, token)}", result.status
             )
+        if self._options.response == "jwt":
+            return await self._signed_answer(result, endpoint)
         return _json_object(result.body, endpoint)
+
+    # -- RFC 9701: the answer as a JWT the issuer signed ---------------------------------------
+
+    async def _signed_answer(self, result: HttpResult, endpoint: str) -> dict[str, Any]:
+        """The RFC 7662 answer inside an RFC 9701 JWT, once the JWT is shown to be the issuer's answer to us.
+
+        Everything wrong here is the issuer's answer, not the token: ``FetchError`` (503, and the
+        lane's breaker counts it), as for a body that is not JSON (``_json_object``). The answer's
+        own ``token_introspection`` object is then checked by ``_check`` like any plain answer, so
+        what refuses the token (inactive, wrong ``aud``, a lone surrogate) still refuses it (401).
+        """
+        where = f"POST {safe_url(endpoint)}"
+        # RFC 9701 §5: "the content type application/token-introspection+jwt". A plain JSON answer
+        # (an issuer that ignored Accept) carries no signature: refused, never read as JSON instead.
+        media = _media_type(result.headers)
+        if media != JWT_MEDIA_TYPE:
+            raise FetchError(f"{where} answered {media or 'without a content type'}, not {JWT_MEDIA_TYPE} (RFC 9701)")
+        try:
+            text = result.body.decode("ascii").strip(" \t\r\n")
+        except UnicodeDecodeError as exc:
+            raise FetchError(f"{where} answered a body that is not a compact JWT") from exc
+        if text.count(".") == 4:
+            # RFC 9701 §5 allows a signed-then-encrypted answer (a JWE, RFC 7516 §7.1); not supported here.
+            logger.error(
+                "tokenguard: the issuer answered introspection with an encrypted JWT (JWE); only signed answers "
+                "are supported (RFC 9701 §5): register the resource server without introspection_encrypted_response_alg"
+            )
+            raise FetchError(f"{where} answered an encrypted (JWE) introspection response, which is not supported")
+        try:
+            header, payload, signing_input, signature = split_jws(text)
+        except InvalidToken as exc:
+            raise FetchError(f"{where} answered a body that is not a compact JWS (RFC 9701 §5)") from exc
+        alg, kid = self._answer_header(header, where)
+        keys = await self._answer_keys(kid, where)
+        self._verify_answer(keys, alg, kid, signing_input, signature, where)
+        try:
+            # Decoded as a plain answer is (``_json_object``): what only refuses the token is left to ``_check``.
+            claims = strict_loads(payload, max_depth=None, finite_floats=False, lone_surrogates=True)
+        except ValueError as exc:  # NotAnObject included
+            raise FetchError(f"{where} answered a JWT whose claims are not a JSON object") from exc
+        return self._answer_claims(claims, where)
+
+    def _answer_header(self, header: Mapping[str, Any], where: str) -> tuple[str, str | None]:
+        alg = header.get("alg")
+        # RFC 8725 §3.1: the guard's allow-list, asymmetric algorithms only (never "none", never HS*:
+        # an HMAC key would be a secret the answer's reader shares, so it could sign answers too).
+        if not isinstance(alg, str) or alg not in self._jwt_algorithms:
+            raise FetchError(f"{where} answered a JWT signed with an algorithm not allowed here ({str(alg)[:20]!r})")
+        # RFC 9701 §5, §8.1: explicit typing, so no other JWT of the issuer passes for an answer.
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in _JWT_TYP:
+            raise FetchError(f"{where} answered a JWT whose typ is not token-introspection+jwt")
+        # RFC 7515 §4.1.11 (no critical extension is understood here), RFC 7797 §3 (no unencoded payload).
+        if "crit" in header or header.get("b64", True) is not True:
+            raise FetchError(f"{where} answered a JWT with an unsupported critical header")
+        kid = header.get("kid")
+        if "kid" in header and not isinstance(kid, str):
+            raise FetchError(f"{where} answered a JWT with a malformed key id")
+        # jku, x5u, x5c and jwk are never read: keys come from the issuer's JWKS only (RFC 8725 §3.10).
+        return alg, kid
+
+    async def _answer_keys(self, kid: str | None, where: str) -> KeySet:
+        """The issuer's keys, refetched (rate-limited, as for access tokens) when ``kid`` is unknown."""
+        try:
+            keys = self._jwks.current() or await self._jwks.keys()
+            if kid is not None and not keys.knows(kid):
+                keys = await self._jwks.refetch_for(kid)
+        except InvalidToken as exc:
+            raise FetchError(f"{where} answered a JWT signed with a key the issuer does not publish") from exc
+        except KeysUnavailable as exc:
+            cause = f"the issuer's keys are unavailable to verify the introspection answer: {exc.cause}"
+            raise FetchError(cause) from exc
+        return keys
+
+    def _verify_answer(
+        self, keys: KeySet, alg: str, kid: str | None, signing_input: bytes, signature: bytes, where: str
+    ) -> None:
+        candidates = keys.candidates(kid, alg)
+        if kid is None:
+            candidates = candidates[:_MAX_KIDLESS_TRIES]
+        for key in candidates:
+            try:
+                if verifier(alg, key.key)(signing_input, signature):
+                    return
+            except (ValueError, TypeError):
+                break
+        raise FetchError(f"{where} answered a JWT whose signature does not verify with the issuer's keys")
+
+    def _answer_claims(self, claims: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """RFC 9701 §5: ``iss``, ``aud`` (us), ``iat`` (now), and the answer in ``token_introspection``."""
+        # RFC 7519 §4.1.1: exactly the issuer we trust, no normalisation (the answer is about its token).
+        if claims.get("iss") != self._config.issuer:
+            raise FetchError(f"{where} answered a JWT whose iss is not {self._config.issuer}")
+        # RFC 9701 §5: aud is the resource server's client id at the issuer, the one we introspect as.
+        audience = claims.get("aud")
+        ours = self._options.client_id
+        if not (audience == ours or (isinstance(audience, list) and ours in audience)):
+            raise FetchError(f"{where} answered a JWT whose aud is not this resource server's client id")
+        now, leeway = self._config.clock(), self._config.leeway
+        try:
+            # RFC 9701 §5: iat is REQUIRED. Not in the future (beyond the leeway), and signed while we
+            # waited for it: older than the timeout, the leeway and a margin, it is a replayed answer.
+            iat = number_claim(claims, "iat", required=True)
+            check_lifetime(claims, now, leeway, require_exp=False)  # exp/nbf too, should the issuer add them
+        except InvalidToken as exc:
+            raise FetchError(f"{where} answered a JWT whose dates do not hold now ({exc.reason})") from exc
+        assert iat is not None
+        if iat < now - self._options.timeout - leeway - _IAT_MARGIN:
+            raise FetchError(f"{where} answered a JWT issued {now - iat:.0f}s ago: too old for the answer to this call")
+        document = claims.get("token_introspection")
+        if not isinstance(document, dict):
+            raise FetchError(f"{where} answered a JWT without a token_introspection object (RFC 9701 §5)")
+        return document
 
     # -- what the answer means ----------------------------------------------------------------
 
@@ -741,6 +887,12 @@ def _binding_of(signed: Any, answered: Any) -> Any:
     if any(answered.get(name) != value for name, value in signed.items()):
         raise InvalidToken("bad_claim", "The introspection answer contradicts the token's binding.")
     return dict(answered)
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    """The response's media type, without parameters, lower-cased (RFC 9110 §8.3.1: case-insensitive)."""
+    value = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    return value.partition(";")[0].strip(" \t").lower()
 
 
 def _json_object(body: bytes, url: str) -> dict[str, Any]:

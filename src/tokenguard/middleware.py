@@ -39,6 +39,7 @@ from tokenguard.config import (
     ClientAuthMethod,
     DefaultPolicy,
     GuardConfig,
+    IntrospectionResponse,
     check_count,
     guard_configs,
 )
@@ -131,6 +132,7 @@ class TokenGuard:
         introspection_first_sight_rate: float = 10.0,
         introspection_first_sight_burst: int = 20,
         introspection_first_sight_concurrency: int = 8,
+        introspection_response: IntrospectionResponse = "json",
         default: DefaultPolicy = "authenticated",
         rules: Iterable[Rule] = (),
         http_client: HttpClientOption = None,

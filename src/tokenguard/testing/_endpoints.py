@@ -5,6 +5,9 @@ metadata, stream, verification and poll endpoints.
 Only wire formats live here: form parsing, client authentication, redirects, JSON answers and CORS.
 Every decision is taken by the ``DevIdP`` methods these endpoints call.
 
+/introspect answers RFC 7662 JSON, or an RFC 9701 signed JWT (``DevIdP.introspect_jwt``) when the
+request's ``Accept`` names ``application/token-introspection+jwt``.
+
 CORS (``DevIdP(cors_origins=...)``) covers what a browser app calls with ``fetch``: the token,
 revocation and registration endpoints and the metadata and JWKS documents. Not /authorize, which the browser navigates
 to, and not /introspect, which is for resource servers (servers, not browsers). A browser app may
@@ -42,6 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokenguard._dpop import dpop_header_values
 from tokenguard._strictjson import strict_loads
 from tokenguard.errors import ConfigurationError
+from tokenguard.testing._idp import INTROSPECTION_JWT
 from tokenguard.testing._model import Client, OAuthError
 from tokenguard.testing._ssf import WELL_KNOWN, Stream, StreamLimitReached, parse_poll_request, parse_stream_request
 
@@ -102,7 +106,12 @@ def build_app(idp: DevIdP) -> Starlette:
             form, _ = await _form(request)
             client = _authenticate(idp, request, form)
             token = _required(form, "token")
-            answer = idp.introspect(token, token_type_hint=form.get("token_type_hint"), client_id=client.client_id)
+            hint = form.get("token_type_hint")
+            if _accepts(request, INTROSPECTION_JWT):
+                # RFC 9701 §4: the resource server asked for a signed answer; §5: it gets one.
+                signed = idp.introspect_jwt(token, token_type_hint=hint, client_id=client.client_id)
+                return Response(signed, media_type=INTROSPECTION_JWT, headers=_NO_STORE)
+            answer = idp.introspect(token, token_type_hint=hint, client_id=client.client_id)
         except OAuthError as exc:
             return _error(exc)
         return JSONResponse(answer, headers=_NO_STORE)
@@ -259,6 +268,27 @@ def _error(exc: OAuthError) -> Response:
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = _REALM
     return JSONResponse(exc.as_dict(), status_code=exc.status_code, headers=headers)
+
+
+def _accepts(request: Request, media_type: str) -> bool:
+    """Whether ``Accept`` names ``media_type`` (RFC 9110 §12.5.1: case-insensitive; ``q=0`` means "not")."""
+    for header in request.headers.getlist("accept"):
+        for item in header.split(","):
+            name, *parameters = (part.strip() for part in item.split(";"))
+            if name.lower() == media_type and all(_weight(p) != 0.0 for p in parameters):
+                return True
+    return False
+
+
+def _weight(parameter: str) -> float | None:
+    """The ``q`` of one media-range parameter (RFC 9110 §12.4.2), ``None`` for any other parameter."""
+    name, _, value = parameter.partition("=")
+    if name.strip().lower() != "q":
+        return None
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
 
 
 def _dpop_proof(request: Request) -> str | None:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
+import jwt
 
 from tokenguard._dpop import DEFAULT_DPOP_ALGORITHMS, DPoPNonces, check_algorithms, check_proof
 from tokenguard._uri import canonical_uri
@@ -103,6 +104,9 @@ from tokenguard.testing._ssf import (
 if TYPE_CHECKING:
     import uvicorn
     from starlette.applications import Starlette
+
+#: RFC 9701 §4, §5: the media type a resource server asks for (``Accept``) to get a signed answer.
+INTROSPECTION_JWT = "application/token-introspection+jwt"
 
 DEFAULT_ISSUER = "https://idp.tokenguard.test"
 DEFAULT_AUDIENCE = "https://api.tokenguard.test"
@@ -764,6 +768,8 @@ class DevIdP:
             "authorization_response_iss_parameter_supported": True,
             # RFC 9449 §5.1: the JWS algorithms this server accepts in DPoP proofs.
             "dpop_signing_alg_values_supported": list(self.dpop_algorithms),
+            # RFC 9701 §7: the algorithm signed introspection answers (``Accept: INTROSPECTION_JWT``) use.
+            "introspection_signing_alg_values_supported": [self._set_signing_key().alg],
             **(
                 {"authorization_details_types_supported": sorted(self.authorization_details_types)}
                 if self.authorization_details_types is not None
@@ -1377,6 +1383,21 @@ class DevIdP:
             )
             return answer
 
+    def introspect_jwt(self, token: str, *, client_id: str, token_type_hint: str | None = None) -> str:
+        """The RFC 9701 §5 answer for ``token``: ``introspect``'s answer, signed, for the client ``client_id``.
+
+        A compact JWS with header ``typ`` ``token-introspection+jwt`` and the signing key's ``kid``,
+        signed with the key of the default audience's algorithm (the one the metadata advertises in
+        ``introspection_signing_alg_values_supported``); claims ``iss``, ``aud`` (the client that
+        asked), ``iat`` and ``token_introspection`` (the RFC 7662 answer, ``{"active": false}``
+        included). No ``sub`` or ``exp`` at the top: it is not an access token (RFC 9701 §5, §8.1).
+        """
+        answer = self.introspect(token, token_type_hint=token_type_hint, client_id=client_id)
+        key = self._set_signing_key()
+        claims = {"iss": self.issuer, "aud": client_id, "iat": int(self.clock()), "token_introspection": answer}
+        headers = {"typ": "token-introspection+jwt", "kid": key.kid}
+        return jwt.encode(claims, key.private, algorithm=key.alg, headers=headers)
+
     def revoke(self, token: str, *, token_type_hint: str | None = None, client_id: str | None = None) -> bool:
         """Revoke ``token`` (RFC 7009 §2.1); a refresh token takes its whole grant with it.
 
@@ -1580,7 +1601,8 @@ class DevIdP:
             raise ConfigurationError(f"the user must be a user name (printable, no spaces), got {user!r}")
 
     def _set_signing_key(self) -> SigningKey:
-        """The key SETs are signed with: the one that signs the default audience's access tokens."""
+        """The key SETs and signed introspection answers are signed with: the one that signs the default
+        audience's access tokens."""
         return self.keys.key_for(self._audiences[self.default_audience].alg)
 
     def _access_revoked(self, grant: Grant | None, revoked: list[AccessState], reason: str) -> None:
