@@ -197,6 +197,7 @@ CASES = [
         lambda idp, e: bearer(idp.raw_token(_header(), {**idp.claims(), "exp": str(int(T0) + 300)})),
     ),
     Case("no_identity", 401, "invalid_token", lambda idp, e: bearer(idp.token(sub=None, client_id=None))),
+    Case("bad_act", 401, "invalid_token", lambda idp, e: bearer(idp.token(act={"client_id": "no-sub"}))),
     Case(
         "inactive",
         401,
@@ -264,6 +265,10 @@ TESTED_ELSEWHERE = {
     # Fleet mode: tests/test_revocation.py and tests/test_fleet.py.
     "revoked",
     "revocations_stale",
+    # Delegation (RFC 8693): tests/test_delegation.py.
+    "delegation_required",
+    "delegation_refused",
+    "actor_not_allowed",
 }
 
 
