@@ -660,3 +660,40 @@ def test_the_openapi_document_says_the_delegation_policy(idp: DevIdP, guarded_ap
     assert "refused" in password["x-tokenguard-delegation"]
     assert "403" in password["responses"]
     assert "x-tokenguard-delegation" not in document["paths"]["/dep/direct"]["get"]
+
+
+# -- README's example ---------------------------------------------------------------------------------------
+
+
+def test_the_readme_example(readme_idp: DevIdP) -> None:
+    """README's delegation block, against README's issuer: one and two levels, the allow-list, the refusal."""
+    from test_readme import block_under, run
+
+    app = run(block_under("Delegation: token exchange and `act` (RFC 8693)"))["app"]
+    readme_idp.register_client(*ORDERS, audience="https://photos.example")
+    readme_idp.register_client("billing", "billing-secret", audience="https://photos.example")
+    user = readme_idp.issue_token(["read"], audience="https://photos.example")
+    by_orders = readme_idp.exchange_token(user, client_id="orders-api").access_token
+    by_billing = readme_idp.exchange_token(by_orders, client_id="billing").access_token
+    with TestClient(app) as readme_client:
+        placed = readme_client.post("/orders", headers=bearer(by_orders))
+        assert placed.json() == {"for": "alice", "by": "orders-api", "chain": ["orders-api"]}
+        assert readme_client.post("/orders", headers=bearer(by_billing)).status_code == 403  # billing acts now
+        assert readme_client.post("/orders", headers=bearer(user)).status_code == 403
+        assert readme_client.post("/password", headers=bearer(user)).json() == {"changed": "alice"}
+        assert readme_client.post("/password", headers=bearer(by_orders)).status_code == 403
+        assert readme_client.get("/admin/x", headers=bearer(by_orders)).status_code == 403  # the rule
+        assert readme_client.get("/admin/x", headers=bearer(user)).status_code == 404  # allowed; no such route
+
+
+@pytest.fixture
+def readme_idp(keys: KeyRing, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """README's issuer (https://idp.example.com), as tests/test_readme.py serves it."""
+    from test_readme import idp as readme_idp_fixture
+
+    yield from readme_idp_fixture.__wrapped__(keys, monkeypatch)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def keys() -> KeyRing:
+    return KeyRing.generate()
