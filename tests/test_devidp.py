@@ -164,6 +164,7 @@ async def test_metadata_is_served_at_both_discovery_paths(dev_idp: DevIdP) -> No
         "client_credentials",
         "refresh_token",
         DEV_USER_GRANT,
+        "urn:ietf:params:oauth:grant-type:token-exchange",  # RFC 8693
     }
     methods = ["client_secret_basic", "client_secret_post"]
     assert document["token_endpoint_auth_methods_supported"] == [*methods, "none"]  # public clients too

@@ -222,3 +222,20 @@ def test_a_details_check_refusal_is_rewrapped_not_edited() -> None:
     assert refused.value.reason is Reason.INSUFFICIENT_AUTHORIZATION_DETAILS
     assert refused.value.description == "Only your own account."
     assert raised.reason is Reason.INSUFFICIENT_SCOPE
+
+
+@pytest.mark.parametrize(
+    ("reason", "cls", "status", "code"),
+    [
+        ("bad_act", InvalidToken, 401, "invalid_token"),
+        ("delegation_required", InsufficientScope, 403, "insufficient_scope"),
+        ("delegation_refused", InsufficientScope, 403, "insufficient_scope"),
+        ("actor_not_allowed", InsufficientScope, 403, "insufficient_scope"),
+    ],
+)
+def test_delegation_reasons(reason: str, cls: type[AuthError], status: int, code: str) -> None:
+    """RFC 8693 delegation: a malformed ``act`` is an invalid token (401); a route's delegation policy refuses a
+    valid token with 403 insufficient_scope (RFC 6750 §3.1), each with its own reason code."""
+    error = InsufficientScope((), reason=reason) if cls is InsufficientScope else cls(reason)
+    assert reason in REASONS
+    assert (error.status_code, error.error_code, error.reason) == (status, code, reason)

@@ -197,6 +197,7 @@ CASES = [
         lambda idp, e: bearer(idp.raw_token(_header(), {**idp.claims(), "exp": str(int(T0) + 300)})),
     ),
     Case("no_identity", 401, "invalid_token", lambda idp, e: bearer(idp.token(sub=None, client_id=None))),
+    Case("bad_act", 401, "invalid_token", lambda idp, e: bearer(idp.token(act={"client_id": "no-sub"}))),
     Case(
         "inactive",
         401,
@@ -266,6 +267,10 @@ TESTED_ELSEWHERE = {
     "revocations_stale",
     # Tenant template issuers (Entra multi-tenant): tests/test_interop_cloud.py.
     "wrong_tenant",
+    # Delegation (RFC 8693): tests/test_delegation.py.
+    "delegation_required",
+    "delegation_refused",
+    "actor_not_allowed",
 }
 
 

@@ -12,6 +12,7 @@ import tokenguard
 
 EXPECTED = [
     "AccessToken",
+    "Actor",
     "AuthError",
     "ConfigurationError",
     "InsufficientScope",
@@ -31,15 +32,26 @@ EXPECTED = [
     "UnavailableError",
     "UseDPoPNonce",
     "public",
+    "refuse_delegation",
     "require_any_scope",
     "require_auth_level",
     "require_authorization_details",
+    "require_delegation",
     "require_scopes",
     "sender_constrained",
     "sensitive",
 ]
 
-FASTAPI_EXPECTED = ["bearer_scheme", "current_token", "install_openapi", "require", "scopes"]
+FASTAPI_EXPECTED = [
+    "bearer_scheme",
+    "current_token",
+    "delegated_token",
+    "direct_token",
+    "install_openapi",
+    "require",
+    "require_actor",
+    "scopes",
+]
 
 
 def test_all_is_exactly_the_public_names() -> None:

@@ -16,14 +16,16 @@ from tokenguard.errors import (
     UseDPoPNonce,
 )
 from tokenguard.middleware import TokenGuard
-from tokenguard.models import AccessToken
+from tokenguard.models import AccessToken, Actor
 from tokenguard.policy import (
     Requirement,
     Rule,
     public,
+    refuse_delegation,
     require_any_scope,
     require_auth_level,
     require_authorization_details,
+    require_delegation,
     require_scopes,
     sender_constrained,
     sensitive,
@@ -35,6 +37,7 @@ from tokenguard.ssf import SharedSignals
 
 __all__ = [
     "AccessToken",
+    "Actor",
     "AuthError",
     "ConfigurationError",
     "InsufficientScope",
@@ -54,9 +57,11 @@ __all__ = [
     "UnavailableError",
     "UseDPoPNonce",
     "public",
+    "refuse_delegation",
     "require_any_scope",
     "require_auth_level",
     "require_authorization_details",
+    "require_delegation",
     "require_scopes",
     "sender_constrained",
     "sensitive",

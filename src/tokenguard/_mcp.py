@@ -36,7 +36,7 @@ from typing import Any
 from tokenguard._details import parse_json_body
 from tokenguard.errors import AuthError, ConfigurationError, InvalidRequest
 from tokenguard.models import AccessToken
-from tokenguard.policy import Requirement, Rule, ScopesArg
+from tokenguard.policy import Delegation, Requirement, Rule, ScopesArg
 
 __all__ = ["NOTHING_MORE", "MCPPolicy", "ToolPolicy", "ToolsListFilter", "call_of"]
 
@@ -55,7 +55,9 @@ class ToolPolicy:
 
     The same vocabulary as the route decorators: ``scopes`` (all of them), ``any_scopes`` (at least
     one), ``sensitive`` (RFC 7662 introspection, so a revoked token stops within the cache TTL),
-    ``acr_values``/``max_age`` (RFC 9470 step-up), ``sender_constrained`` (DPoP or mTLS only).
+    ``acr_values``/``max_age`` (RFC 9470 step-up), ``sender_constrained`` (DPoP or mTLS only),
+    ``delegation="required"``/``"refused"`` and ``actors`` (RFC 8693 §4.1 delegated tokens, as
+    ``@require_delegation(actors=...)`` and ``@refuse_delegation``).
     """
 
     requirement: Requirement = field(repr=False)
@@ -65,6 +67,8 @@ class ToolPolicy:
     acr_values: tuple[str, ...] = ()
     max_age: int | None = None
     sender_constrained: bool = False
+    delegation: Delegation | None = None
+    actors: frozenset[str] | None = None
 
     def __init__(
         self,
@@ -75,6 +79,8 @@ class ToolPolicy:
         acr_values: str | Iterable[str] = (),
         max_age: int | None = None,
         sender_constrained: bool = False,
+        delegation: Delegation | None = None,
+        actors: str | Iterable[str] | None = None,
     ) -> None:
         if not isinstance(sensitive, bool) or not isinstance(sender_constrained, bool):
             raise ConfigurationError("ToolPolicy sensitive and sender_constrained must be True or False")
@@ -87,6 +93,8 @@ class ToolPolicy:
             acr_values=acr_values,
             max_age=max_age,
             sender_constrained=sender_constrained,
+            delegation=delegation,
+            actors=actors,
         )
         object.__setattr__(self, "requirement", rule.requirement)
         object.__setattr__(self, "scopes", rule.scopes)
@@ -95,6 +103,8 @@ class ToolPolicy:
         object.__setattr__(self, "acr_values", rule.acr_values)
         object.__setattr__(self, "max_age", rule.max_age)
         object.__setattr__(self, "sender_constrained", sender_constrained)
+        object.__setattr__(self, "delegation", rule.delegation)
+        object.__setattr__(self, "actors", rule.actors)
 
 
 def _merged(requirement: Requirement, extra: Requirement | None) -> Requirement:

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser
 
 from tokenguard._binding import Binding
-from tokenguard.models import AccessToken, IdentitySource
+from tokenguard.models import AccessToken, Actor, IdentitySource
 
 __all__ = ["TokenCredentials", "TokenUser"]
 
@@ -26,6 +26,20 @@ class TokenCredentials(AuthCredentials):
         #: ``Binding("mtls", <certificate thumbprint>)``, or ``None`` for a bearer token.
         self.binding = binding
         self._claims: dict[str, Any] | None = None
+
+    @property
+    def actor(self) -> Actor | None:
+        """Who acts on behalf of the subject (RFC 8693 §4.1 ``act``, the outermost one), or ``None``.
+
+        Only this current actor is relevant for access decisions (RFC 8693 §4.1); ``request.user``
+        stays the subject the token is about.
+        """
+        return self.token.actor
+
+    @property
+    def actors(self) -> tuple[Actor, ...]:
+        """The whole delegation chain, current actor first, then prior actors (nested ``act``); ``()`` if none."""
+        return self.token.actors
 
     @property
     def claims(self) -> dict[str, Any]:

@@ -102,6 +102,11 @@ class Reason(str, Enum):
     # Fleet mode: the revocation list (``guard.revoke``, Shared Signals events).
     REVOKED = "revoked"
     REVOCATIONS_STALE = "revocations_stale"
+    # Delegation (RFC 8693 §4.1 act): a malformed claim (401), and a route's delegation policy (403).
+    BAD_ACT = "bad_act"
+    DELEGATION_REQUIRED = "delegation_required"
+    DELEGATION_REFUSED = "delegation_refused"
+    ACTOR_NOT_ALLOWED = "actor_not_allowed"
 
     def __str__(self) -> str:
         return self.value

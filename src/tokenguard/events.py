@@ -59,6 +59,10 @@ token could not be checked). ``reason`` is one code of the closed set ``REASON_C
     replay_store_unavailable            503     the DPoP replay store cannot answer (or is full of live entries)
     revoked                             401     the token is on the revocation list (``guard.revoke``, Shared Signals)
     revocations_stale                   503     the fleet's revocation feed is stale (``revocation_fail_closed``)
+    bad_act                             401     ``act`` (RFC 8693 §4.1) not an object, without ``sub``, or too deep
+    delegation_required                 403     the route takes only delegated tokens (``@require_delegation``)
+    delegation_refused                  403     the route refuses delegated tokens (``@refuse_delegation``)
+    actor_not_allowed                   403     the current actor is not in the route's ``actors=`` allow-list
     ==================================  ======  =====================================================
 """
 

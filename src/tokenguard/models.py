@@ -1,4 +1,4 @@
-"""The validated access token handed to the application."""
+"""The validated access token handed to the application, and the actors of a delegated one."""
 
 from __future__ import annotations
 
@@ -7,11 +7,65 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-__all__ = ["AccessToken", "IdentitySource", "TokenSource"]
+from tokenguard.errors import InvalidToken
+
+__all__ = ["MAX_ACT_DEPTH", "AccessToken", "Actor", "IdentitySource", "TokenSource", "actors_of"]
 
 TokenSource = Literal["jwt", "introspection"]
 #: Which claim ``AccessToken.identity`` came from.
 IdentitySource = Literal["sub", "username", "client_id"]
+
+#: The deepest ``act`` chain accepted (the current actor and 15 prior ones); a deeper one is refused.
+MAX_ACT_DEPTH = 16
+
+_BAD_ACT = "The access token's act (delegation) claim is malformed."
+
+
+@dataclass(frozen=True)
+class Actor:
+    """One level of an RFC 8693 §4.1 ``act`` claim: a party acting on behalf of the token's subject.
+
+    ``sub`` names the actor (required here); ``iss`` (the issuer that names it, RFC 8693 §4.1 shows
+    ``iss`` with ``sub``) and ``client_id`` (RFC 8693 §4.3) when the claim carries them. ``claims``
+    holds the level's members as the issuer wrote them, read-only, without its nested ``act`` (which
+    is the next, prior, actor of ``AccessToken.actors``).
+    """
+
+    sub: str
+    iss: str | None = None
+    client_id: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
+
+
+def actors_of(claims: Mapping[str, Any]) -> tuple[Actor, ...]:
+    """The ``act`` chain of ``claims``, current actor first; ``()`` when there is no ``act`` claim.
+
+    RFC 8693 §4.1: ``act`` is a JSON object whose members identify the actor; a nested ``act`` names
+    the actor before it. Refused with ``InvalidToken("bad_act")`` (401): an ``act`` that is not an
+    object (``null`` included), a level without a non-empty string ``sub``, an ``iss`` or ``client_id``
+    that is present but not a non-empty string, a chain deeper than ``MAX_ACT_DEPTH``. Read with a
+    loop, never recursion, so depth costs no stack.
+    """
+    if "act" not in claims:
+        return ()
+    actors: list[Actor] = []
+    level: object = claims["act"]
+    while True:
+        if not isinstance(level, Mapping) or len(actors) == MAX_ACT_DEPTH:
+            raise InvalidToken("bad_act", _BAD_ACT)
+        sub, iss, client_id = level.get("sub"), level.get("iss"), level.get("client_id")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidToken("bad_act", _BAD_ACT)
+        for value in (iss, client_id):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidToken("bad_act", _BAD_ACT)
+        if ("iss" in level and iss is None) or ("client_id" in level and client_id is None):
+            raise InvalidToken("bad_act", _BAD_ACT)  # null is not absent
+        members = MappingProxyType({name: value for name, value in level.items() if name != "act"})
+        actors.append(Actor(sub, iss, client_id, members))
+        if "act" not in level:
+            return tuple(actors)
+        level = level["act"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +88,25 @@ class AccessToken:
     key_id: str | None = None
     #: RFC 7662 §2.2 ``username`` (also read from a JWT that carries it): a non-empty string, else ``None``.
     username: str | None = None
+    #: RFC 8693 §4.1 delegation: the ``act`` chain, current actor first, prior actors after it; ``()``
+    #: for a token that is not delegated. Read from ``claims`` once, when the token is built (and so
+    #: once per validated token: tokens are cached); a malformed ``act`` refuses the token (``bad_act``).
+    actors: tuple[Actor, ...] = field(init=False, default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "actors", actors_of(self.claims))
+
+    @property
+    def actor(self) -> Actor | None:
+        """The current actor (the outermost ``act``), or ``None`` for a token that is not delegated.
+
+        RFC 8693 §4.1: the outermost ``act`` is the party now acting for the subject; nested ``act``
+        claims are prior actors, kept for information (audit) only: "only the top-level claims and the
+        outermost act claim are relevant for access control decisions". The guard's delegation checks
+        (``@require_delegation(actors=...)``) look at this one alone.
+        """
+        actors = self.actors
+        return actors[0] if actors else None
 
     @property
     def identity(self) -> str:
@@ -88,5 +161,7 @@ class AccessToken:
             token_id=token_id,
             key_id=key_id,
             username=username,
+            # One lookup for a token that is not delegated (RFC 8693 §4.1 act).
+            actors=actors_of(claims) if "act" in claims else (),
         )
         return token

@@ -7,6 +7,10 @@ once, at decoration time, into frozensets (Starlette ``requires`` style).
 Beyond scopes: ``@require_auth_level`` asks for a stronger or more recent user authentication
 (RFC 9470 step-up), and ``@require_authorization_details`` for an RFC 9396 ``authorization_details``
 entry of a given type that a user-supplied check finds covers the request.
+
+Delegation (RFC 8693 §4.1 ``act``): ``@require_delegation`` takes only delegated tokens (optionally
+only from the current actors it names), ``@refuse_delegation`` only tokens the subject's own client
+presents. A refusal is 403 ``insufficient_scope`` (``Requirement.check_delegation`` says why).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from tokenguard._claims import SCOPE_TOKEN
 from tokenguard._details import DetailsCheck, DetailsGuard, RequestContext, enforce_details
@@ -31,15 +35,18 @@ __all__ = [
     "AUTHENTICATED",
     "MARK",
     "PUBLIC",
+    "Delegation",
     "F",
     "Requirement",
     "Rule",
     "ScopesArg",
     "first_rule",
     "public",
+    "refuse_delegation",
     "require_any_scope",
     "require_auth_level",
     "require_authorization_details",
+    "require_delegation",
     "require_scopes",
     "requirement_of",
     "sender_constrained",
@@ -52,12 +59,16 @@ MARK = "__tokenguard_requirement__"
 
 logger = logging.getLogger("tokenguard")
 
+#: What a route says about delegated tokens (RFC 8693 §4.1 ``act``): ``"required"`` or ``"refused"``.
+Delegation = Literal["required", "refused"]
+
 
 @dataclass(frozen=True)
 class Requirement:
     """A route's policy: open, or a valid token with these scopes, optionally introspected.
 
-    ``acr_values`` and ``max_age`` ask for a step-up (RFC 9470); ``details`` for RFC 9396 entries.
+    ``acr_values`` and ``max_age`` ask for a step-up (RFC 9470); ``details`` for RFC 9396 entries;
+    ``delegation`` and ``actors`` for or against delegated tokens (RFC 8693 §4.1).
     """
 
     public: bool = False
@@ -69,6 +80,10 @@ class Requirement:
     details: tuple[DetailsGuard, ...] = ()
     #: Only a DPoP- or mTLS-bound token, with its proof, is accepted (RFC 9449, RFC 8705).
     sender_constrained: bool = False
+    #: RFC 8693 §4.1: ``"required"``: only a delegated token (one with ``act``); ``"refused"``: never one.
+    delegation: Delegation | None = None
+    #: With ``delegation="required"``: the current actor's ``sub`` or ``client_id`` must be one of these.
+    actors: frozenset[str] | None = None
 
     def merge(self, other: Requirement) -> Requirement:
         """Combine two marks on one function; contradictions are refused at decoration time."""
@@ -82,18 +97,27 @@ class Requirement:
             max_age=min(ages) if ages else None,
             details=self.details + tuple(g for g in other.details if g not in self.details),
             sender_constrained=self.sender_constrained or other.sender_constrained,
+            delegation=_merge_delegation(self.delegation, other.delegation),
+            actors=_merge_actors(self.actors, other.actors),
         )
         if merged.public and (merged.all_scopes or merged.any_scopes or merged.sensitive or merged.protects_more):
             raise ConfigurationError(
                 "@public cannot be combined with scopes, @sensitive, @require_auth_level, "
-                "@require_authorization_details or @sender_constrained"
+                "@require_authorization_details, @sender_constrained, @require_delegation or @refuse_delegation"
             )
         return merged
 
     @property
     def protects_more(self) -> bool:
-        """True when the route asks for more than scopes: a step-up, authorization_details, a sender constraint."""
-        return bool(self.acr_values) or self.max_age is not None or bool(self.details) or self.sender_constrained
+        """True when the route asks for more than scopes: a step-up, authorization_details, a sender
+        constraint, a delegation policy."""
+        return (
+            bool(self.acr_values)
+            or self.max_age is not None
+            or bool(self.details)
+            or self.sender_constrained
+            or self.delegation is not None
+        )
 
     @property
     def needs_body(self) -> bool:
@@ -114,7 +138,11 @@ class Requirement:
         return tuple(sorted({guard.type for guard in self.details}))
 
     def authorize(self, token: AccessToken, *, clock: Callable[[], float], leeway: float) -> None:
-        """Every check that needs only the token: the authentication level first (401), then scopes (403)."""
+        """Every check that needs only the token, called once it is fully validated (a forgery gets its
+        401 before any of these): delegation first (403: no step-up or scope can change who acts), then
+        the authentication level (401), then scopes (403)."""
+        if self.delegation is not None:
+            self.check_delegation(token)
         if self.acr_values or self.max_age is not None:  # the clock is read only when it matters
             self.check_auth_level(token, now=clock(), leeway=leeway)
         self.check_scopes(token)
@@ -124,6 +152,43 @@ class Requirement:
         granted = token.scopes
         if not self.all_scopes <= granted or not all(group & granted for group in self.any_scopes):
             raise InsufficientScope(self._challenge_scopes(granted))
+
+    def check_delegation(self, token: AccessToken) -> None:
+        """RFC 8693 §4.1: whether the token's delegation (its ``act`` claim) is one this route takes.
+
+        Only the current actor (the outermost ``act``) is looked at: RFC 8693 §4.1 says nested, prior
+        actors are informational and not relevant for access control. An allow-list entry matches the
+        current actor's ``sub`` or its ``client_id``.
+
+        The refusal is 403 ``insufficient_scope``, not 401 ``invalid_token``. RFC 6750 §3.1 keeps
+        ``invalid_token`` for a token that is "expired, revoked, malformed, or invalid for other
+        reasons", after which a client would discard it and get another; this token is valid (the
+        guard verified it) and may well be good elsewhere. It is only not enough for this resource,
+        which is what ``insufficient_scope`` says ("the request requires higher privileges than
+        provided by the access token", answered with 403); the reason code tells which case it is.
+        """
+        actor = token.actor
+        if self.delegation == "refused":
+            if actor is not None:
+                raise InsufficientScope(
+                    (),
+                    "This resource must be called by the user's own client, not on their behalf (no delegated token).",
+                    reason="delegation_refused",
+                )
+            return
+        if actor is None:
+            raise InsufficientScope(
+                (), "This resource takes only a delegated access token (RFC 8693).", reason="delegation_required"
+            )
+        allowed = self.actors
+        if (
+            allowed is not None
+            and actor.sub not in allowed
+            and (actor.client_id is None or actor.client_id not in allowed)
+        ):
+            raise InsufficientScope(
+                (), "The party acting for the user may not call this resource.", reason="actor_not_allowed"
+            )
 
     def check_auth_level(self, token: AccessToken, *, now: float, leeway: float) -> None:
         """RFC 9470 §3: 401 insufficient_user_authentication when ``acr`` or ``auth_time`` fall short."""
@@ -176,6 +241,23 @@ def _merge_acr(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ..
     common = tuple(value for value in first if value in second)
     if not common:
         raise ConfigurationError("@require_auth_level marks on one route have no acr value in common")
+    return common
+
+
+def _merge_delegation(first: Delegation | None, second: Delegation | None) -> Delegation | None:
+    """Two delegation marks on one route must agree: a route cannot both require and refuse ``act``."""
+    if first is not None and second is not None and first != second:
+        raise ConfigurationError("@require_delegation and @refuse_delegation cannot be combined on one route")
+    return first or second
+
+
+def _merge_actors(first: frozenset[str] | None, second: frozenset[str] | None) -> frozenset[str] | None:
+    """Two allow-lists on one route: only the actors both accept will do."""
+    if first is None or second is None:
+        return first if second is None else second
+    common = first & second
+    if not common:
+        raise ConfigurationError("@require_delegation(actors=...) marks on one route have no actor in common")
     return common
 
 
@@ -244,6 +326,61 @@ def sender_constrained(func: F) -> F:
     valid ``DPoP`` proof (RFC 9449 §7), or a certificate-bound token over the same TLS client
     certificate (RFC 8705 §3). A bearer token, however valid, gets 401."""
     return _mark(func, Requirement(sender_constrained=True))
+
+
+def _actor_set(actors: str | Iterable[str], who: str) -> frozenset[str]:
+    names = (actors,) if isinstance(actors, str) else tuple(actors)
+    if not names:
+        raise ConfigurationError(f"{who}: actors= names no actor (leave it out to accept any actor)")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{who}: actors must be non-empty strings (an act sub or client_id), got {name!r}")
+    return frozenset(names)
+
+
+def _delegation(
+    delegation: Delegation | None, actors: str | Iterable[str] | None, who: str
+) -> tuple[Delegation | None, frozenset[str] | None]:
+    """Validate a delegation policy: ``actors`` implies (and needs) ``"required"``."""
+    if delegation not in (None, "required", "refused"):
+        raise ConfigurationError(f"{who}: delegation must be 'required', 'refused' or None, got {delegation!r}")
+    if actors is None:
+        return delegation, None
+    if delegation == "refused":
+        raise ConfigurationError(f"{who}: actors= cannot be combined with delegation='refused'")
+    return "required", _actor_set(actors, who)
+
+
+@overload
+def require_delegation(func: F, /) -> F: ...
+@overload
+def require_delegation(*, actors: str | Iterable[str] | None = None) -> Callable[[F], F]: ...
+def require_delegation(func: Any = None, /, *, actors: str | Iterable[str] | None = None) -> Any:
+    """The route takes only a delegated token: one with an RFC 8693 §4.1 ``act`` claim, issued by a
+    token exchange to a party acting on behalf of the subject (``request.user`` stays the subject;
+    ``request.auth.actor`` is who acts).
+
+    ``actors``: the acting parties accepted as the *current* actor (the outermost ``act``), each
+    matched against its ``sub`` or ``client_id``; prior actors (nested ``act``) are not looked at
+    (RFC 8693 §4.1). Without it, any actor will do. Usable bare (``@require_delegation``) or called.
+    A token that is not delegated, or whose current actor is not listed, gets 403 ``insufficient_scope``
+    (reasons ``delegation_required``, ``actor_not_allowed``).
+    """
+    if func is not None:
+        if not callable(func):
+            raise ConfigurationError(
+                "@require_delegation takes the actors by keyword: require_delegation(actors=[...])"
+            )
+        return _mark(func, Requirement(delegation="required"))
+    _kind, names = _delegation("required", actors, "@require_delegation")
+    return lambda func: _mark(func, Requirement(delegation="required", actors=names))
+
+
+def refuse_delegation(func: F) -> F:
+    """The route refuses a delegated token (RFC 8693 §4.1 ``act``): only the subject's own client may
+    call it, e.g. an endpoint a user must use in person. A delegated token gets 403
+    ``insufficient_scope`` (reason ``delegation_refused``)."""
+    return _mark(func, Requirement(delegation="refused"))
 
 
 def public(func: F) -> F:
@@ -316,6 +453,8 @@ class Rule:
 
     ``path`` is a prefix matched on segment boundaries: ``/static`` covers ``/static`` and
     ``/static/app.js``, not ``/staticky``. ``methods`` limits the rule to those HTTP methods.
+    ``delegation="required"``/``"refused"`` and ``actors=`` are ``@require_delegation(actors=...)`` and
+    ``@refuse_delegation`` (RFC 8693 §4.1); ``actors=`` alone implies ``"required"``.
     """
 
     path: str
@@ -327,6 +466,8 @@ class Rule:
     acr_values: tuple[str, ...] = ()
     max_age: int | None = None
     sender_constrained: bool = False
+    delegation: Delegation | None = None
+    actors: frozenset[str] | None = None
 
     def __init__(
         self,
@@ -340,6 +481,8 @@ class Rule:
         acr_values: str | Iterable[str] = (),
         max_age: int | None = None,
         sender_constrained: bool = False,
+        delegation: Delegation | None = None,
+        actors: str | Iterable[str] | None = None,
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigurationError(f"Rule path must start with '/', got {path!r}")
@@ -360,6 +503,10 @@ class Rule:
             level = _auth_level(acr_values, max_age, "Rule")
             object.__setattr__(self, "acr_values", level.acr_values)
             object.__setattr__(self, "max_age", level.max_age)
+        # RFC 8693 §4.1 delegation, validated as the decorators do; actors= implies "required".
+        kind, names = _delegation(delegation, actors, "Rule")
+        object.__setattr__(self, "delegation", kind)
+        object.__setattr__(self, "actors", names)
         self.requirement  # noqa: B018 - validate now, not on the first request
 
     @property
@@ -376,6 +523,8 @@ class Rule:
             requirement = requirement.merge(Requirement(acr_values=self.acr_values, max_age=self.max_age))
         if self.sender_constrained:
             requirement = requirement.merge(Requirement(sender_constrained=True))
+        if self.delegation is not None:
+            requirement = requirement.merge(Requirement(delegation=self.delegation, actors=self.actors))
         return requirement
 
     def matches(self, path: str, method: str | None) -> bool:

@@ -9,7 +9,16 @@ offer FastAPI's ``Security(...)`` style as an alternative to the decorators::
     @app.post("/photos")
     async def upload(token: AccessToken = Security(scopes, scopes=["write:photos"])): ...
 
-Both depend on ``bearer_scheme``, so routes that use them show the bearer security scheme (and the
+Delegation (RFC 8693 §4.1 ``act``), as the ``@require_delegation``/``@refuse_delegation`` marks do::
+
+    @app.get("/orders")
+    async def orders(token: AccessToken = Depends(delegated_token)): ...            # 403 unless delegated
+    @app.post("/password")
+    async def password(token: AccessToken = Depends(direct_token)): ...             # 403 when delegated
+    @app.get("/invoices")
+    async def invoices(token: AccessToken = Depends(require_actor("billing-svc"))): ...
+
+All of them depend on ``bearer_scheme``, so routes that use them show the bearer security scheme (and the
 scopes they need) in FastAPI's OpenAPI document. The scheme never reads the token itself: the
 middleware has decided before any dependency runs.
 
@@ -28,6 +37,7 @@ Inside this package ``import fastapi`` is the third-party FastAPI (absolute impo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, SecurityScopes
@@ -36,9 +46,19 @@ from tokenguard.credentials import TokenCredentials
 from tokenguard.errors import AuthError, ConfigurationError, InsufficientScope, MissingToken, TokenGuardError
 from tokenguard.fastapi._openapi import bearer_scheme, install_openapi
 from tokenguard.models import AccessToken
+from tokenguard.policy import Requirement, _actor_set
 from tokenguard.routing import SCOPES_DEPENDENCY_MARK
 
-__all__ = ["bearer_scheme", "current_token", "install_openapi", "require", "scopes"]
+__all__ = [
+    "bearer_scheme",
+    "current_token",
+    "delegated_token",
+    "direct_token",
+    "install_openapi",
+    "require",
+    "require_actor",
+    "scopes",
+]
 
 logger = logging.getLogger("tokenguard")
 
@@ -92,3 +112,48 @@ setattr(scopes, SCOPES_DEPENDENCY_MARK, True)  # RFC 9728 ``scopes_supported`` l
 
 #: Alias of ``scopes``: ``Security(require, scopes=["write:photos"])`` reads well too.
 require = scopes
+
+
+_DELEGATED = Requirement(delegation="required")
+_DIRECT = Requirement(delegation="refused")
+
+
+def _delegation_checked(request: Request, requirement: Requirement) -> AccessToken:
+    token = _token_of(request)
+    try:
+        requirement.check_delegation(token)  # the same check, and the same 403, as the route marks
+    except AuthError as exc:
+        exc.token = token
+        raise _refusal(request, exc) from None
+    return token
+
+
+def delegated_token(
+    request: Request,
+    _scheme: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
+) -> AccessToken:
+    """The token, which must be delegated (RFC 8693 §4.1 ``act``), else 403 ``delegation_required``."""
+    return _delegation_checked(request, _DELEGATED)
+
+
+def direct_token(
+    request: Request,
+    _scheme: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
+) -> AccessToken:
+    """The token, which must not be delegated (no RFC 8693 ``act``), else 403 ``delegation_refused``."""
+    return _delegation_checked(request, _DIRECT)
+
+
+def require_actor(*actors: str) -> Callable[..., AccessToken]:
+    """``Depends(require_actor("billing-svc"))``: a delegated token whose current actor (the outermost
+    ``act``, RFC 8693 §4.1) has one of ``actors`` as its ``sub`` or ``client_id``; else 403
+    (``delegation_required``, ``actor_not_allowed``). The names are checked now (``ConfigurationError``)."""
+    requirement = Requirement(delegation="required", actors=_actor_set(actors, "require_actor"))
+
+    def dependency(
+        request: Request,
+        _scheme: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
+    ) -> AccessToken:
+        return _delegation_checked(request, requirement)
+
+    return dependency

@@ -21,7 +21,8 @@ authorization-code scheme (``"OAuth2"``) in the document and configures Swagger 
   marks, else the guard's ``rules``, else its ``default``), plus the scopes of its ``Security``
   dependencies. All the scopes of one requirement object are needed; ``@require_any_scope`` gives one
   object per choice (the OpenAPI way to say "or"). ``{"BearerToken": []}`` follows as an alternative,
-  for a token pasted by hand. Public routes carry no ``security``.
+  for a token pasted by hand. Public routes carry no ``security``. A delegation mark (RFC 8693)
+  is said in the 403 response's description and in ``x-tokenguard-delegation``.
 - Swagger UI: authorization code with PKCE (RFC 7636, S256), ``client_id`` pre-filled. Its redirect
   page (FastAPI's ``swagger_ui_oauth2_redirect_url``, ``/docs/oauth2-redirect`` by default) must be a
   registered redirect URI of that client at the issuer, and the issuer's token endpoint must answer
@@ -288,12 +289,31 @@ def _alternatives(requirement: Requirement, extra: frozenset[str]) -> list[list[
     return sorted((sorted(s) for s in minimal), key=lambda names: (len(names), names))
 
 
-def _document_refusals(operation: dict[str, Any], *, scoped: bool) -> None:
-    """The guard's answers, so Swagger UI does not call them "Undocumented" (RFC 6750 §3.1 codes)."""
+def _document_refusals(operation: dict[str, Any], *, scoped: bool, delegation: str | None = None) -> None:
+    """The guard's answers, so Swagger UI does not call them "Undocumented" (RFC 6750 §3.1 codes).
+
+    ``delegation``: what the operation says about delegated tokens (RFC 8693 §4.1), added to the 403's
+    description and as ``x-tokenguard-delegation``, since OpenAPI security requirements cannot say it.
+    """
     responses = operation.setdefault("responses", {})
     responses.setdefault("401", {"description": "No acceptable access token (the WWW-Authenticate header says why)."})
     if scoped:
-        responses.setdefault("403", {"description": "The access token does not grant what this operation needs."})
+        text = "The access token does not grant what this operation needs."
+        responses.setdefault("403", {"description": text if delegation is None else f"{text} {delegation}"})
+    if delegation is not None:
+        operation["x-tokenguard-delegation"] = delegation
+
+
+def _delegation_text(requirement: Requirement) -> str | None:
+    """A sentence for the document: the operation's delegation policy (RFC 8693 §4.1 ``act``), if any."""
+    if requirement.delegation == "refused":
+        return "Delegated tokens (RFC 8693 act) are refused: the user's own client must call."
+    if requirement.delegation == "required":
+        if requirement.actors is None:
+            return "Only a delegated token (RFC 8693 act) is accepted."
+        names = ", ".join(sorted(requirement.actors))
+        return f"Only a delegated token (RFC 8693 act) whose current actor is one of: {names}."
+    return None
 
 
 class _OpenAPISecurity:
@@ -386,8 +406,10 @@ class _OpenAPISecurity:
             else:
                 operation.pop("security", None)
             if not requirement.public:
-                # RFC 9396 guards (``details``) refuse with 403 as well, whatever the scopes.
-                _document_refusals(operation, scoped=any(alternatives) or bool(requirement.details))
+                # RFC 9396 guards (``details``) and delegation marks (RFC 8693) refuse with 403 as well,
+                # whatever the scopes.
+                scoped = any(alternatives) or bool(requirement.details) or requirement.delegation is not None
+                _document_refusals(operation, scoped=scoped, delegation=_delegation_text(requirement))
         components = document.setdefault("components", {})
         schemes = dict(components.get("securitySchemes", {}))
         schemes.setdefault(bearer_scheme.scheme_name, jsonable_encoder(bearer_scheme.model, by_alias=True))

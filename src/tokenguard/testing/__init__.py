@@ -2,7 +2,8 @@
 
 ``DevIdP`` is a real OAuth 2.0 authorization server (RSA and EC keys, a JWKS, RFC 8414 metadata,
 authorization code + PKCE, client credentials, refresh-token rotation with replay detection, RFC 7662
-introspection, RFC 7009 revocation) that runs in-process as an ASGI app or on a port::
+introspection, RFC 7009 revocation, RFC 8693 token exchange) that runs in-process as an ASGI app or on
+a port::
 
     from tokenguard.testing import DevIdP, RESOURCE_CLIENT_ID, RESOURCE_CLIENT_SECRET
 
@@ -63,7 +64,9 @@ from tokenguard.testing._idp import (
 )
 from tokenguard.testing._keys import KeyRing, SigningKey
 from tokenguard.testing._model import (
+    ACCESS_TOKEN_TYPE,
     DEV_USER_GRANT,
+    TOKEN_EXCHANGE_GRANT,
     AccessState,
     Audience,
     Client,
@@ -85,6 +88,7 @@ from tokenguard.testing._ssf import (
 )
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
     "ACCOUNT_DISABLED",
     "ACCOUNT_PURGED",
     "CREDENTIAL_CHANGE",
@@ -100,6 +104,7 @@ __all__ = [
     "RESOURCE_CLIENT_SECRET",
     "SESSION_REVOKED",
     "TOKEN_CLAIMS_CHANGE",
+    "TOKEN_EXCHANGE_GRANT",
     "VERIFICATION",
     "AccessState",
     "Audience",

@@ -19,6 +19,10 @@ What it implements, and where:
 - for step-up and rich authorization tests: ``acr`` (from the RFC 9470 / OpenID ``acr_values``
   request parameter), ``auth_time`` on every user token, and RFC 9396 ``authorization_details``
   (from the authorization or token request), in tokens, introspection answers and token responses;
+- RFC 8693 token exchange (``exchange_token``, ``grant_type=urn:ietf:params:oauth:grant-type:token-exchange``):
+  a confidential client trades an access token for one that names it (or an actor token's subject) as
+  the acting party in ``act`` (§4.1), nesting any earlier ``act``; the subject token's ``may_act``
+  (§4.4), when present, must name that party;
 - RFC 7662 introspection and RFC 7009 revocation;
 - RFC 8414 metadata and a JWKS (served by ``_endpoints``, which is the HTTP side of this class);
 - RFC 9449 DPoP at the token endpoint (§5): a request with a valid ``DPoP`` proof gets an access
@@ -40,6 +44,7 @@ Every method is safe to call from the test thread while the ASGI app serves on a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -61,13 +66,16 @@ from tokenguard._dpop import DEFAULT_DPOP_ALGORITHMS, DPoPNonces, check_algorith
 from tokenguard._uri import canonical_uri
 from tokenguard.config import check_issuer, is_loopback_host
 from tokenguard.errors import ConfigurationError, InvalidDPoPProof
+from tokenguard.models import MAX_ACT_DEPTH
 from tokenguard.testing._keys import ALGORITHMS, KeyRing, SigningKey
 from tokenguard.testing._ledger import Ledger, digest, new_id
 from tokenguard.testing._model import (
+    ACCESS_TOKEN_TYPE,
     DEV_USER_GRANT,
     GRANT_TYPES,
     PUBLIC_GRANT_TYPES,
     SCOPE_TOKEN,
+    TOKEN_EXCHANGE_GRANT,
     AccessState,
     Audience,
     Client,
@@ -242,6 +250,20 @@ def _user_claims(acr: str | None, auth_time: float | None, authorization_details
     if authorization_details is not None:
         claims["authorization_details"] = authorization_details
     return claims
+
+
+def _act_depth(act: object) -> int:
+    """How many levels an ``act`` chain has (RFC 8693 §4.1), counting no further than ``MAX_ACT_DEPTH``;
+    a level that is not an object counts as too deep (the chain is not extended)."""
+    depth = 0
+    while depth < MAX_ACT_DEPTH:
+        if not isinstance(act, dict):
+            return MAX_ACT_DEPTH
+        depth += 1
+        if "act" not in act:
+            return depth
+        act = act["act"]
+    return depth
 
 
 def _b64url(data: bytes) -> str:
@@ -760,6 +782,7 @@ class DevIdP:
             "scopes_supported": sorted(self._scopes),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
+            # RFC 8414 §2; RFC 8693 §2.1's token-exchange grant is among them.
             "grant_types_supported": list(GRANT_TYPES),
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": public_methods,
@@ -963,6 +986,36 @@ class DevIdP:
             targets = self._targets(() if resource is None else (resource,), at_most_one=True)
             return self._refresh_grant(client, refresh_token, requested, targets, dpop_jkt)
 
+    def exchange_token(
+        self,
+        subject_token: str,
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        actor_token: str | None = None,
+        scopes: str | Iterable[str] | None = None,
+        resource: str | None = None,
+        audience: str | None = None,
+    ) -> TokenSet:
+        """RFC 8693 token exchange as ``client_id`` would ask at the token endpoint; ``OAuthError`` on refusal.
+
+        The issued access token is about the subject token's ``sub`` and carries ``act`` naming the
+        acting party: ``client_id``, or ``actor_token``'s ``sub`` when given (see ``_token_exchange_grant``).
+        """
+        form = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "subject_token": subject_token,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+        }
+        if actor_token is not None:
+            form.update(actor_token=actor_token, actor_token_type=ACCESS_TOKEN_TYPE)
+        if scopes is not None:
+            form["scope"] = scope_string(scope_set(scopes))
+        if audience is not None:
+            form["audience"] = audience
+        if resource is not None:
+            form["resource"] = resource
+        return self.token_request(self._client(client_id), form)
+
     # -- the token endpoint (RFC 6749 §4, §6) ----------------------------------------------------
 
     def authenticate_client(self, client_id: str, client_secret: str | None) -> Client:
@@ -1009,6 +1062,7 @@ class DevIdP:
             "client_credentials": self._client_credentials_grant,
             "refresh_token": self._refresh_token_grant,
             DEV_USER_GRANT: self._dev_user_grant,
+            TOKEN_EXCHANGE_GRANT: self._token_exchange_grant,
         }
         handler = handlers.get(grant_type)
         if handler is None:
@@ -1135,6 +1189,96 @@ class DevIdP:
         grant = self._new_grant(DEV_USER_GRANT, client.client_id, username, scopes, audience, claims, targets)
         refresh = "refresh_token" in client.grant_types
         return self._ledger.issue(grant, scopes, refresh=refresh, jkt=jkt, bind_refresh=client.public)
+
+    def _token_exchange_grant(
+        self, client: Client, form: Mapping[str, str], targets: tuple[str, ...], jkt: str | None
+    ) -> TokenSet:
+        """RFC 8693 §2.1: an access token for the subject of ``subject_token``, acted for by the client.
+
+        RFC 8693 §2.2.2: a request that is not valid, and a subject or actor token that is invalid or
+        unacceptable by policy (inactive, not an access token of this server, ``may_act`` not naming
+        the actor), are ``invalid_request``; a ``resource`` or ``audience`` this server issues no
+        tokens for is ``invalid_target``. Policy here (RFC 8693 leaves it to the server): only a
+        confidential client exchanges (``token_request`` refuses public ones), any active access token
+        of this server may be the subject token unless its ``may_act`` says otherwise, scopes may only
+        narrow, no refresh token is issued, and the ``act`` chain is at most ``MAX_ACT_DEPTH`` deep.
+        """
+        if client.public:
+            raise OAuthError("unauthorized_client", "A public client may not exchange tokens.")
+        subject_token, subject_type = form.get("subject_token"), form.get("subject_token_type")
+        if not subject_token or not subject_type:
+            raise OAuthError("invalid_request", "subject_token and subject_token_type are required (RFC 8693 §2.1).")
+        if subject_type != ACCESS_TOKEN_TYPE:
+            raise OAuthError("invalid_request", "Only access tokens are exchanged here.")
+        requested_type = form.get("requested_token_type")
+        if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
+            raise OAuthError("invalid_request", "Only access tokens are issued by an exchange here.")
+        subject = self._exchanged_claims(subject_token, "subject_token")
+        actor_token, actor_type = form.get("actor_token"), form.get("actor_token_type")
+        if actor_token is None:
+            if actor_type is not None:  # RFC 8693 §2.1: "MUST NOT be included otherwise"
+                raise OAuthError("invalid_request", "actor_token_type is given without an actor_token.")
+            actor = client.client_id  # the authenticated client acts for the subject
+        else:
+            if actor_type != ACCESS_TOKEN_TYPE:  # REQUIRED with actor_token; only access tokens here
+                raise OAuthError("invalid_request", "actor_token_type must name an access token.")
+            actor = self._exchanged_claims(actor_token, "actor_token")["sub"]
+        self._check_may_act(subject.get("may_act"), actor, "may_act" in subject)
+        act: dict[str, Any] = {"sub": actor}
+        if "act" in subject:
+            # RFC 8693 §4.1: the subject token was itself delegated; its actor becomes the prior one.
+            if _act_depth(subject["act"]) >= MAX_ACT_DEPTH:
+                raise OAuthError("invalid_request", "The subject token's delegation chain is too long (or malformed).")
+            act["act"] = subject["act"]
+        value = subject.get("scope")
+        granted = (
+            frozenset(s for s in value.split(" ") if SCOPE_TOKEN.fullmatch(s))
+            if isinstance(value, str)
+            else frozenset()
+        )
+        scope = form.get("scope")
+        scopes = self._scope_subset(scope) if scope is not None else granted
+        if not scopes <= granted:
+            raise OAuthError("invalid_scope", "The scope exceeds what the subject token grants.")
+        audience = self._exchange_audience(client, form, targets)
+        # The user's authentication is the subject token's: step-up claims carry over, unchanged.
+        claims: dict[str, Any] = {name: subject[name] for name in ("acr", "auth_time") if name in subject}
+        claims["act"] = act
+        grant = self._new_grant(TOKEN_EXCHANGE_GRANT, client.client_id, subject["sub"], scopes, audience, claims)
+        tokens = self._ledger.issue(grant, scopes, refresh=False, jkt=jkt)
+        # RFC 8693 §2.2.1: issued_token_type is REQUIRED in the response.
+        return dataclasses.replace(tokens, issued_token_type=ACCESS_TOKEN_TYPE)
+
+    def _exchanged_claims(self, token: str, name: str) -> dict[str, Any]:
+        """The claims of an active access token this server issued (JWT or opaque); ``invalid_request`` otherwise."""
+        found = self._ledger.find(token, "access_token")
+        if not isinstance(found, AccessState) or not self._ledger.is_active(found):
+            raise OAuthError("invalid_request", f"The {name} is not an active access token of this server.")
+        claims = dict(found.claims)
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise OAuthError("invalid_request", f"The {name} names no subject.")
+        return claims
+
+    def _check_may_act(self, may_act: object, actor: str, present: bool) -> None:
+        """RFC 8693 §4.4: a subject token's ``may_act`` names who may act for its subject; others may not.
+
+        ``may_act`` is an object of claims identifying that party: ``sub`` (required here) and, when
+        given, ``iss``, which must be this server (the actor is named by its tokens or clients).
+        """
+        if not present:
+            return
+        if not isinstance(may_act, dict) or not isinstance(may_act.get("sub"), str):
+            raise OAuthError("invalid_request", "The subject token's may_act claim is malformed.")
+        if may_act["sub"] != actor or may_act.get("iss", self.issuer) != self.issuer:
+            raise OAuthError("invalid_request", "The subject token does not allow this party to act for its subject.")
+
+    def _exchange_audience(self, client: Client, form: Mapping[str, str], targets: tuple[str, ...]) -> str:
+        """RFC 8693 §2.1 ``resource`` (RFC 8707) and ``audience``: one registered audience, else ``invalid_target``."""
+        named = self._targets((form["audience"],), at_most_one=True) if "audience" in form else ()
+        if targets and named and targets != named:
+            raise OAuthError("invalid_target", "resource and audience name different targets; name one.")
+        chosen = targets or named
+        return chosen[0] if chosen else client.audience
 
     def _details_claims(self, value: str | None) -> dict[str, Any]:
         """RFC 9396 §6: ``authorization_details`` in a token request, for grants without /authorize."""

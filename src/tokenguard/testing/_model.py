@@ -16,7 +16,17 @@ from tokenguard.errors import ConfigurationError, TokenGuardError
 
 #: The development-only grant: a user's access + refresh pair for chosen scopes, no browser.
 DEV_USER_GRANT = "urn:tokenguard:params:oauth:grant-type:dev-user"
-GRANT_TYPES: tuple[str, ...] = ("authorization_code", "client_credentials", "refresh_token", DEV_USER_GRANT)
+#: RFC 8693 §2.1: the token-exchange grant (confidential clients only: never a public one).
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 8693 §3: the token type identifier of an access token, the only type exchanged here.
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+GRANT_TYPES: tuple[str, ...] = (
+    "authorization_code",
+    "client_credentials",
+    "refresh_token",
+    DEV_USER_GRANT,
+    TOKEN_EXCHANGE_GRANT,
+)
 #: What a public client may use: it holds no secret, so only grants that a user's consent (with PKCE)
 #: starts, and their refresh tokens (OAuth 2.1 §2.1, §4.3.1).
 PUBLIC_GRANT_TYPES: tuple[str, ...] = ("authorization_code", "refresh_token")
@@ -248,6 +258,8 @@ class TokenSet:
     token_type: str = "Bearer"
     #: RFC 9396 §7: the authorization details granted, echoed in the token response.
     authorization_details: list[Any] | None = field(default=None, repr=False)
+    #: RFC 8693 §2.2.1: the type of the issued token, REQUIRED in a token-exchange response.
+    issued_token_type: str | None = None
 
     def as_response(self) -> dict[str, Any]:
         """The JSON body the token endpoint answers with."""
@@ -262,4 +274,6 @@ class TokenSet:
             body["refresh_token"] = self.refresh_token
         if self.authorization_details is not None:
             body["authorization_details"] = self.authorization_details
+        if self.issued_token_type is not None:
+            body["issued_token_type"] = self.issued_token_type
         return body
