@@ -170,12 +170,42 @@ def _add_check(commands: Any) -> None:
         help="check an issuer's metadata, keys and clock before pointing TokenGuard at it",
         description="Fetches the issuer's metadata (RFC 8414, then OpenID discovery) and JWKS, lists the keys, "
         "flags problems (issuer mismatch, keys without kid, symmetric or short keys, missing jwks_uri or "
-        "introspection endpoint) and reports the clock skew against the issuer's Date header. An issuer URL "
-        "TokenGuard refuses (http:// off loopback) is refused before any fetch. Exit 1 when there are errors, "
-        "2 when the issuer URL is refused or the issuer cannot be reached (and why: DNS, refused, TLS, timeout).",
+        "introspection endpoint) and reports the clock skew against the issuer's Date header. It recognises "
+        "Amazon Cognito, Microsoft Entra multi-tenant metadata, signed introspection answers (RFC 9701) and token "
+        "exchange (RFC 8693), and says which TokenGuard option each needs. An issuer URL or options TokenGuard "
+        "refuses (http:// off loopback, a {tenantid} template without --tenant) are refused before any fetch. "
+        "Exit 1 when there are errors, 2 when the issuer URL or options are refused or the issuer cannot be "
+        "reached (and why: DNS, refused, TLS, timeout).",
     )
-    check.add_argument("--issuer", required=True, help="the issuer identifier (URL)")
+    check.add_argument(
+        "--issuer",
+        required=True,
+        help="the issuer identifier (URL), or a tenant template such as "
+        "'https://login.microsoftonline.com/{tenantid}/v2.0' (with --tenant)",
+    )
     check.add_argument("--audience", help="the audience your API will expect")
+    check.add_argument(
+        "--allowed-client-id",
+        action="append",
+        dest="allowed_client_ids",
+        metavar="ID",
+        help="TokenGuard's allowed_client_ids: a token without aud passes by this client_id, as Amazon "
+        "Cognito access tokens need (repeatable)",
+    )
+    check.add_argument(
+        "--tenant",
+        action="append",
+        dest="tenants",
+        metavar="TID",
+        help="TokenGuard's tenants: an Entra tenant id a {tenantid} template issuer accepts (repeatable; "
+        "required with a template)",
+    )
+    check.add_argument(
+        "--introspection-response",
+        choices=("json", "jwt"),
+        default="json",
+        help="TokenGuard's introspection_response: 'jwt' for RFC 9701 signed answers (default json)",
+    )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
 
@@ -232,11 +262,19 @@ def _cmd_check(args: argparse.Namespace, http_client: HttpClientOption, clock: C
     from tokenguard.cli import _check as check
 
     out = _printer(args)
+    options = check.GuardOptions(
+        allowed_client_ids=tuple(args.allowed_client_ids or ()),
+        tenants=tuple(args.tenants or ()),
+        introspection_response=args.introspection_response,
+    )
     try:
-        report = asyncio.run(check.run(args.issuer, args.audience, http_client=http_client, clock=clock))
+        report = asyncio.run(
+            check.run(args.issuer, args.audience, http_client=http_client, clock=clock, options=options)
+        )
     except Exception as exc:
         if args.json:  # every outcome of --json is one JSON document on stdout (the one line still goes to stderr)
-            out.json(check.error_json(args.issuer, args.audience, exc, exc.code if isinstance(exc, CliError) else 2))
+            code = exc.code if isinstance(exc, CliError) else 2
+            out.json(check.error_json(args.issuer, args.audience, exc, code, options))
         raise
     if args.json:
         out.json(check.as_json(report))

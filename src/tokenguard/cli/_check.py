@@ -7,24 +7,37 @@ clock skew against the issuer's ``Date`` header, and finally loads the keys with
 ``Authenticator``.
 
 The issuer URL is held to the library's own rule first (``tokenguard.config.check_issuer``: https, or
-plain http on loopback only), with the same words as ``inspect``. An issuer that cannot be reached at
-all is an ``IssuerUnreachable`` (exit 2) that says which failure it is (DNS, refused, TLS, timeout).
+plain http on loopback only, or a ``{tenantid}`` template), with the same words as ``inspect``, and the
+``TokenGuard`` options the check is given (``GuardOptions``: ``allowed_client_ids``, ``tenants``,
+``introspection_response``) go into the ``GuardConfig`` it builds before any fetch, so TokenGuard's own
+validation judges them (a refusal is exit 2). An issuer that cannot be reached at all is an
+``IssuerUnreachable`` (exit 2) that says which failure it is (DNS, refused, TLS, timeout).
+
+The server families the README's "Interoperability" section lists are recognised from the issuer URL
+and the metadata, each a note (or a warning or error when something will fail) naming the option to
+set: Amazon Cognito (``allowed_client_ids``), Microsoft Entra multi-tenant (the ``{tenantid}`` template
+with ``tenants``), RFC 9701 signed introspection answers (``introspection_response``) and RFC 8693
+token exchange (``request.auth.actor``, ``@require_delegation``/``@refuse_delegation``).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 from tokenguard._discovery import Attempt, Discovered, DiscoveryFailed, discover, metadata_problem
 from tokenguard._http import FetchError, HttpClientOption, safe_url
+from tokenguard._tenants import is_template, issuer_for, template_problem
 from tokenguard.authenticator import Authenticator
 from tokenguard.cli._output import CliError, Printer, RecordingPool, Unreachable, checked_issuer
-from tokenguard.config import GuardConfig, check_url
+from tokenguard.config import GuardConfig, IntrospectionOptions, IntrospectionResponse, check_url
 from tokenguard.errors import ConfigurationError, UnavailableError
 from tokenguard.jwks import parse_jwk
 
@@ -37,6 +50,46 @@ _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _PLACEHOLDER_AUDIENCE = "urn:tokenguard:check"
 #: What a guard with introspection configured asks discovery for: the check reports what it would find.
 _NEEDS = frozenset({"jwks_uri", "introspection_endpoint"})
+#: An Amazon Cognito user pool's issuer: ``https://cognito-idp.REGION.amazonaws.com/POOL_ID``.
+_COGNITO_HOST = re.compile(r"cognito-idp(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com")
+#: RFC 8693 §2.1: the token-exchange grant, as ``grant_types_supported`` names it (RFC 8414 §2).
+_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 9701 §7: the algorithms an issuer signs introspection answers with.
+_INTROSPECTION_ALGS = "introspection_signing_alg_values_supported"
+#: Each TokenGuard option the check takes, and the check's flag for it (named in a refusal).
+_FLAGS = (
+    ("tenants", "--tenant TID"),
+    ("allowed_client_ids", "--allowed-client-id ID"),
+    ("introspection_response", "--introspection-response"),
+)
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """The ``TokenGuard`` options the check is given (``--allowed-client-id``, ``--tenant``,
+    ``--introspection-response``): each changes what an issuer's tokens need."""
+
+    allowed_client_ids: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()
+    introspection_response: IntrospectionResponse = "json"
+
+    def keywords(self) -> list[str]:
+        """The options as ``TokenGuard`` keyword arguments (those that differ from the defaults)."""
+        words = []
+        if self.allowed_client_ids:
+            words.append(f"allowed_client_ids={json.dumps(list(self.allowed_client_ids))}")
+        if self.tenants:
+            words.append(f"tenants={json.dumps(list(self.tenants))}")
+        if self.introspection_response != "json":
+            words.append(f'introspection_response="{self.introspection_response}"')
+        return words
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "allowed_client_ids": list(self.allowed_client_ids) or None,
+            "tenants": list(self.tenants) or None,
+            "introspection_response": self.introspection_response,
+        }
 
 
 @dataclass(frozen=True)
@@ -83,6 +136,10 @@ class Report:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     #: The document each metadata member came from, when discovery merged several.
     sources: dict[str, str] = field(default_factory=dict)
+    #: The TokenGuard options checked (as TokenGuard normalised them, once it accepted them).
+    options: GuardOptions = field(default_factory=GuardOptions)
+    #: The server families and features recognised (stable names, for ``--json``).
+    recognised: list[str] = field(default_factory=list)
 
     def add(self, severity: Severity, message: str) -> None:
         self.problems.append(Problem(severity, message))
@@ -100,10 +157,12 @@ async def run(
     *,
     http_client: HttpClientOption,
     clock: Callable[[], float],
+    options: GuardOptions | None = None,
 ) -> Report:
-    """Every check, in order; ``CliError`` (exit 2) for an issuer URL TokenGuard refuses, and
-    ``IssuerUnreachable`` (exit 2) when the issuer cannot be reached at all."""
-    report = Report(checked_issuer(issuer), audience)
+    """Every check, in order; ``CliError`` (exit 2) for an issuer URL or options TokenGuard refuses,
+    and ``IssuerUnreachable`` (exit 2) when the issuer cannot be reached at all."""
+    report = Report(checked_issuer(issuer), audience, options=options or GuardOptions())
+    config = _guard_config(report, clock)  # before any fetch, as the middleware refuses at startup
     http = RecordingPool(http_client, timeout=_TIMEOUT)
     try:
         headers = await _discover(report, http)
@@ -113,9 +172,37 @@ async def run(
     finally:
         await http.aclose()
     _check_skew(report)
-    await _load_with_tokenguard(report, http_client, clock)
+    await _load_with_tokenguard(report, config, http_client)
     _check_audience(report)
+    _recognise(report, config)
     return report
+
+
+def _guard_config(report: Report, clock: Callable[[], float]) -> GuardConfig:
+    """The ``GuardConfig`` the middleware would build from these options, judged by its own
+    validation; a refusal is ``CliError`` (exit 2) in its words, naming the check's flag."""
+    options = report.options
+    try:
+        config = GuardConfig(
+            issuer=report.issuer,
+            audience=(report.audience or _PLACEHOLDER_AUDIENCE,),
+            clock=clock,
+            # Lists, as TokenGuard is given them: GuardConfig validates and normalises them itself.
+            allowed_client_ids=cast("frozenset[str] | None", list(options.allowed_client_ids) or None),
+            tenants=cast("frozenset[str] | None", list(options.tenants) or None),
+            introspection=IntrospectionOptions(response=options.introspection_response),
+        )
+    except ConfigurationError as exc:
+        flag = next((flag for name, flag in _FLAGS if name in str(exc)), None)
+        hint = f" (set with {flag})" if flag is not None else ""
+        raise CliError(f"TokenGuard refuses this configuration: {exc}{hint}") from exc
+    tenants = config.tenants if isinstance(config.tenants, frozenset) else frozenset()
+    report.options = GuardOptions(
+        allowed_client_ids=tuple(dict.fromkeys(options.allowed_client_ids)),
+        tenants=tuple(dict.fromkeys(tenant.lower() for tenant in options.tenants if tenant.lower() in tenants)),
+        introspection_response=config.introspection.response,
+    )
+    return config
 
 
 async def _discover(report: Report, http: RecordingPool) -> Mapping[str, str]:
@@ -156,8 +243,24 @@ async def _discover(report: Report, http: RecordingPool) -> Mapping[str, str]:
     document = first.document or {}
     report.metadata, report.metadata_url = dict(document), first.url
     report.refusal = metadata_problem(document, report.issuer) or first.problem
-    report.add("error", f"the metadata {report.refusal}; TokenGuard refuses this metadata")
+    report.add("error", f"the metadata {report.refusal}; TokenGuard refuses this metadata{_template_hint(report)}")
     return http.first_headers
+
+
+def _template_hint(report: Report) -> str:
+    """For metadata naming a tenant template (Microsoft Entra's ``common`` and ``organizations``
+    documents name ``https://login.microsoftonline.com/{tenantid}/v2.0``): how to configure it."""
+    named = report.metadata.get("issuer")
+    if not isinstance(named, str) or not is_template(named) or template_problem(named) is not None:
+        return ""
+    if is_template(report.issuer):
+        return ""
+    report.recognised.append("entra_multi_tenant")
+    return (
+        f": it is multi-tenant metadata (Microsoft Entra), whose issuer is the tenant template; configure "
+        f'issuer="{named}" literally with tenants=[...] listing the allowed tenant ids '
+        f"(here: --issuer '{named}' --tenant TID)"
+    )
 
 
 def _problems(attempts: list[Attempt], http: RecordingPool) -> list[str]:
@@ -196,7 +299,14 @@ def _check_metadata(report: Report) -> None:
     elif _url_ok(report, "jwks_uri", jwks_uri):
         report.jwks_uri = jwks_uri
     introspection = document.get("introspection_endpoint")
-    if not isinstance(introspection, str) or not introspection:
+    if is_template(report.issuer):
+        # A template never introspects (GuardConfig refuses an endpoint for it): Entra has none.
+        report.add(
+            "warning",
+            "a tenant template issuer cannot be introspected (Microsoft Entra has no introspection "
+            "endpoint): @sensitive routes answer 503 and opaque tokens are refused under it",
+        )
+    elif not isinstance(introspection, str) or not introspection:
         report.add(
             "warning",
             "the metadata has no introspection_endpoint: @sensitive routes and opaque tokens "
@@ -321,15 +431,11 @@ def _check_skew(report: Report) -> None:
         )
 
 
-async def _load_with_tokenguard(report: Report, http_client: HttpClientOption, clock: Callable[[], float]) -> None:
-    """What the middleware itself makes of this issuer: the keys it loads, or why it cannot."""
+async def _load_with_tokenguard(report: Report, config: GuardConfig, http_client: HttpClientOption) -> None:
+    """What the middleware itself makes of this issuer, configured as ``config`` (``_guard_config``):
+    the keys it loads, or why it cannot."""
     if report.count("error"):
         return  # the middleware would refuse for a reason already listed
-    try:
-        config = GuardConfig(issuer=report.issuer, audience=(report.audience or _PLACEHOLDER_AUDIENCE,), clock=clock)
-    except ConfigurationError as exc:
-        report.add("error", f"TokenGuard refuses this configuration: {exc}")
-        return
     http = RecordingPool(http_client, timeout=config.http_timeout)
     authenticator = Authenticator(config, http=http)
     try:
@@ -351,6 +457,125 @@ def _check_audience(report: Report) -> None:
         )
 
 
+# -- recognising server families -------------------------------------------------------------
+
+
+def _recognise(report: Report, config: GuardConfig) -> None:
+    """The families and features the README's "Interoperability" section names, from the issuer URL
+    and the metadata TokenGuard would use: a note each, a warning when tokens will be refused."""
+    _recognise_cognito(report)
+    _recognise_template(report)
+    if report.metadata and report.refusal is None:  # only metadata TokenGuard would use says what it offers
+        _recognise_signed_introspection(report, config)
+        _recognise_token_exchange(report)
+
+
+def _is_cognito(issuer: str) -> bool:
+    try:
+        parts = urlsplit(issuer)
+    except ValueError:
+        return False
+    return bool(_COGNITO_HOST.fullmatch(parts.hostname or "")) and parts.path.strip("/") != ""
+
+
+def _recognise_cognito(report: Report) -> None:
+    clients = report.options.allowed_client_ids
+    if _is_cognito(report.issuer):
+        report.recognised.append("amazon_cognito")
+        if not clients:
+            report.add(
+                "warning",
+                "Amazon Cognito access tokens carry no aud: TokenGuard refuses them unless "
+                "allowed_client_ids=[...] names your app clients (here: --allowed-client-id ID)",
+            )
+            return
+        report.add(
+            "note",
+            f"Amazon Cognito: access tokens without aud pass when their client_id is one of "
+            f"allowed_client_ids ({', '.join(clients)}); ID tokens (token_use id) are still refused",
+        )
+    elif clients:
+        report.add(
+            "note",
+            f"allowed_client_ids: a token without aud passes when its client_id is one of {', '.join(clients)}; "
+            "a token with aud is judged by it alone",
+        )
+
+
+def _recognise_template(report: Report) -> None:
+    if not is_template(report.issuer):
+        return
+    report.recognised.append("entra_multi_tenant")
+    tenants = report.options.tenants
+    issuers = ", ".join(issuer_for(report.issuer, tenant) for tenant in tenants)
+    report.add(
+        "note",
+        f"tenant template (Microsoft Entra multi-tenant): TokenGuard accepts tokens of the {len(tenants)} "
+        f"tenant(s) in tenants=[...] only, each under its own issuer ({issuers}); every other tenant is refused",
+    )
+
+
+def _strings(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _recognise_signed_introspection(report: Report, config: GuardConfig) -> None:
+    """RFC 9701: ``introspection_signing_alg_values_supported`` (§7) says the issuer signs answers; the
+    guard takes only the asymmetric algorithms of its allow-list for them."""
+    wanted = report.options.introspection_response == "jwt"
+    if _INTROSPECTION_ALGS not in report.metadata:
+        if wanted:
+            report.add(
+                "warning",
+                f'introspection_response="jwt", but the metadata does not say the issuer signs introspection '
+                f"answers (no {_INTROSPECTION_ALGS}, RFC 9701 section 7): if it answers plain JSON, every "
+                'introspection is a 503; keep introspection_response="json" unless it signs them',
+            )
+        return
+    advertised = _strings(report.metadata[_INTROSPECTION_ALGS])
+    usable = [alg for alg in advertised if alg in config.introspection_algorithms]
+    report.recognised.append("signed_introspection")
+    shown = ", ".join(advertised) or "none"
+    if usable and wanted:
+        report.add(
+            "note",
+            f'introspection_response="jwt": the issuer signs introspection answers (RFC 9701) with {shown}; '
+            "TokenGuard verifies them with its keys",
+        )
+    elif usable:
+        report.add(
+            "note",
+            f"the issuer signs introspection answers on request (RFC 9701, {_INTROSPECTION_ALGS}: {shown}): "
+            'introspection_response="jwt" asks for them and verifies them (here: --introspection-response jwt)',
+        )
+    else:
+        severity: Severity = "warning" if wanted else "note"
+        consequence = (
+            'introspection_response="jwt" will refuse every answer (503)'
+            if wanted
+            else 'keep introspection_response="json"'
+        )
+        report.add(
+            severity,
+            f"the issuer signs introspection answers only with {shown}, which TokenGuard never accepts for "
+            f"answers (only asymmetric algorithms of its allow-list: {', '.join(config.introspection_algorithms)}): "
+            + consequence,
+        )
+
+
+def _recognise_token_exchange(report: Report) -> None:
+    if _TOKEN_EXCHANGE not in _strings(report.metadata.get("grant_types_supported")):
+        return
+    report.recognised.append("token_exchange")
+    report.add(
+        "note",
+        "the issuer offers token exchange (RFC 8693, grant_types_supported): an exchanged token names "
+        "the acting party in act, which TokenGuard shows as request.auth.actor (the chain: "
+        "request.auth.actors); mark routes @require_delegation or @refuse_delegation to insist on or "
+        "refuse delegated tokens",
+    )
+
+
 # -- output -----------------------------------------------------------------------------------
 
 
@@ -361,6 +586,8 @@ def exit_code(report: Report) -> int:
 
 def render_text(out: Printer, report: Report) -> None:
     out.line(out.style(f"Issuer  {report.issuer}", "bold"))
+    if report.options.keywords():
+        out.line(f"Options  {', '.join(report.options.keywords())}")
     out.line(f"Metadata  {report.metadata_url or '(none found)'}")
     for name in ("issuer", "jwks_uri", "token_endpoint", "introspection_endpoint", "revocation_endpoint"):
         value = report.metadata.get(name)
@@ -374,7 +601,10 @@ def render_text(out: Printer, report: Report) -> None:
     if report.loaded_kids is not None:
         out.line(f"TokenGuard  loads {len(report.loaded_kids)} key(s): {', '.join(report.loaded_kids) or '-'}")
         if report.audience is not None:
-            out.line(f'  app.add_middleware(TokenGuard, issuer="{report.issuer}", audience="{report.audience}")')
+            options = "".join(f", {word}" for word in report.options.keywords())
+            out.line(
+                f'  app.add_middleware(TokenGuard, issuer="{report.issuer}", audience="{report.audience}"{options})'
+            )
     _render_problems(out, report)
 
 
@@ -430,14 +660,18 @@ def as_json(report: Report) -> dict[str, Any]:
         ],
         "clock_skew_seconds": report.skew,
         "tokenguard_kids": report.loaded_kids,
+        "guard_options": report.options.as_json(),
+        "recognised": list(dict.fromkeys(report.recognised)),
         "problems": [{"severity": p.severity, "message": p.message} for p in report.problems],
     }
 
 
-def error_json(issuer: str, audience: str | None, error: Exception, code: int) -> dict[str, Any]:
+def error_json(
+    issuer: str, audience: str | None, error: Exception, code: int, options: GuardOptions | None = None
+) -> dict[str, Any]:
     """The document ``check --json`` prints when the check could not run: the report's shape, empty,
     with ``error`` saying why (``kind``: ``unreachable``, ``usage`` or ``internal``)."""
-    document = as_json(Report(issuer, audience))
+    document = as_json(Report(issuer, audience, options=options or GuardOptions()))
     if isinstance(error, IssuerUnreachable):
         kind, reason, message = "unreachable", error.reason.code, error.message
         document["metadata_attempts"] = error.attempts
