@@ -397,7 +397,8 @@ def test_check_unreachable_issuer_exits_2(capsys: pytest.CaptureFixture[str], re
 
 CHECK_KEYS = {
     "issuer", "audience", "ok", "exit_code", "error", "metadata_attempts", "metadata_url", "metadata_sources",
-    "metadata", "jwks_uri", "keys", "clock_skew_seconds", "tokenguard_kids", "problems",
+    "metadata", "jwks_uri", "keys", "clock_skew_seconds", "tokenguard_kids", "problems", "guard_options",
+    "recognised",
 }  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from tokenguard.errors import ConfigurationError
 
 # -- the property ---------------------------------------------------------------------------------
 
-#: 250 trees × 16 requests in the suite (≈ 6 s); scripts/route_differential_long.py runs 100k requests.
+#: 250 trees x 16 requests in the suite (≈ 6 s); scripts/route_differential_long.py runs 100k requests.
 SLICE = settings(
     max_examples=250,
     derandomize=True,
