@@ -533,3 +533,40 @@ def test_challenges_render_odd_text_in_linear_time(name: str) -> None:
     plain = ("The access token is malformed. " * MAX_TOKEN_BYTES)[: len(odd)]
     assert_ratio(_render, odd, plain, limit=RATIO, what=f"render({name})")
     assert_linear(_render, lambda size: (odd * 4)[:size], len(odd), f"render({name})")
+
+
+# -- the MCP tools/list rewriter: an answer however it is chunked -----------------------------------------
+
+
+def _stream_through_filter(chunks: list[bytes]) -> bytes:
+    """Feed an event stream to ``filtering_send`` in these chunks; what reached the client."""
+    from tokenguard._mcp import ToolsListFilter, filtering_send
+
+    sent: list[bytes] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message.get("body", b""))
+
+    async def run() -> None:
+        wrapped = filtering_send(send, ToolsListFilter(1, lambda name: True))
+        await wrapped(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+        )
+        for index, chunk in enumerate(chunks):
+            await wrapped({"type": "http.response.body", "body": chunk, "more_body": index < len(chunks) - 1})
+
+    asyncio.run(run())
+    return b"".join(sent)
+
+
+def _one_byte_chunks(size: int) -> list[bytes]:
+    """One event of ``size`` bytes (never complete until its end) sent one byte per chunk."""
+    event = b"data: " + b"x" * size + b"\r\n\r\n"
+    return [event[index : index + 1] for index in range(len(event))]
+
+
+def test_the_event_stream_rewriter_is_linear_in_tiny_chunks() -> None:
+    """A long event split into one-byte chunks: each byte is searched a bounded number of times."""
+    chunks = _one_byte_chunks(4000)
+    assert _stream_through_filter(chunks) == b"".join(chunks)
+    assert_linear(_stream_through_filter, _one_byte_chunks, 16_000, "an event stream in one-byte chunks")

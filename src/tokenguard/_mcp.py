@@ -329,9 +329,11 @@ class ToolsListFilter:
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-def _event_end(buffer: bytes) -> int:
-    """The end of the first complete SSE event in ``buffer`` (after its blank line), or -1; linear."""
-    ends = [buffer.find(separator) + len(separator) for separator in _EVENT_ENDS if separator in buffer]
+def _event_end(buffer: bytearray, search_from: int) -> int:
+    """The end of the first complete SSE event in ``buffer`` whose blank line starts at or after
+    ``search_from`` (after that blank line), or -1. Each byte is searched at most a few times over the
+    whole answer: callers move ``search_from`` past what they already searched."""
+    ends = [found + len(separator) for separator in _EVENT_ENDS if (found := buffer.find(separator, search_from)) != -1]
     return min(ends) if ends else -1
 
 
@@ -348,7 +350,12 @@ def filtering_send(send: Send, rewrite: ToolsListFilter, *, limit: int = MAX_FIL
     """
     mode = "pass"
     start: dict[str, Any] | None = None
-    buffer = b""
+    # Linear in the answer by construction, however it is chunked: JSON chunks are joined once; the
+    # event stream is searched from where the last search stopped, and trimmed once per chunk.
+    chunks: list[bytes] = []
+    size = 0
+    pending = bytearray()
+    searched = 0
 
     async def flush_json(body: bytes, more_body: bool) -> None:
         assert start is not None
@@ -359,7 +366,7 @@ def filtering_send(send: Send, rewrite: ToolsListFilter, *, limit: int = MAX_FIL
         await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
     async def wrapped(message: MutableMapping[str, Any]) -> None:
-        nonlocal mode, start, buffer
+        nonlocal mode, start, size, searched
         if message["type"] == "http.response.start":
             content_type = next(
                 (value for name, value in message.get("headers", ()) if name.lower() == b"content-type"), b""
@@ -375,25 +382,34 @@ def filtering_send(send: Send, rewrite: ToolsListFilter, *, limit: int = MAX_FIL
             await send(message)
             return
         chunk, more = message.get("body", b""), message.get("more_body", False)
-        buffer += chunk
         if mode == "json":
-            if len(buffer) > limit:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
                 mode = "pass"
-                await flush_json(buffer, more)
+                await flush_json(b"".join(chunks), more)
+                chunks.clear()
             elif not more:
-                await flush_json(rewrite.rewrite_json(buffer), False)
-            buffer = b"" if mode == "pass" or not more else buffer
+                await flush_json(rewrite.rewrite_json(b"".join(chunks)), False)
+                chunks.clear()
             return
-        out = b""
-        end = _event_end(buffer)
+        pending.extend(chunk)
+        out: list[bytes] = []
+        begin = 0
+        end = _event_end(pending, searched)
         while end != -1:
-            out += rewrite.rewrite_event(buffer[:end])
-            buffer = buffer[end:]
-            end = _event_end(buffer)
-        if len(buffer) > limit or not more:
-            out, buffer = out + buffer, b""
+            out.append(rewrite.rewrite_event(bytes(pending[begin:end])))
+            begin = end
+            end = _event_end(pending, begin)
+        del pending[:begin]
+        # What is left holds no complete event; a separator may still straddle its last 3 bytes.
+        searched = max(0, len(pending) - 3)
+        if len(pending) > limit or not more:
+            out.append(bytes(pending))
+            pending.clear()
+            searched = 0
             if more:
                 mode = "pass"
-        await send({**message, "body": out})
+        await send({**message, "body": b"".join(out)})
 
     return wrapped
