@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, Issuer
-from tokenguard import TokenGuard
+from tokenguard import Rule, TokenGuard
 from tokenguard._mcp import ToolsListFilter, filtering_send
 from tokenguard.dpop import DPoPKey
 from tokenguard.errors import ConfigurationError
@@ -671,3 +671,60 @@ def test_the_merge_memo_gives_what_merge_gives_and_stays_bounded() -> None:
         endpoint = ToolPolicy(scopes=f"s{index}").requirement
         assert policy.merged(endpoint, policy.tool_requirement("a")).all_scopes == {f"s{index}", "x"}
         assert len(policy._merges) <= 256
+
+
+# -- review findings: never public, never a 500 -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("public", ["default", "rule"])
+def test_an_mcp_endpoint_with_a_policy_is_never_public(clock: ManualClock, idp: Issuer, public: str) -> None:
+    """default="public" (or a public Rule over /mcp) must not switch the tool policies off."""
+    options: dict[str, Any] = {"default": "public"} if public == "default" else {"rules": [Rule("/mcp", public=True)]}
+    CALLS.clear()
+    with TestClient(make_app(clock, **options), base_url=BASE) as client:
+        anonymous = client.post("/mcp", content=json.dumps(_transfer_call()).encode(), headers=HEADERS)
+        assert anonymous.status_code == 401
+        assert call(client, token(idp, "accounts:read"), "transfer", {"to": "b", "amount": 1}).status_code == 403
+        allowed = call(client, token(idp, "accounts:read payments:write"), "transfer", {"to": "b", "amount": 1})
+        assert allowed.status_code == 200
+        # A CORS preflight still needs no token.
+        preflight = client.options(
+            "/mcp", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
+        )
+        assert preflight.status_code != 401
+    assert CALLS == ["transfer"]
+
+
+def _transfer_call() -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "transfer", "arguments": {}}}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (ToolPolicy(acr_values="urn:gold"), ToolPolicy(acr_values="urn:silver")),
+        (ToolPolicy(delegation="required"), ToolPolicy(delegation="refused")),
+        (ToolPolicy(actors="x"), ToolPolicy(actors="y")),
+    ],
+)
+def test_a_batch_of_calls_whose_policies_contradict_is_400_never_500(
+    clock: ManualClock, idp: Issuer, first: ToolPolicy, second: ToolPolicy
+) -> None:
+    policy = MCPPolicy(tools={"get_balance": first, "statement": second})
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_balance", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "statement", "arguments": {}}},
+    ]
+    with TestClient(make_app(clock, policy), base_url=BASE) as client:
+        response = post(client, token(idp, "accounts:read"), batch)
+        assert response.status_code == 400
+        assert 'error="invalid_request"' in challenge(response)
+
+
+def test_a_tool_policy_that_contradicts_the_endpoints_stops_the_startup(clock: ManualClock) -> None:
+    policy = MCPPolicy(tools={"transfer": ToolPolicy(acr_values="urn:silver")})
+    with (
+        pytest.raises(ConfigurationError, match=r"mcp: the tool 'transfer' contradicts the MCP endpoint's own policy"),
+        TestClient(make_app(clock, policy, rules=[Rule("/mcp", acr_values="urn:gold")]), base_url=BASE),
+    ):
+        pass

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,10 +229,30 @@ class MCPPolicy:
         message = parse_json_body(body)
         if isinstance(message, list):
             requirement = _NOTHING_MORE
-            for element in message:
-                requirement = self.merged(requirement, self._one(element))
+            try:
+                for element in message:
+                    requirement = self.merged(requirement, self._one(element))
+            except ConfigurationError as exc:
+                # Two calls of one batch need policies no token can meet together (other acr values,
+                # delegation required and refused): the client picked them, so it is a bad request.
+                raise InvalidRequest(
+                    "bad_request_body", "The calls of this batch need policies that cannot hold together."
+                ) from exc
             return requirement, message
         return self._one(message), message
+
+    def problem_with(self, endpoint: Requirement) -> str | None:
+        """Why some call could never be allowed under the endpoint's own policy (checked at startup)."""
+        named = [*(("tool", name, policy) for name, policy in self.tools.items())]
+        named += [("method", name, policy) for name, policy in self.methods.items()]
+        named.append(("default tool policy", "", self._other_call))
+        for kind, name, policy in named:
+            try:
+                endpoint.merge(self._endpoint).merge(policy)
+            except ConfigurationError as exc:
+                label = f"{kind} {name!r}" if name else kind
+                return f"the {label} contradicts the MCP endpoint's own policy: {exc}"
+        return None
 
     def _one(self, message: object) -> Requirement:
         if not isinstance(message, dict) or "method" not in message:
@@ -331,14 +352,15 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 def _event_end(buffer: bytearray, search_from: int) -> int:
     """The end of the first complete SSE event in ``buffer`` whose blank line starts at or after
-    ``search_from`` (after that blank line), or -1. Each byte is searched at most a few times over the
-    whole answer: callers move ``search_from`` past what they already searched."""
-    ends = [found + len(separator) for separator in _EVENT_ENDS if (found := buffer.find(separator, search_from)) != -1]
-    return min(ends) if ends else -1
+    ``search_from`` (after that blank line), or -1. One left-to-right scan that stops at the first
+    blank line (literal alternatives of at most 4 bytes: no backtracking), so over a whole answer each
+    byte is looked at a bounded number of times when callers move ``search_from`` past what they searched."""
+    found = _EVENT_END.search(buffer, search_from)
+    return found.end() if found is not None else -1
 
 
 #: An event ends with a blank line, whichever line ending the server uses (WHATWG HTML §9.2.5).
-_EVENT_ENDS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 def filtering_send(send: Send, rewrite: ToolsListFilter, *, limit: int = MAX_FILTERED_BYTES) -> Send:

@@ -44,7 +44,7 @@ from tokenguard.config import (
     guard_configs,
 )
 from tokenguard.credentials import TokenCredentials, TokenUser
-from tokenguard.errors import AuthError, ConfigurationError, TokenGuardError, UnavailableError
+from tokenguard.errors import AuthError, ConfigurationError, InvalidRequest, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
 from tokenguard.extract import client_of, is_preflight
 from tokenguard.fleet import Fleet
@@ -170,7 +170,7 @@ class TokenGuard:
         max_token_lifetime: float = 86400.0,
         revocation_max_entries: int = 100_000,
         mcp: MCPPolicy | None = None,
-        allowed_client_ids: str | Sequence[str] | None = None,
+        allowed_client_ids: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
         tenants: Sequence[str] | Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -421,7 +421,7 @@ class TokenGuard:
         # router actually picks (routing.py, ``_DispatchCheck``).
         scope[DECISION_KEY] = decision
         requirement = decision.requirement
-        if requirement.public:  # no token work, and no extra frame on public routes
+        if requirement.public and not self._mcp_call(scope):  # no token work, no extra frame on public routes
             self._allow_anonymous(scope, decision, started)
             checked: Receive | None = receive
         else:
@@ -465,8 +465,12 @@ class TokenGuard:
     ) -> Receive | None:
         """Apply ``requirement``: the ``receive`` the app must use, or ``None`` once a refusal was sent."""
         if requirement.public:
-            self._allow_anonymous(scope, decision, started)
-            return receive
+            if not self._mcp_call(scope):
+                self._allow_anonymous(scope, decision, started)
+                return receive
+            # An MCP endpoint with a policy is never public, whatever the route or the default says:
+            # its scopes and every tool's policy need a token to be checked against.
+            requirement = AUTHENTICATED
         # The policy applied, for the app and for the dispatch check.
         scope[REQUIREMENT_KEY] = requirement
         token: AccessToken | None = None
@@ -518,6 +522,16 @@ class TokenGuard:
         self._decided(scope, decision, started, "allow", "ok", 200, token)
         return receive
 
+    def _mcp_call(self, scope: Scope) -> bool:
+        """A request to the MCP endpoint (any method but a CORS preflight's OPTIONS), when ``mcp=`` is set."""
+        mcp = self.mcp
+        return (
+            mcp is not None
+            and scope["type"] == "http"
+            and scope.get("method") != "OPTIONS"
+            and mcp.at(route_path(scope))
+        )
+
     async def _enforce_call(
         self,
         mcp: MCPPolicy,
@@ -535,7 +549,10 @@ class TokenGuard:
         data, receive = await read_body(scope, receive, self.config.max_body_bytes)
         extra, message = mcp.requirement_for(data)
         if extra is not NOTHING_MORE:
-            merged = mcp.merged(requirement, extra)
+            try:
+                merged = mcp.merged(requirement, extra)
+            except ConfigurationError as exc:  # checked at startup for the endpoint's policy; never a 500
+                raise InvalidRequest("bad_request_body", "This call needs a policy that cannot hold here.") from exc
             try:
                 if binding is None and not (merged.sensitive or merged.sender_constrained):
                     # A Bearer token, and the call asks nothing of validation: only its scopes and
@@ -716,11 +733,16 @@ class TokenGuard:
             "query_string": b"",
             "headers": [],
         }
-        if self.resolver.decide(probe, app).template is None:
+        decision = self.resolver.decide(probe, app)
+        if decision.template is None:
             raise ConfigurationError(
                 f"mcp: MCPPolicy path {mcp.path!r} is not a route of this app, so no call would get its "
                 "per-tool policy; give the MCP endpoint's path as the app's routes see it (e.g. '/mcp')"
             )
+        endpoint = AUTHENTICATED if decision.requirement.public else decision.requirement
+        problem = mcp.problem_with(endpoint)
+        if problem is not None:
+            raise ConfigurationError(f"mcp: {problem}")
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app's lifespan, with the guard's own startup checks on the ``startup`` event.
