@@ -570,3 +570,15 @@ def test_the_event_stream_rewriter_is_linear_in_tiny_chunks() -> None:
     chunks = _one_byte_chunks(4000)
     assert _stream_through_filter(chunks) == b"".join(chunks)
     assert_linear(_stream_through_filter, _one_byte_chunks, 16_000, "an event stream in one-byte chunks")
+
+
+def _many_events_in_one_chunk(count: int) -> list[bytes]:
+    """``count`` small events, all in one chunk, with a line ending that two of the separators never match."""
+    return [b"data: {}\n\n" * count]
+
+
+def test_the_event_stream_rewriter_is_linear_in_events_per_chunk() -> None:
+    """Many events in one chunk: the search for each event's end stops at its blank line."""
+    chunks = _many_events_in_one_chunk(1000)
+    assert _stream_through_filter(chunks) == b"".join(chunks)
+    assert_linear(_stream_through_filter, _many_events_in_one_chunk, 8000, "many events in one chunk")
