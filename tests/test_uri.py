@@ -46,6 +46,8 @@ def test_canonical_forms(value: str, canonical: str) -> None:
         "https://mcp.example.com/a b",
         "https://mcp.example.com/\x00",
         "ftp://mcp.example.com/mcp",
+        "https://\u212ams.example.com/mcp",  # KELVIN SIGN: str.lower() would make it "k"
+        "https://mcp.example.com/mcp?",  # an empty query is still a query
         "https://" + "a" * 3000,
         "",
     ],

@@ -35,7 +35,9 @@ def canonical_uri(value: str) -> str | None:
     >>> canonical_uri("https://mcp.example.com/mcp#frag") is None
     True
     """
-    if len(value) > _MAX_LENGTH or value[:4].lower() != "http":
+    # RFC 3986 §2: a URI is ASCII. Non-ASCII never gets a canonical form: str.lower() would fold
+    # characters such as U+212A KELVIN SIGN into ASCII letters.
+    if len(value) > _MAX_LENGTH or not value.isascii() or value[:4].lower() != "http":
         return None
     try:
         parts = urlsplit(value)
@@ -51,4 +53,6 @@ def canonical_uri(value: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    if not parts.query and "?" in value:
+        return None  # an empty query is still a query (RFC 3986 §6.2.3): compared exactly
     return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
