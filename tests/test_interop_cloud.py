@@ -590,7 +590,7 @@ def test_entra_template_beside_cognito(entra: Entra, cognito: Server, clock: Man
         "issuer": [COGNITO_ISSUER, V2_TEMPLATE],
         "audience": [APP_ID, "photos"],
         "tenants": [CONTOSO],
-        "allowed_client_ids": APP_CLIENT,
+        "allowed_client_ids": {COGNITO_ISSUER: APP_CLIENT},  # several issuers: whose tokens may lack aud
     }
     with guarded(clock, **options) as http:
         cognito_response = http.get("/me", headers=bearer(cognito_token(cognito_access(clock))))
@@ -730,3 +730,31 @@ def test_rfc9728_metadata_with_a_callable_allow_list_names_no_template(clock: Ma
     document = _served_metadata(clock, issuer=V2_TEMPLATE, tenants=lambda tid: True)
     assert "authorization_servers" not in document
     assert document["resource"] == "https://photos.example"
+
+
+def test_allowed_client_ids_with_several_issuers_must_say_which_issuer() -> None:
+    """A client id is unique only at its issuer: a bare list with two issuers is refused."""
+    with pytest.raises(ConfigurationError, match="allowed_client_ids with several issuers"):
+        build(issuer=[COGNITO_ISSUER, "https://idp.example.com"], allowed_client_ids=APP_CLIENT)
+    with pytest.raises(ConfigurationError, match="configured issuers"):
+        build(issuer=[COGNITO_ISSUER, "https://idp.example.com"], allowed_client_ids={"https://x.example": "a"})
+
+
+def test_another_issuers_aud_less_token_does_not_pass_by_a_cognito_client_id(
+    cognito: Server, clock: ManualClock, respx_mock: respx.MockRouter
+) -> None:
+    """The mapping scopes the exception: the same client_id from another issuer is still wrong_audience."""
+    other = Server(
+        "other", "https://other-idp.example.com", "https://other-idp.example.com/jwks", keys=[rsa_jwk(RSA, "o-1")]
+    )
+    other.install(respx_mock)
+    options = {
+        "issuer": [COGNITO_ISSUER, other.issuer],
+        "audience": "photos",
+        "allowed_client_ids": {COGNITO_ISSUER: APP_CLIENT},
+    }
+    claims = {"iss": other.issuer, "client_id": APP_CLIENT, "sub": "mallory", "scope": "photos/read", **times(clock)}
+    with guarded(clock, **options) as http:
+        assert http.get("/me", headers=bearer(cognito_token(cognito_access(clock)))).status_code == 200
+        refused = http.get("/me", headers=bearer(other.token(claims, kid="o-1")))
+    assert refused.status_code == 401

@@ -169,6 +169,34 @@ def _client_ids(value: str | Sequence[str] | frozenset[str] | None) -> frozenset
     return frozenset(item for item in items if isinstance(item, str))
 
 
+def _client_ids_by_issuer(value: object, issuers: Sequence[str]) -> dict[str, frozenset[str]]:
+    """``allowed_client_ids=`` per issuer: a list for the one issuer, or ``{issuer: ids}`` with several.
+
+    A client id is only unique at its issuer (RFC 6749 §2.2): with several issuers, a list would let an
+    aud-less token of another issuer pass by a client id that happens to be the same, so the mapping
+    says whose tokens may lack ``aud``.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        unknown = [key for key in value if key not in issuers]
+        if not value or unknown:
+            raise ConfigurationError(
+                "allowed_client_ids as a mapping must map configured issuers to client ids, "
+                f"got {', '.join(map(repr, unknown)) or 'an empty mapping'}"
+            )
+        return {issuer: ids for issuer, ids in ((k, _client_ids(v)) for k, v in value.items()) if ids is not None}
+    ids = _client_ids(cast("str | Sequence[str] | None", value))
+    if ids is None:
+        return {}
+    if len(issuers) > 1:
+        raise ConfigurationError(
+            "allowed_client_ids with several issuers must say whose tokens may lack aud (a client id is unique "
+            "only at its issuer): allowed_client_ids={'https://cognito-idp.REGION.amazonaws.com/POOL': ['id']}"
+        )
+    return {issuers[0]: ids}
+
+
 def _tenant_policy(value: object) -> TenantPolicy | None:
     """``tenants=``: Entra tenant ids (GUIDs, any case; kept lowercase as Entra writes ``tid``) or a callable."""
     if value is None:
@@ -443,7 +471,7 @@ def guard_configs(
     jwks_stale_ttl: float,
     introspection_credentials: Mapping[str, tuple[str, str]] | None,
     max_body_bytes: int,
-    allowed_client_ids: str | Sequence[str] | None,
+    allowed_client_ids: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None,
     tenants: Sequence[str] | Callable[[str], bool] | None,
     clock: Callable[[], float],
 ) -> tuple[GuardConfig, ...]:
@@ -503,7 +531,6 @@ def guard_configs(
             stale_ttl=jwks_stale_ttl,
         ),
         "clock": clock,
-        "allowed_client_ids": _client_ids(allowed_client_ids),
     }
     introspection = IntrospectionOptions(
         endpoint=introspection_endpoint,
@@ -523,6 +550,7 @@ def guard_configs(
         response=introspection_response,
     )
     policy = _tenant_policy(tenants)
+    client_ids = _client_ids_by_issuer(allowed_client_ids, issuers)
     configs = []
     for name in issuers:
         options = introspection
@@ -533,6 +561,7 @@ def guard_configs(
             issuer=name,
             introspection=options,
             tenants=policy if is_template(name) else None,
+            allowed_client_ids=client_ids.get(name),
             **common,  # type: ignore[arg-type]
         )
         configs.append(_with_credentials(config, introspection_credentials))
