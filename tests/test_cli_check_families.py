@@ -18,32 +18,15 @@ import httpx
 import pytest
 import respx
 
-from conftest import AUDIENCE, ISSUER, T0, Issuer
+from conftest import AUDIENCE, ISSUER, Issuer
+from test_cli import assert_one_clean_line, run
 from test_interop import RSA, rsa_jwk
 from test_interop_cloud import APP_CLIENT, APP_ID, COGNITO_ISSUER, CONTOSO, FABRIKAM, OTHER_CLIENT, V2_TEMPLATE, Entra
-from tokenguard.cli import main
 from tokenguard.testing import DevIdP, ManualClock
 
 pytestmark = pytest.mark.respx(assert_all_called=False)
 
 NOT_FOUND = httpx.Response(404, text="<html>Not Found</html>", headers={"Content-Type": "text/html"})
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str, **options: Any) -> tuple[int, str, str]:
-    """Run the command in-process; return (exit code, stdout, stderr)."""
-    code = main(list(argv), **options)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_clean_line(err: str) -> None:
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
 
 
 def problems(out: str, severity: str) -> list[str]:

@@ -18,6 +18,7 @@ import httpx
 import httpx2
 import jwt
 import pytest
+from examples.mcp_client import MemoryStorage
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.auth.oauth2 import check_registration_usable
 from mcp.client.auth.utils import (
@@ -30,10 +31,8 @@ from mcp.client.auth.utils import (
 )
 from mcp.shared.auth import (
     AuthorizationCodeResult,
-    OAuthClientInformationFull,
     OAuthClientMetadata,
     OAuthMetadata,
-    OAuthToken,
 )
 from pydantic import AnyUrl
 from starlette.applications import Starlette
@@ -578,26 +577,6 @@ async def test_the_mcp_clients_registration_request_and_parser(idp: DevIdP, auth
         exchanged = await client.post("/token", data=form, headers=headers)
     assert exchanged.status_code == 200, exchanged.text
     assert verified_claims(idp, exchanged.json()["access_token"])["aud"] == MCP_SERVER
-
-
-class MemoryStorage:
-    """The mcp client's TokenStorage, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
 
 
 async def test_the_mcp_client_runs_its_whole_oauth_flow_against_the_devidp(idp: DevIdP) -> None:

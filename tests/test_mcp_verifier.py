@@ -94,12 +94,11 @@ def world(dev_idp_keys: KeyRing) -> Iterator[World]:
         yield World(router, dev_idp_keys)
 
 
-@pytest.fixture
-async def make(world: World) -> AsyncIterator[Callable[..., MCPTokenVerifier]]:
-    """``make(**options)``: an ``MCPTokenVerifier`` trusting the DevIdP (closed after the test)."""
-    made: list[MCPTokenVerifier] = []
+async def _factory(world: World, kind: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
+    """``factory(**options)``: verifiers of ``kind`` trusting the DevIdP, all closed after the test."""
+    made: list[Any] = []
 
-    def factory(**options: Any) -> MCPTokenVerifier:
+    def factory(**options: Any) -> Any:
         settings: dict[str, Any] = {
             "issuer": ISSUER,
             "audience": RESOURCE,
@@ -108,12 +107,19 @@ async def make(world: World) -> AsyncIterator[Callable[..., MCPTokenVerifier]]:
             "clock": world.clock,
             **options,
         }
-        made.append(MCPTokenVerifier(**settings))
+        made.append(kind(**settings))
         return made[-1]
 
     yield factory
     for verifier in made:
         await verifier.aclose()
+
+
+@pytest.fixture
+async def make(world: World) -> AsyncIterator[Callable[..., MCPTokenVerifier]]:
+    """``make(**options)``: an ``MCPTokenVerifier`` trusting the DevIdP (closed after the test)."""
+    async for factory in _factory(world, MCPTokenVerifier):
+        yield factory
 
 
 @pytest.fixture
@@ -136,7 +142,13 @@ async def mcp_server(
             validate_token_resource=validate_token_resource,
         ),
     )
-    app = server.streamable_http_app(json_response=True)
+    async with client_of(server.streamable_http_app(json_response=True)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def client_of(app: Any) -> AsyncIterator[httpx2.AsyncClient]:
+    """A client of ``app``, its lifespan running."""
     # raise_app_exceptions=False: an exception the app raises is seen as the 500 a server would send.
     transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)
     async with app.router.lifespan_context(app), httpx2.AsyncClient(transport=transport, base_url=SERVER_URL) as client:
@@ -561,9 +573,7 @@ async def test_fleet_mode_starts_the_revocation_feed_on_first_use(
 async def fastmcp_server(verifier: Any) -> AsyncIterator[httpx2.AsyncClient]:
     from fastmcp import FastMCP
 
-    app = FastMCP("tokenguard-fastmcp", auth=verifier).http_app()
-    transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)
-    async with app.router.lifespan_context(app), httpx2.AsyncClient(transport=transport, base_url=SERVER_URL) as client:
+    async with client_of(FastMCP("tokenguard-fastmcp", auth=verifier).http_app()) as client:
         yield client
 
 
@@ -572,23 +582,8 @@ async def make_fastmcp(world: World) -> AsyncIterator[Callable[..., Any]]:
     pytest.importorskip("fastmcp")  # Python 3.11+; CI also runs 3.10
     from tokenguard.mcp import FastMCPTokenVerifier
 
-    made: list[Any] = []
-
-    def factory(**options: Any) -> Any:
-        settings: dict[str, Any] = {
-            "issuer": ISSUER,
-            "audience": RESOURCE,
-            "client_id": RESOURCE_CLIENT_ID,
-            "client_secret": RESOURCE_CLIENT_SECRET,
-            "clock": world.clock,
-            **options,
-        }
-        made.append(FastMCPTokenVerifier(**settings))
-        return made[-1]
-
-    yield factory
-    for verifier in made:
-        await verifier.aclose()
+    async for factory in _factory(world, FastMCPTokenVerifier):
+        yield factory
 
 
 async def test_fastmcp_server_accepts_a_good_token_and_refuses_bad_ones(
