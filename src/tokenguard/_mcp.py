@@ -98,14 +98,21 @@ class ToolPolicy:
             actors=actors,
         )
         object.__setattr__(self, "requirement", rule.requirement)
-        object.__setattr__(self, "scopes", rule.scopes)
-        object.__setattr__(self, "any_scopes", rule.any_scopes)
-        object.__setattr__(self, "sensitive", sensitive)
-        object.__setattr__(self, "acr_values", rule.acr_values)
-        object.__setattr__(self, "max_age", rule.max_age)
-        object.__setattr__(self, "sender_constrained", sender_constrained)
-        object.__setattr__(self, "delegation", rule.delegation)
-        object.__setattr__(self, "actors", rule.actors)
+        for name in _RULE_FIELDS:  # as Rule normalised them
+            object.__setattr__(self, name, getattr(rule, name))
+
+
+#: The ``Rule`` members a ``ToolPolicy`` shares (all but ``path``, ``methods`` and ``public``).
+_RULE_FIELDS = (
+    "scopes",
+    "any_scopes",
+    "sensitive",
+    "acr_values",
+    "max_age",
+    "sender_constrained",
+    "delegation",
+    "actors",
+)
 
 
 def _merged(requirement: Requirement, extra: Requirement | None) -> Requirement:

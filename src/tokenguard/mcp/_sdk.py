@@ -97,15 +97,7 @@ class MCPTokenVerifier:
         verified = await self._check.check(token)
         if verified is None:
             return None
-        return AccessToken(
-            token=verified.token,
-            client_id=verified.client_id if verified.client_id is not None else "",
-            scopes=verified.scopes,
-            expires_at=verified.expires_at,
-            resource=verified.resource,
-            subject=verified.subject,
-            claims=verified.claims,
-        )
+        return AccessToken(**verified.access_token_fields())
 
     async def aclose(self) -> None:
         """Close the internal guard's HTTP clients and stores; stop its background work."""

@@ -87,6 +87,21 @@ class Verified:
     #: A deep copy: the pipeline's token may be shared by every request that carries the same bytes.
     claims: dict[str, Any]
 
+    def access_token_fields(self) -> dict[str, Any]:
+        """The members of both SDKs' ``AccessToken`` (FastMCP's extends the official one).
+
+        ``client_id`` is ``""`` for a token that names no client: the SDK's model requires a string.
+        """
+        return {
+            "token": self.token,
+            "client_id": self.client_id if self.client_id is not None else "",
+            "scopes": self.scopes,
+            "expires_at": self.expires_at,
+            "resource": self.resource,
+            "subject": self.subject,
+            "claims": self.claims,
+        }
+
 
 class TokenCheck:
     """The whole tokenguard pipeline for one bare token, built from TokenGuard's options.
