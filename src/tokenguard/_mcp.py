@@ -250,7 +250,7 @@ class MCPPolicy:
 
     def problem_with(self, endpoint: Requirement) -> str | None:
         """Why some call could never be allowed under the endpoint's own policy (checked at startup)."""
-        named = [*(("tool", name, policy) for name, policy in self.tools.items())]
+        named = [("tool", name, policy) for name, policy in self._calls.items()]
         named += [("method", name, policy) for name, policy in self.methods.items()]
         named.append(("default tool policy", "", self._other_call))
         for kind, name, policy in named:

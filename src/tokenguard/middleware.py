@@ -475,7 +475,7 @@ class TokenGuard:
         scope[REQUIREMENT_KEY] = requirement
         token: AccessToken | None = None
         mcp = self.mcp
-        on_mcp = mcp is not None and scope["type"] == "http" and mcp.at(route_path(scope))
+        on_mcp = self._at_mcp(scope)
         if on_mcp:
             assert mcp is not None
             # Every request to the MCP endpoint needs the endpoint's own scopes (MCPPolicy scopes=).
@@ -522,15 +522,14 @@ class TokenGuard:
         self._decided(scope, decision, started, "allow", "ok", 200, token)
         return receive
 
-    def _mcp_call(self, scope: Scope) -> bool:
-        """A request to the MCP endpoint (any method but a CORS preflight's OPTIONS), when ``mcp=`` is set."""
+    def _at_mcp(self, scope: Scope) -> bool:
+        """An HTTP request to the MCP endpoint, any method, when ``mcp=`` is set."""
         mcp = self.mcp
-        return (
-            mcp is not None
-            and scope["type"] == "http"
-            and scope.get("method") != "OPTIONS"
-            and mcp.at(route_path(scope))
-        )
+        return mcp is not None and scope["type"] == "http" and mcp.at(route_path(scope))
+
+    def _mcp_call(self, scope: Scope) -> bool:
+        """A request to the MCP endpoint that is never public: any method but a CORS preflight's OPTIONS."""
+        return scope.get("method") != "OPTIONS" and self._at_mcp(scope)
 
     async def _enforce_call(
         self,
