@@ -575,6 +575,9 @@ def test_endpoint_scopes_are_needed_by_every_request_and_named_in_401s(clock: Ma
         assert (
             call(client, token(idp, "bank:use payments:write"), "transfer", {"to": "b", "amount": 1}).status_code == 200
         )
+        # RFC 9728: the endpoint's own scopes are among those the resource supports.
+        metadata = client.get("/.well-known/oauth-protected-resource/mcp").json()
+        assert {"bank:use", "payments:write"} <= set(metadata["scopes_supported"])
 
 
 def test_without_endpoint_scopes_a_401_names_none(client: Any) -> None:

@@ -597,7 +597,8 @@ class TokenGuard:
     def _declared(self, scope: Scope) -> list[Requirement]:
         """Every policy the app declares (marks and rules): what RFC 9728 metadata lists."""
         rules = (rule.requirement for rule in self.resolver.rules)
-        calls = [] if self.mcp is None else [*self.mcp.tools.values(), *self.mcp.methods.values(), self.mcp.default]
+        mcp = self.mcp
+        calls = [] if mcp is None else [mcp.endpoint, *mcp.tools.values(), *mcp.methods.values(), mcp.default]
         return [*declared_requirements(scope.get("app") or self.app), *rules, *calls]
 
     def _decided(
