@@ -582,3 +582,27 @@ def test_the_event_stream_rewriter_is_linear_in_events_per_chunk() -> None:
     chunks = _many_events_in_one_chunk(1000)
     assert _stream_through_filter(chunks) == b"".join(chunks)
     assert_linear(_stream_through_filter, _many_events_in_one_chunk, 8000, "many events in one chunk")
+
+
+def _mcp_batch(count: int) -> bytes:
+    """A JSON-RPC batch of ``count`` tools/call requests, cycling through tools of different policies."""
+    names = ["read", "write", "admin", "unknown"]
+    calls = [
+        {"jsonrpc": "2.0", "id": index, "method": "tools/call", "params": {"name": names[index % 4]}}
+        for index in range(count)
+    ]
+    return json.dumps(calls).encode()
+
+
+def test_an_mcp_batch_is_read_in_linear_time() -> None:
+    """The per-tool policy of a batch (merged call by call) costs in proportion to its calls."""
+    from tokenguard.mcp import MCPPolicy, ToolPolicy
+
+    policy = MCPPolicy(
+        tools={"read": ToolPolicy(scopes="r"), "write": ToolPolicy(scopes="w"), "admin": ToolPolicy(sensitive=True)},
+        default=ToolPolicy(scopes="other"),
+    )
+    merged, _ = policy.requirement_for(_mcp_batch(8))
+    assert merged.all_scopes == {"r", "w", "other"}
+    assert merged.sensitive
+    assert_linear(policy.requirement_for, _mcp_batch, 2000, "an MCP batch")

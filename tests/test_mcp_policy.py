@@ -731,3 +731,20 @@ def test_a_tool_policy_that_contradicts_the_endpoints_stops_the_startup(clock: M
         TestClient(make_app(clock, policy, rules=[Rule("/mcp", acr_values="urn:gold")]), base_url=BASE),
     ):
         pass
+
+
+@pytest.mark.parametrize(
+    "path", ["/mcp", "/mcp/", "//mcp", "/MCP", "/mcp/x", "/mcp;x", "/mcp%2F", "/%6Dcp", "/api/../mcp", "/mcp?x=1"]
+)
+def test_whatever_path_reaches_the_mcp_server_gets_the_tool_policy(clock: ManualClock, idp: Issuer, path: str) -> None:
+    """An attacker's spelling of the path: if the router runs the MCP endpoint, the tool's policy was applied."""
+    CALLS.clear()
+    body = json.dumps({**_transfer_call(), "params": {"name": "transfer", "arguments": {"to": "b", "amount": 1}}})
+    with TestClient(make_app(clock), base_url=BASE) as client:
+        weak = {**HEADERS, "authorization": f"Bearer {token(idp, 'accounts:read')}"}
+        client.post(path, content=body.encode(), headers=weak)
+        assert CALLS == []  # transfer needs payments:write: it never ran, whichever way the path was spelt
+        strong = {**HEADERS, "authorization": f"Bearer {token(idp, 'accounts:read payments:write')}"}
+        client.post(path, content=body.encode(), headers=strong)
+    if path in ("/mcp", "/mcp?x=1"):
+        assert CALLS == ["transfer"]  # the control: this spelling does reach the tool
