@@ -378,7 +378,7 @@ class Introspector:
         share of the first-sight budget, so one client's junk cannot spend everyone's. ``not_before``:
         an answer given before then is not used (a ``recheck`` revocation's cut-off)."""
         digest = token_digest(token)
-        answer = self._cache.get(digest) if self._cache is not None else None
+        answer = self._cached(digest)
         if answer is not None and not_before is not None and answer.checked_at < not_before:
             answer = None
         if answer is None:
@@ -800,6 +800,17 @@ class Introspector:
             # An opaque token is known only through the answer, which must name someone.
             raise InvalidToken("no_identity", "The access token names no subject or client.")
         return token
+
+    def _cached(self, digest: bytes) -> _Answer | None:
+        """The live answer for ``digest``, or ``None``. Indexing, not ``TLRUCache.get``: ``get`` checks
+        membership first and then indexes, reading the clock and the expiry twice (a hit costs 3.5x)."""
+        cache = self._cache
+        if cache is None:
+            return None
+        try:
+            return cache[digest]
+        except KeyError:  # absent, or expired (TLRUCache refuses an expired entry the same way)
+            return None
 
     def _store(self, digest: bytes, answer: _Answer) -> None:
         if self._cache is not None and answer.expires > self._config.clock():
