@@ -10,6 +10,7 @@ which one validates it before any key is looked up.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -79,19 +80,33 @@ class _Pipeline:
         *,
         client: str | None = None,
         scope: Mapping[str, Any] | None = None,
+        values: list[bytes] | None = None,
+        digest: bytes | None = None,
     ) -> tuple[AccessToken, Binding | None]:
-        """The token, and how the request proved it is the token's holder (DPoP, mTLS) if it did."""
-        values = authorization_values(headers)
+        """The token, and how the request proved it is the token's holder (DPoP, mTLS) if it did.
+
+        ``values`` (the ``Authorization`` values of ``headers``) and ``digest`` (the SHA-256 of
+        ``cached_candidate(values)``) are what the middleware's fast lane read already: passed on, so a
+        request it could not finish reads its headers and hashes its token once.
+        """
+        if values is None:
+            values = authorization_values(headers)
         raw = cached_candidate(values) if not requirement.sensitive else None
-        access_token = self._cached(raw) if raw is not None else None
+        access_token: AccessToken | None = None
+        if raw is not None:
+            if digest is None:
+                digest = hashlib.sha256(raw).digest()
+            access_token = self._cached(digest)
         constraints = self.constraints
         scheme = "bearer"
         token: str | None = None
         if access_token is None:
             dpop = constraints is not None and constraints.dpop_enabled
             scheme, token = credentials_from(values, self.config.max_token_bytes, dpop=dpop)
+            # The digest names the token only when the parsed token is those very bytes (no whitespace).
+            known = digest if raw is not None and len(raw) == len(token) and raw == token.encode("latin-1") else None
             try:
-                access_token = await self.validate(token, sensitive=requirement.sensitive, client=client)
+                access_token = await self.validate(token, sensitive=requirement.sensitive, client=client, digest=known)
                 if self.max_lifetime is not None and access_token.source == "introspection":
                     # JWTs are held to it by their validator, before the verified cache; answers here.
                     self._check_lifetime(access_token, self.max_lifetime)
@@ -153,10 +168,41 @@ class _Pipeline:
         """Revocations are in use: refuse tokens living longer than ``limit`` (``max_token_lifetime``)."""
         raise NotImplementedError
 
-    def _cached(self, raw: bytes) -> AccessToken | None:
+    def hit(self, digest: bytes, requirement: Requirement) -> AccessToken | None:
+        """The fast lane of a repeated Bearer token on a route asking only for scopes (``Requirement.plain``).
+
+        ``digest``: the SHA-256 of the token bytes after ``Bearer ``. The token when the verified cache
+        holds it and nothing else is left to decide: no revocation in use, no proof to check (no ``cnf``,
+        nothing required), the requirement satisfied. ``None`` otherwise, and then ``authenticate_request``
+        decides (and refuses) exactly as it does for every request: this path only ever allows, and only
+        what that one would allow.
+        """
+        try:
+            access_token = self._cached(digest)
+        except AuthError:  # expired or not yet valid: the full path refuses it, saying so
+            return None
+        if access_token is None:
+            return None
+        revocations = self.revocations
+        if revocations is not None and revocations.active:
+            return None
+        constraints = self.constraints
+        if "cnf" in access_token.claims or (constraints is not None and constraints.required):
+            return None
+        if requirement.scopes_only:
+            return access_token if requirement.grants(access_token.scopes) else None
+        try:
+            requirement.authorize(access_token, clock=self.config.clock, leeway=self.config.leeway)
+        except AuthError:
+            return None
+        return access_token
+
+    def _cached(self, digest: bytes) -> AccessToken | None:
         raise NotImplementedError
 
-    async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
+    async def validate(
+        self, token: str, *, sensitive: bool = False, client: str | None = None, digest: bytes | None = None
+    ) -> AccessToken:
         raise NotImplementedError
 
     async def recheck(
@@ -192,14 +238,18 @@ class Authenticator(_Pipeline):
                 "sensitive routes and opaque tokens cannot be introspected"
             )
 
-    def _cached(self, raw: bytes) -> AccessToken | None:
-        return self.validator.cached(raw)
+    def _cached(self, digest: bytes) -> AccessToken | None:
+        return self.validator.cached_digest(digest)
 
-    async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
-        """Validate one raw token string; introspect it when ``sensitive`` or when it is opaque."""
+    async def validate(
+        self, token: str, *, sensitive: bool = False, client: str | None = None, digest: bytes | None = None
+    ) -> AccessToken:
+        """Validate one raw token string; introspect it when ``sensitive`` or when it is opaque.
+
+        ``digest``: the token's SHA-256 when the caller has it (``JWTValidator.validate``)."""
         if _kind(token) == "opaque":
             return await self._opaque(token, sensitive=sensitive, client=client)
-        local = await self.validator.validate(token)
+        local = await self.validator.validate(token, digest)
         if sensitive:
             # A JWT is validated locally first, so a forgery costs no round trip to the issuer.
             return await self.introspector.introspect(token, local)
@@ -335,17 +385,19 @@ class MultiIssuerAuthenticator(_Pipeline):
     def issuers(self) -> tuple[str, ...]:
         return tuple(self.by_issuer)
 
-    def _cached(self, raw: bytes) -> AccessToken | None:
+    def _cached(self, digest: bytes) -> AccessToken | None:
         # A token sits in the verified cache of the issuer that validated it; at most one holds it.
         for authenticator in self.by_issuer.values():
-            token = authenticator.validator.cached(raw)
+            token = authenticator.validator.cached_digest(digest)
             if token is not None:
                 return token
         return None
 
-    async def validate(self, token: str, *, sensitive: bool = False, client: str | None = None) -> AccessToken:
+    async def validate(
+        self, token: str, *, sensitive: bool = False, client: str | None = None, digest: bytes | None = None
+    ) -> AccessToken:
         if _kind(token) == "jws":
-            return await self._issuer_of(token).validate(token, sensitive=sensitive)
+            return await self._issuer_of(token).validate(token, sensitive=sensitive, digest=digest)
         return await (await self._introspecting()).validate(token, sensitive=sensitive, client=client)
 
     async def recheck(

@@ -19,7 +19,7 @@ class TokenCredentials(AuthCredentials):
 
     def __init__(self, token: AccessToken, binding: Binding | None = None) -> None:
         # AuthCredentials.__init__ only stores a list of scopes; set it directly (hot path).
-        self.scopes = sorted(token.scopes)
+        self.scopes = list(token.sorted_scopes)
         self.token = token
         self.source = token.source
         #: How the request proved it holds the token: ``Binding("dpop", <key thumbprint>)``,

@@ -109,18 +109,23 @@ class JWTValidator:
         #: refused here, before they enter the verified cache, so a cache hit needs no second look.
         self.max_lifetime: float | None = None
 
-    async def validate(self, token: str) -> AccessToken:
-        """Return the validated token, or raise ``InvalidToken`` / ``KeysUnavailable``."""
-        result = self.validate_nowait(token)
+    async def validate(self, token: str, digest: bytes | None = None) -> AccessToken:
+        """Return the validated token, or raise ``InvalidToken`` / ``KeysUnavailable``.
+
+        ``digest``: ``token_digest(token)`` when the caller computed it already (a request's verified-cache
+        lookup): a first-sight token is then hashed once, not twice.
+        """
+        result = self.validate_nowait(token, digest)
         if isinstance(result, AccessToken):
             return result
         # The keys must be fetched first (cold cache, unknown kid): the only path that awaits.
         keys = await self._keys_for(result.kid)
         return self._finish(result, keys)
 
-    def validate_nowait(self, token: str) -> AccessToken | _NeedsKeys:
+    def validate_nowait(self, token: str, digest: bytes | None = None) -> AccessToken | _NeedsKeys:
         """Validate without awaiting when the cache or the current keys allow; else say what is missing."""
-        digest = token_digest(token) if self._verified is not None else b""
+        if digest is None:
+            digest = token_digest(token) if self._verified is not None else b""
         cached = self._verified.get(digest) if self._verified is not None else None
         if cached is not None:
             hit = self._still_valid(digest, cached)
@@ -193,11 +198,31 @@ class JWTValidator:
         and the key that verified them must still be in the current, usable key set; ``None`` sends
         the request down the full path (which fetches keys or answers 503, as for a new token).
         """
-        if self._verified is None:
+        return self.cached_digest(hashlib.sha256(raw_token).digest()) if self._verified is not None else None
+
+    def cached_digest(self, digest: bytes) -> AccessToken | None:
+        """``cached`` for a token whose SHA-256 the caller computed (one hash per request, however many
+        lookups): the same checks on a hit."""
+        verified = self._verified
+        if verified is None:
             return None
-        digest = hashlib.sha256(raw_token).digest()
-        cached = self._verified.get(digest)
-        return self._still_valid(digest, cached) if cached is not None else None
+        cached = verified.get(digest)
+        if cached is None:
+            return None
+        token, exp, nbf, iat, keys, _identity = cached
+        now = self._config.clock()
+        leeway = self._config.leeway
+        # The common case is decided here: verified against the current key set, dates fine (the same
+        # comparisons as check_dates). Anything else goes through ``_still_valid``, which says why not.
+        if (
+            keys is not None
+            and keys is self._jwks.current(now)
+            and now < exp + leeway
+            and (nbf is None or now + leeway >= nbf)
+            and (iat is None or now + leeway >= iat)
+        ):
+            return token
+        return self._still_valid(digest, cached)
 
     def _still_valid(self, digest: bytes, cached: _Verified) -> AccessToken | None:
         """A cache hit skips the signature, never the clock (RFC 7519 §4.1.4, §4.1.5, §4.1.6) nor the keys.

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from hashlib import sha256
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +69,9 @@ from tokenguard.store import FleetStore, MemoryStore, SharedStore
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
 logger = logging.getLogger("tokenguard")
+
+#: The decision counter of an allowed request (``Metrics.count("allow", "ok")``).
+_ALLOWED = ("allow", "ok")
 
 #: Where ``_enforce_call`` leaves the ``tools/list`` filter for ``__call__`` to wrap ``send`` with.
 _TOOLS_LIST_KEY = "tokenguard.mcp_tools_list"
@@ -401,8 +405,24 @@ class TokenGuard:
             reason = "public" if status == 200 else "method_not_allowed"
             self._decided(scope, RouteDecision(PUBLIC, scope["path"]), started, outcome, reason, status, None)
             return
+        # One pass over the headers: ``Host`` for the route decision, ``Authorization`` for the token.
+        # Names are compared as ``routing.host_of`` and ``extract.authorization_values`` compare them
+        # (exactly, else case-insensitively), so both see what they would have read themselves.
+        host: bytes | None = None
+        values: list[bytes] = []
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                values.append(value)
+            elif name == b"host":
+                if host is None:
+                    host = value
+            elif len(name) == 13:
+                if name.lower() == b"authorization":
+                    values.append(value)
+            elif len(name) == 4 and host is None and name.lower() == b"host":
+                host = value
         try:
-            decision = self.resolver.decide(scope, self.app)
+            decision = self.resolver.decide(scope, self.app, b"" if host is None else host)
         except Exception as exc:
             # Routing must fail closed: the endpoint's policy is unknown (marks that cannot be
             # combined, a route table that cannot be read), and no fallback policy is safe for it.
@@ -415,17 +435,36 @@ class TokenGuard:
         # A preflight never carries credentials (Fetch §3.2.2), so it is not refused — unless the
         # endpoint itself answers OPTIONS (then a faked preflight would reach it anonymously). It
         # goes on as anonymous, for a CORS middleware inside the guard (or the router's 405) to answer.
-        if not decision.answers_options and is_preflight(scope):
+        if scope.get("method") == "OPTIONS" and not decision.answers_options and is_preflight(scope):
             decision = decision._replace(requirement=PUBLIC)
         # The decision goes with the request: the dispatch check compares it with the route the
         # router actually picks (routing.py, ``_DispatchCheck``).
         scope[DECISION_KEY] = decision
         requirement = decision.requirement
-        if requirement.public and not self._mcp_call(scope):  # no token work, no extra frame on public routes
-            self._allow_anonymous(scope, decision, started)
+        digest: bytes | None = None
+        hit: AccessToken | None = None
+        if requirement.plain and self.mcp is None and len(values) == 1:
+            # The fast lane: a repeated ``Bearer`` token on a route that asks only for scopes. A verified-
+            # cache hit with nothing else to decide is allowed in one call (``Authenticator.hit``); anything
+            # else (a miss, a refusal, a proof to check) goes through ``_enforce``, the digest already made.
+            value = values[0]
+            prefix = value[:7]
+            if prefix == b"Bearer " or prefix.lower() == b"bearer ":
+                digest = sha256(value[7:]).digest()
+                hit = self.authenticator.hit(digest, requirement)
+        if hit is not None:
+            scope[REQUIREMENT_KEY] = requirement
+            scope["auth"], scope["user"] = TokenCredentials(hit, None), TokenUser(hit)
+            if self._hooks or logger.isEnabledFor(logging.DEBUG):
+                self._decided(scope, decision, started, "allow", "ok", 200, hit)
+            else:
+                self.metrics.decisions[_ALLOWED] += 1  # ``_decided``'s own shortcut, without its frame
             checked: Receive | None = receive
+        elif requirement.public and not self._mcp_call(scope):  # no token work, no extra frame on public routes
+            self._allow_anonymous(scope, decision, started)
+            checked = receive
         else:
-            checked = await self._enforce(scope, receive, send, decision, requirement, started)
+            checked = await self._enforce(scope, receive, send, decision, requirement, started, values, digest)
         if checked is None:
             return
         if self.mcp is not None:
@@ -462,8 +501,13 @@ class TokenGuard:
         decision: RouteDecision,
         requirement: Requirement,
         started: float,
+        values: list[bytes] | None = None,
+        digest: bytes | None = None,
     ) -> Receive | None:
-        """Apply ``requirement``: the ``receive`` the app must use, or ``None`` once a refusal was sent."""
+        """Apply ``requirement``: the ``receive`` the app must use, or ``None`` once a refusal was sent.
+
+        ``values``/``digest``: the ``Authorization`` values and the token's SHA-256 when ``__call__``
+        read them already (``Authenticator.authenticate_request``)."""
         if requirement.public:
             if not self._mcp_call(scope):
                 self._allow_anonymous(scope, decision, started)
@@ -483,7 +527,12 @@ class TokenGuard:
                 requirement = mcp.merged(requirement, mcp.endpoint)
         try:
             token, binding = await self.authenticator.authenticate_request(
-                scope.get("headers", ()), requirement, client=client_of(scope), scope=scope
+                scope.get("headers", ()),
+                requirement,
+                client=client_of(scope),
+                scope=scope,
+                values=values,
+                digest=digest,
             )
             if on_mcp and scope["method"] == "POST":
                 assert mcp is not None

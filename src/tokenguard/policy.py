@@ -19,7 +19,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
 from tokenguard._claims import SCOPE_TOKEN
@@ -84,6 +84,19 @@ class Requirement:
     delegation: Delegation | None = None
     #: With ``delegation="required"``: the current actor's ``sub`` or ``client_id`` must be one of these.
     actors: frozenset[str] | None = None
+    #: A token checked by its claims alone: not public, not ``sensitive``, no sender constraint, no
+    #: ``authorization_details``. Such a requirement on a verified-cache hit is the middleware's fast lane
+    #: (``Authenticator.hit``). Derived from the fields above, so never compared or shown.
+    plain: bool = field(init=False, repr=False, compare=False)
+    #: Nothing but scopes to check on a validated token (no step-up, no delegation policy): ``grants``
+    #: alone decides ``authorize``. Derived too.
+    scopes_only: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plain = not (self.public or self.sensitive or self.sender_constrained or self.details)
+        object.__setattr__(self, "plain", plain)
+        scopes_only = self.delegation is None and not self.acr_values and self.max_age is None
+        object.__setattr__(self, "scopes_only", scopes_only)
 
     def merge(self, other: Requirement) -> Requirement:
         """Combine two marks on one function; contradictions are refused at decoration time."""
@@ -149,9 +162,12 @@ class Requirement:
 
     def check_scopes(self, token: AccessToken) -> None:
         """RFC 6750 §3.1 insufficient_scope when a required scope is not granted (exact match)."""
-        granted = token.scopes
-        if not self.all_scopes <= granted or not all(group & granted for group in self.any_scopes):
-            raise InsufficientScope(self._challenge_scopes(granted))
+        if not self.grants(token.scopes):
+            raise InsufficientScope(self._challenge_scopes(token.scopes))
+
+    def grants(self, granted: frozenset[str]) -> bool:
+        """True when ``granted`` holds every scope of ``all_scopes`` and one of each ``any_scopes`` group."""
+        return self.all_scopes <= granted and (not self.any_scopes or all(group & granted for group in self.any_scopes))
 
     def check_delegation(self, token: AccessToken) -> None:
         """RFC 8693 §4.1: whether the token's delegation (its ``act`` claim) is one this route takes.

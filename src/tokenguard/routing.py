@@ -329,27 +329,33 @@ class RouteResolver:
         """How many (request shape → policy) results are memoised now; never above ``cache_size``."""
         return len(self._cache)
 
-    def decide(self, scope: MutableMapping[str, Any], fallback_app: Any = None) -> RouteDecision:
-        """The policy for this request, and the matched route's template (``None`` if no route matched)."""
-        app = self._routed_app(scope.get("app"), fallback_app)
-        routes = _routes(app)
-        method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
+    def decide(
+        self, scope: MutableMapping[str, Any], fallback_app: Any = None, host: bytes | None = None
+    ) -> RouteDecision:
+        """The policy for this request, and the matched route's template (``None`` if no route matched).
+
+        ``host``: the value of the request's first ``Host`` header (``b""`` without one) when the caller
+        read the headers already (the middleware does, in the same pass as ``Authorization``).
+        """
+        scoped = scope.get("app")
+        entry = self._routed.get(id(scoped))  # ``_routed_app``'s memo, read here first: one call less
+        app = entry[1] if entry is not None and entry[0] is scoped else self._routed_app(scoped, fallback_app)
         # The Host header is part of the key: ``Host`` routes send one path to different endpoints.
-        host = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"host" or name.lower() == b"host":
-                host = value
-                break
+        if host is None:
+            host = host_of(scope)
         root_path, path = scope.get("root_path", ""), scope["path"]
-        if len(path) + len(root_path) + len(host) > _MAX_CACHED_KEY or not self._table_unchanged(app):
+        table = self._tables.get(id(app))
+        fresh = table is not None and table.app is app and table.unchanged()  # ``_table_unchanged``'s common case
+        if len(path) + len(root_path) + len(host) > _MAX_CACHED_KEY or not (fresh or self._table_unchanged(app)):
             # Keys (and the path parameters a decision keeps) come from anonymous requests: an
             # unusually long path or Host is decided afresh each time, so the cache's memory stays
             # bounded by its entry count times a small size, whatever clients send.
-            return self._resolve(scope, app, routes)
-        key = (scope["type"], method, root_path, path, host, id(app))
+            return self._resolve(scope, app, _routes(app))
+        kind = scope["type"]
+        key = (kind, scope.get("method", "GET") if kind == "http" else "WEBSOCKET", root_path, path, host, id(app))
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._resolve(scope, app, routes)
+            cached = self._resolve(scope, app, _routes(app))
             self._cache[key] = cached
         return cached
 
@@ -418,6 +424,14 @@ class RouteResolver:
                 return RouteDecision(PUBLIC, template, params, options, found.route, fallback)
             return RouteDecision(fallback, template, params, options, found.route, fallback)
         return RouteDecision(fallback, template, params, options, None, fallback)
+
+
+def host_of(scope: Mapping[str, Any]) -> bytes:
+    """The value of the first ``Host`` header (names compared case-insensitively), ``b""`` without one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host" or name.lower() == b"host":
+            return value  # type: ignore[no-any-return]
+    return b""
 
 
 def _answers_options(found: _Found | None) -> bool:
