@@ -40,6 +40,7 @@ from cachetools import TLRUCache
 from tokenguard._claims import (
     IssuerCheck,
     check_audience,
+    check_dates,
     check_lifetime,
     check_token_kind,
     has_scope_claim,
@@ -94,6 +95,9 @@ class _Answer:
     expires: float
     #: When the issuer gave this answer (a ``recheck`` revocation ignores answers older than its cut-off).
     checked_at: float = 0.0
+    #: The token's ``exp``, ``nbf``, ``iat`` as numbers, read once when the answer was checked, so a hit
+    #: compares numbers (``None``: read them from the claims on each hit).
+    dates: tuple[float | None, float | None, float | None] | None = field(default=None, repr=False)
 
 
 class CircuitBreaker:
@@ -740,7 +744,9 @@ class Introspector:
         lifetime = self._options.cache_ttl
         if token.expires_at is not None:
             lifetime = min(lifetime, token.expires_at - now)
-        return _Answer(token, "ok", "", now + lifetime, now)
+        claims = token.claims
+        exp, nbf = number_claim(claims, "exp", required=False), number_claim(claims, "nbf", required=False)
+        return _Answer(token, "ok", "", now + lifetime, now, (exp, nbf, number_claim(claims, "iat", required=False)))
 
     def _checked_token(self, document: Mapping[str, Any], now: float) -> AccessToken:
         # RFC 7662 §2.2: "active" is REQUIRED and a JSON boolean; "true" (a string) or 1 is not true.
@@ -792,7 +798,10 @@ class Introspector:
         if answer.token is None:
             raise InvalidToken(answer.reason, answer.description)
         # A cached answer skips the issuer, never the clock.
-        check_lifetime(answer.token.claims, self._config.clock(), self._config.leeway, require_exp=False)
+        if answer.dates is None:
+            check_lifetime(answer.token.claims, self._config.clock(), self._config.leeway, require_exp=False)
+        else:
+            check_dates(*answer.dates, self._config.clock(), self._config.leeway)
         if local is not None:
             return _merge(local, answer.token)
         token = answer.token
