@@ -17,8 +17,17 @@ import json
 import json.scanner
 import math
 import re
+from collections.abc import Callable
 from itertools import accumulate
 from typing import Any, Literal, overload
+
+_orjson_loads: Callable[[bytes], Any] | None
+_orjson_dumps: Callable[[Any], bytes]
+try:  # CPython wheels for every supported Python; without it, the standard decoder does everything
+    from orjson import dumps as _orjson_dumps
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - e.g. PyPy
+    _orjson_loads = None
 
 #: The only way a lone surrogate reaches a decoded string: a ``\uD800``-``\uDFFF`` escape (UTF-8
 #: decoding already refuses encoded surrogates). Fixed length, so the search is linear.
@@ -119,6 +128,29 @@ def _too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
     return max(accumulate(memoryview(steps).cast("b")), default=0) > limit
 
 
+def _canonical_object(data: bytes) -> dict[str, Any] | None:
+    """``orjson``'s reading of ``data`` when ``data`` is exactly ``orjson``'s own serialization of it, else ``None``.
+
+    Issue 16: the standard decoder with its strictness hooks is most of what parsing a token costs. Tokens
+    and introspection answers are compact JSON, the shape ``orjson.dumps`` writes. When writing back
+    the value read gives the very bytes read, those bytes are the canonical text of that value: no
+    member name repeats (a dict cannot hold two), no escape, no whitespace, every number written back
+    as read (an integer beyond 64 bits, which ``orjson`` reads as a float, is written back otherwise),
+    and the strict decoder would build the same value from them. Any other text (or no ``orjson``)
+    returns ``None`` and the strict decoder decides, as before: the fast path never accepts what the
+    strict one refuses. ``tests/test_strictjson_fast.py`` checks the two agree.
+    """
+    if _orjson_loads is None:
+        return None
+    try:
+        value = _orjson_loads(data)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
+        return None
+    if type(value) is not dict or _orjson_dumps(value) != data:
+        return None
+    return value
+
+
 class NotAnObject(ValueError):
     """Valid JSON whose top-level value is not an object (``strict_loads(..., object_only=True)``)."""
 
@@ -188,6 +220,10 @@ def strict_loads(
         if max_depth is not None and text.count("[") + text.count("{") > max_depth and _too_deep(text, max_depth):
             raise ValueError("nested too deeply")
         if text[:1] == "{":
+            if type(data) is bytes:
+                fast = _canonical_object(data)
+                if fast is not None:
+                    return fast  # an object, without escapes, within max_depth: nothing below applies
             # Only whitespace may follow the object (RFC 8259 §2).
             value, end = (_SCAN_FINITE if finite_floats else _SCAN_LENIENT)(text, 0)
             if end != len(text) and text[end:].strip(" \t\n\r"):
