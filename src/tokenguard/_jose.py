@@ -55,11 +55,19 @@ else:  # pragma: no cover - Python 3.10: the compact-JWS regex checks the alphab
 
 def _b64decode_checked(raw: bytes) -> bytes:
     """``_b64decode`` for a segment whose alphabet is already checked (the compact-JWS match)."""
-    remainder = len(raw) % 4
-    if remainder == 1 or (remainder and raw[-1] not in _CANONICAL_LAST_BYTES[remainder]):
+    return _b64decode_standard(raw.translate(_TO_STANDARD))
+
+
+def _b64decode_standard(segment: bytes) -> bytes:
+    """``_b64decode_checked`` for a segment already translated to the standard alphabet (``-_`` to ``+/``).
+
+    The canonical last characters are the same in both alphabets (none is ``-``, ``_``, ``+`` or ``/``).
+    """
+    remainder = len(segment) % 4
+    if remainder == 1 or (remainder and segment[-1] not in _CANONICAL_LAST_BYTES[remainder]):
         raise _malformed()
     try:
-        return _a2b(raw.translate(_TO_STANDARD) + _PADDING[remainder])
+        return _a2b(segment + _PADDING[remainder])
     except (binascii.Error, ValueError) as exc:
         raise _malformed() from exc
 
@@ -123,14 +131,17 @@ def parse_jws(token: str) -> ParsedJWS:
         raw = token.encode("ascii")
         first = raw.index(b".")
         second = raw.index(b".", first + 1)
+    # One translation of the whole token to the standard alphabet instead of one per segment (the
+    # dots are left alone); ``raw`` itself is the signing input.
+    standard = raw.translate(_TO_STANDARD)
     try:
         # ``strict_loads`` called here directly, not through ``json_segment``: one call less per
         # segment on the validation hot path. Its ValueError is the same refusal.
         return ParsedJWS(
-            strict_loads(_b64decode_checked(raw[:first])),
-            strict_loads(_b64decode_checked(raw[first + 1 : second])),
+            strict_loads(_b64decode_standard(standard[:first])),
+            strict_loads(_b64decode_standard(standard[first + 1 : second])),
             raw[:second],
-            _b64decode_checked(raw[second + 1 :]),
+            _b64decode_standard(standard[second + 1 :]),
         )
     except ValueError as exc:
         raise _malformed() from exc
