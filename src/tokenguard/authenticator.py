@@ -229,6 +229,8 @@ class Authenticator(_Pipeline):
         self.metadata = IssuerMetadata(config, self.http)
         self.jwks = JWKSCache(config, self.http, self.metadata)
         self.validator = JWTValidator(config, self.jwks)
+        # The verified-cache lookup of ``hit`` and ``authenticate_request``, bound once: one call less per request.
+        self._cached = self.validator.cached_digest  # type: ignore[method-assign]
         self.introspector = Introspector(config, self.http, self.metadata, self.jwks)
         options = config.introspection
         if options.endpoint is not None and not options.has_credentials:
@@ -237,9 +239,6 @@ class Authenticator(_Pipeline):
                 "tokenguard: introspection_endpoint is set but client_id/client_secret are not: "
                 "sensitive routes and opaque tokens cannot be introspected"
             )
-
-    def _cached(self, digest: bytes) -> AccessToken | None:
-        return self.validator.cached_digest(digest)
 
     async def validate(
         self, token: str, *, sensitive: bool = False, client: str | None = None, digest: bytes | None = None
