@@ -259,7 +259,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 9, or 3 with --quick)")
     parser.add_argument("--json", metavar="FILE", help="also write every per-round sample to FILE")
-    parser.add_argument("--server", action="store_true", help="add the uvicorn cases (about 60 s more)")
+    parser.add_argument("--server", action="store_true", help="add the uvicorn cases, 1 and 2 workers (80 s more)")
     parser.add_argument(
         "--memory-requests",
         type=int,
@@ -359,12 +359,15 @@ def _run(args: argparse.Namespace, rounds: int, loop: asyncio.AbstractEventLoop)
             (
                 "uvicorn",
                 lambda: (
-                    f"1 worker, {bench_server.server_stack()}, {bench_server.CONNECTIONS} "
-                    "keep-alive connections from a load generator in this process, 127.0.0.1 only"
+                    f"1 worker, and 2 workers (a supervisor + 2 worker processes), {bench_server.server_stack()}, "
+                    f"{bench_server.CONNECTIONS} keep-alive connections from a load generator in this process, "
+                    "127.0.0.1 only"
                 ),
             )
         )
-        return found + _with_baselines(bundle.cpu_results(rounds))
+        order = [group for pair in bench_server.GROUPS.values() for group in pair]  # each req/s, then its CPU
+        rows = found + _with_baselines(bundle.cpu_results(rounds))
+        return sorted(rows, key=lambda result: order.index(result.group))
 
     def mcp() -> list[Result]:
         from benchmarks import bench_mcp
