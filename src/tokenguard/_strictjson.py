@@ -144,9 +144,11 @@ def _canonical_object(data: bytes) -> dict[str, Any] | None:
         return None
     try:
         value = _orjson_loads(data)
-    except ValueError:  # orjson.JSONDecodeError is a ValueError
-        return None
-    if type(value) is not dict or _orjson_dumps(value) != data:
+        if type(value) is not dict or _orjson_dumps(value) != data:
+            return None
+    except (ValueError, TypeError):
+        # orjson.JSONDecodeError is a ValueError; orjson.JSONEncodeError a TypeError: dumps gives up on
+        # values nested deeper than 254 levels, which loads reads (up to 1024) when max_depth is None.
         return None
     return value
 
