@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -92,12 +93,14 @@ class AccessToken:
     #: for a token that is not delegated. Read from ``claims`` once, when the token is built (and so
     #: once per validated token: tokens are cached); a malformed ``act`` refuses the token (``bad_act``).
     actors: tuple[Actor, ...] = field(init=False, default=(), repr=False, compare=False)
-    #: ``scopes`` sorted, made once per validated token (``request.auth.scopes`` is a list of them).
-    sorted_scopes: tuple[str, ...] = field(init=False, default=(), repr=False, compare=False)
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "actors", actors_of(self.claims))
-        object.__setattr__(self, "sorted_scopes", tuple(sorted(self.scopes)))
+
+    @functools.cached_property
+    def sorted_scopes(self) -> tuple[str, ...]:
+        """``scopes`` sorted, made on first use and kept (``request.auth.scopes`` is a list of them): a
+        cached token sorts once, however many requests carry it."""
+        return tuple(sorted(self.scopes))
 
     @property
     def actor(self) -> Actor | None:
@@ -166,6 +169,5 @@ class AccessToken:
             username=username,
             # One lookup for a token that is not delegated (RFC 8693 §4.1 act).
             actors=actors_of(claims) if "act" in claims else (),
-            sorted_scopes=tuple(sorted(scopes)),
         )
         return token
