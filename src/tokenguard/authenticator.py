@@ -246,7 +246,7 @@ class Authenticator(_Pipeline):
         """Validate one raw token string; introspect it when ``sensitive`` or when it is opaque.
 
         ``digest``: the token's SHA-256 when the caller has it (``JWTValidator.validate``)."""
-        if _kind(token) == "opaque":
+        if token.count(".") != 2 and _kind(token) == "opaque":  # three segments: a compact JWS (``classify``)
             return await self._opaque(token, sensitive=sensitive, client=client)
         local = await self.validator.validate(token, digest)
         if sensitive:

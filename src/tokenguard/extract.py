@@ -78,10 +78,14 @@ def parse_authorization(value: bytes, max_bytes: int) -> str:
 def parse_credentials(value: bytes, max_bytes: int, *, dpop: bool) -> tuple[str, str]:
     """``(scheme, token)`` of one ``Authorization`` value; the same token68 rules for both schemes."""
     value = value.strip(b" \t")
-    # The scheme ends at the first space or tab, so "Bearer<TAB>token" is a malformed bearer credential.
-    match = _SCHEME.fullmatch(value)
-    assert match is not None  # every byte string matches: the pattern has no required part
-    scheme, sep, credentials = match.groups()
+    if value[6:7] == b" " and value[7:8] not in (b" ", b"\t") and b"\t" not in value[:6] and b" " not in value[:6]:
+        # The common shape, "<6 characters> <credentials>", split without the regex: what it would find.
+        scheme, sep, credentials = value[:6], b" ", value[7:]
+    else:
+        # The scheme ends at the first space or tab, so "Bearer<TAB>token" is a malformed bearer credential.
+        match = _SCHEME.fullmatch(value)
+        assert match is not None  # every byte string matches: the pattern has no required part
+        scheme, sep, credentials = match.groups()
     if len(scheme) == 6 and scheme.lower() == b"bearer":  # no copy of a long non-scheme to compare it
         name = "bearer"
     elif dpop and len(scheme) == 4 and scheme.lower() == b"dpop":

@@ -93,6 +93,7 @@ class AccessToken:
     #: for a token that is not delegated. Read from ``claims`` once, when the token is built (and so
     #: once per validated token: tokens are cached); a malformed ``act`` refuses the token (``bad_act``).
     actors: tuple[Actor, ...] = field(init=False, default=(), repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "actors", actors_of(self.claims))
 
