@@ -10,7 +10,6 @@ which one validates it before any key is looked up.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from tokenguard.errors import AuthError, IntrospectionUnavailable, InvalidToken,
 from tokenguard.extract import authorization_values, cached_candidate, credentials_from
 from tokenguard.introspection import Introspector
 from tokenguard.jwks import IssuerMetadata, JWKSCache
-from tokenguard.jwt_validator import JWTValidator
+from tokenguard.jwt_validator import JWTValidator, bytes_digest
 from tokenguard.models import AccessToken
 from tokenguard.policy import Requirement
 from tokenguard.revocation import RevocationList
@@ -95,7 +94,7 @@ class _Pipeline:
         access_token: AccessToken | None = None
         if raw is not None:
             if digest is None:
-                digest = hashlib.sha256(raw).digest()
+                digest = bytes_digest(raw)
             access_token = self._cached(digest)
         constraints = self.constraints
         scheme = "bearer"

@@ -18,7 +18,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from hashlib import sha256
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +48,7 @@ from tokenguard.errors import AuthError, ConfigurationError, InvalidRequest, Tok
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
 from tokenguard.extract import client_of, is_preflight
 from tokenguard.fleet import Fleet
+from tokenguard.jwt_validator import bytes_digest
 from tokenguard.models import AccessToken
 from tokenguard.policy import AUTHENTICATED, PUBLIC, Requirement, Rule
 from tokenguard.resource_metadata import ResourceMetadata, build_resource_metadata
@@ -450,7 +450,7 @@ class TokenGuard:
             value = values[0]
             prefix = value[:7]
             if prefix == b"Bearer " or prefix.lower() == b"bearer ":
-                digest = sha256(value[7:]).digest()
+                digest = bytes_digest(value[7:])
                 hit = self.authenticator.hit(digest, requirement)
         if hit is not None:
             scope[REQUIREMENT_KEY] = requirement
