@@ -471,7 +471,7 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
     fired: Counter[str] = Counter()
 
     @settings(
-        max_examples=60 if defect is None else 8,
+        max_examples=60 if defect is None else 5,
         database=None,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
