@@ -152,6 +152,11 @@ def _marked(marks: list[Mark]) -> Callable[[Request], Any]:
     return endpoint
 
 
+#: One HTTP client for every guard the property builds: respx answers its requests, and an
+#: ``httpx.AsyncClient`` of each guard's own would build an SSL context per guard (most of an example's time).
+_HTTP = httpx.AsyncClient()
+
+
 def _build(marks: list[Mark], clock: ManualClock, options: dict[str, Any]) -> Starlette:
     routes = [Route(path, _marked(path_marks)) for path, path_marks in {"/r": marks, **FIXED}.items()]
     # The priming route validates (and so caches) any token the issuer signed: it is never public.
@@ -159,7 +164,14 @@ def _build(marks: list[Mark], clock: ManualClock, options: dict[str, Any]) -> St
     app = Starlette(routes=routes)
     app.add_middleware(
         TokenGuard,
-        **{"issuer": ISSUER, "audience": AUDIENCE, "clock": clock, "client_id": "api", "client_secret": "secret"}
+        **{
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "clock": clock,
+            "client_id": "api",
+            "client_secret": "secret",
+            "http_client": _HTTP,
+        }
         | options,
     )
     return app
@@ -471,7 +483,7 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
     fired: Counter[str] = Counter()
 
     @settings(
-        max_examples=60 if defect is None else 5,
+        max_examples=60 if defect is None else 8,
         database=None,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
