@@ -47,7 +47,7 @@ OPTIONS: tuple[dict[str, Any], ...] = (
 )
 
 SETTINGS = settings(
-    max_examples=50,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
