@@ -18,6 +18,7 @@ __all__ = [
     "cached_candidate",
     "client_of",
     "credentials_from",
+    "host_and_authorization",
     "is_preflight",
     "parse_authorization",
     "parse_credentials",
@@ -29,6 +30,7 @@ __all__ = [
 # when a stray byte came last: ten times the cost of a good token of the same size).
 _B64TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 _AUTHORIZATION = b"authorization"
+_HOST = b"host"
 # auth-scheme, then the whitespace that separates it from the credentials (RFC 9110 §11.4). Linear:
 # each part is greedy and the last takes the rest, so the one match attempt never backtracks.
 _SCHEME = re.compile(rb"([^ \t]*)([ \t]*)(.*)", re.DOTALL)
@@ -36,7 +38,30 @@ _SCHEME = re.compile(rb"([^ \t]*)([ \t]*)(.*)", re.DOTALL)
 
 def authorization_values(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     """Every ``Authorization`` field value of an ASGI header list (names compared case-insensitively)."""
-    return [value for name, value in headers if name == _AUTHORIZATION or name.lower() == _AUTHORIZATION]
+    return host_and_authorization(headers)[1]
+
+
+def host_and_authorization(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, list[bytes]]:
+    """The first ``Host`` value (``b""`` without one) and every ``Authorization`` value, in one pass.
+
+    Names are compared exactly, else case-insensitively; only a name of either length is lowered. The
+    middleware reads both at once (the route decision's key, the token); ``routing.host_of`` and
+    ``authorization_values`` are this function's two halves.
+    """
+    host: bytes | None = None
+    values: list[bytes] = []
+    for name, value in headers:
+        if name == _AUTHORIZATION:
+            values.append(value)
+        elif name == _HOST:
+            if host is None:
+                host = value
+        elif len(name) == 13:
+            if name.lower() == _AUTHORIZATION:
+                values.append(value)
+        elif len(name) == 4 and host is None and name.lower() == _HOST:
+            host = value
+    return (b"" if host is None else host), values
 
 
 def bearer_from(values: list[bytes], max_bytes: int) -> str:

@@ -46,7 +46,7 @@ from tokenguard.config import (
 from tokenguard.credentials import TokenCredentials, TokenUser
 from tokenguard.errors import AuthError, ConfigurationError, InvalidRequest, TokenGuardError, UnavailableError
 from tokenguard.events import DecisionHook, Metrics, Outcome, decision_event, emit
-from tokenguard.extract import client_of, is_preflight
+from tokenguard.extract import client_of, host_and_authorization, is_preflight
 from tokenguard.fleet import Fleet
 from tokenguard.jwt_validator import bytes_digest
 from tokenguard.models import AccessToken
@@ -69,9 +69,6 @@ from tokenguard.store import FleetStore, MemoryStore, SharedStore
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
 logger = logging.getLogger("tokenguard")
-
-#: The decision counter of an allowed request (``Metrics.count("allow", "ok")``).
-_ALLOWED = ("allow", "ok")
 
 #: Where ``_enforce_call`` leaves the ``tools/list`` filter for ``__call__`` to wrap ``send`` with.
 _TOOLS_LIST_KEY = "tokenguard.mcp_tools_list"
@@ -406,23 +403,9 @@ class TokenGuard:
             self._decided(scope, RouteDecision(PUBLIC, scope["path"]), started, outcome, reason, status, None)
             return
         # One pass over the headers: ``Host`` for the route decision, ``Authorization`` for the token.
-        # Names are compared as ``routing.host_of`` and ``extract.authorization_values`` compare them
-        # (exactly, else case-insensitively), so both see what they would have read themselves.
-        host: bytes | None = None
-        values: list[bytes] = []
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                values.append(value)
-            elif name == b"host":
-                if host is None:
-                    host = value
-            elif len(name) == 13:
-                if name.lower() == b"authorization":
-                    values.append(value)
-            elif len(name) == 4 and host is None and name.lower() == b"host":
-                host = value
+        host, values = host_and_authorization(scope.get("headers", ()))
         try:
-            decision = self.resolver.decide(scope, self.app, b"" if host is None else host)
+            decision = self.resolver.decide(scope, self.app, host)
         except Exception as exc:
             # Routing must fail closed: the endpoint's policy is unknown (marks that cannot be
             # combined, a route table that cannot be read), and no fallback policy is safe for it.
@@ -455,10 +438,7 @@ class TokenGuard:
         if hit is not None:
             scope[REQUIREMENT_KEY] = requirement
             scope["auth"], scope["user"] = TokenCredentials(hit, None), TokenUser(hit)
-            if self._hooks or logger.isEnabledFor(logging.DEBUG):
-                self._decided(scope, decision, started, "allow", "ok", 200, hit)
-            else:
-                self.metrics.decisions[_ALLOWED] += 1  # ``_decided``'s own shortcut, without its frame
+            self._decided(scope, decision, started, "allow", "ok", 200, hit)
             checked: Receive | None = receive
         elif requirement.public and not self._mcp_call(scope):  # no token work, no extra frame on public routes
             self._allow_anonymous(scope, decision, started)
@@ -793,6 +773,17 @@ class TokenGuard:
         if problem is not None:
             raise ConfigurationError(f"mcp: {problem}")
 
+    async def _shutdown(self) -> None:
+        """Stop the background work (revocation feed, Shared Signals poller) and close the HTTP clients and
+        stores: the lifespan's shutdown, and ``tokenguard.mcp``'s verifiers' ``aclose``."""
+        await self.fleet.stop()
+        if self.signals is not None:
+            await self.signals.stop()
+        await self.authenticator.aclose()
+        await self.constraints.store.aclose()
+        if self.shared_store is not None and self.shared_store is not self.constraints.store:
+            await self.shared_store.aclose()
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app's lifespan, with the guard's own startup checks on the ``startup`` event.
 
@@ -814,13 +805,7 @@ class TokenGuard:
                     failure.append(exc)
                     raise
             elif message["type"] == "lifespan.shutdown":
-                await self.fleet.stop()
-                if self.signals is not None:
-                    await self.signals.stop()
-                await self.authenticator.aclose()
-                await self.constraints.store.aclose()
-                if self.shared_store is not None and self.shared_store is not self.constraints.store:
-                    await self.shared_store.aclose()
+                await self._shutdown()
             return message
 
         async def wrapped_send(message: Message) -> None:

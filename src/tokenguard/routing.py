@@ -24,6 +24,7 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Match
 
 from tokenguard._lru import LRU
+from tokenguard.extract import host_and_authorization
 from tokenguard.policy import PUBLIC, Requirement, Rule, first_rule, requirement_of
 
 __all__ = [
@@ -428,10 +429,7 @@ class RouteResolver:
 
 def host_of(scope: Mapping[str, Any]) -> bytes:
     """The value of the first ``Host`` header (names compared case-insensitively), ``b""`` without one."""
-    for name, value in scope.get("headers", ()):
-        if name == b"host" or name.lower() == b"host":
-            return value  # type: ignore[no-any-return]
-    return b""
+    return host_and_authorization(scope.get("headers", ()))[0]
 
 
 def _answers_options(found: _Found | None) -> bool:

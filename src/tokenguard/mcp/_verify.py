@@ -183,14 +183,7 @@ class TokenCheck:
         if self._closed:
             return
         self._closed = True
-        guard = self.guard
-        await guard.fleet.stop()
-        if guard.signals is not None:
-            await guard.signals.stop()
-        await guard.authenticator.aclose()
-        await guard.constraints.store.aclose()
-        if guard.shared_store is not None and guard.shared_store is not guard.constraints.store:
-            await guard.shared_store.aclose()
+        await self.guard._shutdown()  # what the guard's lifespan shutdown does
 
 
 def _audiences_of(claims: Mapping[str, Any]) -> list[str]:
