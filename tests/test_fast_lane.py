@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Host, Route, Router
 from starlette.testclient import TestClient
 
 from conftest import AUDIENCE, INTROSPECTION_URL, ISSUER, Issuer
@@ -202,7 +202,7 @@ class Answer:
     error: str | None = None  # an exception out of the app (Starlette answered 500 and raised it again)
 
 
-async def _asgi_get(app: Starlette, path: str, headers: Headers) -> Answer:
+async def _asgi_get(app: Starlette, path: str, headers: Headers, *, default_host: bool = True) -> Answer:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -213,7 +213,7 @@ async def _asgi_get(app: Starlette, path: str, headers: Headers) -> Answer:
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"testserver"), *headers],
+        "headers": [*([(b"host", b"testserver")] if default_host else []), *headers],
         "client": ("testclient", 50000),
         "server": ("testserver", 80),
         "state": {},
@@ -663,3 +663,55 @@ def test_a_cached_token_that_expired_gets_the_full_paths_401(
         assert 'error_description="The access token has expired."' in (fast_answer.www_authenticate or "")
         assert _guard_of(fast_app).metrics.decisions == _guard_of(reference_app).metrics.decisions
         assert _guard_of(fast_app).metrics.decisions[("deny", "expired")] == 1
+
+
+# -- a Host the router reads otherwise --------------------------------------------------------------------------
+
+
+def test_two_host_fields_never_let_a_cached_token_reach_the_other_hosts_endpoint(
+    idp: Issuer, clock: ManualClock
+) -> None:
+    """Starlette's ``Host`` routes read the first field named exactly ``host``; the guard keys its memoised
+    decisions on the first ``Host`` in any case. Once a plain request to ``public.example`` has memoised the
+    public endpoint's decision, ``HOST: public.example`` then ``host: admin.example`` finds that decision
+    while the router runs the admin endpoint: the dispatch check applies the admin endpoint's own policy,
+    on the first such request and on the repeated ones the verified cache could answer."""
+
+    @public
+    async def open_page(request: Request) -> JSONResponse:
+        return JSONResponse({"page": "public"})
+
+    @require_scopes("admin")
+    async def admin_page(request: Request) -> JSONResponse:
+        return JSONResponse({"page": "admin"})
+
+    app = Starlette(
+        routes=[
+            Host("public.example", Router(routes=[Route("/x", open_page)])),
+            Host("admin.example", Router(routes=[Route("/x", admin_page)])),
+        ]
+    )
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, http_client=_HTTP)
+    hosts = [(b"HOST", b"public.example"), (b"host", b"admin.example")]
+    reader, admin = idp.token(scope="read"), idp.token(scope="admin")
+    with TestClient(app) as client:
+        assert client.portal is not None
+
+        def get(token: str | None) -> Answer:
+            bearer = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+            assert client.portal is not None
+            return client.portal.call(functools.partial(_asgi_get, app, "/x", [*hosts, *bearer], default_host=False))
+
+        primed = client.portal.call(
+            functools.partial(_asgi_get, app, "/x", [(b"host", b"public.example")], default_host=False)
+        )
+        assert json.loads(primed.body) == {"page": "public"}
+        for _ in range(3):
+            assert get(None).status == 401
+            refused = get(reader)
+            assert refused.status == 403, refused
+            assert "insufficient_scope" in (refused.www_authenticate or "")
+            allowed = get(admin)
+            assert allowed.status == 200
+            assert json.loads(allowed.body) == {"page": "admin"}
+    assert _guard_of(app).resolver.mismatches >= 9  # every request was predicted wrong, and caught

@@ -39,12 +39,18 @@ from conftest import AUDIENCE, ISSUER, b64url
 from tokenguard import redaction
 from tokenguard._details import parse_json_body
 from tokenguard._jose import classify, parse_jws
-from tokenguard._strictjson import _too_deep, strict_decoder
+from tokenguard._strictjson import _canonical_object, _too_deep, strict_decoder, strict_loads
 from tokenguard.authenticator import Authenticator
 from tokenguard.challenge import render
 from tokenguard.config import GuardConfig
 from tokenguard.errors import AuthError, InvalidRequest, InvalidToken, MissingToken
-from tokenguard.extract import authorization_values, bearer_from, cached_candidate, parse_authorization
+from tokenguard.extract import (
+    authorization_values,
+    bearer_from,
+    cached_candidate,
+    host_and_authorization,
+    parse_authorization,
+)
 from tokenguard.policy import AUTHENTICATED
 from tokenguard.redaction import REDACTED, TokenRedactingFilter, redact
 
@@ -326,6 +332,23 @@ def test_header_lists_are_read_in_linear_time() -> None:
     assert_linear(extract, headers, 4000, "extract_bearer(many header fields)")
 
 
+def test_the_middleware_reads_host_and_authorization_in_linear_time() -> None:
+    """``host_and_authorization`` (the guard's one pass over a request's headers, issue 16): names of the
+    two lengths it lowers, in another case, do not make it slower than linear in the number of fields."""
+
+    def headers(count: int) -> list[tuple[bytes, bytes]]:
+        return [(b"AUTHORIZATIOM" if i % 2 else b"HOSX", b"x" * 32) for i in range(count)] + [
+            (b"HOST", b"api.example.com"),
+            (b"Authorization", b"Bearer " + b"a" * 64),
+        ]
+
+    def read(pairs: list[tuple[bytes, bytes]]) -> None:
+        host_and_authorization(pairs)
+
+    assert host_and_authorization(headers(10)) == (b"api.example.com", [b"Bearer " + b"a" * 64])
+    assert_linear(read, headers, 4000, "host_and_authorization(many header fields)")
+
+
 # -- the strict JSON decoder (request bodies for authorization_details checks; token segments) -----------
 
 
@@ -391,6 +414,23 @@ def test_the_strict_decoder_refuses_duplicates_in_linear_time() -> None:
 
     assert len(decoder.decode(members(100))) == 100
     assert_linear(decode, members, 8000, "strict_decoder(many members)")
+
+
+@pytest.mark.parametrize("canonical", [True, False], ids=["canonical", "one-space-off"])
+def test_the_orjson_fast_path_is_linear(canonical: bool) -> None:
+    """``strict_loads`` on compact JSON (read by orjson, written back and compared, issue 16), and on a
+    text one byte from canonical, which pays for both readers: linear either way."""
+
+    def document(count: int) -> bytes:
+        text = json.dumps({f"k{i}": [i, "v" * 8, {"n": None}] for i in range(count)}, separators=(",", ":"))
+        return (text if canonical else text[:-1] + " }").encode()
+
+    def decode(data: bytes) -> None:
+        strict_loads(data, object_only=True, max_depth=None)
+
+    assert len(strict_loads(document(100), max_depth=None)) == 100
+    assert (_canonical_object(document(100)) is not None) is canonical  # the path this case is about
+    assert_linear(decode, document, 8000, f"strict_loads({'canonical' if canonical else 'one space off'})")
 
 
 # -- log redaction ------------------------------------------------------------------------------------------
