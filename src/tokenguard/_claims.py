@@ -170,6 +170,9 @@ def string_claim(claims: Mapping[str, Any], name: str) -> str | None:
 
 #: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ) — printable ASCII but '"' and '\\'.
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+#: The bytes of a scope token, and SP (%x20) that separates them: what ``bytes.translate`` deletes from a
+#: well-formed ``scope`` string, leaving nothing.
+_SCOPE_BYTES_AND_SP = bytes(range(0x20, 0x7F)).replace(b'"', b"").replace(b"\\", b"")
 
 
 def has_scope_claim(claims: Mapping[str, Any]) -> bool:
@@ -191,8 +194,10 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     if value is None:
         return frozenset()
     if isinstance(value, str):
-        if value.isascii() and SCOPE_TOKEN.fullmatch(value.replace(" ", "!")) is not None:
-            return frozenset(value.split(" ")) - {""}  # the common case: every piece is a scope token
+        if value.isascii() and not value.encode("ascii").translate(None, _SCOPE_BYTES_AND_SP):
+            # The common case: only scope-token characters and SP, so every piece is a scope token and
+            # ``split()`` (which splits at SP here, dropping empty pieces) is ``split(" ")`` less the "".
+            return frozenset(value.split())
         return frozenset(piece for piece in value.split(" ") if SCOPE_TOKEN.fullmatch(piece) is not None)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return frozenset(item for item in value if SCOPE_TOKEN.fullmatch(item) is not None)
