@@ -72,6 +72,8 @@ _Verified = tuple[AccessToken, float, "float | None", "float | None", "KeySet | 
 #: Integer dates below 2**53 convert to float exactly, so comparing them as ints decides the same.
 _SAFE_INT = 2**53
 _MAX_KIDLESS_TRIES = 8
+#: At most this many decoded headers are remembered (``JWTValidator._headers``).
+_MAX_KNOWN_HEADERS = 64
 _ABSENT: Any = object()
 
 
@@ -118,6 +120,14 @@ class JWTValidator:
         # Prepared verifiers, memoised per KeySet object (a refresh starts a new memo), at most 256.
         self._memo_keys: KeySet | None = None
         self._memo: dict[tuple[str | None, str], tuple[tuple[KeyIdentity, Verifier], ...]] = {}
+        # Decoded headers, by their segment as the token spells it: an issuer signs with a handful of
+        # headers ({"alg", "kid", "typ"} per key), so a new token's header is usually one seen before.
+        # - a decoded header is a function of the segment's bytes alone, so an entry is never wrong;
+        #   it only saves the decoding: ``_check_header`` still judges every token's header;
+        # - only headers of tokens whose signature verified are added, so a forger cannot fill it;
+        # - dropped whole with the verifier memo when the key set changes (retired kids leave with
+        #   their keys), and at most ``_MAX_KNOWN_HEADERS`` entries: when full, nothing more is added.
+        self._headers: dict[bytes, dict[str, Any]] = {}
         jwks.subscribe(self._forget_keys)
         #: Set while revocations are in use (``Authenticator.limit_lifetime``): longer-lived tokens are
         #: refused here, before they enter the verified cache, so a cache hit needs no second look.
@@ -145,7 +155,7 @@ class JWTValidator:
             hit = self._still_valid(digest, cached)
             if hit is not None:
                 return hit
-        parsed = parse_jws(token)
+        parsed = parse_jws(token, self._headers)
         alg, kid = self._check_header(parsed.header)
         try:
             self._check_issuer_and_lifetime(parsed.claims)
@@ -180,6 +190,9 @@ class JWTValidator:
     def _finish(self, pending: _NeedsKeys, keys: KeySet | None) -> AccessToken:
         parsed = pending.parsed
         identity = self._verify_signature(parsed, pending.alg, pending.kid, keys)
+        headers = self._headers
+        if len(headers) < _MAX_KNOWN_HEADERS and parsed.header_segment not in headers:
+            headers[parsed.header_segment] = parsed.header  # its signature verified: an issuer's header
         access_token = self._access_token(parsed.claims, identity[0] if identity is not None else None)
         if self._verified is None and self.max_lifetime is None:
             return access_token
@@ -349,7 +362,7 @@ class JWTValidator:
         A refresh brings a new KeySet object, hence a new memo: a verifier never outlives its key.
         """
         if keys is not self._memo_keys:
-            self._memo_keys, self._memo = keys, {}
+            self._memo_keys, self._memo, self._headers = keys, {}, {}
         found = self._memo.get((kid, alg))
         if found is None:
             found = tuple(((key.kid, key.thumbprint, alg), verifier(alg, key.key)) for key in keys.candidates(kid, alg))
