@@ -188,6 +188,7 @@ def _guard_of(app: Starlette) -> TokenGuard:
 
 def _switch_off_fast_lane(guard: TokenGuard) -> None:
     guard.authenticator.hit = lambda digest, requirement: None  # type: ignore[method-assign]
+    guard.authenticator.first_sight = lambda raw, digest, requirement: None  # type: ignore[method-assign]
 
 
 # -- raw ASGI requests (header names keep their case) ---------------------------------------------------------
@@ -406,7 +407,11 @@ shapes = st.builds(
     second_name=header_names,
 )
 
-guard_options = st.sampled_from(["default", "dpop_required", "default_public", "dpop_off", "hooked", "two_issuers"])
+#: "no_cache": ``verified_cache_size=0``, so every request of a Bearer token on a plain route is decided by
+#: ``first_sight`` (or the full path), never by ``hit``.
+guard_options = st.sampled_from(
+    ["default", "dpop_required", "default_public", "dpop_off", "hooked", "two_issuers", "no_cache", "no_cache"]
+)
 
 
 @dataclasses.dataclass
@@ -417,7 +422,9 @@ class Case:
     shape: Shape
     second: str | None  # a second defect, besides the one the test is parametrized with
     options: str
-    prime: bool  # first send the token, well-formed, to /prime (fills the verified cache)
+    # First send a well-formed token to /prime: this one ("same": the verified cache holds it), or another
+    # one ("other": the keys are fetched, so this token is validated by ``first_sight``), or none.
+    prime: str | None
     advance: int  # seconds the clock moves after the first request (then the revocation, if any)
 
 
@@ -429,7 +436,7 @@ cases = st.builds(
     shape=shapes,
     second=st.sampled_from((None,) * (2 * len(DEFECTS)) + DEFECTS),
     options=guard_options,
-    prime=st.booleans(),
+    prime=st.sampled_from([None, "same", "other", "other"]),
     advance=st.sampled_from([0, 15, 45]),
 )
 
@@ -443,6 +450,8 @@ def _options(name: str, events: list[DecisionEvent]) -> dict[str, Any]:
         return {"dpop": "off"}
     if name == "hooked":
         return {"on_decision": events.append}
+    if name == "no_cache":
+        return {"verified_cache_size": 0}
     if name == "two_issuers":  # a MultiIssuerAuthenticator; the second issuer is never asked (no token names it)
         return {"issuer": [ISSUER, "https://idp-b.example.com"]}
     return {}
@@ -472,6 +481,8 @@ def _event_fields(events: list[DecisionEvent]) -> list[dict[str, Any]]:
 
 #: Header defects with which the fast lane is never even asked (not one ``Bearer `` value).
 NOT_ASKED = frozenset({"two_headers", "no_header", "basic", "dpop_scheme", "tab"})
+#: Defects of a token that parses as a compact JWS: ``first_sight`` raises the full path's refusal itself.
+FIRST_SIGHT_REFUSES = frozenset({"expired", "nbf_future", "iat_future", "wrong_aud", "forged"})
 
 
 @pytest.mark.parametrize("defect", [None, *DEFECTS])
@@ -515,9 +526,23 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
                 return result
 
             fast_guard.authenticator.hit = counted_hit  # type: ignore[method-assign]
+            real_first_sight = fast_guard.authenticator.first_sight
+
+            def counted_first_sight(raw: bytes, digest: bytes, requirement: Any) -> AccessToken | None:
+                fired["first sight asked"] += 1
+                try:
+                    result = real_first_sight(raw, digest, requirement)
+                except Exception:
+                    fired["first sight refused"] += 1
+                    raise
+                fired["first sight allowed" if result is not None else "first sight deferred"] += 1
+                return result
+
+            fast_guard.authenticator.first_sight = counted_first_sight  # type: ignore[method-assign]
             answers: list[tuple[str, Answer, Answer]] = []
-            if case.prime:
-                primer = [(b"authorization", f"Bearer {token}".encode("latin-1"))]
+            if case.prime is not None:
+                primed = token if case.prime == "same" else idp.token(case.token.kid, scope="read")
+                primer = [(b"authorization", f"Bearer {primed}".encode("latin-1"))]
                 answers.append(("prime", _get(fast, "/prime", primer), _get(reference, "/prime", primer)))
             for index, path in enumerate(case.paths):
                 for round_ in ("first", "second"):
@@ -546,6 +571,9 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
     if defect is None:
         assert fired["hit, scopes only"] >= 10, fired
         assert fired["hit, step-up or delegation"] >= 3, fired
+        assert fired["first sight allowed"] >= 10, fired
+    if defect in FIRST_SIGHT_REFUSES:
+        assert fired["first sight refused"] >= 1, fired
 
 
 # -- the fast lane fires --------------------------------------------------------------------------------------

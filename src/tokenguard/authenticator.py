@@ -196,6 +196,19 @@ class _Pipeline:
             return None
         return access_token
 
+    def first_sight(self, raw: bytes, digest: bytes, requirement: Requirement) -> AccessToken | None:
+        """The fast lane's second half: a ``Bearer`` token that ``hit`` did not answer, on the same routes.
+
+        ``raw``: the token bytes after ``Bearer ``; ``digest``: their SHA-256. Validated without awaiting
+        and without the full path's layers, when that path would do exactly this. The token when allowed;
+        an ``AuthError`` raised as ``authenticate_request`` raises it (the same reason and scheme) once
+        the token parsed as a compact JWS; ``None`` when the full path must decide, before any signature
+        was checked (or after, with the token then in the verified cache): keys to fetch, revocations in
+        use, a proof to check, a value that is not a compact JWS of the b64token alphabet. Only single-
+        issuer guards have it; ``MultiIssuerAuthenticator`` always answers ``None``.
+        """
+        return None
+
     def _cached(self, digest: bytes) -> AccessToken | None:
         raise NotImplementedError
 
@@ -238,6 +251,45 @@ class Authenticator(_Pipeline):
                 "tokenguard: introspection_endpoint is set but client_id/client_secret are not: "
                 "sensitive routes and opaque tokens cannot be introspected"
             )
+
+    def first_sight(self, raw: bytes, digest: bytes, requirement: Requirement) -> AccessToken | None:
+        revocations, constraints = self.revocations, self.constraints
+        if (
+            # In the verified cache, and ``hit`` declined it: expired, a proof or scope to refuse, or keys
+            # to fetch; the full path says which.
+            self.validator.holds(digest)
+            or (revocations is not None and revocations.active)
+            or (constraints is not None and constraints.required)
+            or len(raw) > self.config.max_token_bytes
+            or raw.count(b".") != 2
+            or not raw.isascii()
+        ):
+            return None  # the full path decides (a recheck, a proof, its size or shape refusal)
+        try:
+            result = self.validator.validate_nowait(raw.decode("ascii"), digest)
+        except InvalidToken as exc:
+            if exc.reason == "malformed_token":
+                # Not a compact JWS: whatever the b64token rules make of it (RFC 6750 §2.1, a 400 or this
+                # 401) is for ``credentials_from`` to say; nothing was verified, so nothing is redone.
+                return None
+            # The token parsed, so it is made only of base64url characters and dots: ``credentials_from``
+            # would take it as it is, and the full path would raise this very refusal.
+            exc.scheme = "bearer"
+            raise
+        if not isinstance(result, AccessToken):
+            return None  # keys to fetch first: the full path awaits them
+        if "cnf" in result.claims:
+            if constraints is None:  # as ``authenticate_request``: a bound token is never a bearer token
+                raise InvalidToken(
+                    "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
+                )
+            return None  # a proof to check: the full path, which finds the token in the verified cache
+        try:
+            requirement.authorize(result, clock=self.config.clock, leeway=self.config.leeway)
+        except AuthError as exc:
+            exc.token, exc.scheme = result, "bearer"
+            raise
+        return result
 
     async def validate(
         self, token: str, *, sensitive: bool = False, client: str | None = None, digest: bytes | None = None

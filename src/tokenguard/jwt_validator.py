@@ -251,6 +251,10 @@ class JWTValidator:
             return token
         return self._still_valid(digest, cached)
 
+    def holds(self, digest: bytes) -> bool:
+        """Whether the verified cache has an entry for this SHA-256, usable now or not (its order untouched)."""
+        return self._verified is not None and digest in self._verified
+
     def _still_valid(self, digest: bytes, cached: _Verified) -> AccessToken | None:
         """A cache hit skips the signature, never the clock (RFC 7519 §4.1.4, §4.1.5, §4.1.6) nor the keys.
 

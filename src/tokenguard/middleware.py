@@ -427,14 +427,25 @@ class TokenGuard:
         digest: bytes | None = None
         hit: AccessToken | None = None
         if requirement.plain and self.mcp is None and len(values) == 1:
-            # The fast lane: a repeated ``Bearer`` token on a route that asks only for scopes. A verified-
-            # cache hit with nothing else to decide is allowed in one call (``Authenticator.hit``); anything
-            # else (a miss, a refusal, a proof to check) goes through ``_enforce``, the digest already made.
+            # The fast lane: a ``Bearer`` token on a route that asks only for scopes. A verified-cache hit
+            # with nothing else to decide is allowed in one call (``Authenticator.hit``); a token seen
+            # first is validated in one more (``Authenticator.first_sight``), which allows it or raises
+            # the full path's own refusal. Anything else (keys to fetch, revocations, a proof to check,
+            # a value that is not a compact JWS) goes through ``_enforce``, the digest already made.
             value = values[0]
             prefix = value[:7]
             if prefix == b"Bearer " or prefix.lower() == b"bearer ":
-                digest = bytes_digest(value[7:])
-                hit = self.authenticator.hit(digest, requirement)
+                raw = value[7:]
+                digest = bytes_digest(raw)
+                authenticator = self.authenticator
+                hit = authenticator.hit(digest, requirement)
+                if hit is None:
+                    try:
+                        hit = authenticator.first_sight(raw, digest, requirement)
+                    except Exception as exc:
+                        scope[REQUIREMENT_KEY] = requirement
+                        await self._deny(exc, scope, receive, send, decision, started, None, None)
+                        return
         if hit is not None:
             scope[REQUIREMENT_KEY] = requirement
             scope["auth"], scope["user"] = TokenCredentials(hit, None), TokenUser(hit)
@@ -527,29 +538,46 @@ class TokenGuard:
                     read_body_too=requirement.needs_body,
                     max_body_bytes=self.config.max_body_bytes,
                 )
-        except TokenGuardError as exc:
-            denial = render(
-                exc,
-                realm=self._realm,
-                resource_metadata=self._metadata_url,
-                dpop_algs=self._dpop_algs,
-                # MCP 2025-11-25 scope selection: a 401 names the scopes to ask for first (RFC 6750 §3).
-                scopes=_challenge_scopes(exc, mcp if on_mcp else None),
-            )
-            outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
-            refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
-            self._decided(scope, decision, started, outcome, exc.reason, denial.status, refused)
-            await send_denial(scope, receive, send, denial)
-            return None
-        except Exception as exc:  # a bug must still fail closed, without a traceback to the client
-            logger.error("tokenguard: internal error while checking a token: %s", type(exc).__name__)
-            error = UnavailableError(f"internal error: {type(exc).__name__}")
-            self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
-            await send_denial(scope, receive, send, render(error, realm=self._realm))
+        except Exception as exc:
+            await self._deny(exc, scope, receive, send, decision, started, mcp if on_mcp else None, token)
             return None
         scope["auth"], scope["user"] = TokenCredentials(token, binding), TokenUser(token)
         self._decided(scope, decision, started, "allow", "ok", 200, token)
         return receive
+
+    async def _deny(
+        self,
+        exc: Exception,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        decision: RouteDecision,
+        started: float,
+        mcp: MCPPolicy | None,
+        token: AccessToken | None,
+    ) -> None:
+        """Answer a request the token checks refused: ``exc``'s own challenge, or a 503 for anything else.
+
+        ``mcp``: the policy of the MCP endpoint the request went to (its scopes go in a 401's challenge);
+        ``token``: the token validated before the refusal, if any (for the decision event)."""
+        if not isinstance(exc, TokenGuardError):  # a bug must still fail closed, without a traceback to the client
+            logger.error("tokenguard: internal error while checking a token: %s", type(exc).__name__)
+            error = UnavailableError(f"internal error: {type(exc).__name__}")
+            self._decided(scope, decision, started, "unavailable", "internal_error", 503, None)
+            await send_denial(scope, receive, send, render(error, realm=self._realm))
+            return
+        denial = render(
+            exc,
+            realm=self._realm,
+            resource_metadata=self._metadata_url,
+            dpop_algs=self._dpop_algs,
+            # MCP 2025-11-25 scope selection: a 401 names the scopes to ask for first (RFC 6750 §3).
+            scopes=_challenge_scopes(exc, mcp),
+        )
+        outcome: Outcome = "unavailable" if denial.status == 503 else "deny"
+        refused = exc.token if isinstance(exc, AuthError) and exc.token is not None else token
+        self._decided(scope, decision, started, outcome, exc.reason, denial.status, refused)
+        await send_denial(scope, receive, send, denial)
 
     def _at_mcp(self, scope: Scope) -> bool:
         """An HTTP request to the MCP endpoint, any method, when ``mcp=`` is set."""
