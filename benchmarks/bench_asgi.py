@@ -8,6 +8,7 @@ body, and a ``send`` that records the status. This isolates what the middleware 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +29,7 @@ COLD = "ASGI Starlette, cold CPU caches"
 BARE = "bare app"
 REPEATED = "+ TokenGuard, repeated token"
 DISTINCT_PREFIX = "+ TokenGuard, distinct RS256 tokens"
+VERIFY_ONLY_PREFIX = "+ signature-only middleware (floor), distinct RS256 tokens"
 
 _REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
 _SCOPE: dict[str, Any] = {
@@ -162,6 +164,29 @@ class PyJWTMiddleware:
         await self.app(scope, receive, send)
 
 
+class VerifyOnlyMiddleware:
+    """The floor of a first-sight token through a middleware: the RSA verify and nothing else.
+
+    Finds the ``Authorization`` value, decodes the signature, verifies it over the signing input with
+    the issuer's public key, and calls the app: no header, no claims, no cache. What it costs over the
+    bare app is the signature plus what running the app after it costs (the verify leaves the CPU
+    caches cold), the same for every middleware that checks a new token.
+    """
+
+    def __init__(self, app: ASGIApp, public_key: Any) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        self.app, self.key = app, public_key
+        self.padding, self.hash = padding.PKCS1v15(), hashes.SHA256()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        value = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        signing_input, _, signature = value[7:].rpartition(b".")
+        self.key.verify(base64.urlsafe_b64decode(signature + b"=="), signing_input, self.padding, self.hash)
+        await self.app(scope, receive, send)
+
+
 def guarded(app: Any, transport: IssuerTransport, **options: Any) -> Any:
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, http_client=transport.client(), **options)
     return app
@@ -177,7 +202,8 @@ def _case(loop: asyncio.AbstractEventLoop, group: str, name: str, harness: Harne
 
 
 def cases(keys: Keys, loop: asyncio.AbstractEventLoop, *, distinct: int) -> list[Case]:
-    """Starlette bare / + hand-written PyJWT / + TokenGuard (repeated, distinct); FastAPI bare / + TokenGuard;
+    """Starlette bare / + hand-written PyJWT / + TokenGuard (repeated, distinct) / + the signature-only floor
+    (distinct); FastAPI bare / + TokenGuard;
     Starlette bare / + TokenGuard (repeated) again with the CPU caches evicted before each request.
 
     For distinct tokens the guard's verified cache holds ``distinct // 2`` entries and the harness cycles
@@ -202,6 +228,12 @@ def cases(keys: Keys, loop: asyncio.AbstractEventLoop, *, distinct: int) -> list
             Harness(PyJWTMiddleware(starlette_app(), jwks), itertools.repeat(token)),
         ),
         _case(loop, STARLETTE, REPEATED, Harness(guarded(starlette_app(), transport), itertools.repeat(token))),
+        _case(
+            loop,
+            STARLETTE,
+            f"{VERIFY_ONLY_PREFIX} ({distinct} cycled)",
+            Harness(VerifyOnlyMiddleware(starlette_app(), keys.public["RS256"]), itertools.cycle(pool)),
+        ),
         _case(
             loop,
             STARLETTE,
