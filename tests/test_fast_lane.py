@@ -188,7 +188,7 @@ def _guard_of(app: Starlette) -> TokenGuard:
 
 def _switch_off_fast_lane(guard: TokenGuard) -> None:
     guard.authenticator.hit = lambda digest, requirement: None  # type: ignore[method-assign]
-    guard.authenticator.first_sight = lambda raw, digest, requirement: None  # type: ignore[method-assign]
+    guard.authenticator.miss = lambda raw, digest, requirement: None  # type: ignore[method-assign]
 
 
 # -- raw ASGI requests (header names keep their case) ---------------------------------------------------------
@@ -408,7 +408,7 @@ shapes = st.builds(
 )
 
 #: "no_cache": ``verified_cache_size=0``, so every request of a Bearer token on a plain route is decided by
-#: ``first_sight`` (or the full path), never by ``hit``.
+#: ``miss`` (or the full path), never by ``hit``.
 guard_options = st.sampled_from(
     ["default", "dpop_required", "default_public", "dpop_off", "hooked", "two_issuers", "no_cache", "no_cache"]
 )
@@ -423,7 +423,7 @@ class Case:
     second: str | None  # a second defect, besides the one the test is parametrized with
     options: str
     # First send a well-formed token to /prime: this one ("same": the verified cache holds it), or another
-    # one ("other": the keys are fetched, so this token is validated by ``first_sight``), or none.
+    # one ("other": the keys are fetched, so this token is validated by ``miss``), or none.
     prime: str | None
     advance: int  # seconds the clock moves after the first request (then the revocation, if any)
 
@@ -481,8 +481,8 @@ def _event_fields(events: list[DecisionEvent]) -> list[dict[str, Any]]:
 
 #: Header defects with which the fast lane is never even asked (not one ``Bearer `` value).
 NOT_ASKED = frozenset({"two_headers", "no_header", "basic", "dpop_scheme", "tab"})
-#: Defects of a token that parses as a compact JWS: ``first_sight`` raises the full path's refusal itself.
-FIRST_SIGHT_REFUSES = frozenset({"expired", "nbf_future", "iat_future", "wrong_aud", "forged"})
+#: Defects of a token that parses as a compact JWS: ``miss`` raises the full path's refusal itself.
+MISS_REFUSES = frozenset({"expired", "nbf_future", "iat_future", "wrong_aud", "forged"})
 
 
 @pytest.mark.parametrize("defect", [None, *DEFECTS])
@@ -526,19 +526,19 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
                 return result
 
             fast_guard.authenticator.hit = counted_hit  # type: ignore[method-assign]
-            real_first_sight = fast_guard.authenticator.first_sight
+            real_miss = fast_guard.authenticator.miss
 
-            def counted_first_sight(raw: bytes, digest: bytes, requirement: Any) -> AccessToken | None:
-                fired["first sight asked"] += 1
+            def counted_miss(raw: bytes, digest: bytes, requirement: Any) -> AccessToken | None:
+                fired["miss asked"] += 1
                 try:
-                    result = real_first_sight(raw, digest, requirement)
+                    result = real_miss(raw, digest, requirement)
                 except Exception:
-                    fired["first sight refused"] += 1
+                    fired["miss refused"] += 1
                     raise
-                fired["first sight allowed" if result is not None else "first sight deferred"] += 1
+                fired["miss allowed" if result is not None else "miss deferred"] += 1
                 return result
 
-            fast_guard.authenticator.first_sight = counted_first_sight  # type: ignore[method-assign]
+            fast_guard.authenticator.miss = counted_miss  # type: ignore[method-assign]
             answers: list[tuple[str, Answer, Answer]] = []
             if case.prime is not None:
                 primed = token if case.prime == "same" else idp.token(case.token.kid, scope="read")
@@ -571,9 +571,9 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
     if defect is None:
         assert fired["hit, scopes only"] >= 10, fired
         assert fired["hit, step-up or delegation"] >= 3, fired
-        assert fired["first sight allowed"] >= 10, fired
-    if defect in FIRST_SIGHT_REFUSES:
-        assert fired["first sight refused"] >= 1, fired
+        assert fired["miss allowed"] >= 10, fired
+    if defect in MISS_REFUSES:
+        assert fired["miss refused"] >= 1, fired
 
 
 # -- the fast lane fires --------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ class _Pipeline:
             return None
         return access_token
 
-    def first_sight(self, raw: bytes, digest: bytes, requirement: Requirement) -> AccessToken | None:
+    def miss(self, raw: bytes, digest: bytes, requirement: Requirement) -> AccessToken | None:
         """The fast lane's second half: a ``Bearer`` token that ``hit`` did not answer, on the same routes.
 
         ``raw``: the token bytes after ``Bearer ``; ``digest``: their SHA-256. Validated without awaiting
@@ -252,7 +252,7 @@ class Authenticator(_Pipeline):
                 "sensitive routes and opaque tokens cannot be introspected"
             )
 
-    def first_sight(self, raw: bytes, digest: bytes, requirement: Requirement) -> AccessToken | None:
+    def miss(self, raw: bytes, digest: bytes, requirement: Requirement) -> AccessToken | None:
         revocations, constraints = self.revocations, self.constraints
         if (
             # In the verified cache, and ``hit`` declined it: expired, a proof or scope to refuse, or keys

@@ -429,7 +429,7 @@ class TokenGuard:
         if requirement.plain and self.mcp is None and len(values) == 1:
             # The fast lane: a ``Bearer`` token on a route that asks only for scopes. A verified-cache hit
             # with nothing else to decide is allowed in one call (``Authenticator.hit``); a token seen
-            # first is validated in one more (``Authenticator.first_sight``), which allows it or raises
+            # first is validated in one more (``Authenticator.miss``), which allows it or raises
             # the full path's own refusal. Anything else (keys to fetch, revocations, a proof to check,
             # a value that is not a compact JWS) goes through ``_enforce``, the digest already made.
             value = values[0]
@@ -441,7 +441,7 @@ class TokenGuard:
                 hit = authenticator.hit(digest, requirement)
                 if hit is None:
                     try:
-                        hit = authenticator.first_sight(raw, digest, requirement)
+                        hit = authenticator.miss(raw, digest, requirement)
                     except Exception as exc:
                         scope[REQUIREMENT_KEY] = requirement
                         await self._deny(exc, scope, receive, send, decision, started, None, None)
