@@ -211,7 +211,11 @@ def mutated_tokens(draw: st.DrawFn) -> str:
 
 def parsed(module: ModuleType, token: str, known: dict[bytes, dict[str, Any]] | None = None) -> tuple[Any, ...]:
     try:
-        result = module.parse_jws(token, known)
+        if known is None:
+            result = module.parse_jws(token)
+        else:  # as the validator parses: the remembered header object for a segment it knows
+            raw, first, second = module.split_compact(token)
+            result = module.decode_compact(raw, first, second, known.get(raw[:first]))
     except InvalidToken as exc:
         return ("refused", exc.reason)
     return ("ok", result.header, result.claims, result.signing_input, result.signature, result.header_segment)
@@ -277,7 +281,7 @@ def test_the_other_alphabet_is_refused_without_a_deprecation_warning(value: str)
         with pytest.raises(InvalidToken):
             jose.parse_jws(value)
         with pytest.raises(InvalidToken):
-            jose.parse_jws(value, {value.split(".")[0].encode(): {"alg": "RS256"}})
+            jose.split_compact(value)
         if value.count(".") == 2:
             with pytest.raises(InvalidToken):
                 jose.split_jws(value)

@@ -2,8 +2,9 @@
 
 Its invariants (the comment in ``JWTValidator.__init__``): a header segment enters the memo only once its
 token's signature verified; the memo is bounded (``_MAX_KNOWN_HEADERS``, nothing added when full); it starts
-over when the validator sees a new ``KeySet`` object; and it only saves decoding, never changes a verdict:
-``_check_header`` judges every token, the signature is checked on every token. A validator whose memo is warm
+over when the validator sees a new ``KeySet`` object; and it only saves decoding and the header check, never
+changes a verdict: a remembered header's verdict is the one ``_check_header`` gave it (a function of the header
+and the validator's configuration), the signature is checked on every token. A validator whose memo is warm
 and one whose memo is empty give the same answer for every token.
 """
 
@@ -23,7 +24,7 @@ import tokenguard.jwt_validator as jwt_validator_module
 from conftest import AUDIENCE, ISSUER, T0, Issuer, b64url, private_key
 from test_jwks import HOUR, new_key, run_ready_tasks
 from test_jwt_validator import SECRET, hs256_with, segment, sign
-from tokenguard._jose import parse_jws
+from tokenguard._jose import ParsedJWS, decode_compact, parse_jws, split_compact
 from tokenguard.authenticator import Authenticator
 from tokenguard.config import DEFAULT_ALGORITHMS, GuardConfig
 from tokenguard.errors import InvalidToken
@@ -57,6 +58,13 @@ async def build(idp: Issuer, clock: ManualClock) -> AsyncIterator[Callable[..., 
     yield make
     for auth in made:
         await auth.aclose()
+
+
+def parse_with(validator: JWTValidator, token: str) -> ParsedJWS:
+    """``token`` parsed as the validator parses it: with the remembered header object, if any."""
+    raw, first, second = split_compact(token)
+    known = validator._headers.get(raw[:first])
+    return decode_compact(raw, first, second, known[0] if known is not None else None)
 
 
 def head_of(token: str) -> bytes:
@@ -120,13 +128,13 @@ async def test_a_verified_header_is_remembered_and_saves_its_decoding(
     head = head_of(first)
     await auth.validate(first)
     assert list(validator._headers) == [head]
-    assert validator._headers[head] == {"alg": "RS256", "typ": "at+jwt", "kid": "rsa-1"}
-    remembered = validator._headers[head]
+    assert validator._headers[head] == ({"alg": "RS256", "typ": "at+jwt", "kid": "rsa-1"}, "RS256", "rsa-1")
+    remembered = validator._headers[head][0]
 
     second = idp.token("rsa-1", sub="bob", scope="read:photos write:photos", jti="t-2", exp=int(T0) + 120)
     assert head_of(second) == head
     assert second.split(".")[1] != first.split(".")[1]
-    assert parse_jws(second, validator._headers).header is remembered
+    assert parse_with(validator, second).header is remembered
     assert parse_jws(second).header is not remembered
 
     judged: list[Any] = []
@@ -141,8 +149,7 @@ async def test_a_verified_header_is_remembered_and_saves_its_decoding(
     result = await auth.validate(second)
     payload = jose_module._b64decode(second.split(".")[1])
     assert decodes.take() == [payload]  # the payload only: the header came from the memo
-    assert len(judged) == 1  # and it was judged all the same
-    assert judged[0] is remembered
+    assert judged == []  # and its verdict too: ("RS256", "rsa-1"), what _check_header said of it before
     expected = await reference.validate(second)
     assert decodes.take() == [jose_module._b64decode(head), payload]  # an empty memo decodes both
     assert fields(result) == fields(expected)
@@ -153,7 +160,7 @@ async def test_a_verified_header_is_remembered_and_saves_its_decoding(
         T0 + 120,
     )
     assert list(validator._headers) == [head]
-    assert validator._headers[head] is remembered  # a hit neither adds nor replaces
+    assert validator._headers[head][0] is remembered  # a hit neither adds nor replaces
 
 
 async def test_a_verified_hs256_header_is_remembered(idp: Issuer, build: Callable[..., Authenticator]) -> None:
@@ -247,7 +254,8 @@ async def test_a_remembered_header_does_not_vouch_for_a_signature(
     await auth.validate(good)
     validator = auth.validator
     head, body, signature = good.split(".")
-    remembered = validator._headers[head.encode()]
+    entry = validator._headers[head.encode()]
+    remembered = entry[0]
     other_body = segment(idp.claims(sub="mallory"))
     raw_signature = jwt.utils.base64url_decode(signature)
     rs256 = jwt.get_algorithm_by_name("RS256")
@@ -261,10 +269,10 @@ async def test_a_remembered_header_does_not_vouch_for_a_signature(
     }
     for name, twin in twins.items():
         assert head_of(twin) == head.encode(), name
-        assert parse_jws(twin, validator._headers).header is remembered, name
+        assert parse_with(validator, twin).header is remembered, name
         assert await refusal(auth, twin) == "bad_signature", name
-        assert validator._headers == {head.encode(): remembered}, name
-        assert validator._headers[head.encode()] is remembered, name
+        assert validator._headers == {head.encode(): entry}, name
+        assert validator._headers[head.encode()] is entry, name
     assert (await auth.validate(good)).subject == "alice"
 
 
@@ -529,7 +537,7 @@ async def test_a_warm_memo_and_an_empty_one_decide_alike(idp: Issuer, build: Cal
         assert head == head_of(primer)
         if head in warm._headers:
             seen["remembered"] += 1
-            assert parse_jws(token, warm._headers).header is warm._headers[head]
+            assert parse_with(warm, token).header is warm._headers[head][0]
         fresh = JWTValidator(auth.config, auth.jwks)
         assert fresh._headers == {}
         warm_outcome = outcome(warm, token)

@@ -14,7 +14,6 @@ import binascii
 import importlib.util
 import re
 import sys
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from tokenguard._strictjson import strict_loads
@@ -134,16 +133,22 @@ class ParsedJWS:
         self.claims = claims
         self.signing_input = signing_input
         self.signature = signature
-        #: The header exactly as the token spells it (base64url), the key of a ``known_headers`` memo.
+        #: The header exactly as the token spells it (base64url): the key of the validator's header memo.
         self.header_segment = header_segment
 
 
-def parse_jws(token: str, known_headers: Mapping[bytes, dict[str, Any]] | None = None) -> ParsedJWS:
-    """Split and decode a compact JWS strictly (RFC 7515 §7.1).
+def parse_jws(token: str) -> ParsedJWS:
+    """Split and decode a compact JWS strictly (RFC 7515 §7.1)."""
+    raw, first, second = split_compact(token)
+    return decode_compact(raw, first, second)
 
-    ``known_headers``: header segments decoded before, by the same strict rules, each with its
-    decoded object. A header found there is not decoded again: the object is shared, never to be
-    changed by the caller. The validator keeps such a memo (the few headers an issuer signs with).
+
+def split_compact(token: str) -> tuple[bytes, int, int]:
+    """The token's bytes and the positions of its two dots, once its shape is a compact JWS's.
+
+    Three non-empty base64url segments (RFC 7515 §7.1). The characters are not all checked here: the
+    decoder (``decode_compact``) refuses any outside the alphabet, so only those it would let through
+    (``+`` and ``/`` of the other alphabet, ``=`` of padding) are.
     """
     if not _DECODER_CHECKS_ALPHABET and _COMPACT_JWS.fullmatch(token) is None:  # pragma: no cover - 3.10
         raise _malformed()
@@ -153,8 +158,6 @@ def parse_jws(token: str, known_headers: Mapping[bytes, dict[str, Any]] | None =
         raise _malformed() from exc
     first = raw.find(b".")
     second = raw.find(b".", first + 1)
-    # The decoder refuses any character outside the alphabet, so only the shape and the characters it
-    # would let through (+ and / of the other alphabet, = of padding) are checked here.
     if (
         first < 1
         or second < first + 2
@@ -165,8 +168,17 @@ def parse_jws(token: str, known_headers: Mapping[bytes, dict[str, Any]] | None =
         or b"=" in raw
     ):
         raise _malformed()
+    return raw, first, second
+
+
+def decode_compact(raw: bytes, first: int, second: int, header: dict[str, Any] | None = None) -> ParsedJWS:
+    """The segments of ``split_compact``'s result, decoded strictly.
+
+    ``header``: the header segment's decoded object, when the caller decoded that very segment before
+    (the validator remembers the few headers an issuer signs with); it is then not decoded again, and
+    the object is shared: never to be changed.
+    """
     segment = raw[:first]
-    header = known_headers.get(segment) if known_headers is not None else None
     try:
         # ``strict_loads`` called here directly, not through ``json_segment``: one call less per
         # segment on the validation hot path. Its ValueError is the same refusal.

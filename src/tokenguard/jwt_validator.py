@@ -1,6 +1,6 @@
 """Local validation of one JWT access token (RFC 7515, RFC 7519, RFC 8725, RFC 9068).
 
-The compact serialization is parsed strictly by ``_jose.parse_jws`` (canonical unpadded base64url,
+The compact serialization is parsed strictly by ``_jose`` (``split_compact``, ``decode_compact``: canonical base64url,
 strict JSON objects); the claim rules it shares with introspection (audience, lifetime, token kind,
 identity, scopes) are in ``_claims``. PyJWT supplies the keys and the signature algorithms. Here:
 the header checks, and the order that keeps an attacker from making us fetch keys (issuer and
@@ -28,7 +28,7 @@ from tokenguard._claims import (
     scopes_of,
     string_claim,
 )
-from tokenguard._jose import ParsedJWS
+from tokenguard._jose import ParsedJWS, decode_compact, split_compact
 from tokenguard._jose import classify as classify  # re-exported for the CLI's ``inspect``; home: ``_jose``
 from tokenguard._jose import parse_jws as parse_jws  # re-exported likewise
 from tokenguard._lru import LRU
@@ -120,14 +120,16 @@ class JWTValidator:
         # Prepared verifiers, memoised per KeySet object (a refresh starts a new memo), at most 256.
         self._memo_keys: KeySet | None = None
         self._memo: dict[tuple[str | None, str], tuple[tuple[KeyIdentity, Verifier], ...]] = {}
-        # Decoded headers, by their segment as the token spells it: an issuer signs with a handful of
-        # headers ({"alg", "kid", "typ"} per key), so a new token's header is usually one seen before.
-        # - a decoded header is a function of the segment's bytes alone, so an entry is never wrong;
-        #   it only saves the decoding: ``_check_header`` still judges every token's header;
+        # Decoded and checked headers, by their segment as the token spells it: an issuer signs with a
+        # handful of headers ({"alg", "kid", "typ"} per key), so a new token's header is usually one
+        # seen before. Segment -> (decoded header, alg, kid), what ``_check_header`` returned for it.
+        # - a decoded header is a function of the segment's bytes alone, and ``_check_header``'s verdict
+        #   a function of the header and this validator's configuration, fixed at construction: an
+        #   entry is never wrong, whatever token brings the segment again;
         # - only headers of tokens whose signature verified are added, so a forger cannot fill it;
         # - dropped whole with the verifier memo when the key set changes (retired kids leave with
         #   their keys), and at most ``_MAX_KNOWN_HEADERS`` entries: when full, nothing more is added.
-        self._headers: dict[bytes, dict[str, Any]] = {}
+        self._headers: dict[bytes, tuple[dict[str, Any], str, str | None]] = {}
         jwks.subscribe(self._forget_keys)
         #: Set while revocations are in use (``Authenticator.limit_lifetime``): longer-lived tokens are
         #: refused here, before they enter the verified cache, so a cache hit needs no second look.
@@ -144,7 +146,7 @@ class JWTValidator:
             return result
         # The keys must be fetched first (cold cache, unknown kid): the only path that awaits.
         keys = await self._keys_for(result.kid)
-        return self._finish(result, keys)
+        return self._finish(result.parsed, result.alg, result.kid, result.digest, keys)
 
     def validate_nowait(self, token: str, digest: bytes | None = None) -> AccessToken | _NeedsKeys:
         """Validate without awaiting when the cache or the current keys allow; else say what is missing."""
@@ -155,21 +157,26 @@ class JWTValidator:
             hit = self._still_valid(digest, cached)
             if hit is not None:
                 return hit
-        parsed = parse_jws(token, self._headers)
-        alg, kid = self._check_header(parsed.header)
+        raw, first, second = split_compact(token)
+        known = self._headers.get(raw[:first])
+        if known is None:
+            parsed = decode_compact(raw, first, second)
+            alg, kid = self._check_header(parsed.header)
+        else:
+            header, alg, kid = known
+            parsed = decode_compact(raw, first, second, header)
         try:
             self._check_issuer_and_lifetime(parsed.claims)
         except InvalidToken as exc:
             if exc.reason == "wrong_issuer" and issuer_difference(parsed.claims.get("iss"), self._config.issuer):
                 self._near_miss(parsed, alg, kid)
             raise
-        pending = _NeedsKeys(parsed, alg, kid, digest)
         if alg in HMAC_ALGORITHMS:
-            return self._finish(pending, None)
+            return self._finish(parsed, alg, kid, digest, None)
         keys = self._jwks.current()
         if keys is None or (kid is not None and not keys.knows(kid)):
-            return pending
-        return self._finish(pending, keys)
+            return _NeedsKeys(parsed, alg, kid, digest)
+        return self._finish(parsed, alg, kid, digest, keys)
 
     def _near_miss(self, parsed: ParsedJWS, alg: str, kid: str | None) -> None:
         """An ``iss`` almost the configured one: report it if the issuer's own keys verify the token.
@@ -187,12 +194,11 @@ class JWTValidator:
             return  # not the issuer's token: nothing to report
         self._check_issuer.report(parsed.claims.get("iss"), "a token signed with the issuer's key")
 
-    def _finish(self, pending: _NeedsKeys, keys: KeySet | None) -> AccessToken:
-        parsed = pending.parsed
-        identity = self._verify_signature(parsed, pending.alg, pending.kid, keys)
+    def _finish(self, parsed: ParsedJWS, alg: str, kid: str | None, digest: bytes, keys: KeySet | None) -> AccessToken:
+        identity = self._verify_signature(parsed, alg, kid, keys)
         headers = self._headers
         if len(headers) < _MAX_KNOWN_HEADERS and parsed.header_segment not in headers:
-            headers[parsed.header_segment] = parsed.header  # its signature verified: an issuer's header
+            headers[parsed.header_segment] = (parsed.header, alg, kid)  # the issuer signed it
         access_token = self._access_token(parsed.claims, identity[0] if identity is not None else None)
         if self._verified is None and self.max_lifetime is None:
             return access_token
@@ -201,7 +207,7 @@ class JWTValidator:
         if self.max_lifetime is not None:
             check_longest_life(exp, iat, self._config.clock(), self.max_lifetime, self._config.leeway)
         if self._verified is not None:
-            self._verified[pending.digest] = (
+            self._verified[digest] = (
                 access_token,
                 exp,
                 number_claim(claims, "nbf", required=False),
