@@ -212,14 +212,17 @@ def strict_loads(
       them (RFC 8259 §8.1 lets a parser ignore a BOM): issuer documents, read that way before.
     """
     fast_tried = False
-    if type(data) is bytes and data[:1] == b"{":
-        # Compact UTF-8 object: tried first, before the text is decoded at all. Its bracket count bounds
-        # its depth (``_too_deep``'s first step, on the bytes: a bracket is one byte in UTF-8).
-        if max_depth is None or data.count(b"[") + data.count(b"{") <= max_depth:
-            fast = _canonical_object(data)
-            if fast is not None:
-                return fast  # an object, without escapes, within max_depth: nothing below applies
-            fast_tried = True
+    # A compact UTF-8 object is tried first, before the text is decoded at all. Its bracket count bounds
+    # its depth (``_too_deep``'s first step, on the bytes: a bracket is one byte in UTF-8).
+    if (
+        type(data) is bytes
+        and data[:1] == b"{"
+        and (max_depth is None or data.count(b"[") + data.count(b"{") <= max_depth)
+    ):
+        fast = _canonical_object(data)
+        if fast is not None:
+            return fast  # an object, without escapes, within max_depth: nothing below applies
+        fast_tried = True
     try:
         if isinstance(data, str):
             text = data
