@@ -139,6 +139,11 @@ def test_both_decoders_decide_alike(segment: bytes) -> None:
             assert canonical(result) == segment
 
 
+@pytest.mark.skipif(
+    not STDLIB._DECODER_CHECKS_ALPHABET,
+    reason="Python 3.10's binascii has no strict mode: without pybase64 the compact-JWS regex checks the "
+    "alphabet before _b64url (split_compact, _b64decode), so _b64url alone is not held to it there",
+)
 @FUZZ
 @given(segment=segments().map(lambda segment: segment.translate(None, b"+/=")))
 def test_both_b64url_agree_where_parse_jws_leaves_it_to_them(segment: bytes) -> None:

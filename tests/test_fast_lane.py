@@ -186,6 +186,17 @@ def _guard_of(app: Starlette) -> TokenGuard:
     return layer
 
 
+def _count_signatures(validator: Any, counts: dict[str, int], name: str) -> None:
+    """Count every signature check ``validator`` makes, in ``counts[name]``."""
+    check = validator._verify_signature
+
+    def counted(*args: Any) -> Any:
+        counts[name] += 1
+        return check(*args)
+
+    validator._verify_signature = counted
+
+
 def _switch_off_fast_lane(guard: TokenGuard) -> None:
     guard.authenticator.hit = lambda digest, requirement: None  # type: ignore[method-assign]
     guard.authenticator.miss = lambda raw, digest, requirement: None  # type: ignore[method-assign]
@@ -410,7 +421,7 @@ shapes = st.builds(
 #: "no_cache": ``verified_cache_size=0``, so every request of a Bearer token on a plain route is decided by
 #: ``miss`` (or the full path), never by ``hit``.
 guard_options = st.sampled_from(
-    ["default", "dpop_required", "default_public", "dpop_off", "hooked", "two_issuers", "no_cache", "no_cache"]
+    ["default", "dpop_required", "default_public", "dpop_off", "hooked", "two_issuers", "no_cache", "no_cache_dpop_off"]
 )
 
 
@@ -436,7 +447,7 @@ cases = st.builds(
     shape=shapes,
     second=st.sampled_from((None,) * (2 * len(DEFECTS)) + DEFECTS),
     options=guard_options,
-    prime=st.sampled_from([None, "same", "other", "other"]),
+    prime=st.sampled_from([None, "same", "other", "other", "other"]),
     advance=st.sampled_from([0, 15, 45]),
 )
 
@@ -450,8 +461,10 @@ def _options(name: str, events: list[DecisionEvent]) -> dict[str, Any]:
         return {"dpop": "off"}
     if name == "hooked":
         return {"on_decision": events.append}
-    if name == "no_cache":
+    if name == "no_cache":  # proofs may be checked (dpop="allowed"): ``miss`` must leave every token to the full path
         return {"verified_cache_size": 0}
+    if name == "no_cache_dpop_off":  # no proof can be asked for: ``miss`` decides every Bearer request
+        return {"verified_cache_size": 0, "dpop": "off"}
     if name == "two_issuers":  # a MultiIssuerAuthenticator; the second issuer is never asked (no token names it)
         return {"issuer": [ISSUER, "https://idp-b.example.com"]}
     return {}
@@ -494,7 +507,7 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
     fired: Counter[str] = Counter()
 
     @settings(
-        max_examples=60 if defect is None else 8,
+        max_examples=150 if defect is None else 8,
         database=None,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -539,6 +552,11 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
                 return result
 
             fast_guard.authenticator.miss = counted_miss  # type: ignore[method-assign]
+            verified = {"fast": 0, "reference": 0}
+            for name, guard in (("fast", fast_guard), ("reference", reference_guard)):
+                validator = getattr(guard.authenticator, "validator", None)  # a MultiIssuerAuthenticator has none
+                if validator is not None:
+                    _count_signatures(validator, verified, name)
             answers: list[tuple[str, Answer, Answer]] = []
             if case.prime is not None:
                 primed = token if case.prime == "same" else idp.token(case.token.kid, scope="read")
@@ -563,6 +581,8 @@ def test_the_fast_lane_decides_exactly_as_the_full_path(
                 reference_guard.metrics.decisions,
             )
             assert _event_fields(fast_events) == _event_fields(reference_events), (flaws, case)
+            # Neither half of the lane checks a signature the full path would not: no token is verified twice.
+            assert verified["fast"] == verified["reference"], (flaws, case, verified)
 
     check()
     # Not vacuous: the fast lane was asked, and without a defect it answered requests of both kinds of route.
@@ -584,9 +604,9 @@ async def reading(request: Request) -> JSONResponse:
     return await _seen(request)
 
 
-def _reading_app(clock: ManualClock) -> Starlette:
+def _reading_app(clock: ManualClock, **options: Any) -> Starlette:
     app = Starlette(routes=[Route("/read", reading)])
-    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, **options)
     return app
 
 
@@ -691,6 +711,35 @@ def test_a_cached_token_that_expired_gets_the_full_paths_401(
         assert 'error_description="The access token has expired."' in (fast_answer.www_authenticate or "")
         assert _guard_of(fast_app).metrics.decisions == _guard_of(reference_app).metrics.decisions
         assert _guard_of(fast_app).metrics.decisions[("deny", "expired")] == 1
+
+
+# -- a bound token goes to the full path, verified once ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", [0, 100], ids=["no-verified-cache", "verified-cache"])
+def test_a_bound_bearer_token_is_verified_once(idp: Issuer, clock: ManualClock, cache: int) -> None:
+    """A ``cnf``-bound token sent as ``Bearer`` needs the full path (the proof rules decide). ``miss`` must
+    not validate it first when nothing keeps the result for that path: without a verified cache, that would
+    verify its signature twice (found by review). Same answer as the full path, one signature check each."""
+    bound = idp.token(scope="read", cnf={"jkt": JKT})
+    other = idp.token(scope="read")
+    fast_app, reference_app = (
+        _reading_app(clock, verified_cache_size=cache),
+        _reading_app(clock, verified_cache_size=cache),
+    )
+    with TestClient(fast_app) as fast, TestClient(reference_app) as reference:
+        fast_guard, reference_guard = _guard_of(fast_app), _guard_of(reference_app)
+        _switch_off_fast_lane(reference_guard)
+        for client in (fast, reference):  # the keys are fetched: the bound token is a first sight with keys at hand
+            assert _get(client, "/read", [(b"authorization", f"Bearer {other}".encode())]).status == 200
+        verified = {"fast": 0, "reference": 0}
+        _count_signatures(fast_guard.authenticator.validator, verified, "fast")
+        _count_signatures(reference_guard.authenticator.validator, verified, "reference")
+        headers = [(b"authorization", f"Bearer {bound}".encode())]
+        fast_answer, reference_answer = _get(fast, "/read", headers), _get(reference, "/read", headers)
+        assert fast_answer == reference_answer
+        assert fast_answer.status == 401
+        assert verified == {"fast": 1, "reference": 1}
 
 
 # -- a Host the router reads otherwise --------------------------------------------------------------------------

@@ -203,9 +203,10 @@ class _Pipeline:
         and without the full path's layers, when that path would do exactly this. The token when allowed;
         an ``AuthError`` raised as ``authenticate_request`` raises it (the same reason and scheme) once
         the token parsed as a compact JWS; ``None`` when the full path must decide, before any signature
-        was checked (or after, with the token then in the verified cache): keys to fetch, revocations in
-        use, a proof to check, a value that is not a compact JWS of the b64token alphabet. Only single-
-        issuer guards have it; ``MultiIssuerAuthenticator`` always answers ``None``.
+        was checked (or after, with the token then in the verified cache, so that no token is verified
+        twice): keys to fetch, revocations in use, a proof to check, a value that is not a compact JWS of
+        the b64token alphabet. Only single-issuer guards have it; ``MultiIssuerAuthenticator`` always
+        answers ``None``.
         """
         return None
 
@@ -259,7 +260,9 @@ class Authenticator(_Pipeline):
             # to fetch; the full path says which.
             self.validator.holds(digest)
             or (revocations is not None and revocations.active)
-            or (constraints is not None and constraints.required)
+            # A proof may be needed (``cnf``): then the full path takes over after validation, and only
+            # the verified cache spares it a second signature check. Without one, it decides alone.
+            or (constraints is not None and (constraints.required or not self.validator.caches))
             or len(raw) > self.config.max_token_bytes
             or raw.count(b".") != 2
             or not raw.isascii()

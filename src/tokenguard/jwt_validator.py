@@ -127,8 +127,10 @@ class JWTValidator:
         #   a function of the header and this validator's configuration, fixed at construction: an
         #   entry is never wrong, whatever token brings the segment again;
         # - only headers of tokens whose signature verified are added, so a forger cannot fill it;
-        # - dropped whole with the verifier memo when the key set changes (retired kids leave with
-        #   their keys), and at most ``_MAX_KNOWN_HEADERS`` entries: when full, nothing more is added.
+        # - dropped whole with the verifier memo the first time a signature is checked against a new key
+        #   set (retired kids leave with their keys; until then an entry is still right), never for a
+        #   validator that only checks shared-secret tokens; at most ``_MAX_KNOWN_HEADERS`` entries:
+        #   when full, nothing more is added until that reset.
         self._headers: dict[bytes, tuple[dict[str, Any], str, str | None]] = {}
         jwks.subscribe(self._forget_keys)
         #: Set while revocations are in use (``Authenticator.limit_lifetime``): longer-lived tokens are
@@ -256,6 +258,11 @@ class JWTValidator:
         ):
             return token
         return self._still_valid(digest, cached)
+
+    @property
+    def caches(self) -> bool:
+        """Whether this validator has a verified-token cache (``verified_cache_size`` > 0)."""
+        return self._verified is not None
 
     def holds(self, digest: bytes) -> bool:
         """Whether the verified cache has an entry for this SHA-256, usable now or not (its order untouched)."""
