@@ -211,9 +211,9 @@ def strict_loads(
     - ``detect_encoding``: bytes in UTF-16/32, or UTF-8 with a BOM, are read as ``json.loads`` reads
       them (RFC 8259 §8.1 lets a parser ignore a BOM): issuer documents, read that way before.
     """
-    fast_tried = False
     # A compact UTF-8 object is tried first, before the text is decoded at all. Its bracket count bounds
-    # its depth (``_too_deep``'s first step, on the bytes: a bracket is one byte in UTF-8).
+    # its depth (``_too_deep``'s first step, on the bytes: a bracket is one byte in UTF-8); one with more
+    # brackets than ``max_depth`` (inside strings, say) is left to the strict decoder, which agrees.
     if (
         type(data) is bytes
         and data[:1] == b"{"
@@ -222,7 +222,6 @@ def strict_loads(
         fast = _canonical_object(data)
         if fast is not None:
             return fast  # an object, without escapes, within max_depth: nothing below applies
-        fast_tried = True
     try:
         if isinstance(data, str):
             text = data
@@ -234,10 +233,6 @@ def strict_loads(
         if max_depth is not None and text.count("[") + text.count("{") > max_depth and _too_deep(text, max_depth):
             raise ValueError("nested too deeply")
         if text[:1] == "{":
-            if type(data) is bytes and not fast_tried:
-                fast = _canonical_object(data)
-                if fast is not None:
-                    return fast  # an object, without escapes, within max_depth: nothing below applies
             # Only whitespace may follow the object (RFC 8259 §2).
             value, end = (_SCAN_FINITE if finite_floats else _SCAN_LENIENT)(text, 0)
             if end != len(text) and text[end:].strip(" \t\n\r"):
