@@ -96,7 +96,7 @@ class _Answer:
     #: When the issuer gave this answer (a ``recheck`` revocation ignores answers older than its cut-off).
     checked_at: float = 0.0
     #: The token's ``exp``, ``nbf``, ``iat`` as numbers, read once when the answer was checked, so a hit
-    #: compares numbers (``None``: read them from the claims on each hit).
+    #: compares numbers; ``None`` for a refusal (no token).
     dates: tuple[float | None, float | None, float | None] | None = field(default=None, repr=False)
 
 
@@ -478,6 +478,7 @@ class Introspector:
                 checked.description,
                 min(checked.expires, record.expires),
                 record.checked_at,
+                checked.dates,
             )
         self._store(digest, answer)
         if opaque:
@@ -798,10 +799,8 @@ class Introspector:
         if answer.token is None:
             raise InvalidToken(answer.reason, answer.description)
         # A cached answer skips the issuer, never the clock.
-        if answer.dates is None:
-            check_lifetime(answer.token.claims, self._config.clock(), self._config.leeway, require_exp=False)
-        else:
-            check_dates(*answer.dates, self._config.clock(), self._config.leeway)
+        assert answer.dates is not None  # every answer with a token carries its dates (``_check``)
+        check_dates(*answer.dates, self._config.clock(), self._config.leeway)
         if local is not None:
             return _merge(local, answer.token)
         token = answer.token
