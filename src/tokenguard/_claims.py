@@ -332,9 +332,12 @@ def check_token_kind(claims: Mapping[str, Any]) -> None:
     # such a token presented as a plain bearer token (RFC 9449 §7.2). Any other confirmation method
     # (RFC 7800 §3: jwk, jwe, jku, kid) binds it to a key whose possession is never proven here.
     if confirmation is not None and not _provable(confirmation):
-        raise InvalidToken(
-            "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
-        )
+        raise bound_token_refused()
+
+
+def bound_token_refused() -> InvalidToken:
+    """The 401 for a token bound to a key (``cnf``) where no proof of that key can be checked."""
+    return InvalidToken("unsupported_token", "The access token is bound to a key and cannot be used as a bearer token.")
 
 
 #: The confirmation members a request can prove: a DPoP key thumbprint, a certificate thumbprint.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from tokenguard._binding import Binding, SenderConstraints
-from tokenguard._claims import check_longest_life, issuer_difference, number_claim
+from tokenguard._claims import bound_token_refused, check_longest_life, issuer_difference, number_claim
 from tokenguard._http import HttpClientOption, HttpClientPool
 from tokenguard._jose import classify, parse_jws
 from tokenguard._status import IssuerStatus
@@ -127,9 +127,7 @@ class _Pipeline:
         binding: Binding | None = None
         if constraints is None:
             if "cnf" in access_token.claims:  # no way to check a proof: a bound token is never a bearer token
-                raise InvalidToken(
-                    "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
-                )
+                raise bound_token_refused()
         # The common case costs three tests: a Bearer token without ``cnf`` on an ordinary route.
         elif (
             scheme != "bearer" or requirement.sender_constrained or constraints.required or "cnf" in access_token.claims
@@ -283,9 +281,7 @@ class Authenticator(_Pipeline):
             return None  # keys to fetch first: the full path awaits them
         if "cnf" in result.claims:
             if constraints is None:  # as ``authenticate_request``: a bound token is never a bearer token
-                raise InvalidToken(
-                    "unsupported_token", "The access token is bound to a key and cannot be used as a bearer token."
-                )
+                raise bound_token_refused()
             return None  # a proof to check: the full path, which finds the token in the verified cache
         try:
             requirement.authorize(result, clock=self.config.clock, leeway=self.config.leeway)
