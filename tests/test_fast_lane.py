@@ -42,7 +42,7 @@ import anyio
 import httpx
 import pytest
 import respx
-from hypothesis import HealthCheck, assume, given, seed, settings
+from hypothesis import HealthCheck, assume, example, given, seed, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -711,6 +711,74 @@ def test_a_cached_token_that_expired_gets_the_full_paths_401(
         assert 'error_description="The access token has expired."' in (fast_answer.www_authenticate or "")
         assert _guard_of(fast_app).metrics.decisions == _guard_of(reference_app).metrics.decisions
         assert _guard_of(fast_app).metrics.decisions[("deny", "expired")] == 1
+
+
+# -- hostile bytes where the token goes ------------------------------------------------------------------------
+
+#: Bytes a mutation puts into a real token: the other base64 alphabet, padding, dots, whitespace, controls,
+#: non-ASCII, and characters b64token allows but base64url does not.
+_HOSTILE = [b"+", b"/", b"=", b".", b" ", b"\t", b"\x00", b"\x7f", b"\xc3\xa9", b"\xff", b"~", b"A", b"_", b"-"]
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, token: bytes) -> bytes:
+    """``token`` with a few bytes replaced, inserted or removed, or a segment cut short or repeated."""
+    value = bytearray(token)
+    for _ in range(draw(st.integers(1, 3))):
+        position = draw(st.integers(0, len(value)))
+        kind = draw(st.sampled_from(["replace", "insert", "delete", "cut", "repeat"]))
+        piece = draw(st.sampled_from(_HOSTILE))
+        if kind == "replace" and position < len(value):
+            value[position : position + 1] = piece
+        elif kind == "insert":
+            value[position:position] = piece
+        elif kind == "delete" and position < len(value):
+            del value[position]
+        elif kind == "cut":
+            del value[position:]
+        else:
+            value += value[:position]
+    return bytes(value)
+
+
+def test_hostile_bytes_get_the_full_paths_answer(idp: Issuer, clock: ManualClock) -> None:
+    """Whatever bytes follow ``Bearer ``, with the keys fetched and the header memo warm, the guard with the
+    fast lane answers exactly as the full path does (never a 500, never an allow the full path refuses)."""
+    good = idp.token(scope="read")
+    fast_app, reference_app = _reading_app(clock), _reading_app(clock)
+    with TestClient(fast_app) as fast, TestClient(reference_app) as reference:
+        _switch_off_fast_lane(_guard_of(reference_app))
+        primer = [(b"authorization", f"Bearer {idp.token(scope='read')}".encode())]
+        for client in (fast, reference):  # keys fetched, the issuer's header remembered
+            assert _get(client, "/read", primer).status == 200
+        statuses: Counter[int] = Counter()
+        authenticator = _guard_of(fast_app).authenticator
+        real_miss, asked = authenticator.miss, Counter[str]()
+
+        def counted_miss(raw: bytes, digest: bytes, requirement: Any) -> AccessToken | None:
+            asked["miss"] += 1
+            return real_miss(raw, digest, requirement)
+
+        authenticator.miss = counted_miss  # type: ignore[method-assign]
+
+        @settings(max_examples=150, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @seed(16)
+        @given(value=_mutated(good.encode()))
+        @example(value=good.encode())
+        def check(value: bytes) -> None:
+            headers = [(b"authorization", b"Bearer " + value)]
+            fast_answer = _get(fast, "/read", headers)
+            assert fast_answer == _get(reference, "/read", headers), value
+            assert fast_answer.error is None, value
+            assert fast_answer.status in (200, 400, 401), value
+            statuses[fast_answer.status] += 1
+
+        check()
+        # Not vacuous: refusals of both kinds, and allowed requests, were compared.
+        assert statuses[401] >= 10, statuses
+        assert statuses[400] >= 3, statuses
+        assert statuses[200] >= 1, statuses
+        assert asked["miss"] >= 100, asked  # and the fast lane was asked about most of them
 
 
 # -- a bound token goes to the full path, verified once ----------------------------------------------------------

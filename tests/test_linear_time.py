@@ -51,6 +51,7 @@ from tokenguard.extract import (
     host_and_authorization,
     parse_authorization,
 )
+from tokenguard.jwt_validator import bytes_digest
 from tokenguard.policy import AUTHENTICATED
 from tokenguard.redaction import REDACTED, TokenRedactingFilter, redact
 
@@ -285,6 +286,36 @@ def test_the_authenticator_refuses_the_historical_token_in_linear_time(authentic
     authenticate(HISTORICAL_TOKEN)
     authenticate(malformed)
     assert_ratio(authenticate, HISTORICAL_TOKEN, malformed, limit=RATIO, what="authenticate(historical token)")
+
+
+@pytest.fixture
+def miss() -> Iterator[Callable[[str], None]]:
+    """The fast lane's second half (``Authenticator.miss``) on a token's bytes, as the middleware calls it."""
+    auth = Authenticator(GuardConfig(issuer=ISSUER, audience=AUDIENCE))
+    loop = asyncio.new_event_loop()
+
+    def call(token: str) -> None:
+        raw = token.encode()
+        # No keys yet: a malformed value goes to the full path (None), a parsed one is refused for its
+        # claims or goes there too; nothing else may come out (any other exception would be a 503).
+        with contextlib.suppress(AuthError):
+            assert auth.miss(raw, bytes_digest(raw), AUTHENTICATED) is None
+
+    yield call
+    loop.run_until_complete(auth.aclose())
+    loop.close()
+
+
+@pytest.mark.parametrize("build", [forged_token, _header_forged, _deep_strings, _unbalanced, _quotes])
+def test_the_fast_lane_reads_a_forged_token_in_linear_time(
+    miss: Callable[[str], None], build: Callable[[int], str]
+) -> None:
+    """``miss`` splits and decodes a first-sight token itself (issue 16): the forged tokens above cost it what a
+    benign token of the same size costs, and it grows linearly up to ``max_token_bytes``."""
+    forged = build(MAX_TOKEN_BYTES)
+    miss(forged)
+    assert_ratio(miss, forged, benign_token(len(forged)), limit=RATIO, what=f"miss({build.__name__})")
+    assert_linear(miss, build, MAX_TOKEN_BYTES, f"miss({build.__name__})")
 
 
 # -- the Authorization header ------------------------------------------------------------------------------
