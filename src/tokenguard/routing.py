@@ -7,8 +7,8 @@ the ``rules``; then the default. A request that reaches no endpoint (no match, o
 router answers with 405) gets the rules/default, never the policy of a route it did not reach.
 
 Results are memoised in a bounded LRU keyed by everything the routers look at: type, method,
-root_path, path and Host header. Cache invariant (docs/ARCHITECTURE.md, "Cache invariants"): an
-entry is valid only while the route table it was computed from is unchanged; every route list
+root_path, path and Host header, and the app the scope names. Cache invariant (docs/ARCHITECTURE.md,
+"Cache invariants"): an entry is valid only while the route table it was computed from is unchanged; every route list
 reachable from the app is fingerprinted (identity and length) and checked on each request, and any
 change empties the cache.
 """
@@ -16,6 +16,7 @@ change empties the cache.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -23,7 +24,6 @@ from typing import Any, NamedTuple
 from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Match
 
-from tokenguard._lru import LRU
 from tokenguard.extract import host_and_authorization
 from tokenguard.policy import PUBLIC, Requirement, Rule, first_rule, requirement_of
 
@@ -268,7 +268,10 @@ class RouteResolver:
     def __init__(self, rules: Sequence[Rule], default: Requirement, *, cache_size: int = 4096) -> None:
         self._rules = tuple(rules)
         self._default = default
-        self._cache: LRU[_CacheKey, RouteDecision] = LRU(cache_size)
+        # Request shape -> (the app the scope named, the route table read, the decision); at most
+        # ``cache_size`` entries (0: nothing memoised), least recently used first out (see ``decide``).
+        self._entries: OrderedDict[_CacheKey, tuple[Any, _RouteTable, RouteDecision]] = OrderedDict()
+        self._cache_size = cache_size
         # The app a scope names -> the app whose routes are read (through middleware wrappers); a
         # process has one or two apps, so this stays tiny. The entry keeps the app, so its id is unique.
         self._routed: dict[int, tuple[Any, Any]] = {}
@@ -328,7 +331,7 @@ class RouteResolver:
     @property
     def cache_entries(self) -> int:
         """How many (request shape → policy) results are memoised now; never above ``cache_size``."""
-        return len(self._cache)
+        return len(self._entries)
 
     def decide(
         self, scope: MutableMapping[str, Any], fallback_app: Any = None, host: bytes | None = None
@@ -338,27 +341,51 @@ class RouteResolver:
         ``host``: the value of the request's first ``Host`` header (``b""`` without one) when the caller
         read the headers already (the middleware does, in the same pass as ``Authorization``).
         """
-        scoped = scope.get("app")
-        entry = self._routed.get(id(scoped))  # ``_routed_app``'s memo, read here first: one call less
-        app = entry[1] if entry is not None and entry[0] is scoped else self._routed_app(scoped, fallback_app)
         # The Host header is part of the key: ``Host`` routes send one path to different endpoints.
         if host is None:
             host = host_of(scope)
-        root_path, path = scope.get("root_path", ""), scope["path"]
-        table = self._tables.get(id(app))
-        fresh = table is not None and table.app is app and table.unchanged()  # ``_table_unchanged``'s common case
-        if len(path) + len(root_path) + len(host) > _MAX_CACHED_KEY or not (fresh or self._table_unchanged(app)):
-            # Keys (and the path parameters a decision keeps) come from anonymous requests: an
-            # unusually long path or Host is decided afresh each time, so the cache's memory stays
-            # bounded by its entry count times a small size, whatever clients send.
-            return self._resolve(scope, app, _routes(app))
+        scoped = scope.get("app")
         kind = scope["type"]
-        key = (kind, scope.get("method", "GET") if kind == "http" else "WEBSOCKET", root_path, path, host, id(app))
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._resolve(scope, app, _routes(app))
-            self._cache[key] = cached
-        return cached
+        method = scope.get("method", "GET") if kind == "http" else "WEBSOCKET"
+        key = (kind, method, scope.get("root_path", ""), scope["path"], host, id(scoped))
+        # One lookup on a repeated request shape. An entry is (the app the scope named, the route table
+        # the decision was made against, the decision), served only while every route list still equals
+        # the table's copy. It holds the app, so no other object can take the app's id while it lives.
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is not None and entry[1].unchanged():
+            try:  # noqa: SIM105 - a plain try is cheaper than contextlib.suppress on the hot path
+                entries.move_to_end(key)  # least recently used goes first
+            except KeyError:  # another thread's eviction between the two steps: still this decision
+                pass
+            return entry[2]
+        return self._decide(scope, scoped, fallback_app, key)
+
+    def _decide(self, scope: MutableMapping[str, Any], scoped: Any, fallback_app: Any, key: _CacheKey) -> RouteDecision:
+        app = self._routed_app(scoped, fallback_app)
+        root_path, path, host = key[2], key[3], key[4]
+        # Read first, whatever the key: on first sight it installs the dispatch checks (``_DispatchCheck``).
+        fresh = self._table_unchanged(app)
+        decision = self._resolve(scope, app, _routes(app))
+        table = self._tables.get(id(app))
+        # Keys (and the path parameters a decision keeps) come from anonymous requests: an unusually
+        # long path or Host is decided afresh each time, so the memo's memory stays bounded by its
+        # entry count times a small size, whatever clients send.
+        if (
+            fresh
+            and table is not None
+            and table.app is app
+            and self._cache_size
+            and len(root_path) + len(path) + len(host) <= _MAX_CACHED_KEY
+        ):
+            entries = self._entries
+            entries[key] = (scoped, table, decision)
+            while len(entries) > self._cache_size:
+                try:
+                    entries.popitem(last=False)
+                except KeyError:  # emptied by another thread meanwhile
+                    break
+        return decision
 
     def _table_unchanged(self, app: Any) -> bool:
         """True when the memoised decisions for ``app`` still describe its routes (else they are dropped)."""
@@ -372,7 +399,7 @@ class RouteResolver:
 
     def _reread(self, app: Any) -> bool:
         # First sight of this app, or its routes changed: every memoised decision may be wrong now.
-        self._cache.clear()
+        self._entries.clear()
         if len(self._tables) >= 16:
             self._tables.clear()
         table = _RouteTable(app, install_checks=True)
