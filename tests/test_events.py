@@ -401,6 +401,27 @@ def test_decisions_are_logged_with_structured_fields(
     assert allow.tg_latency_ms > 0  # type: ignore[attr-defined]
 
 
+def test_a_repeated_token_is_counted_always_and_logged_once_someone_listens(
+    clock: ManualClock, idp: Issuer, endpoint: IntrospectionEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The verified-cache hit counts its allow without building an event while nobody listens, and
+    logs it as soon as DEBUG is on for the ``tokenguard`` logger (checked per request, not at startup)."""
+    token = idp.token()
+    guard = make_guard(clock)
+    with TestClient(guard) as client:
+        caplog.set_level(logging.INFO, logger="tokenguard")
+        for _ in range(3):
+            assert client.get("/photos/summer", headers=bearer(token)).status_code == 200
+        assert guard.metrics_snapshot()["decisions"]["allow"] == 3
+        assert not [r for r in caplog.records if hasattr(r, "tg_decision")]
+        caplog.set_level(logging.DEBUG, logger="tokenguard")
+        for _ in range(2):
+            assert client.get("/photos/summer", headers=bearer(token)).status_code == 200
+    allows = [r for r in caplog.records if getattr(r, "tg_decision", None) == "allow"]
+    assert [(r.levelno, r.tg_reason, r.tg_route) for r in allows] == [(logging.DEBUG, "ok", "/photos/{album}")] * 2  # type: ignore[attr-defined]
+    assert guard.metrics_snapshot()["decisions"]["allow"] == 5
+
+
 # -- hooks -------------------------------------------------------------------------------------------------
 
 
