@@ -30,6 +30,7 @@ BARE = "bare app"
 REPEATED = "+ TokenGuard, repeated token"
 DISTINCT_PREFIX = "+ TokenGuard, distinct RS256 tokens"
 VERIFY_ONLY_PREFIX = "+ signature-only middleware (floor), distinct RS256 tokens"
+DICT_CACHE = "+ hand-written PyJWT middleware + dict cache, repeated token"
 
 _REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
 _SCOPE: dict[str, Any] = {
@@ -164,6 +165,49 @@ class PyJWTMiddleware:
         await self.app(scope, receive, send)
 
 
+class DictCacheMiddleware:
+    """What a user hand-rolls with a cache: the PyJWT middleware above, plus a plain dict of verified tokens.
+
+    Keyed by the raw token; a hit checks ``exp`` against the clock and the route's scope, nothing else
+    (no ``nbf``, no key rotation, no bound on the dict, no revocation). The reference issue 16 names for
+    the repeated-token rows: what the least possible cache costs.
+    """
+
+    def __init__(self, app: ASGIApp, jwks: dict[str, Any]) -> None:
+        self.app = app
+        self.verify = PyJWTMiddleware(app, jwks)
+        self.verified: dict[bytes, dict[str, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        claims = self.verified.get(authorization)
+        if claims is not None and claims["exp"] > time.time():
+            if "read:photos" not in claims.get("scope", "").split():
+                await PlainTextResponse("forbidden", 403)(scope, receive, send)
+                return
+            scope["user"], scope["auth"] = claims["sub"], claims
+            await self.app(scope, receive, send)
+            return
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise jwt.InvalidTokenError("no bearer token")
+            key = self.verify.keys[jwt.get_unverified_header(token)["kid"]]
+            claims = jwt.decode(token, key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
+        except (jwt.PyJWTError, KeyError):
+            await PlainTextResponse("unauthorized", 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        self.verified[authorization] = claims
+        if "read:photos" not in claims.get("scope", "").split():
+            await PlainTextResponse("forbidden", 403)(scope, receive, send)
+            return
+        scope["user"], scope["auth"] = claims["sub"], claims
+        await self.app(scope, receive, send)
+
+
 class VerifyOnlyMiddleware:
     """The floor of a first-sight token through a middleware: the RSA verify and nothing else.
 
@@ -202,9 +246,9 @@ def _case(loop: asyncio.AbstractEventLoop, group: str, name: str, harness: Harne
 
 
 def cases(keys: Keys, loop: asyncio.AbstractEventLoop, *, distinct: int) -> list[Case]:
-    """Starlette bare / + hand-written PyJWT / + TokenGuard (repeated, distinct) / + the signature-only floor
-    (distinct); FastAPI bare / + TokenGuard;
-    Starlette bare / + TokenGuard (repeated) again with the CPU caches evicted before each request.
+    """Starlette bare / + hand-written PyJWT / + the same with a dict cache / + TokenGuard (repeated, distinct)
+    / + the signature-only floor (distinct); FastAPI bare / + TokenGuard;
+    Starlette bare / + dict cache / + TokenGuard (repeated) again with the CPU caches evicted before each request.
 
     For distinct tokens the guard's verified cache holds ``distinct // 2`` entries and the harness cycles
     through ``distinct`` tokens, so every request misses and evicts: the steady state of a full cache.
@@ -227,6 +271,9 @@ def cases(keys: Keys, loop: asyncio.AbstractEventLoop, *, distinct: int) -> list
             "+ hand-written PyJWT middleware",
             Harness(PyJWTMiddleware(starlette_app(), jwks), itertools.repeat(token)),
         ),
+        _case(
+            loop, STARLETTE, DICT_CACHE, Harness(DictCacheMiddleware(starlette_app(), jwks), itertools.repeat(token))
+        ),
         _case(loop, STARLETTE, REPEATED, Harness(guarded(starlette_app(), transport), itertools.repeat(token))),
         _case(
             loop,
@@ -245,6 +292,7 @@ def cases(keys: Keys, loop: asyncio.AbstractEventLoop, *, distinct: int) -> list
     ]
     cold_cases = [
         _case(loop, COLD, BARE, ColdHarness(starlette_app(), itertools.repeat(token))),
+        _case(loop, COLD, DICT_CACHE, ColdHarness(DictCacheMiddleware(starlette_app(), jwks), itertools.repeat(token))),
         _case(loop, COLD, REPEATED, ColdHarness(guarded(starlette_app(), transport), itertools.repeat(token))),
     ]
     return starlette_cases + optional("fastapi", fastapi_cases) + cold_cases

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Case, Keys, Result, mint
-from benchmarks.bench_asgi import BARE, DISTINCT_PREFIX, PATH, REPEATED
+from benchmarks.bench_asgi import BARE, DICT_CACHE, DISTINCT_PREFIX, PATH, REPEATED
 
 GROUP = "uvicorn 1 worker"
 CPU_GROUP = "uvicorn CPU/request"
@@ -362,7 +362,8 @@ def _sharing(workers: int, cpus: int) -> str:
 
 
 def cases(keys: Keys, *, distinct: int, workers: tuple[int, ...] = tuple(GROUPS)) -> Bundle:
-    """Start two servers per worker count and build the three cases of each (bare, repeated token, distinct tokens).
+    """Start two servers per worker count and build the three cases of each (bare, repeated token, distinct tokens);
+    with 1 worker, a third server and case: the hand-written PyJWT middleware with a dict cache, repeated token.
 
     Each worker has its own verified cache, holding ``distinct / (2 x workers)`` tokens: a worker that
     gets more than ``1 / (2 x workers)`` of the requests sees more other tokens than that before one comes
@@ -382,8 +383,12 @@ def cases(keys: Keys, *, distinct: int, workers: tuple[int, ...] = tuple(GROUPS)
             servers.append(bare)
             guard = Server("guard", {"BENCH_JWKS_FILE": jwks_file.name, "BENCH_VERIFIED_CACHE": cache}, workers=count)
             servers.append(guard)
+            runs.append((count, BARE, _Generator(bare, itertools.repeat(token))))
+            if count == 1:  # the least a cache costs, beside the guard (issue 16), on the 1-worker server
+                hand = Server("dict", {"BENCH_JWKS_FILE": jwks_file.name}, workers=count)
+                servers.append(hand)
+                runs.append((count, DICT_CACHE, _Generator(hand, itertools.repeat(token))))
             runs += [
-                (count, BARE, _Generator(bare, itertools.repeat(token))),
                 (count, REPEATED, _Generator(guard, itertools.repeat(token))),
                 (count, f"{DISTINCT_PREFIX} ({distinct} cycled)", _Generator(guard, itertools.cycle(pool))),
             ]
