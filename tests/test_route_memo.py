@@ -173,3 +173,33 @@ def test_route_cache_size_zero_memoises_nothing_and_still_guards(idp: Issuer, cl
     while not isinstance(guard, TokenGuard):
         guard = guard.app
     assert guard.status()["route_cache_entries"] == 0
+
+
+def test_a_route_changed_while_a_decision_is_made_never_serves_that_decision() -> None:
+    """Another thread changes a route (and another request re-reads the table) while this request is
+    being resolved: the memo must keep the decision tied to the table validated before resolving, so
+    the next request sees the new route's policy, never the one decided for the old routes."""
+    app = Starlette(routes=[Route("/x", open_get)])
+    memo, _ = resolvers(16)
+    real_resolve = memo._resolve
+    interleaved = []
+
+    def resolve_while_routes_change(scope: Any, routed: Any, routes: Any) -> Any:
+        decision = real_resolve(scope, routed, routes)
+        if not interleaved:
+            interleaved.append(True)
+            app.router.routes[0] = Route("/x", write)  # thread B: the route is replaced...
+            memo.decide(scope_of(app, "GET", "/y", b"h"), app, b"h")  # ...and thread C re-reads the table
+        return decision
+
+    memo._resolve = resolve_while_routes_change  # type: ignore[method-assign]
+    assert memo.decide(scope_of(app, "GET", "/x", b"h"), app, b"h").requirement.public  # decided before the change
+    assert memo.decide(scope_of(app, "GET", "/x", b"h"), app, b"h").requirement.all_scopes == {"write"}
+
+
+def test_long_methods_are_decided_afresh_and_never_memoised() -> None:
+    app = app_with_routes()
+    memo, _ = resolvers(16)
+    method = "X" * 2000  # h11 accepts any token as a method
+    assert memo.decide(scope_of(app, method, "/a", b"h"), app, b"h").template == "/a"
+    assert memo.cache_entries == 0

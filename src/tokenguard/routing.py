@@ -363,20 +363,19 @@ class RouteResolver:
 
     def _decide(self, scope: MutableMapping[str, Any], scoped: Any, fallback_app: Any, key: _CacheKey) -> RouteDecision:
         app = self._routed_app(scoped, fallback_app)
-        root_path, path, host = key[2], key[3], key[4]
+        method, root_path, path, host = key[1], key[2], key[3], key[4]
         # Read first, whatever the key: on first sight it installs the dispatch checks (``_DispatchCheck``).
-        fresh = self._table_unchanged(app)
+        # The table is the one validated *before* resolving: a route changed meanwhile (another thread)
+        # makes it differ from its copy, so the entry below is never served for the new routes.
+        table = self._fresh_table(app)
         decision = self._resolve(scope, app, _routes(app))
-        table = self._tables.get(id(app))
         # Keys (and the path parameters a decision keeps) come from anonymous requests: an unusually
-        # long path or Host is decided afresh each time, so the memo's memory stays bounded by its
-        # entry count times a small size, whatever clients send.
+        # long method, path or Host is decided afresh each time, so the memo's memory stays bounded by
+        # its entry count times a small size, whatever clients send.
         if (
-            fresh
-            and table is not None
-            and table.app is app
+            table is not None
             and self._cache_size
-            and len(root_path) + len(path) + len(host) <= _MAX_CACHED_KEY
+            and len(method) + len(root_path) + len(path) + len(host) <= _MAX_CACHED_KEY
         ):
             entries = self._entries
             entries[key] = (scoped, table, decision)
@@ -387,24 +386,25 @@ class RouteResolver:
                     break
         return decision
 
-    def _table_unchanged(self, app: Any) -> bool:
-        """True when the memoised decisions for ``app`` still describe its routes (else they are dropped)."""
+    def _fresh_table(self, app: Any) -> _RouteTable | None:
+        """The route table of ``app`` as it is now (memoised decisions for it are dropped when it changed);
+        ``None`` when its decisions cannot be memoised (too many route lists to fingerprint)."""
         table = self._tables.get(id(app))
         if table is not None and table.app is app:
             if table.lists is None:
-                return False  # too many route lists to fingerprint: decided afresh, never memoised
+                return None  # too many route lists to fingerprint: decided afresh, never memoised
             if table.unchanged():
-                return True
+                return table
         return self._reread(app)
 
-    def _reread(self, app: Any) -> bool:
+    def _reread(self, app: Any) -> _RouteTable | None:
         # First sight of this app, or its routes changed: every memoised decision may be wrong now.
         self._entries.clear()
         if len(self._tables) >= 16:
             self._tables.clear()
         table = _RouteTable(app, install_checks=True)
         self._tables[id(app)] = table
-        return table.lists is not None
+        return table if table.lists is not None else None
 
     def _routed_app(self, app: Any, fallback_app: Any) -> Any:
         """The app whose routes decide: the one the guard wraps, seen through ``scope["app"]`` when
