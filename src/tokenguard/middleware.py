@@ -69,7 +69,6 @@ from tokenguard.store import FleetStore, MemoryStore, SharedStore
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
 logger = logging.getLogger("tokenguard")
-_ALLOWED = ("allow", "ok")  # the counter of a token allowed
 
 #: Where ``_enforce_call`` leaves the ``tools/list`` filter for ``__call__`` to wrap ``send`` with.
 _TOOLS_LIST_KEY = "tokenguard.mcp_tools_list"
@@ -450,10 +449,7 @@ class TokenGuard:
         if hit is not None:
             scope[REQUIREMENT_KEY] = requirement
             scope["auth"], scope["user"] = TokenCredentials(hit, None), TokenUser(hit)
-            if self._hooks or logger.isEnabledFor(logging.DEBUG):
-                self._decided(scope, decision, started, "allow", "ok", 200, hit)
-            else:  # ``_decided``'s own shortcut, without its call: nobody listens, count only
-                self.metrics.decisions[_ALLOWED] += 1
+            self._decided(scope, decision, started, "allow", "ok", 200, hit)
             checked: Receive | None = receive
         elif requirement.public and not self._mcp_call(scope):  # no token work, no extra frame on public routes
             self._allow_anonymous(scope, decision, started)
