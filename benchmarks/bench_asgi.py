@@ -149,23 +149,31 @@ class PyJWTMiddleware:
             await self.app(scope, receive, send)
             return
         authorization = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        await self.admit(self.verify(authorization), scope, receive, send)
+
+    def verify(self, authorization: bytes) -> dict[str, Any] | None:
+        """The claims of the ``Authorization`` value's bearer token, or ``None`` when it does not verify."""
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         try:
             if scheme.lower() != "bearer":
                 raise jwt.InvalidTokenError("no bearer token")
             key = self.keys[jwt.get_unverified_header(token)["kid"]]
-            claims = jwt.decode(token, key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
+            return jwt.decode(token, key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
         except (jwt.PyJWTError, KeyError):
+            return None
+
+    async def admit(self, claims: dict[str, Any] | None, scope: Scope, receive: Receive, send: Send) -> None:
+        """401 without claims, 403 without the route's scope, else the app."""
+        if claims is None:
             await PlainTextResponse("unauthorized", 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-            return
-        if "read:photos" not in claims.get("scope", "").split():
+        elif "read:photos" not in claims.get("scope", "").split():
             await PlainTextResponse("forbidden", 403)(scope, receive, send)
-            return
-        scope["user"], scope["auth"] = claims["sub"], claims
-        await self.app(scope, receive, send)
+        else:
+            scope["user"], scope["auth"] = claims["sub"], claims
+            await self.app(scope, receive, send)
 
 
-class DictCacheMiddleware:
+class DictCacheMiddleware(PyJWTMiddleware):
     """What a user hand-rolls with a cache: the PyJWT middleware above, plus a plain dict of verified tokens.
 
     Keyed by the raw token; a hit checks ``exp`` against the clock and the route's scope, nothing else
@@ -174,8 +182,7 @@ class DictCacheMiddleware:
     """
 
     def __init__(self, app: ASGIApp, jwks: dict[str, Any]) -> None:
-        self.app = app
-        self.verify = PyJWTMiddleware(app, jwks)
+        super().__init__(app, jwks)
         self.verified: dict[bytes, dict[str, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -184,28 +191,16 @@ class DictCacheMiddleware:
             return
         authorization = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
         claims = self.verified.get(authorization)
-        if claims is not None and claims["exp"] > time.time():
-            if "read:photos" not in claims.get("scope", "").split():
-                await PlainTextResponse("forbidden", 403)(scope, receive, send)
-                return
+        if claims is not None and claims["exp"] > time.time() and "read:photos" in claims.get("scope", "").split():
+            # ``admit``'s last branch, written out: the hit costs what the least cache costs, no call more.
             scope["user"], scope["auth"] = claims["sub"], claims
             await self.app(scope, receive, send)
             return
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        try:
-            if scheme.lower() != "bearer":
-                raise jwt.InvalidTokenError("no bearer token")
-            key = self.verify.keys[jwt.get_unverified_header(token)["kid"]]
-            claims = jwt.decode(token, key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
-        except (jwt.PyJWTError, KeyError):
-            await PlainTextResponse("unauthorized", 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-            return
-        self.verified[authorization] = claims
-        if "read:photos" not in claims.get("scope", "").split():
-            await PlainTextResponse("forbidden", 403)(scope, receive, send)
-            return
-        scope["user"], scope["auth"] = claims["sub"], claims
-        await self.app(scope, receive, send)
+        if claims is None or claims["exp"] <= time.time():
+            claims = self.verify(authorization)
+            if claims is not None:
+                self.verified[authorization] = claims
+        await self.admit(claims, scope, receive, send)
 
 
 class VerifyOnlyMiddleware:
