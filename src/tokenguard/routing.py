@@ -8,9 +8,9 @@ router answers with 405) gets the rules/default, never the policy of a route it 
 
 Results are memoised in a bounded LRU keyed by everything the routers look at: type, method,
 root_path, path and Host header, and the app the scope names. Cache invariant (docs/ARCHITECTURE.md,
-"Cache invariants"): an entry is valid only while the route table it was computed from is unchanged; every route list
-reachable from the app is fingerprinted (identity and length) and checked on each request, and any
-change empties the cache.
+"Cache invariants"): an entry is valid only while the route table it was computed from is unchanged;
+every route list reachable from the app is kept with a copy, compared with it (``==``, elements by
+identity first) on each request, and any change empties the cache.
 """
 
 from __future__ import annotations
