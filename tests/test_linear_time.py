@@ -380,6 +380,47 @@ def test_the_middleware_reads_host_and_authorization_in_linear_time() -> None:
     assert_linear(read, headers, 4000, "host_and_authorization(many header fields)")
 
 
+@pytest.mark.parametrize("part", ["method", "path", "host"])
+def test_the_route_decision_is_linear_in_the_request_shape(part: str) -> None:
+    """``RouteResolver.decide`` (issue 16's one-lookup memo): a long method, path or Host is past the memo's
+    key bound, so every request is resolved afresh against the routes; that stays linear in its length."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Host, Mount, Route
+
+    from tokenguard.routing import RouteResolver
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[
+            Route("/items/{id:int}", endpoint),
+            Route("/files/{name:path}", endpoint),
+            Mount("/m", routes=[Route("/{a}/{b}", endpoint)]),
+            Host("{sub}.example.com", app=Starlette(routes=[Route("/x", endpoint)])),
+        ]
+    )
+    resolver = RouteResolver((), AUTHENTICATED)
+
+    def shape(size: int) -> tuple[dict[str, Any], bytes]:
+        method, path, host = "GET", "/files/x", b"api.example.com"
+        if part == "method":
+            method = "G" * size
+        elif part == "path":
+            path = "/items/" + "1" * size + "x"  # almost an int: the converter's pattern runs to the end
+        else:
+            host = b"a" * size + b".example.org"
+        return {"type": "http", "method": method, "path": path, "root_path": "", "headers": [], "app": app}, host
+
+    def decide(request: Any) -> None:
+        resolver.decide(request[0], app, request[1])
+
+    decide(shape(10))
+    assert resolver.cache_entries <= 1  # long shapes are never stored
+    assert_linear(decide, shape, 16 * 1024, f"RouteResolver.decide(long {part})")
+
+
 # -- the strict JSON decoder (request bodies for authorization_details checks; token segments) -----------
 
 

@@ -203,3 +203,32 @@ def test_long_methods_are_decided_afresh_and_never_memoised() -> None:
     method = "X" * 2000  # h11 accepts any token as a method
     assert memo.decide(scope_of(app, method, "/a", b"h"), app, b"h").template == "/a"
     assert memo.cache_entries == 0
+
+
+def test_a_flood_of_request_shapes_keeps_the_memo_bounded_and_every_answer_right(
+    idp: Issuer, clock: ManualClock
+) -> None:
+    """Through a real guard: anonymous clients sending ever new methods, paths and Host values cannot grow
+    the memo past ``route_cache_size``, nor push a route's policy out of effect — evicted shapes are
+    decided afresh, with the same answer."""
+    app = Starlette(
+        routes=[Route("/open", open_get), Route("/read", read), Route("/items/{id:int}", write, methods=["DELETE"])]
+    )
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=AUDIENCE, clock=clock, route_cache_size=8)
+    client = TestClient(app)
+    reader = {"Authorization": f"Bearer {idp.token(scope='read')}"}
+    assert client.get("/open").text == "open"  # builds the middleware stack
+    guard: Any = client.app.middleware_stack  # type: ignore[attr-defined]
+    while not isinstance(guard, TokenGuard):
+        guard = guard.app
+    for i in range(60):
+        assert client.get("/open").text == "open"
+        assert client.get("/read", headers=reader).text == "read"
+        assert client.get("/read").status_code == 401
+        assert client.delete(f"/items/{i}", headers=reader).status_code == 403  # needs write
+        # A method the route does not list reaches no endpoint (the router would answer 405): the default
+        # applies, so an anonymous request is refused first; with a token, the router's 405.
+        assert client.request(f"M{i}", "/open").status_code == 401
+        assert client.request(f"M{i}", "/open", headers=reader).status_code == 405
+        assert client.get(f"/nowhere/{i}", headers={"Host": f"h{i}.example"}).status_code == 401
+        assert guard.status()["route_cache_entries"] <= 8
