@@ -30,6 +30,11 @@ _PADDING = (b"", b"", b"==", b"=")
 _CANONICAL_LAST_BYTES = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
 
 
+#: ``+``, ``/`` and ``=`` as byte values: ``int in bytes`` is one ``memchr``, while ``bytes in bytes``
+#: first tries the needle as an integer and clears the TypeError (≈ 0.15 µs each on a token, issue 16).
+_PLUS, _SLASH, _EQUALS = b"+/="
+
+
 def _malformed() -> InvalidToken:
     return InvalidToken("malformed_token", "The access token is malformed.")
 
@@ -163,9 +168,9 @@ def split_compact(token: str) -> tuple[bytes, int, int]:
         or second < first + 2
         or second == len(raw) - 1
         or raw.find(b".", second + 1) != -1
-        or b"+" in raw
-        or b"/" in raw
-        or b"=" in raw
+        or _PLUS in raw
+        or _SLASH in raw
+        or _EQUALS in raw
     ):
         raise _malformed()
     return raw, first, second

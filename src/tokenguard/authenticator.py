@@ -262,7 +262,10 @@ class Authenticator(_Pipeline):
             # the verified cache spares it a second signature check. Without one, it decides alone.
             or (constraints is not None and (constraints.required or not self.validator.caches))
             or len(raw) > self.config.max_token_bytes
-            or raw.count(b".") != 2
+            # Not three segments is for ``split_compact`` to find (its refusal sends it to the full path
+            # below); a value without a dot (an opaque token) goes there without a parse. ``find``, not
+            # ``count``: one memchr, not a pass over every byte.
+            or raw.find(b".") == -1
             or not raw.isascii()
         ):
             return None  # the full path decides (a recheck, a proof, its size or shape refusal)
