@@ -18,14 +18,28 @@ class TokenCredentials(AuthCredentials):
     """``request.auth``: the granted scopes, the claims, and what decided (``"jwt"``/``"introspection"``)."""
 
     def __init__(self, token: AccessToken, binding: Binding | None = None) -> None:
-        # AuthCredentials.__init__ only stores a list of scopes; set it directly (hot path).
-        self.scopes = list(token.sorted_scopes)
+        # AuthCredentials.__init__ only stores the list of scopes, which ``scopes`` makes on first use.
+        self._scopes: list[str] | None = None
         self.token = token
         self.source = token.source
         #: How the request proved it holds the token: ``Binding("dpop", <key thumbprint>)``,
         #: ``Binding("mtls", <certificate thumbprint>)``, or ``None`` for a bearer token.
         self.binding = binding
         self._claims: dict[str, Any] | None = None
+
+    @property
+    def scopes(self) -> list[str]:
+        """The granted scopes, sorted (Starlette's ``requires`` reads them). Made when first read: most
+        requests never read them (the guard checked the route's scopes already), and sorting a
+        first-sight token's scopes cost ≈ 1 µs of its request (issue 16). A list of this request's own."""
+        scopes = self._scopes
+        if scopes is None:
+            scopes = self._scopes = list(self.token.sorted_scopes)
+        return scopes
+
+    @scopes.setter
+    def scopes(self, value: list[str]) -> None:
+        self._scopes = value
 
     @property
     def actor(self) -> Actor | None:
