@@ -309,7 +309,6 @@ def test_starlette_requires_works_on_top(client: TestClient, idp: Issuer) -> Non
     assert client.get("/starlette-requires", headers=bearer(idp.token(scope="other"))).status_code == 403
 
 
-
 def test_request_auth_scopes_is_a_sorted_list_of_the_requests_own(idp: Issuer, clock: ManualClock) -> None:
     """``request.auth.scopes`` (made when first read): the granted scopes sorted, a list an endpoint may
     change without the next request with the same (cached) token seeing it; assigning it works too."""
@@ -326,13 +325,9 @@ def test_request_auth_scopes_is_a_sorted_list_of_the_requests_own(idp: Issuer, c
     first = client.get("/scopes", headers=bearer(token))
     second = client.get("/scopes", headers=bearer(token))  # a verified-cache hit: the same AccessToken
     assert seen == [["admin", "read:photos", "write:photos"]] * 2
-    assert first.json()["scopes"] == second.json()["scopes"] == [
-        "admin",
-        "read:photos",
-        "write:photos",
-        "written:by-endpoint",
-        "assigned",
-    ]
+    expected = ["admin", "read:photos", "write:photos", "written:by-endpoint", "assigned"]
+    assert first.json()["scopes"] == second.json()["scopes"] == expected
+
 
 # -- decorators on Starlette endpoints ---------------------------------------------------------------
 
