@@ -748,3 +748,126 @@ def test_whatever_path_reaches_the_mcp_server_gets_the_tool_policy(clock: Manual
         client.post(path, content=body.encode(), headers=strong)
     if path in ("/mcp", "/mcp?x=1"):
         assert CALLS == ["transfer"]  # the control: this spelling does reach the tool
+
+
+# -- an MCP request is one the router hands to the MCP endpoint's route, however its path is spelt ------------
+
+
+def _sdk_app() -> Any:
+    return make_server().streamable_http_app(stateless_http=True, json_response=True)
+
+
+def _lifespan_of(sdk: Any) -> Any:
+    return lambda app: sdk.router.lifespan_context(sdk)
+
+
+def _fastapi_root_path(clock: ManualClock, policy: MCPPolicy, **options: Any) -> Any:
+    """``FastAPI(root_path="/api")`` wrapped by the guard directly: FastAPI writes its root into the scope
+    when it is called, after the guard, and its router then sends ``/api/mcp`` to the ``/mcp`` route."""
+    from fastapi import FastAPI
+
+    sdk = _sdk_app()
+    with pytest.warns(Warning, match="root_path"):  # FastAPI deprecates the option, still honours it
+        app = FastAPI(root_path="/api", lifespan=_lifespan_of(sdk))
+    app.router.routes.extend(sdk.routes)
+    return TokenGuard(app, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy, **options)
+
+
+def _template(clock: ManualClock, policy: MCPPolicy, **options: Any) -> Any:
+    """The MCP endpoint on a route template, one per tenant."""
+    sdk = _sdk_app()
+    app = Starlette(routes=[Route("/t/{tenant}/mcp", sdk.routes[0].endpoint)], lifespan=_lifespan_of(sdk))
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy, **options)
+    return app
+
+
+def _mounted(clock: ManualClock, policy: MCPPolicy, **options: Any) -> Any:
+    """The SDK's whole app mounted under a prefix."""
+    from starlette.routing import Mount
+
+    sdk = _sdk_app()
+    app = Starlette(routes=[Mount("/v1", app=sdk)], lifespan=_lifespan_of(sdk))
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy, **options)
+    return app
+
+
+#: (app, MCPPolicy path, paths the router sends to the MCP endpoint, paths it sends nowhere near it)
+ROUTED_SHAPES = {
+    "FastAPI root_path, guard outside": (_fastapi_root_path, "/mcp", ["/mcp", "/api/mcp", "/api/mcp/"], ["/api/x"]),
+    "template, the policy names it": (_template, "/t/{tenant}/mcp", ["/t/acme/mcp", "/t/other/mcp/"], ["/t/a/b"]),
+    "template, the policy names one tenant's path": (_template, "/t/acme/mcp", ["/t/acme/mcp", "/t/other/mcp"], []),
+    "mounted under /v1": (_mounted, "/v1/mcp", ["/v1/mcp", "/v1/mcp/"], ["/mcp"]),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ROUTED_SHAPES))
+@pytest.mark.parametrize("default", ["authenticated", "public"])
+def test_every_path_the_router_sends_to_the_mcp_endpoint_gets_the_tool_policy(
+    clock: ManualClock, idp: Issuer, shape: str, default: str
+) -> None:
+    """Found by review: the guard compared the request's path with ``MCPPolicy.path``, so a request the router
+    sent to the MCP endpoint by another path (an app's own root_path, a template's parameters) passed with
+    only the route's policy — any valid token, or none under ``default="public"`` — and ran every tool.
+    Now the tool runs exactly when the token holds its scopes, for every path that reaches it."""
+    build, mcp_path, reaching, elsewhere = ROUTED_SHAPES[shape]
+    policy = MCPPolicy(path=mcp_path, tools={"transfer": ToolPolicy(scopes="payments:write")})
+    body = json.dumps({**_transfer_call(), "params": {"name": "transfer", "arguments": {"to": "b", "amount": 1}}})
+    weak = {**HEADERS, "authorization": f"Bearer {token(idp, 'accounts:read')}"}
+    strong = {**HEADERS, "authorization": f"Bearer {token(idp, 'payments:write')}"}
+    with TestClient(build(clock, policy, default=default), base_url=BASE) as client:
+        for path in reaching:
+            CALLS.clear()
+            anonymous = client.post(path, content=body.encode(), headers=HEADERS)
+            assert (anonymous.status_code, CALLS) == (401, []), path  # the MCP endpoint is never public
+            refused = client.post(path, content=body.encode(), headers=weak)
+            assert (refused.status_code, CALLS) == (403, []), path
+            assert 'scope="payments:write"' in challenge(refused)
+            allowed = client.post(path, content=body.encode(), headers=strong, follow_redirects=True)
+            assert (allowed.status_code, CALLS) == (200, ["transfer"]), path
+        for path in elsewhere:  # no MCP endpoint there: the route's own policy, no body read
+            CALLS.clear()
+            response = client.post(path, content=b"not json", headers=weak)
+            assert (response.status_code, CALLS) == (404, []), path
+
+
+class _PredictedElsewhere(Route):
+    """Matches inside the router, and for the guard only the literal template: the guard predicts
+    another route for every real path, so only the dispatch check sees that this one runs."""
+
+    def matches(self, scope: Any) -> Any:
+        if "router" not in scope and scope["path"] != self.path:
+            from starlette.routing import Match
+
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+def test_a_dispatch_to_the_mcp_endpoint_the_guard_did_not_predict_gets_the_tool_policy(
+    clock: ManualClock, idp: Issuer
+) -> None:
+    """The dispatch check lets an unpredicted route through when its requirement equals the one applied;
+    the MCP endpoint's per-call policy is more than its requirement, so it is checked there."""
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    sdk = _sdk_app()
+    app = Starlette(
+        routes=[_PredictedElsewhere("/t/{tenant}/mcp", sdk.routes[0].endpoint), Route("/t/{tenant}/mcp", plain)],
+        lifespan=_lifespan_of(sdk),
+    )
+    policy = MCPPolicy(path="/t/{tenant}/mcp", tools={"transfer": ToolPolicy(scopes="payments:write")})
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy)
+    body = json.dumps({**_transfer_call(), "params": {"name": "transfer", "arguments": {"to": "b", "amount": 1}}})
+    CALLS.clear()
+    with TestClient(app, base_url=BASE) as client:
+        weak = {**HEADERS, "authorization": f"Bearer {token(idp, 'accounts:read')}"}
+        refused = client.post("/t/acme/mcp", content=body.encode(), headers=weak)
+        assert (refused.status_code, CALLS) == (403, [])
+        strong = {**HEADERS, "authorization": f"Bearer {token(idp, 'payments:write')}"}
+        allowed = client.post("/t/acme/mcp", content=body.encode(), headers=strong)
+        assert (allowed.status_code, CALLS) == (200, ["transfer"])
+        guard = app.middleware_stack
+        while not isinstance(guard, TokenGuard):
+            guard = guard.app
+        assert guard.resolver.mismatches == 2  # both were dispatches the guard did not predict

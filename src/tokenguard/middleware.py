@@ -60,6 +60,7 @@ from tokenguard.routing import (
     RouteDecision,
     RouteResolver,
     declared_requirements,
+    host_of,
     route_path,
     routed_app,
 )
@@ -249,6 +250,7 @@ class TokenGuard:
         default_requirement = PUBLIC if options["default"] == "public" else AUTHENTICATED
         self.resolver = RouteResolver(tuple(rules), default_requirement, cache_size=options["route_cache_size"])
         self.resolver.enforce = self._enforce_at_dispatch
+        self.resolver.checks_beyond_policy = self._checks_beyond_policy
         if options["mcp"] is not None and not isinstance(options["mcp"], MCPPolicy):
             raise ConfigurationError(
                 "mcp must be a tokenguard.mcp.MCPPolicy, e.g. MCPPolicy(tools={'transfer': ToolPolicy(scopes='pay')})"
@@ -580,9 +582,32 @@ class TokenGuard:
         await send_denial(scope, receive, send, denial)
 
     def _at_mcp(self, scope: Scope) -> bool:
-        """An HTTP request to the MCP endpoint, any method, when ``mcp=`` is set."""
+        """An HTTP request to the MCP endpoint, any method, when ``mcp=`` is set.
+
+        The endpoint is ``MCPPolicy.path`` as the app's routes see it, and the route that path leads to
+        on this request's app and host: a request the router hands to that route is an MCP request
+        however its path is spelled — through an app's own ``root_path`` (``FastAPI(root_path=...)``,
+        applied after the guard), a template's parameters (``/t/{tenant}/mcp``) or a mount's prefix.
+        A path comparison alone would send those past every tool's policy.
+        """
         mcp = self.mcp
-        return mcp is not None and scope["type"] == "http" and mcp.at(route_path(scope))
+        if mcp is None or scope["type"] != "http":
+            return False
+        if mcp.at(route_path(scope)):
+            return True
+        decision = scope.get(DECISION_KEY)
+        route = decision.route if isinstance(decision, RouteDecision) else None
+        return route is not None and route is self._mcp_route(scope)
+
+    def _mcp_route(self, scope: Mapping[str, Any]) -> Any:
+        """The route ``MCPPolicy.path`` leads to on this request's app, root and host (``None``: none)."""
+        assert self.mcp is not None
+        return self.resolver.route_at(self.mcp.path, scope, self.app, host_of(scope))
+
+    def _checks_beyond_policy(self, route: Any, scope: Mapping[str, Any]) -> bool:
+        """At a dispatch the guard did not predict: the MCP endpoint needs its per-call policy checked,
+        whatever the route's own requirement (``RouteResolver.confirm``)."""
+        return self.mcp is not None and scope.get("type") == "http" and route is self._mcp_route(scope)
 
     def _mcp_call(self, scope: Scope) -> bool:
         """A request to the MCP endpoint that is never public: any method but a CORS preflight's OPTIONS."""

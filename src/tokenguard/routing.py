@@ -279,6 +279,9 @@ class RouteResolver:
         self._tables: dict[int, _RouteTable] = {}
         #: Set by the guard: applies a requirement at dispatch when the prediction was wrong.
         self.enforce: Enforcer | None = None
+        #: Set by the guard: whether a dispatched route needs the guard's own checks beyond its policy
+        #: (the MCP endpoint's per-call policy), so an equal requirement is no reason to let it through.
+        self.checks_beyond_policy: Callable[[Any, Mapping[str, Any]], bool] | None = None
         #: How many dispatches reached another endpoint than predicted (each one a bug to report).
         self.mismatches = 0
 
@@ -293,6 +296,11 @@ class RouteResolver:
         """
         self.mismatches += 1
         decision = scope.get(DECISION_KEY)
+        # From here on the decision names the route the router runs: what the guard checks for that
+        # route (``TokenGuard._at_mcp``) is decided by it, not by the prediction.
+        scope[DECISION_KEY] = (
+            decision if isinstance(decision, RouteDecision) else RouteDecision(PUBLIC, None)
+        )._replace(route=route)
         try:
             required = endpoint_requirement(route.endpoint, scope)
             if required is None:
@@ -301,7 +309,13 @@ class RouteResolver:
         except Exception as exc:  # marks that cannot combine: fail closed
             logger.error("tokenguard: the policy of the dispatched endpoint is unknown: %s", type(exc).__name__)
             required = None
-        if required is not None and decision is not None and scope.get(REQUIREMENT_KEY) == required:
+        beyond = self.checks_beyond_policy
+        if (
+            required is not None
+            and decision is not None
+            and scope.get(REQUIREMENT_KEY) == required
+            and (beyond is None or not beyond(route, scope))
+        ):
             logger.info("tokenguard: the router dispatched to another route than predicted, with the same policy")
             return receive
         logger.warning(
@@ -327,6 +341,28 @@ class RouteResolver:
     @property
     def has_sensitive_rules(self) -> bool:
         return any(rule.requirement.sensitive for rule in self._rules)
+
+    def route_at(self, path: str, scope: Mapping[str, Any], fallback_app: Any = None, host: bytes = b"") -> Any:
+        """The route whose endpoint the router would run for a ``POST`` to ``path`` (as the app's routes see
+        it) on this request's app, root and host; ``None`` when none would.
+
+        Decided, and memoised, as a request to that path is: a route reached through the app's own
+        ``root_path``, a template's parameters or a mount's prefix is found the same way for both.
+        """
+        root_path = scope.get("root_path", "")
+        full = root_path + path
+        probe: dict[str, Any] = {
+            "type": "http",
+            "method": "POST",
+            "path": full,
+            "raw_path": full.encode("utf-8", "surrogateescape"),
+            "root_path": root_path,
+            "query_string": b"",
+            "headers": [],
+        }
+        if "app" in scope:
+            probe["app"] = scope["app"]
+        return self.decide(probe, fallback_app, host).route
 
     @property
     def cache_entries(self) -> int:
