@@ -229,8 +229,17 @@ def check_longest_life(exp: float | None, iat: float | None, now: float, limit: 
 
     Used while revocations are in use (``max_token_lifetime``): a revocation by ``sub``/``client_id`` is
     forgotten ``limit`` after its cut-off, so a token living longer could come back to life.
+
+    Without ``exp`` (RFC 7662 §2.2 makes it optional in an introspection answer, and the issuer, which
+    knows nothing of this API's own revocations, keeps calling the token active), the token's age
+    (now - ``iat``) is held to ``limit``; with neither ``exp`` nor ``iat`` nothing bounds its life, so no
+    revocation could be kept long enough to cover it: refused.
     """
-    if exp is not None and exp - (now if iat is None else iat) > limit + leeway:
+    if exp is None:
+        if iat is None or now - iat > limit + leeway:
+            raise InvalidToken("bad_claim", "The access token lives longer than this API accepts.")
+        return
+    if exp - (now if iat is None else iat) > limit + leeway:
         raise InvalidToken("bad_claim", "The access token lives longer than this API accepts.")
 
 

@@ -157,7 +157,7 @@ class _Pipeline:
         return access_token, binding
 
     def _check_lifetime(self, token: AccessToken, limit: float) -> None:
-        """An introspected token's life against ``limit`` (no ``exp``: its issuer is asked about it anyway)."""
+        """An introspected token's life against ``limit`` (without ``exp``, its age: ``check_longest_life``)."""
         iat = number_claim(token.claims, "iat", required=False)
         check_longest_life(token.expires_at, iat, self.config.clock(), limit, self.config.leeway)
 
