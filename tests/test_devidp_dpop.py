@@ -264,13 +264,15 @@ async def test_a_proof_refused_for_its_grant_is_used_all_the_same(idp: DevIdP, k
 
 
 async def test_the_replay_store_is_bounded(dev_idp_keys: KeyRing, key: DPoPKey) -> None:
-    """max_entries bounds it like every other store: the oldest jti goes first, still refused by age later."""
+    """max_entries bounds it like every other store, but a live record is never forgotten (forgetting one
+    would let its proof be used again): past the bound, proofs get a 503 until records leave the window."""
     small = DevIdP(keys=dev_idp_keys, clock=ManualClock(), max_entries=2)
     proofs = [proof(small, key) for _ in range(3)]
-    for each in proofs:
-        assert (await token_with(small, each)).status_code == 200
-    assert (await token_with(small, proofs[0])).status_code == 200  # evicted: the cost of a bound store
-    assert_refused(await token_with(small, proofs[2]), "invalid_dpop_proof")
+    assert [(await token_with(small, each)).status_code for each in proofs] == [200, 200, 503]
+    assert_refused(await token_with(small, proofs[0]), "invalid_dpop_proof")  # still remembered
+    assert isinstance(small.clock, ManualClock)
+    small.clock.advance(61)
+    assert (await token_with(small, proof(small, key))).status_code == 200
 
 
 # -- server nonces at the token endpoint (§8) ----------------------------------------------------------
@@ -485,3 +487,27 @@ async def test_a_browser_app_may_send_a_proof_and_read_the_nonce(dev_idp_keys: K
     assert refused.json()["error"] == "use_dpop_nonce"
     assert refused.headers["access-control-expose-headers"].lower() == "dpop-nonce"
     assert refused.headers["dpop-nonce"]
+
+
+async def test_a_flood_of_proofs_never_makes_a_used_proof_good_again(
+    dev_idp_keys: KeyRing, key: DPoPKey, other_key: DPoPKey
+) -> None:
+    """Found by review: the used proofs were an LRU of ``max_entries``, so proofs from the attacker's own key
+    with a junk grant pushed a victim's used proof out, and it was accepted a second time (RFC 9449 §11.1).
+    A live record is never forgotten now: past the bound the token endpoint answers 503 until records age out
+    of the proof window, and the used proof stays refused."""
+    idp = DevIdP(keys=dev_idp_keys, clock=ManualClock(), max_entries=8)
+    used = proof(idp, key)
+    assert (await token_with(idp, used)).status_code == 200
+    junk_grant = {"grant_type": "client_credentials", "scope": "no-such-scope"}
+    statuses = [(await token_with(idp, proof(idp, other_key), junk_grant)).status_code for _ in range(12)]
+    assert statuses == [400] * 7 + [503] * 5  # 7 more records fill the 8; then no proof is taken
+    full = await token_with(idp, proof(idp, other_key))
+    assert (full.status_code, full.json()["error"]) == (503, "temporarily_unavailable")
+    replay = await token_with(idp, used)
+    assert_refused(replay, "invalid_dpop_proof")
+    assert "already used" in replay.json()["error_description"]
+    assert isinstance(idp.clock, ManualClock)
+    idp.clock.advance(61)  # every record's proof window is over: they expire, and new proofs are taken
+    assert (await token_with(idp, proof(idp, key))).status_code == 200
+    assert_refused(await token_with(idp, used), "invalid_dpop_proof")  # too old by now, as ever

@@ -321,3 +321,28 @@ async def test_reauthentication_after_revocation_gets_a_fresh_working_grant(dev_
     async with api(dev_idp) as client:
         assert await statuses(client, again["access_token"]) == (200, 200)
     assert (await refresh(dev_idp, again["refresh_token"])).status_code == 200
+
+
+async def test_a_chain_rotated_past_the_ledger_still_has_its_replay_detected(dev_idp_keys: Any) -> None:
+    """Found by review: the refresh-token records were an LRU of ``max_entries``, so an attacker rotating a
+    stolen chain past that many times pushed the stolen token's record out; the victim's replay was then a
+    plain "invalid", and the attacker's chain survived. A live record is never forgotten now: past the
+    bound, refreshing answers 503 until records expire, and the replay still revokes the whole chain."""
+    idp = DevIdP(keys=dev_idp_keys, clock=ManualClock(), max_entries=8)
+    leaked = (await login(idp))["refresh_token"]
+    current, answers = leaked, []
+    for _ in range(12):  # the attacker, far past the 8 records the ledger holds
+        response = await refresh(idp, current)
+        answers.append(response.status_code)
+        if response.status_code == 200:
+            current, attacker_access = response.json()["refresh_token"], response.json()["access_token"]
+    assert answers == [200] * 7 + [503] * 5
+    assert (await refresh(idp, current)).json()["error"] == "temporarily_unavailable"
+    replay = await refresh(idp, leaked)  # the victim
+    assert replay.json()["error"] == "invalid_grant"
+    assert kinds(idp)[-2:] == ["replay_detected", "chain_revoked"]
+    assert not await active(idp, current)
+    assert not await active(idp, attacker_access)
+    assert isinstance(idp.clock, ManualClock)
+    idp.clock.advance(86_400 + 1)  # every refresh token expired: the ledger takes new ones
+    assert (await refresh(idp, (await login(idp))["refresh_token"])).status_code == 200

@@ -1,7 +1,17 @@
 """What a DevIdP has issued: grants, codes, access and refresh tokens, revoked ``jti`` s, and events.
 
 Every store is bounded (``max_entries``) and drops an entry when the injected clock passes its
-expiry (``cachetools.TLRUCache``); when a store is full, the least recently used entry goes.
+expiry (``cachetools.TLRUCache``). When a store is full, what happens depends on what forgetting
+an entry would allow:
+
+- access tokens, grants and revoked ``jti`` s: the least recently used entry goes; a forgotten
+  token or grant is unknown from then on, so what it named is refused (it fails closed);
+- refresh tokens, authorization codes and used DPoP proofs (``_KeptStore``): a live entry is never
+  forgotten, and what would add one is refused with a 503 until entries expire. A forgotten *used*
+  refresh token or code would turn its replay from "revoke the grant" into a plain "unknown" (an
+  attacker rotating a stolen chain ten thousand times pushed the stolen token out, and the victim's
+  replay then revoked nothing); a forgotten proof could be used again (RFC 9449 §11.1).
+
 Entries are keyed by the token's SHA-256, never by the token itself. The protocol rules (who may
 do what) live in ``_idp``; this module only records and answers, under the DevIdP's lock.
 """
@@ -25,6 +35,7 @@ from tokenguard.testing._model import (
     Event,
     EventKind,
     Grant,
+    OAuthError,
     RefreshState,
     TokenFormat,
     TokenSet,
@@ -55,6 +66,36 @@ def _store(maxsize: int, clock: Callable[[], float], expires: Callable[[V], floa
     return TLRUCache(maxsize=maxsize, ttu=lambda _key, value, _now: expires(value), timer=clock)
 
 
+class LedgerFull(OAuthError):
+    """A store that never forgets a live entry is full: the request is refused until entries expire."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            "temporarily_unavailable", f"This server holds too many live {what}; try again later.", status_code=503
+        )
+
+
+class _KeptStore(TLRUCache[Any, V]):
+    """A ``TLRUCache`` that never evicts a live entry: adding one to a full store raises ``LedgerFull``.
+
+    ``TLRUCache.__setitem__`` drops the expired entries first, then asks ``popitem`` for room before it
+    inserts anything, so a refusal leaves the store as it was.
+    """
+
+    def __init__(self, maxsize: int, clock: Callable[[], float], expires: Callable[[V], float], what: str) -> None:
+        super().__init__(maxsize=maxsize, ttu=lambda _key, value, _now: expires(value), timer=clock)
+        self.what = what
+
+    def popitem(self) -> tuple[Any, V]:
+        raise LedgerFull(self.what)
+
+    def room(self) -> None:
+        """Raise ``LedgerFull`` now when adding an entry would: before anything else of a request is done."""
+        self.expire()
+        if len(self) >= self.maxsize:
+            raise LedgerFull(self.what)
+
+
 class Ledger:
     """The bounded, expiring record of everything one DevIdP issued, and its event log."""
 
@@ -66,15 +107,19 @@ class Ledger:
         self.on_revoked = on_revoked
         self.max_entries = max_entries
         clock = idp.clock
-        self.codes: TLRUCache[bytes, CodeState] = _store(max_entries, clock, lambda s: s.expires_at)
+        self.codes: _KeptStore[CodeState] = _KeptStore(
+            max_entries, clock, lambda s: s.expires_at, "authorization codes"
+        )
         self.access: TLRUCache[bytes, AccessState] = _store(max_entries, clock, lambda s: s.expires_at)
-        self.refresh: TLRUCache[bytes, RefreshState] = _store(max_entries, clock, lambda s: s.expires_at)
+        self.refresh: _KeptStore[RefreshState] = _KeptStore(
+            max_entries, clock, lambda s: s.expires_at, "refresh tokens"
+        )
         self.grants: TLRUCache[str, Grant] = _store(max_entries, clock, lambda g: g.expires_at)
         # Revoked JWTs cannot be recalled: they stay listed by jti until they would have expired anyway.
         self.revoked_jtis: TLRUCache[str, float] = _store(max_entries, clock, lambda exp: exp)
         # RFC 9449 §11.1: the DPoP proofs the token endpoint accepted, by digest of (key, jti), each
         # until its iat falls out of the accepted window, after which the proof is refused anyway.
-        self.dpop_jtis: TLRUCache[bytes, float] = _store(max_entries, clock, lambda until: until)
+        self.dpop_jtis: _KeptStore[float] = _KeptStore(max_entries, clock, lambda until: until, "DPoP proofs")
         self.events: deque[Event] = deque(maxlen=max_events)
 
     def now(self) -> float:
@@ -200,6 +245,8 @@ class Ledger:
         which the access token is bound to (``cnf.jkt``, RFC 9449 §6), and the refresh token too
         with ``bind_refresh`` (a public client's, §5).
         """
+        if refresh:
+            self.refresh.room()  # refused before anything is minted or rotated
         confirmation = {"jkt": jkt} if jkt is not None else None
         access, access_state = self.mint_access(
             grant, scopes, parent=parent, audience=audience, confirmation=confirmation
