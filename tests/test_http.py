@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -124,6 +127,80 @@ async def test_body_exactly_at_the_cap_is_accepted(respx_mock: respx.MockRouter)
     """The cap is inclusive: a body of exactly ``max_bytes`` is read."""
     respx_mock.get(URL).respond(200, content=b"z" * 1024)
     assert len((await get(HttpClientPool(), max_bytes=1024)).body) == 1024
+
+
+# -- content codings: counted after decoding, never decoded past the cap ---------------------------------
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    """The body as a stream of 16 KiB chunks without a Content-Length, as a server streams it."""
+    for start in range(0, len(body), 16384):
+        yield body[start : start + 16384]
+
+
+def _gzip(data: bytes, *, wbits: int = 31) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.anyio
+async def test_requests_ask_for_the_identity_coding(respx_mock: respx.MockRouter) -> None:
+    """``Accept-Encoding: identity``, whatever headers the caller passes."""
+    route = respx_mock.get(URL).respond(200, json={})
+    await get(HttpClientPool())
+    assert route.calls.last.request.headers["accept-encoding"] == "identity"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("coding", "wbits"), [("gzip", 31), ("x-gzip", 31), ("deflate", 15), (" GZIP ", 31)])
+async def test_a_compressed_answer_is_read_when_a_server_sends_one_anyway(
+    respx_mock: respx.MockRouter, coding: str, wbits: int
+) -> None:
+    document = json.dumps({"keys": [{"kid": str(number)} for number in range(50)]}).encode()
+    body = _gzip(document, wbits=wbits)
+    respx_mock.get(URL).respond(200, content=body, headers={"Content-Encoding": coding})
+    assert (await get(HttpClientPool(), max_bytes=len(document))).body == document
+    with pytest.raises(FetchError, match=f"more than {len(document) - 1} bytes"):
+        await get(HttpClientPool(), max_bytes=len(document) - 1)  # the cap counts the decoded bytes
+
+
+@pytest.mark.anyio
+async def test_a_decompression_bomb_is_refused_without_being_decompressed(respx_mock: respx.MockRouter) -> None:
+    """Found by review: httpx decoded a response before it was counted, so 3.5 KB of stacked gzip became
+    4 GiB in memory (and 12 s of a blocked event loop) before any cap applied. A single layer of 256 MiB
+    of zeros (≈ 250 KB on the wire) is refused now having decoded at most the cap plus a chunk's slack."""
+    zeros = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = b"".join(zeros.compress(bytes(1 << 20)) for _ in range(256)) + zeros.flush()
+    respx_mock.get(URL).mock(
+        return_value=httpx.Response(200, content=_chunked(body), headers={"Content-Encoding": "gzip"})
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError, match="more than 1048576 bytes"):
+            await get(HttpClientPool(), max_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # the compressed body and the cap's worth of zeros, never the 256 MiB
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("coding", ["gzip, gzip", "br", "zstd", "compress", "gzip;q=1"])
+async def test_other_content_codings_are_refused(respx_mock: respx.MockRouter, coding: str) -> None:
+    """Stacked codings (the 4 GiB answer stacked two gzips) and codings nobody asked for are not read."""
+    respx_mock.get(URL).respond(200, content=_gzip(_gzip(b"{}")), headers={"Content-Encoding": coding})
+    with pytest.raises(FetchError, match="content coding that is not read"):
+        await get(HttpClientPool())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("body", [b"not gzip at all", _gzip(b'{"keys": []}')[:-6]])
+async def test_a_body_that_does_not_decode_is_a_fetch_error(respx_mock: respx.MockRouter, body: bytes) -> None:
+    respx_mock.get(URL).mock(
+        return_value=httpx.Response(200, content=_chunked(body), headers={"Content-Encoding": "gzip"})
+    )
+    with pytest.raises(FetchError, match=r"does not decode|truncated"):
+        await get(HttpClientPool())
 
 
 # -- failures become FetchError ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import ssl
 import sys
 import weakref
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +175,9 @@ class HttpClientPool:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> HttpResult:
-        request_headers = {"Accept": "application/json", **(headers or {})}
+        # Identity only: a compressed answer would be decompressed past every size cap before it is
+        # counted (a few KiB of stacked gzip are gigabytes); ``_read_bounded`` reads what is sent anyway.
+        request_headers = {"Accept": "application/json", **(headers or {}), "Accept-Encoding": "identity"}
         # Messages name the URL without userinfo or query, and never the form (it holds the token).
         where = f"{method} {safe_url(url)}"
         try:
@@ -197,18 +200,41 @@ class HttpClientPool:
             raise FetchError(f"{where} failed: {type(exc).__name__}") from exc
 
 
+#: RFC 9110 §8.4.1: the codings read despite ``Accept-Encoding: identity`` (a server may ignore it), with
+#: their ``zlib`` window: the gzip wrapper (§8.4.1.3), the zlib wrapper of "deflate" (§8.4.1.2).
+_ZLIB_WINDOW = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
 async def _read_bounded(response: httpx.Response, max_bytes: int, where: str) -> bytes:
-    """The body, refused as soon as it (or its announced length) passes ``max_bytes``."""
+    """The body, refused as soon as it (or its announced length) passes ``max_bytes``.
+
+    Counted after decoding: the bytes read from the socket are decompressed here, never more than what
+    still fits plus one byte per chunk (``max_length``), so a small compressed answer cannot become a
+    large one in memory first. One gzip or deflate coding is read; any other (stacked ones included)
+    is refused.
+    """
     declared = response.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
         raise FetchError(f"{where} announced {declared} bytes, more than the {max_bytes} allowed")
+    coding = response.headers.get("content-encoding", "").strip().lower()
+    inflate = None
+    if coding not in ("", "identity"):
+        if coding not in _ZLIB_WINDOW:
+            raise FetchError(f"{where} answered with a content coding that is not read ({coding[:40]!r})")
+        inflate = zlib.decompressobj(_ZLIB_WINDOW[coding])
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            raise FetchError(f"{where} returned more than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for raw in response.aiter_raw():
+            chunk = raw if inflate is None else inflate.decompress(raw, max_bytes - size + 1)
+            size += len(chunk)
+            if size > max_bytes:
+                raise FetchError(f"{where} returned more than {max_bytes} bytes")
+            chunks.append(chunk)
+    except zlib.error as exc:
+        raise FetchError(f"{where} returned a body that does not decode as {coding}") from exc
+    if inflate is not None and not inflate.eof:
+        raise FetchError(f"{where} returned a truncated {coding} body")
     return b"".join(chunks)
 
 
