@@ -203,6 +203,22 @@ async def test_a_body_that_does_not_decode_is_a_fetch_error(respx_mock: respx.Mo
         await get(HttpClientPool())
 
 
+@pytest.mark.anyio
+async def test_a_body_a_response_hook_of_the_callers_client_read_already_is_used(respx_mock: respx.MockRouter) -> None:
+    """A client given as ``http_client`` may read answers in a response hook (a wire log, as ``tokenguard demo``'s
+    does): the body read there is used, and still counted against the cap."""
+    seen: list[bytes] = []
+
+    async def wire_log(response: httpx.Response) -> None:
+        seen.append(await response.aread())
+
+    respx_mock.get(URL).mock(side_effect=lambda request: httpx.Response(200, content=_chunked(b'{"keys":[]}')))
+    pool = HttpClientPool(lambda: httpx.AsyncClient(event_hooks={"response": [wire_log]}))
+    assert (await get(pool)).body == seen[0] == b'{"keys":[]}'
+    with pytest.raises(FetchError, match="more than 5 bytes"):  # no Content-Length: counted as read
+        await get(pool, max_bytes=5)
+
+
 # -- failures become FetchError ------------------------------------------------------------------
 
 

@@ -216,6 +216,12 @@ async def _read_bounded(response: httpx.Response, max_bytes: int, where: str) ->
     declared = response.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
         raise FetchError(f"{where} announced {declared} bytes, more than the {max_bytes} allowed")
+    if response.is_stream_consumed:
+        # An event hook of the caller's own client read (and httpx decoded) the body already.
+        body = response.content
+        if len(body) > max_bytes:
+            raise FetchError(f"{where} returned more than {max_bytes} bytes")
+        return body
     coding = response.headers.get("content-encoding", "").strip().lower()
     inflate = None
     if coding not in ("", "identity"):
