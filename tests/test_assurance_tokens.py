@@ -523,3 +523,29 @@ def test_request_bodies_with_a_lone_surrogate_are_a_400() -> None:
         parse_json_body(b'{"amount": "\\ud800"}')
     with pytest.raises(InvalidRequest):
         parse_json_body(b'{"\\udfff": 1}')
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("levels", "status"), [(31, 200), (32, 401), (600, 401)])
+def test_an_introspection_answer_nests_no_deeper_than_a_tokens_claims(
+    clock: ManualClock, issuer: RespxIssuer, levels: int, status: int
+) -> None:
+    """Found by review: answers were read without a depth limit, so a claim nested 600 deep (an issuer may echo
+    what a client asked for, e.g. ``authorization_details``) passed, and ``request.auth.claims`` (a deep copy)
+    raised RecursionError: a 500 on every request with that token while its answer stayed cached. A token's
+    claims nest at most ``MAX_DEPTH`` (32) levels, the answer object included; past that the token is
+    refused (401), and the issuer, which did answer, is not counted as failing."""
+    token = junk()
+    issuer.activate(token, detail=_nested(levels))
+    with guarded(clock) as client:
+        response = client.get("/me", headers=bearer(token))
+        assert response.status_code == status, response.text
+        if status == 401:
+            assert "nests too deeply" in response.headers["www-authenticate"]
+        assert guard_of(client).status()["introspection"]["breaker"] == "closed"

@@ -94,6 +94,24 @@ def has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when ``value`` nests more than ``limit`` arrays/objects (``MAX_DEPTH``'s rule, on a decoded value).
+
+    For JSON decoded without a depth limit (introspection answers, whose refusals are the token's, not
+    the issuer's): one walk, each container seen once, no recursion.
+    """
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values() if isinstance(child, (dict, list)))
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return False
+
+
 #: RFC 8259 §9: "An implementation may set limits on the maximum depth of nesting." Real claim sets
 #: nest a few levels; a fixed limit gives the same answer on every Python, whose own limit differs
 #: (3.13 parses 6000 levels that 3.11 refuses), and keeps out structures deep enough to overflow the

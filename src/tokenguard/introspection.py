@@ -53,7 +53,7 @@ from tokenguard._http import FetchError, HttpClientPool, HttpResult, safe_url
 from tokenguard._jose import split_jws
 from tokenguard._lru import LRU
 from tokenguard._signatures import verifier
-from tokenguard._strictjson import NotAnObject, has_lone_surrogate, strict_loads
+from tokenguard._strictjson import MAX_DEPTH, NotAnObject, has_lone_surrogate, nested_deeper_than, strict_loads
 from tokenguard.config import GuardConfig
 from tokenguard.errors import IntrospectionUnavailable, InvalidToken, KeysUnavailable
 from tokenguard.fleet import SharedAnswers, SharedRecord
@@ -757,6 +757,11 @@ class Introspector:
             # RFC 7493 §2.1: a string with no UTF-8 form. The issuer answered (it is healthy, so no
             # breaker moves), but this token's claims cannot be used: refused like a malformed JWT.
             raise InvalidToken("bad_claim", "The access token's introspection answer holds invalid text.")
+        if nested_deeper_than(document, MAX_DEPTH):
+            # The nesting a token's claims may have (``_strictjson.MAX_DEPTH``): deeper claims would
+            # overflow the stack of the app's own code (``request.auth.claims`` copies them). The issuer
+            # answered, maybe echoing what a client asked for: the token is refused, no breaker moves.
+            raise InvalidToken("bad_claim", "The access token's introspection answer nests too deeply.")
         token_type = document.get("token_type")
         # RFC 7662 §2.2 token_type: a refresh token is never accepted as an access token.
         if token_type is not None and (
@@ -920,7 +925,8 @@ def _json_object(body: bytes, url: str) -> dict[str, Any]:
     Strict, as every JSON from outside (``_strictjson``), but two refusals are left to the claim
     checks, where they refuse the token (401) instead of the answer (503): a lone surrogate
     (``_checked_token``), a number no double holds (``check_lifetime``: ``exp`` of 1e400). Depth is
-    bounded by the response size cap and Python's recursion limit, as for issuer documents.
+    bounded here by the response size cap and Python's recursion limit, as for issuer documents; the
+    token of an answer nested deeper than ``MAX_DEPTH`` is refused (``_checked_token``).
     """
     try:
         return strict_loads(body, max_depth=None, finite_floats=False, lone_surrogates=True)
