@@ -22,10 +22,11 @@ import asyncio
 import hashlib
 import math
 import re
+import secrets
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -186,7 +187,8 @@ async def test_keys_are_keyed_hashes_and_no_key_or_value_holds_the_token(
     hexes = [name[len(prefix) + len("intro:") :] for name in names if name.startswith(f"{prefix}intro:")]
     assert len(hexes) == 2, names
     assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in hexes), names
-    assert set(names) == {f"{prefix}intro:{digest}" for digest in hexes} | {f"{prefix}revocations"}
+    expected = {f"{prefix}intro:{digest}" for digest in hexes} | {f"{prefix}revocations", f"{prefix}revocations:key"}
+    assert set(names) == expected
     for value in (jwt_token, opaque):
         plain = hashlib.sha256(value.encode()).hexdigest()
         assert plain not in hexes  # keyed: nobody without the secret can tell whether a token is stored
@@ -410,7 +412,7 @@ async def test_entries_in_redis_expire_with_the_entry(world: World, redis_server
         await a.guard.revoke(jti="j-1", expires_at=T0 + 100)
         await a.guard.revoke(sub="alice")
     members = await raw.zrange(f"{prefix}revocations", 0, -1, withscores=True)
-    entries = {Revocation.decode(member): score for member, score in members}
+    entries = {Revocation.decode(member[32:]): score for member, score in members}  # after the entry's MAC
     assert len(entries) == 2
     for entry, score in entries.items():
         assert score == entry.expires_at
@@ -861,3 +863,64 @@ async def test_a_redis_that_lost_its_data_gets_the_list_back_from_the_processes(
                 response = await late.get(revoked)
                 assert response.status_code == 401
                 assert response.json()["error_description"] == "The access token was revoked."
+
+
+# -- the revocation feed belongs to one database, and only this fleet writes to it -----------------------
+
+
+async def _delivered_on(members: Sequence[Member], world: World) -> None:
+    """A control: a revocation made by the first member is refused by the last, so every message published
+    on their channel before it has been applied there too."""
+    marker = world.idp.issue_token("read")
+    assert (await members[-1].get(marker)).status_code == 200
+    await members[0].guard.revoke(jti=jti_of(marker))
+
+    async def refused() -> bool:
+        return (await members[-1].get(marker)).status_code == 401
+
+    await eventually(refused, 2.0, "the control revocation arrives")
+
+
+async def test_fleets_on_two_databases_of_one_server_never_hear_each_other(
+    world: World, redis_server: str, prefix: str
+) -> None:
+    """Found by review: pub/sub channels are one namespace for the whole Redis server, whatever the database,
+    so a fleet on database 1 (staging, another tenant, same prefix) applied every revocation made on database
+    0 — a ``revoke(sub="alice")`` there refused alice's tokens here. The channel names its database now."""
+    other = redis_server.rsplit("/", 1)[0] + "/1"
+    token = world.idp.issue_token("read")
+    async with fleet(world, redis_server, prefix, count=1) as (a,), fleet(world, other, prefix, count=2) as ours:
+        assert (await ours[1].get(token)).status_code == 200
+        await a.guard.revoke(jti=jti_of(token))
+        assert_revoked(await a.get(token))
+        await _delivered_on(ours, world)
+        assert (await ours[1].get(token)).status_code == 200  # database 0's revocation never arrived
+        assert ours[1].fleet_status()["revocations"]["received"] == 1  # the control only
+
+
+async def test_entries_published_or_stored_by_anything_but_the_fleet_are_never_applied(
+    world: World, redis_server: str, prefix: str, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: any client of any database could PUBLISH entries on the feed's channel (revoking any
+    subject, or filling every process's list so that the operator's own ``revoke`` answered 503), and a resync
+    wrote them into the fleet's database for good. Every entry now carries a MAC under a key kept in the
+    fleet's database: a message from another database (which cannot read it), an entry with a forged or no
+    MAC, in the channel or in the sorted set, is ignored and reported."""
+    token = world.idp.issue_token("read")
+    forged = Revocation("jti", jti_of(token), math.inf, T0 + 3600).encode()
+    neighbour = redis_asyncio.Redis.from_url(redis_server.rsplit("/", 1)[0] + "/5")
+    try:
+        async with fleet(world, redis_server, prefix, count=2) as members:
+            assert (await members[1].get(token)).status_code == 200
+            for channel in (f"{prefix}revocations:0", f"{prefix}revocations"):
+                for data in (forged, b"0" * 32 + forged, secrets.token_hex(16).encode() + forged):
+                    await neighbour.publish(channel, data)
+            await raw.zadd(f"{prefix}revocations", {b"f" * 32 + forged: T0 + 3600})
+            await _delivered_on(members, world)
+            assert (await members[1].get(token)).status_code == 200
+            assert "without this fleet's MAC was ignored" in caplog.text
+        async with fleet(world, redis_server, prefix, count=1) as (late,):  # reads the sorted set at startup
+            assert (await late.get(token)).status_code == 200
+            assert late.fleet_status()["revocations"]["entries"] == 1  # the control's entry, not the forged one
+    finally:
+        await neighbour.aclose()

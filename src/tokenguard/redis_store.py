@@ -39,11 +39,15 @@ Fleet mode (``shared_store=``, a ``FleetStore``) uses more keys under the same p
   only by its owner). ``<hex>`` is a keyed hash of the token, never the token.
 - ``revocations`` — a sorted set of revocation entries scored by when they may be forgotten; each
   addition runs one script (drop the expired, refuse past the cap, add, keep the key's own expiry
-  at the latest entry's, ``PUBLISH`` on the channel ``revocations``), so the list is bounded by
-  its TTLs and by ``max_entries``. Scores are on the guard's clock, as is the ``now`` each call
-  passes; the key's lifetime is set relative to that ``now`` (``PEXPIRE``), never as an instant on
-  Redis's own clock, so a guard whose clock differs from the Redis host's keeps its entries their
-  full life.
+  at the latest entry's, ``PUBLISH`` on the channel ``revocations:<db>``), so the list is bounded by
+  its TTLs and by ``max_entries``. Pub/sub channels are one namespace for the whole server, whatever
+  the database: the channel names the database, so fleets on two databases of one server (staging and
+  production, two tenants) never hear each other's revocations; and every entry carries a MAC under
+  ``revocations:key``, a random key kept in the database itself (``SET NX``), so a message published
+  from another database, which cannot read that key, is never applied. Scores are on the guard's
+  clock, as is the ``now`` each call passes; the key's lifetime is set relative to that ``now``
+  (``PEXPIRE``), never as an instant on Redis's own clock, so a guard whose clock differs from the
+  Redis host's keeps its entries their full life.
 
 Subscriptions (``subscribe``) hold one connection each, outside the pool's timeouts, and ``PING``
 it every ``FEED_PING`` seconds: a subscription whose Redis died or went silent raises
@@ -53,8 +57,12 @@ it every ``FEED_PING`` seconds: a subscription whose Redis died or went silent r
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import importlib
+import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -67,6 +75,11 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["RedisStore"]
+
+logger = logging.getLogger("tokenguard")
+
+#: The MAC in front of each revocation entry: 128 bits of HMAC-SHA256, as hex.
+_SEAL_CHARS = 32
 
 _T = TypeVar("_T")
 
@@ -194,6 +207,8 @@ class RedisStore:
     ) -> None:
         self.prefix = prefix
         self.timeout = _check_options(prefix, timeout)
+        self._seal_key: bytes | None = None
+        self._unsealed_warned_at: float | None = None
         if client is not None:
             if url != DEFAULT_URL:
                 raise ConfigurationError("replay_store: give RedisStore a url or a client, not both")
@@ -286,8 +301,9 @@ class RedisStore:
         await self._run("EVAL release", lambda: self.client.eval(_RELEASE, 1, name, owner))
 
     async def record_revocation(self, entry: bytes, expires_at: float, *, now: float, max_entries: int) -> None:
-        keys = (self.prefix + "revocations", self.prefix + "revocations")
-        args = (repr(float(expires_at)), repr(float(now)), entry, str(int(max_entries)))
+        sealed = await self._sealed(entry)
+        keys = (self.prefix + "revocations", self._channel())
+        args = (repr(float(expires_at)), repr(float(now)), sealed, str(int(max_entries)))
         added = await self._run("EVAL revoke", lambda: self.client.eval(_REVOKE, 2, *keys, *args))
         if not added:
             raise StoreFull(f"the shared revocation list holds {max_entries} live entries", retry_after=60)
@@ -295,10 +311,49 @@ class RedisStore:
     async def revocations(self, now: float) -> list[bytes]:
         name = self.prefix + "revocations"
         found = await self._run("ZRANGEBYSCORE", lambda: self.client.zrangebyscore(name, f"({float(now)!r}", "+inf"))
-        return [item for item in map(_bytes, found) if item is not None]
+        key = await self._key(fresh=True)
+        opened = (self._opened(item, key) for item in map(_bytes, found) if item is not None)
+        return [entry for entry in opened if entry is not None]
+
+    def _channel(self) -> str:
+        """``<prefix>revocations:<db>``: pub/sub ignores databases, so the channel names its own."""
+        kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", None)
+        db = kwargs.get("db", 0) if isinstance(kwargs, dict) else 0
+        return f"{self.prefix}revocations:{db}"
+
+    async def _key(self, *, fresh: bool = False) -> bytes:
+        """The revocation list's MAC key, made by whichever process needs it first (``SET NX``) and kept in
+        the database, never in a message. ``fresh``: read again (after a resubscription: a Redis that
+        restarted without persistence made a new one)."""
+        if self._seal_key is None or fresh:
+            name = self.prefix + "revocations:key"
+            made = secrets.token_hex(32).encode()
+            await self._run("SET NX", lambda: self.client.set(name, made, nx=True))
+            stored = _bytes(await self._run("GET", lambda: self.client.get(name)))
+            if not stored:
+                raise StoreUnavailable(f"Redis at {self._shown} lost the revocation list's key")
+            self._seal_key = stored
+        return self._seal_key
+
+    async def _sealed(self, entry: bytes) -> bytes:
+        return _seal(await self._key(), entry) + entry
+
+    def _opened(self, data: bytes, key: bytes) -> bytes | None:
+        """The entry of ``data`` when its MAC is right under ``key``; ``None`` (reported once a minute) if not."""
+        if len(data) > _SEAL_CHARS and hmac.compare_digest(data[:_SEAL_CHARS], _seal(key, data[_SEAL_CHARS:])):
+            return data[_SEAL_CHARS:]
+        now = time.monotonic()
+        if self._unsealed_warned_at is None or now - self._unsealed_warned_at >= 60.0:
+            self._unsealed_warned_at = now
+            logger.warning(
+                "tokenguard: a revocation entry without this fleet's MAC was ignored (from another database, "
+                "or written by something that is not a guard)"
+            )
+        return None
 
     async def subscribe(self) -> _Subscription:
         self._follow_loop()
+        await self._key(fresh=True)
         pubsub = self.client.pubsub()
         subscription = _Subscription(self, pubsub)
         # redis-py reconnects a subscription by itself and resubscribes: what was published meanwhile is
@@ -307,7 +362,7 @@ class RedisStore:
         # Before the first connect, which registers it (as a weak bound method: the subscription keeps it).
         pubsub.on_connect = subscription.counter.on_connect  # type: ignore[method-assign]
         try:
-            await self._run("SUBSCRIBE", lambda: pubsub.subscribe(self.prefix + "revocations"))
+            await self._run("SUBSCRIBE", lambda: pubsub.subscribe(self._channel()))
         except StoreUnavailable:
             await _quietly(pubsub.aclose())
             raise
@@ -356,6 +411,11 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self._shown!r}, prefix={self.prefix!r}, timeout={self.timeout:g})"
+
+
+def _seal(key: bytes, entry: bytes) -> bytes:
+    """The MAC a revocation entry carries in the store and on the channel (``_SEAL_CHARS`` hex digits)."""
+    return hmac.new(key, b"tokenguard revocation\0" + entry, hashlib.sha256).hexdigest()[:_SEAL_CHARS].encode()
 
 
 def _bytes(value: object) -> bytes | None:
@@ -432,7 +492,9 @@ class _Subscription:
             return None
         self._heard, self._pinged = time.monotonic(), None
         if message.get("type") == "message":
-            return _bytes(message.get("data"))
+            data = _bytes(message.get("data"))
+            key = store._seal_key
+            return store._opened(data, key) if data is not None and key is not None else None
         return None  # a pong, or a subscription notice
 
     async def aclose(self) -> None:
