@@ -641,15 +641,45 @@ def test_devidp_grants_authorization_details_through_the_code_flow(dev_idp: DevI
 
 @pytest.mark.parametrize(
     "value",
-    ["not json", "{}", "[]", '[{"amount": 1}]', '["x"]', '[{"type": "unknown"}]'],
-    ids=["not-json", "object", "empty", "no-type", "not-object", "unsupported-type"],
+    [
+        "not json",
+        "{}",
+        "[]",
+        '[{"amount": 1}]',
+        '["x"]',
+        '[{"type": "unknown"}]',
+        '[{"type": "payment_initiation", "amount": NaN}]',
+        '[{"type": "payment_initiation", "amount": 1e999}]',
+        '[{"type": "payment_initiation", "to": "\\ud800"}]',
+        '[{"type": "payment_initiation", "type": "account_information"}]',
+    ],
+    ids=[
+        "not-json",
+        "object",
+        "empty",
+        "no-type",
+        "not-object",
+        "unsupported-type",
+        "nan",
+        "infinite",
+        "lone-surrogate",
+        "duplicate-member",
+    ],
 )
 def test_devidp_refuses_malformed_authorization_details(value: str, dev_idp_keys: Any) -> None:
-    """RFC 9396 §5: a malformed or unsupported authorization_details request is invalid_authorization_details."""
+    """RFC 9396 §5: a malformed or unsupported authorization_details request is invalid_authorization_details.
+
+    Read strictly (found by review: NaN, 1e999 and a lone surrogate were accepted, echoed in the token
+    response and made /token a 500 after the tokens were minted), at /authorize and at /token alike."""
     idp = DevIdP(keys=dev_idp_keys, authorization_details_types=["payment_initiation", "account_information"])
-    params = authorize(TestClient(idp.app, base_url=idp.issuer), authorization_details=value)
+    idp_client = TestClient(idp.app, base_url=idp.issuer)
+    params = authorize(idp_client, authorization_details=value)
     assert params["error"] == ["invalid_authorization_details"]
     assert "code" not in params
+    form = {"grant_type": "client_credentials", "authorization_details": value}
+    response = idp_client.post("/token", data=form, auth=(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET))
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_authorization_details")
+    assert [event.kind for event in idp.events if event.kind == "issued"] == []
 
 
 def test_devidp_metadata_lists_its_authorization_details_types(dev_idp_keys: Any) -> None:

@@ -63,6 +63,7 @@ import httpx
 import jwt
 
 from tokenguard._dpop import DEFAULT_DPOP_ALGORITHMS, DPoPNonces, check_algorithms, check_proof
+from tokenguard._strictjson import strict_loads
 from tokenguard._uri import canonical_uri
 from tokenguard.config import check_issuer, is_loopback_host
 from tokenguard.errors import ConfigurationError, InvalidDPoPProof
@@ -164,8 +165,11 @@ def parse_authorization_details(value: str, allowed: frozenset[str] | None = Non
     if len(value) > _MAX_AUTHORIZATION_DETAILS:
         raise OAuthError("invalid_authorization_details", "authorization_details is too large.")
     try:
-        details = json.loads(value)
-    except (ValueError, RecursionError) as exc:
+        # Strict, as every JSON an outsider writes (``_strictjson``): NaN, 1e999 (infinity), a lone surrogate
+        # or a duplicate member would be echoed in the token response and in tokens, where no JSON writer
+        # (or another reader) takes them as this one did; a 500 at /token once the tokens were minted.
+        details = strict_loads(value, object_only=False, lone_surrogates=False)
+    except ValueError as exc:
         raise OAuthError("invalid_authorization_details", "authorization_details is not valid JSON.") from exc
     # RFC 9396 §2: "a JSON array of JSON objects", each with a "type" string (REQUIRED).
     if not isinstance(details, list) or not details:
@@ -326,12 +330,13 @@ def redirect_uri_matches(registered: str, given: str) -> bool:
     """Exact string match (RFC 9700 §4.1.3), except the port of a loopback IP literal (RFC 8252 §7.3)."""
     if hmac.compare_digest(registered.encode(), given.encode()):
         return True
-    mine, theirs = urlsplit(registered), urlsplit(given)
-    if mine.scheme != "http" or theirs.scheme != "http" or not is_loopback_host(mine.hostname):
-        return False
     try:
+        # urlsplit itself refuses some URIs (an unclosed IPv6 literal: "http://[::1/cb"); the port too.
+        mine, theirs = urlsplit(registered), urlsplit(given)
         theirs.port  # noqa: B018 - a malformed port raises here
     except ValueError:
+        return False
+    if mine.scheme != "http" or theirs.scheme != "http" or not is_loopback_host(mine.hostname):
         return False
     same_host = mine.hostname == theirs.hostname and theirs.username is None and theirs.password is None
     return same_host and (mine.path, mine.query, theirs.fragment) == (theirs.path, theirs.query, "")
