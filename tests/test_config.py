@@ -168,6 +168,30 @@ def test_shared_secret_is_not_in_the_repr() -> None:
     assert "super-secret-value" not in repr(config)
 
 
+def test_credentials_in_url_queries_are_not_in_reprs() -> None:
+    """Found by review: messages drop URL queries (they may hold a credential; userinfo is refused at startup),
+    but the reprs of the configuration and the introspector printed them whole, into tracebacks and debug
+    pages."""
+    from starlette.applications import Starlette
+
+    from tokenguard import TokenGuard
+
+    guard = TokenGuard(
+        Starlette(),
+        issuer="https://idp.example.com",
+        audience="https://api.example.com",
+        client_id="api",
+        client_secret="client-secret-123456",
+        introspection_endpoint="https://idp.example.com/introspect?key=query-secret",
+        jwks_uri="https://idp.example.com/jwks?key=query-secret",
+    )
+    for shown in (repr(guard.config), repr(guard.config.introspection), repr(guard.authenticator.introspector)):
+        assert "query-secret" not in shown
+        assert "client-secret-123456" not in shown
+        assert "idp.example.com/" in shown  # the URL is still named, without its secrets
+    assert "jwks_uri='https://idp.example.com/jwks'" in repr(guard.config)
+
+
 @pytest.mark.parametrize("leeway", [0, 0.5, 600])
 def test_leeway_bounds_are_inclusive(leeway: float) -> None:
     """Leeway may be 0 (exact checks) up to 600 seconds."""

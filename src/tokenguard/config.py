@@ -13,8 +13,8 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, cast
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from tokenguard._tenants import GUID, is_template, issuer_for, template_problem
@@ -85,6 +85,18 @@ def _shown(url: str) -> str:
         netloc, slash, path = rest.partition("/")
         url = scheme + sep + netloc.rpartition("@")[2] + slash + path
     return repr(url.partition("?")[0][:200])
+
+
+def _repr_without_url_secrets(self: Any, urls: tuple[str, ...]) -> str:
+    """A dataclass's repr (its ``repr=True`` fields), with the URL fields in ``urls`` shown by ``_shown``:
+    a repr ends up in tracebacks, crash reports and debug pages, where a ``?key=`` must not."""
+    shown = []
+    for item in fields(self):
+        if not item.repr:
+            continue
+        value = getattr(self, item.name)
+        shown.append(f"{item.name}={_shown(value) if item.name in urls and isinstance(value, str) else repr(value)}")
+    return f"{type(self).__name__}({', '.join(shown)})"
 
 
 def check_url(name: str, url: str) -> str:
@@ -264,6 +276,9 @@ class JWKSOptions:
 class IntrospectionOptions:
     """How RFC 7662 introspection is called, cached and protected by a breaker."""
 
+    def __repr__(self) -> str:
+        return _repr_without_url_secrets(self, ("endpoint",))
+
     endpoint: str | None = None
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
@@ -314,6 +329,9 @@ class IntrospectionOptions:
 @dataclass(frozen=True)
 class GuardConfig:
     """Everything one guard needs to decide about a token; immutable once built."""
+
+    def __repr__(self) -> str:
+        return _repr_without_url_secrets(self, ("issuer", "jwks_uri"))
 
     issuer: str
     audience: tuple[str, ...]

@@ -364,7 +364,8 @@ class Introspector:
 
     def __repr__(self) -> str:
         return (
-            f"Introspector(endpoint={self._options.endpoint!r}, breaker={self.breaker!r}, "
+            f"Introspector(endpoint={safe_url(self._options.endpoint) if self._options.endpoint else None!r}, "
+            f"breaker={self.breaker!r}, "
             f"first_sight_breaker={self.first_sight_breaker!r})"
         )
 
