@@ -1035,3 +1035,25 @@ def test_bad_ssf_flags_are_refused_before_the_port_is_bound(
             ssf_audience=audience,
         )
     assert caught.value.message.startswith(message)
+
+
+async def test_an_anonymous_registrant_may_neither_log_users_out_nor_receive_signals(idp: DevIdP) -> None:
+    """Found by review: ``/register`` is open to anyone and hands out a confidential client, whose Basic
+    credentials were enough to log any user out (every grant revoked) and to create streams that receive
+    every signal of every client (and take all ``max_streams``). Those are the operator's services: a
+    dynamically registered client gets 403 ``unauthorized_client``, and nothing happens."""
+    registered = idp.register_dynamic_client(
+        {"redirect_uris": ["https://app.example/cb"], "token_endpoint_auth_method": "client_secret_basic"}
+    )
+    anonymous = (registered["client_id"], registered["client_secret"])
+    tokens = idp.issue_user_tokens("alice", ["read"])
+    logout = await call(idp, "POST", "/logout", data={"username": "alice"}, auth=anonymous)
+    assert (logout.status_code, logout.json()["error"]) == (403, "unauthorized_client")
+    assert idp.introspect(tokens.access_token)["active"] is True
+    stream = await call(idp, "POST", "/ssf/streams", auth=anonymous, json={})
+    assert (stream.status_code, stream.json()["error"]) == (403, "unauthorized_client")
+    assert (await call(idp, "GET", "/ssf/streams", auth=anonymous)).status_code == 403
+    assert idp.streams == {}
+    # The operator's own clients still may (the control).
+    assert (await call(idp, "POST", "/logout", data={"username": "alice"}, auth=CLIENT)).status_code == 200
+    assert idp.introspect(tokens.access_token)["active"] is False

@@ -130,7 +130,7 @@ def build_app(idp: DevIdP) -> Starlette:
     async def logout(request: Request) -> Response:
         try:
             form, _ = await _form(request)
-            _basic_client(idp, request)
+            _operator_client(idp, request)
             username = _required(form, "username")
             revoked = _configured(lambda: idp.logout(username))
         except OAuthError as exc:
@@ -153,7 +153,7 @@ def build_app(idp: DevIdP) -> Starlette:
     async def ssf_streams(request: Request) -> Response:
         """SSF 1.0 §8.1.1: POST creates (201), GET reads one or all (200), DELETE deletes (204)."""
         try:
-            client = _basic_client(idp, request)
+            client = _operator_client(idp, request)
             if request.method == "POST":
                 stream = _create_stream(idp, client, await _json(request))
                 return JSONResponse(idp.stream_configuration(stream), status_code=201, headers=_NO_STORE)
@@ -432,6 +432,18 @@ def _basic_client(idp: DevIdP, request: Request) -> Client:
         raise OAuthError("invalid_client", "A confidential client's Basic credentials are required.", status_code=401)
     # A public client has no secret, so no Basic credentials of one can match: only confidential ones pass.
     return _basic(idp, credentials.strip(), None)
+
+
+def _operator_client(idp: DevIdP, request: Request) -> Client:
+    """``_basic_client``, registered by whoever runs this DevIdP (``register_client``, the default clients):
+    ending users' sessions (``/logout``) and receiving every Shared Signals event (``/ssf/streams``) are
+    the operator's services, never an anonymous registrant's (``/register`` is open to anyone)."""
+    client = _basic_client(idp, request)
+    if client.client_id in idp.dynamic_clients:
+        raise OAuthError(
+            "unauthorized_client", "A dynamically registered client may not use this endpoint.", status_code=403
+        )
+    return client
 
 
 def _configured(action: Callable[[], Any]) -> Any:
