@@ -10,6 +10,7 @@ guarded by ``TokenGuard``. Time is a ``ManualClock``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import uuid
@@ -711,7 +712,7 @@ class PollEndpoint:
         self.answers.append(httpx.Response(200, json={"sets": sets, "moreAvailable": more}))
 
 
-def polling(clock: ManualClock, **options: Any) -> Api:
+def polling(clock: ManualClock, guard_options: dict[str, Any] | None = None, **options: Any) -> Api:
     signals = SharedSignals(
         transmitter=ISSUER,
         poll_url=POLL_URL,
@@ -719,7 +720,7 @@ def polling(clock: ManualClock, **options: Any) -> Api:
         audience=SET_AUDIENCE,
         **options,
     )
-    return Api(clock, signals=signals)
+    return Api(clock, signals=signals, **(guard_options or {}))
 
 
 async def test_poll_applies_sets_then_acknowledges_them_and_reports_the_refused_ones(
@@ -987,3 +988,48 @@ async def test_a_push_announcing_a_body_over_the_limit_is_refused_before_it_is_r
     assert received == []
     assert sent[0]["status"] == 400
     assert json.loads(sent[1]["body"])["err"] == "invalid_request"
+
+
+async def test_a_poll_lock_that_never_ends_stops_polling_for_three_rounds_at_most(
+    clock: ManualClock,
+    idp: Issuer,
+    transmitter: Transmitter,
+    respx_mock: respx.MockRouter,
+    redis_server: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by review: the fleet's poll lock, set without a TTL by anything but a guard, stopped every process
+    from polling, silently (no warning, nothing stale), and the transmitter's revocations never arrived. The
+    lock is per poll URL now; refused for three rounds with no poll made by anyone (the fleet's "polled" mark),
+    a process polls anyway and says so. While another process polls, a refused lock is respected."""
+    from tokenguard.redis_store import RedisStore
+
+    redis_asyncio = pytest.importorskip("redis.asyncio", reason="the redis package is not installed (the redis extra)")
+    respx_mock.route(host="127.0.0.1").pass_through()
+    prefix = f"t{uuid.uuid4().hex}:"
+    poll = PollEndpoint(respx_mock)
+    api = polling(clock, {"shared_store": RedisStore(redis_server, prefix=prefix)}, poll_interval=5, timeout=1)
+    raw = redis_asyncio.Redis.from_url(redis_server)
+    name = hashlib.sha256(POLL_URL.encode()).hexdigest()[:16]
+    try:
+        await raw.set(f"{prefix}ssf-poll:{name}", b"not a guard")  # no expiry
+        token = idp.token(jti="tok-stuck")
+        poll.answer({"set-stuck": transmitter.set(SESSION_REVOKED, jwt_id("tok-stuck"), jti="set-stuck")})
+        assert await api.receiver.poll_once() is False
+        clock.advance(17)  # patience: 3 rounds of (interval + timeout) = 18 s
+        assert await api.receiver.poll_once() is False
+        assert poll.bodies == []  # respected so far
+        clock.advance(2)
+        await api.receiver.poll_once()
+        assert len(poll.bodies) == 1
+        assert api.counts["polls_past_a_stuck_lock"] == 1
+        assert "poll lock has been held" in caplog.text
+        assert await api.status(token) == 401  # the polled revocation arrived
+        # Another process of the fleet polls (its "polled" mark is fresh): the refused lock is respected.
+        clock.advance(19)
+        await raw.set(f"{prefix}ssf-polled:{name}", repr(float(clock())).encode())
+        assert await api.receiver.poll_once() is False
+        assert len(poll.bodies) == 1
+    finally:
+        await api.guard._shutdown()  # the lifespan's shutdown: the poller, the feed listener, the store
+        await raw.aclose()

@@ -223,7 +223,18 @@ class SignalReceiver:
         self._errors: dict[str, dict[str, str]] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._poll_loop: asyncio.AbstractEventLoop | None = None
-        self.counts = {"accepted": 0, "duplicates": 0, "refused": 0, "dropped": 0, "applied": 0, "polls": 0}
+        self.counts = {
+            "accepted": 0,
+            "duplicates": 0,
+            "refused": 0,
+            "dropped": 0,
+            "applied": 0,
+            "polls": 0,
+            "polls_past_a_stuck_lock": 0,
+        }
+        #: When this process was first refused the fleet's poll lock in a row (``None``: it polls, or got it).
+        self._lock_refused_since: float | None = None
+        self._stuck_warned_at = -math.inf
         self.last_verification_state: str | None = None
 
     # -- one SET ------------------------------------------------------------------------------
@@ -472,10 +483,14 @@ class SignalReceiver:
         assert signals.poll_url is not None
         store = self.fleet.store
         owner = secrets.token_bytes(16)
-        lock = "ssf-poll"
-        if isinstance(store, FleetStore) and not await store.claim(
-            lock, owner, signals.poll_interval + signals.timeout
-        ):
+        # One lock (and one "last polled" mark) per transmitter's poll URL: fleets that share a prefix but
+        # poll different transmitters never wait on each other.
+        name = hashlib.sha256(signals.poll_url.encode()).hexdigest()[:16]
+        lock, polled_mark = f"ssf-poll:{name}", f"ssf-polled:{name}"
+        held = isinstance(store, FleetStore) and await store.claim(lock, owner, signals.poll_interval + signals.timeout)
+        if held:
+            self._lock_refused_since = None
+        elif isinstance(store, FleetStore) and not await self._lock_is_stuck(store, polled_mark):
             return False  # another process of the fleet polls this round
         try:
             request: dict[str, Any] = {"maxEvents": _MAX_POLL_EVENTS, "returnImmediately": True}
@@ -492,6 +507,9 @@ class SignalReceiver:
                 raise FetchError(f"POST {safe_url(signals.poll_url)} answered {result.status}", result.status)
             self._acks, self._errors = [], {}  # delivered with this poll (§2.4)
             self.counts["polls"] += 1
+            if isinstance(store, FleetStore):
+                with contextlib.suppress(StoreUnavailable):
+                    await store.put(polled_mark, repr(float(self.clock())).encode(), 4 * self._lock_patience())
             document = result.json_object(signals.poll_url)
             sets = document.get("sets")
             if not isinstance(sets, dict):
@@ -514,9 +532,43 @@ class SignalReceiver:
             # More only when this answer had SETs: "more" with none must not make the poller spin.
             return document.get("moreAvailable") is True and bool(received)
         finally:
-            if isinstance(store, FleetStore):
+            if held and isinstance(store, FleetStore):
                 with contextlib.suppress(StoreUnavailable):  # the lock ends with its TTL anyway
                     await store.release(lock, owner)
+
+    def _lock_patience(self) -> float:
+        """How long the fleet may go without a poll before a refused lock counts as stuck: three rounds."""
+        return 3 * (self.signals.poll_interval + self.signals.timeout)
+
+    async def _lock_is_stuck(self, store: FleetStore, polled_mark: str) -> bool:
+        """The poll lock was refused: whether nobody has polled for ``_lock_patience`` all the same.
+
+        A holder that dies loses the lock with its TTL; a lock that never ends (set without one by
+        something that is not a guard) would stop every process from polling, silently, and the
+        transmitter's revocations would never arrive. Then this process polls anyway, and says so.
+        """
+        now = self.clock()
+        if self._lock_refused_since is None:
+            self._lock_refused_since = now
+        if now - self._lock_refused_since < self._lock_patience():
+            return False
+        mark = await store.get(polled_mark)
+        try:
+            polled_at = float(mark) if mark is not None else -math.inf
+        except ValueError:
+            polled_at = -math.inf
+        if now - polled_at < self._lock_patience():
+            self._lock_refused_since = now  # another process polls: the lock works
+            return False
+        self.counts["polls_past_a_stuck_lock"] += 1
+        if self.counts["polls_past_a_stuck_lock"] == 1 or now - self._stuck_warned_at >= 60.0:
+            self._stuck_warned_at = now
+            logger.warning(
+                "tokenguard: the fleet's Shared Signals poll lock has been held for %.0f s with no poll made; "
+                "polling anyway",
+                now - self._lock_refused_since,
+            )
+        return True
 
     def status(self) -> dict[str, Any]:
         return {**self.counts, "last_verification_state": self.last_verification_state}
