@@ -287,3 +287,39 @@ def test_exchange_token_from_python_matches_the_endpoint(idp: DevIdP) -> None:
     issued = [event for event in idp.events if event.kind == "issued" and event.grant_id == tokens.grant_id]
     assert len(issued) == 1
     assert issued[0].detail["grant_type"] == TOKEN_EXCHANGE_GRANT
+
+
+async def test_a_dpop_bound_subject_token_is_exchanged_only_with_its_key_and_stays_bound(idp: DevIdP) -> None:
+    """Found by review: any token of this server was exchanged, a DPoP-bound one too, and the token issued was a
+    bearer token: a party that saw a bound token (an API it was sent to) could turn it into one anybody may
+    use, without the key (RFC 9449 §1). Now the exchange request must prove the subject token's key, and the
+    token it gets is bound to that key."""
+    from tokenguard.dpop import DPoPKey
+
+    key, other = DPoPKey.generate("ES256"), DPoPKey.generate("ES256")
+    async with idp.http_client() as client:
+        signed_in = await client.post(
+            "/token",
+            auth=(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
+            headers={"DPoP": key.proof("POST", idp.endpoint("token"))},
+            data={
+                "grant_type": "urn:tokenguard:params:oauth:grant-type:dev-user",
+                "username": "alice",
+                "scope": "read",
+            },
+        )
+    bound = signed_in.json()["access_token"]
+    assert claims_of(idp, bound)["cnf"] == {"jkt": key.thumbprint}
+    form = {"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token_type": ACCESS_TOKEN_TYPE, "subject_token": bound}
+    async with idp.http_client() as client:
+        for headers in ({}, {"DPoP": other.proof("POST", idp.endpoint("token"))}):
+            refused = await client.post("/token", data=form, auth=ORDERS, headers=headers)
+            refused_with(refused, "invalid_request")
+            assert "bound to a DPoP key" in refused.json()["error_description"]
+        proved = await client.post(
+            "/token", data=form, auth=ORDERS, headers={"DPoP": key.proof("POST", idp.endpoint("token"))}
+        )
+    assert proved.status_code == 200, proved.text
+    assert proved.json()["token_type"] == "DPoP"
+    exchanged = claims_of(idp, proved.json()["access_token"])
+    assert (exchanged["cnf"], exchanged["act"]) == ({"jkt": key.thumbprint}, {"sub": ORDERS[0]})

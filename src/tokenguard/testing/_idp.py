@@ -1219,6 +1219,7 @@ class DevIdP:
         if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
             raise OAuthError("invalid_request", "Only access tokens are issued by an exchange here.")
         subject = self._exchanged_claims(subject_token, "subject_token")
+        self._check_exchange_binding(subject, jkt)
         actor_token, actor_type = form.get("actor_token"), form.get("actor_token_type")
         if actor_token is None:
             if actor_type is not None:  # RFC 8693 §2.1: "MUST NOT be included otherwise"
@@ -1227,7 +1228,9 @@ class DevIdP:
         else:
             if actor_type != ACCESS_TOKEN_TYPE:  # REQUIRED with actor_token; only access tokens here
                 raise OAuthError("invalid_request", "actor_token_type must name an access token.")
-            actor = self._exchanged_claims(actor_token, "actor_token")["sub"]
+            actor_claims = self._exchanged_claims(actor_token, "actor_token")
+            self._check_exchange_binding(actor_claims, jkt)  # a bound actor token proves its holder too
+            actor = actor_claims["sub"]
         self._check_may_act(subject.get("may_act"), actor, "may_act" in subject)
         act: dict[str, Any] = {"sub": actor}
         if "act" in subject:
@@ -1253,6 +1256,22 @@ class DevIdP:
         tokens = self._ledger.issue(grant, scopes, refresh=False, jkt=jkt)
         # RFC 8693 §2.2.1: issued_token_type is REQUIRED in the response.
         return dataclasses.replace(tokens, issued_token_type=ACCESS_TOKEN_TYPE)
+
+    @staticmethod
+    def _check_exchange_binding(subject: Mapping[str, Any], jkt: str | None) -> None:
+        """A sender-constrained subject token is exchanged only by a request proving its key, and the token
+        issued is bound to that key (``jkt``): an exchange must not turn a token useless without its key
+        (RFC 9449 §1, RFC 8705 §3) into a bearer token. A confirmation of another kind (``x5t#S256``) is not
+        proved at this endpoint, so such a token is not exchanged (RFC 8693 §2.2.2: unacceptable by policy).
+        """
+        confirmation = subject.get("cnf")
+        if confirmation is None:
+            return
+        bound = confirmation.get("jkt") if isinstance(confirmation, Mapping) else None
+        if not isinstance(bound, str) or set(confirmation) != {"jkt"}:
+            raise OAuthError("invalid_request", "The subject_token is bound in a way this endpoint cannot check.")
+        if jkt != bound:
+            raise OAuthError("invalid_request", "The subject_token is bound to a DPoP key this request does not prove.")
 
     def _exchanged_claims(self, token: str, name: str) -> dict[str, Any]:
         """The claims of an active access token this server issued (JWT or opaque); ``invalid_request`` otherwise."""
