@@ -219,6 +219,30 @@ def test_save_keys_and_keyring_load_round_trip(dev_idp: DevIdP, tmp_path: Path) 
     assert verify(dev_idp, loaded.issue_token(scopes="read"))["sub"] == "alice"
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_key_file_others_may_write_is_refused_and_a_planted_symlink_is_never_followed(
+    dev_idp: DevIdP, tmp_path: Path
+) -> None:
+    """Found by review: a key file was loaded whatever its mode (one planted world-writable in a shared /tmp
+    lets its planter sign tokens the DevIdP's JWKS vouches for), and saving followed a symlink planted at the
+    key path, writing the private keys wherever it pointed."""
+    path = tmp_path / "keys.json"
+    dev_idp.save_keys(path)
+    for mode in (0o666, 0o620, 0o602):
+        os.chmod(path, mode)
+        with pytest.raises(ConfigurationError, match="others may write it"):
+            DevIdP(key_file=path)
+    os.chmod(path, 0o644)  # readable by others, as a mounted secret is: loaded
+    assert DevIdP(key_file=path).keys.kids == dev_idp.keys.kids
+    elsewhere, link = tmp_path / "elsewhere.json", tmp_path / "linked.json"
+    link.symlink_to(elsewhere)  # dangling: DevIdP(key_file=link) generates keys and saves them
+    made = DevIdP(key_file=link)
+    assert not elsewhere.exists()  # the link was replaced, not followed
+    assert not link.is_symlink()
+    assert stat.S_IMODE(os.stat(link).st_mode) == 0o600
+    assert DevIdP(key_file=link).keys.kids == made.keys.kids
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [

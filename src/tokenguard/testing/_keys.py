@@ -12,10 +12,13 @@ algorithm's own curve for ES256/384/512 (RFC 7518 §3.4), Ed25519 or Ed448 keys 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,20 +199,36 @@ class KeyRing:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyRing:
-        """Keys from a JSON key file written by ``save``."""
+        """Keys from a JSON key file written by ``save``.
+
+        Whoever can write the file can sign tokens the DevIdP's JWKS vouches for: a file that another
+        user owns (root aside: mounted secrets) or that others may write (a file planted in a shared
+        directory such as a CI runner's ``/tmp``) is refused, on systems with owners and modes.
+        """
         try:
+            _check_key_file(path)
             document = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"cannot read the key file {os.fspath(path)!r}: {exc}") from exc
         return cls.from_jwks(document)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the private JWKS to ``path``, readable and writable by its owner only."""
+        """Write the private JWKS to ``path``, readable and writable by its owner only.
+
+        Written to a new file beside it (created with mode 0600, never an existing one) and renamed over
+        ``path``: a symlink planted at ``path`` is replaced, never followed to write the keys elsewhere.
+        """
         text = json.dumps(self.to_jwks(private=True), indent=2)
-        descriptor = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT: tighten it
+        target = os.fspath(path)
+        descriptor, temporary = tempfile.mkstemp(prefix=".keys-", dir=os.path.dirname(target) or ".")
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def to_jwks(self, *, private: bool = False) -> dict[str, Any]:
         """The JWKS document: public keys only, unless ``private`` (for a key file)."""
@@ -239,6 +258,18 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"KeyRing(kids={list(self.kids)!r})"
+
+
+def _check_key_file(path: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` when the key file is another user's (root aside) or writable by group or others."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:  # pragma: no cover - Windows: no POSIX owner and mode to check
+        return
+    status = os.stat(path)
+    if status.st_uid not in (getuid(), 0):
+        raise ValueError("it belongs to another user, who could have written keys of their own into it")
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ValueError("others may write it (and so sign tokens this issuer vouches for): chmod 600 it")
 
 
 def _signing_key(entry: object) -> SigningKey:
