@@ -151,8 +151,11 @@ DPOP_IAT_WINDOW = 60.0
 REGISTRATION_AUTH_METHODS: tuple[str, ...] = ("none", "client_secret_basic", "client_secret_post")
 #: RFC 7591 §2 ``grant_types`` a dynamically registered client may ask for. Never
 #: ``client_credentials`` nor the development user grant: anyone may register here, without an
-#: initial access token (§3), and either grant would hand an anonymous registrant tokens that no
-#: user consented to (the dev-user grant even a user's own tokens, for any user it names).
+#: initial access token (§3), and neither should hand a registrant tokens straight from the token
+#: endpoint. That is no consent check: ``/authorize`` auto-approves whichever user ``login_hint``
+#: names (README, "The development identity provider"), so a registrant still gets any user's tokens
+#: through the redirect. What keeps strangers out is where the DevIdP listens (``tokenguard dev-idp``
+#: binds loopback unless ``--allow-remote``): it is a development server, never an exposed one.
 REGISTRATION_GRANT_TYPES: tuple[str, ...] = ("authorization_code", "refresh_token")
 # Bounds on one registration request's metadata: a development server still refuses unbounded input.
 _MAX_REDIRECT_URIS = 16
