@@ -898,14 +898,14 @@ async def test_fleets_on_two_databases_of_one_server_never_hear_each_other(
         assert ours[1].fleet_status()["revocations"]["received"] == 1  # the control only
 
 
-async def test_entries_published_or_stored_by_anything_but_the_fleet_are_never_applied(
+async def test_entries_published_by_anything_but_the_fleet_are_never_applied(
     world: World, redis_server: str, prefix: str, raw: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found by review: any client of any database could PUBLISH entries on the feed's channel (revoking any
     subject, or filling every process's list so that the operator's own ``revoke`` answered 503), and a resync
-    wrote them into the fleet's database for good. Every entry now carries a MAC under a key kept in the
-    fleet's database: a message from another database (which cannot read it), an entry with a forged or no
-    MAC, in the channel or in the sorted set, is ignored and reported."""
+    wrote them into the fleet's database for good. Every published entry now carries a MAC under a key kept
+    in the fleet's database: a message from another database (which cannot read it), with a forged or no
+    MAC, is ignored and reported, and never reaches the sorted set."""
     token = world.idp.issue_token("read")
     forged = Revocation("jti", jti_of(token), math.inf, T0 + 3600).encode()
     neighbour = redis_asyncio.Redis.from_url(redis_server.rsplit("/", 1)[0] + "/5")
@@ -915,12 +915,46 @@ async def test_entries_published_or_stored_by_anything_but_the_fleet_are_never_a
             for channel in (f"{prefix}revocations:0", f"{prefix}revocations"):
                 for data in (forged, b"0" * 32 + forged, secrets.token_hex(16).encode() + forged):
                     await neighbour.publish(channel, data)
-            await raw.zadd(f"{prefix}revocations", {b"f" * 32 + forged: T0 + 3600})
             await _delivered_on(members, world)
             assert (await members[1].get(token)).status_code == 200
             assert "without this fleet's MAC was ignored" in caplog.text
         async with fleet(world, redis_server, prefix, count=1) as (late,):  # reads the sorted set at startup
-            assert (await late.get(token)).status_code == 200
-            assert late.fleet_status()["revocations"]["entries"] == 1  # the control's entry, not the forged one
+            assert (await late.get(token)).status_code == 200  # nothing forged was written there for good
+            assert late.fleet_status()["revocations"]["entries"] == 1  # the control's entry
     finally:
         await neighbour.aclose()
+
+
+async def test_entries_stored_before_seals_or_under_a_lost_key_are_still_read(
+    world: World, redis_server: str, prefix: str, raw: Any
+) -> None:
+    """The sorted set is the fleet's own database, which only its clients write: an entry there without a MAC
+    (written before entries were sealed: an upgrade) or sealed under a key since lost is read as ever, never
+    dropped (found by review of the seal: an upgrade would have forgotten every live revocation)."""
+    legacy, lost = world.idp.issue_token("read"), world.idp.issue_token("read")
+    legacy_entry = Revocation("jti", jti_of(legacy), math.inf, T0 + 3600).encode()
+    lost_entry = Revocation("jti", jti_of(lost), math.inf, T0 + 3600).encode()
+    await raw.zadd(f"{prefix}revocations", {legacy_entry: T0 + 3600, b"0" * 32 + lost_entry: T0 + 3600})
+    async with fleet(world, redis_server, prefix, count=1) as (member,):
+        assert_revoked(await member.get(legacy))
+        assert_revoked(await member.get(lost))
+
+
+async def test_a_key_made_anew_is_adopted_by_the_processes_that_held_the_old_one(
+    world: World, redis_server: str, prefix: str, raw: Any
+) -> None:
+    """Found by review of the seal: a key lost (a Redis restart without persistence, an eviction) and made
+    anew by the next revocation split the fleet — processes holding the old key ignored every message
+    sealed with the new one, and nothing said so. A message that fails its MAC makes a process read the
+    key again (at most once a second), and a new key is adopted."""
+    token = world.idp.issue_token("read")
+    async with fleet(world, redis_server, prefix, count=1) as (old,):
+        assert (await old.get(token)).status_code == 200
+        await raw.delete(f"{prefix}revocations:key")
+        async with fleet(world, redis_server, prefix, count=1) as (new,):  # starts, and makes a new key
+            await new.guard.revoke(jti=jti_of(token))  # sealed under the new key
+
+            async def refused_on_old() -> bool:
+                return (await old.get(token)).status_code == 401
+
+            await eventually(refused_on_old, 2.0, "the old process adopts the new key and applies the revocation")

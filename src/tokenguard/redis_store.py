@@ -44,7 +44,10 @@ Fleet mode (``shared_store=``, a ``FleetStore``) uses more keys under the same p
   the database: the channel names the database, so fleets on two databases of one server (staging and
   production, two tenants) never hear each other's revocations; and every entry carries a MAC under
   ``revocations:key``, a random key kept in the database itself (``SET NX``), so a message published
-  from another database, which cannot read that key, is never applied. Scores are on the guard's
+  from another database, which cannot read that key, is never applied. (The key is read again for each
+  revocation and whenever a message fails its MAC, so a key made anew after a restart or an eviction is
+  adopted; the sorted set, which only the database's own clients write, is read whatever its entries'
+  MACs, so entries written before seals or under a lost key are never dropped.) Scores are on the guard's
   clock, as is the ``now`` each call passes; the key's lifetime is set relative to that ``now``
   (``PEXPIRE``), never as an instant on Redis's own clock, so a guard whose clock differs from the
   Redis host's keeps its entries their full life.
@@ -57,6 +60,7 @@ it every ``FEED_PING`` seconds: a subscription whose Redis died or went silent r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import importlib
@@ -93,7 +97,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 # Add one revocation: drop the expired, refuse past the cap, add, keep the key's expiry at the
-# latest entry's, publish. One script, so every process sees the same list and the same order.
+# latest entry's, publish (on the channel ARGV[5]: a channel is no key, and a cluster refuses a script
+# whose keys fall in two slots). One script, so every process sees the same list and the same order.
 # Times are the guard's (ARGV[1] the entry's expiry, ARGV[2] now): the key's lifetime is relative
 # (PEXPIRE), so it does not depend on Redis's clock agreeing with the guard's. An entry already
 # expired changes nothing: it is neither kept nor published.
@@ -108,7 +113,7 @@ redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
 local wanted = math.ceil((expires - now) * 1000)
 local left = redis.call('PTTL', KEYS[1])
 if left < 0 or left < wanted then redis.call('PEXPIRE', KEYS[1], wanted) end
-redis.call('PUBLISH', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[3])
 return 1
 """
 
@@ -208,6 +213,7 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = _check_options(prefix, timeout)
         self._seal_key: bytes | None = None
+        self._key_reread_at = -math.inf
         self._unsealed_warned_at: float | None = None
         if client is not None:
             if url != DEFAULT_URL:
@@ -301,19 +307,22 @@ class RedisStore:
         await self._run("EVAL release", lambda: self.client.eval(_RELEASE, 1, name, owner))
 
     async def record_revocation(self, entry: bytes, expires_at: float, *, now: float, max_entries: int) -> None:
-        sealed = await self._sealed(entry)
-        keys = (self.prefix + "revocations", self._channel())
-        args = (repr(float(expires_at)), repr(float(now)), sealed, str(int(max_entries)))
-        added = await self._run("EVAL revoke", lambda: self.client.eval(_REVOKE, 2, *keys, *args))
+        # The key is read again for each revocation (rare, never on a request's path): a publisher always
+        # seals with the one the fleet has now, even after a Redis restart or eviction made a new one.
+        sealed = _seal(await self._key(fresh=True), entry) + entry
+        args = (repr(float(expires_at)), repr(float(now)), sealed, str(int(max_entries)), self._channel())
+        added = await self._run("EVAL revoke", lambda: self.client.eval(_REVOKE, 1, self.prefix + "revocations", *args))
         if not added:
             raise StoreFull(f"the shared revocation list holds {max_entries} live entries", retry_after=60)
 
     async def revocations(self, now: float) -> list[bytes]:
         name = self.prefix + "revocations"
         found = await self._run("ZRANGEBYSCORE", lambda: self.client.zrangebyscore(name, f"({float(now)!r}", "+inf"))
-        key = await self._key(fresh=True)
-        opened = (self._opened(item, key) for item in map(_bytes, found) if item is not None)
-        return [entry for entry in opened if entry is not None]
+        await self._key(fresh=True)  # a subscription follows: the channel's messages are checked with it
+        # The sorted set is in the fleet's own database, which only its own clients can write: its entries
+        # are read as they are, sealed (the MAC is the channel's concern) or not (written before seals, or
+        # sealed under a key since lost), so no revocation is dropped by an upgrade or a lost key.
+        return [_unsealed(item) for item in map(_bytes, found) if item is not None]
 
     def _channel(self) -> str:
         """``<prefix>revocations:<db>``: pub/sub ignores databases, so the channel names its own."""
@@ -335,14 +344,20 @@ class RedisStore:
             self._seal_key = stored
         return self._seal_key
 
-    async def _sealed(self, entry: bytes) -> bytes:
-        return _seal(await self._key(), entry) + entry
-
-    def _opened(self, data: bytes, key: bytes) -> bytes | None:
-        """The entry of ``data`` when its MAC is right under ``key``; ``None`` (reported once a minute) if not."""
-        if len(data) > _SEAL_CHARS and hmac.compare_digest(data[:_SEAL_CHARS], _seal(key, data[_SEAL_CHARS:])):
+    async def _opened(self, data: bytes) -> bytes | None:
+        """The entry of a published message when its MAC is right under the fleet's key; ``None`` (reported
+        once a minute) if not. A MAC that fails under the key held here is checked once more under the key
+        the database holds now (at most once a second): a key made anew (a Redis restart, an eviction) is
+        adopted as soon as a message sealed with it arrives."""
+        if self._sealed_by(data, self._seal_key):
             return data[_SEAL_CHARS:]
         now = time.monotonic()
+        if now - self._key_reread_at >= 1.0:
+            self._key_reread_at = now
+            held = self._seal_key
+            with contextlib.suppress(StoreUnavailable):
+                if await self._key(fresh=True) != held and self._sealed_by(data, self._seal_key):
+                    return data[_SEAL_CHARS:]
         if self._unsealed_warned_at is None or now - self._unsealed_warned_at >= 60.0:
             self._unsealed_warned_at = now
             logger.warning(
@@ -350,6 +365,14 @@ class RedisStore:
                 "or written by something that is not a guard)"
             )
         return None
+
+    @staticmethod
+    def _sealed_by(data: bytes, key: bytes | None) -> bool:
+        return (
+            key is not None
+            and len(data) > _SEAL_CHARS
+            and hmac.compare_digest(data[:_SEAL_CHARS], _seal(key, data[_SEAL_CHARS:]))
+        )
 
     async def subscribe(self) -> _Subscription:
         self._follow_loop()
@@ -411,6 +434,11 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self._shown!r}, prefix={self.prefix!r}, timeout={self.timeout:g})"
+
+
+def _unsealed(data: bytes) -> bytes:
+    """An entry of the sorted set without its MAC, if it has one (an entry itself is a JSON object)."""
+    return data[_SEAL_CHARS:] if data[:1] != b"{" and len(data) > _SEAL_CHARS else data
 
 
 def _seal(key: bytes, entry: bytes) -> bytes:
@@ -493,8 +521,7 @@ class _Subscription:
         self._heard, self._pinged = time.monotonic(), None
         if message.get("type") == "message":
             data = _bytes(message.get("data"))
-            key = store._seal_key
-            return store._opened(data, key) if data is not None and key is not None else None
+            return await store._opened(data) if data is not None else None
         return None  # a pong, or a subscription notice
 
     async def aclose(self) -> None:
