@@ -795,7 +795,6 @@ def _mounted(clock: ManualClock, policy: MCPPolicy, **options: Any) -> Any:
 ROUTED_SHAPES = {
     "FastAPI root_path, guard outside": (_fastapi_root_path, "/mcp", ["/mcp", "/api/mcp", "/api/mcp/"], ["/api/x"]),
     "template, the policy names it": (_template, "/t/{tenant}/mcp", ["/t/acme/mcp", "/t/other/mcp/"], ["/t/a/b"]),
-    "template, the policy names one tenant's path": (_template, "/t/acme/mcp", ["/t/acme/mcp", "/t/other/mcp"], []),
     "mounted under /v1": (_mounted, "/v1/mcp", ["/v1/mcp", "/v1/mcp/"], ["/mcp"]),
 }
 
@@ -871,3 +870,46 @@ def test_a_dispatch_to_the_mcp_endpoint_the_guard_did_not_predict_gets_the_tool_
         while not isinstance(guard, TokenGuard):
             guard = guard.app
         assert guard.resolver.mismatches == 2  # both were dispatches the guard did not predict
+
+
+def test_a_policy_naming_one_value_of_a_templated_route_stops_the_startup(clock: ManualClock) -> None:
+    """``/t/acme/mcp`` on the route ``/t/{tenant}/mcp``: the endpoint serves every tenant, and a policy on one
+    of them would leave the others' calls with the route's policy alone. Named at startup, with the fix."""
+    policy = MCPPolicy(path="/t/acme/mcp", tools={"transfer": ToolPolicy(scopes="payments:write")})
+    with (
+        pytest.raises(
+            ConfigurationError, match=r"names one value of the route '/t/\{tenant\}/mcp'.*give '/t/\{tenant\}/mcp'"
+        ),
+        TestClient(_template(clock, policy), base_url=BASE),
+    ):
+        pass
+
+
+def test_a_catch_all_route_serving_the_mcp_path_is_the_mcp_endpoint_for_that_path_only(
+    clock: ManualClock, idp: Issuer
+) -> None:
+    """Found by review of the route-based rule: a gateway whose catch-all route (``/{path:path}``) also serves
+    the MCP endpoint made every path an MCP request (public health checks answered 401). The catch-all is
+    the MCP endpoint for the path ``MCPPolicy.path`` names, and only there."""
+    sdk = _sdk_app()
+    mcp_endpoint = sdk.routes[0].endpoint
+
+    class Gateway:  # an ASGI endpoint: every method, every path
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["path"].rstrip("/") == "/mcp":
+                await mcp_endpoint(scope, receive, send)
+            else:
+                await PlainTextResponse(f"served {scope['path']}")(scope, receive, send)
+
+    app = Starlette(routes=[Route("/{path:path}", Gateway())], lifespan=_lifespan_of(sdk))
+    policy = MCPPolicy(tools={"transfer": ToolPolicy(scopes="payments:write")})
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy, default="public")
+    body = json.dumps({**_transfer_call(), "params": {"name": "transfer", "arguments": {"to": "b", "amount": 1}}})
+    weak = {**HEADERS, "authorization": f"Bearer {token(idp, 'accounts:read')}"}
+    CALLS.clear()
+    with TestClient(app, base_url=BASE) as client:
+        assert client.get("/health").text == "served /health"  # public, no token: not an MCP request
+        assert client.post("/webhook", content=b"not json").status_code == 200
+        assert client.post("/mcp", content=body.encode(), headers=HEADERS).status_code == 401
+        refused = client.post("/mcp", content=body.encode(), headers=weak)
+        assert (refused.status_code, CALLS) == (403, [])

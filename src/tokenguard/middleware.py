@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
+from starlette.convertors import PathConvertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenguard._binding import Binding, DPoPMode, sender_constraints
@@ -68,6 +69,14 @@ from tokenguard.ssf import SharedSignals, SignalReceiver
 from tokenguard.store import FleetStore, MemoryStore, SharedStore
 
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
+
+
+def _placeholder(name: str, value: object) -> bool:
+    """A path parameter given as its own template placeholder (``{tenant}``, ``{tenant:str}``): any value."""
+    return isinstance(value, str) and (
+        value == "{" + name + "}" or (value.startswith("{" + name + ":") and value[-1:] == "}")
+    )
+
 
 logger = logging.getLogger("tokenguard")
 
@@ -596,18 +605,30 @@ class TokenGuard:
         if mcp.at(route_path(scope)):
             return True
         decision = scope.get(DECISION_KEY)
-        route = decision.route if isinstance(decision, RouteDecision) else None
-        return route is not None and route is self._mcp_route(scope)
+        if not isinstance(decision, RouteDecision) or decision.route is None:
+            return False
+        return self._is_mcp_endpoint(decision.route, decision.path_params, scope)
 
-    def _mcp_route(self, scope: Mapping[str, Any]) -> Any:
-        """The route ``MCPPolicy.path`` leads to on this request's app, root and host (``None``: none)."""
+    def _is_mcp_endpoint(self, route: Any, params: Mapping[str, Any], scope: Mapping[str, Any]) -> bool:
+        """Whether ``route`` with these path parameters is the endpoint ``MCPPolicy.path`` names, on this
+        request's app, root and host: the same route, and every parameter the path gives a value equal
+        (a parameter it gives as its placeholder, ``{tenant}``, takes any value). A catch-all route that
+        also serves the MCP path is the MCP endpoint only for that path."""
         assert self.mcp is not None
-        return self.resolver.route_at(self.mcp.path, scope, self.app, host_of(scope))
+        named = self.resolver.decide_path(self.mcp.path, scope, self.app, host_of(scope))
+        if route is not named.route:
+            return False
+        return all(_placeholder(name, value) or params.get(name) == value for name, value in named.path_params.items())
 
     def _checks_beyond_policy(self, route: Any, scope: Mapping[str, Any]) -> bool:
         """At a dispatch the guard did not predict: the MCP endpoint needs its per-call policy checked,
         whatever the route's own requirement (``RouteResolver.confirm``)."""
-        return self.mcp is not None and scope.get("type") == "http" and route is self._mcp_route(scope)
+        params = scope.get("path_params")
+        return (
+            self.mcp is not None
+            and scope.get("type") == "http"
+            and self._is_mcp_endpoint(route, params if isinstance(params, Mapping) else {}, scope)
+        )
 
     def _mcp_call(self, scope: Scope) -> bool:
         """A request to the MCP endpoint that is never public: any method but a CORS preflight's OPTIONS."""
@@ -820,6 +841,21 @@ class TokenGuard:
             raise ConfigurationError(
                 f"mcp: MCPPolicy path {mcp.path!r} is not a route of this app, so no call would get its "
                 "per-tool policy; give the MCP endpoint's path as the app's routes see it (e.g. '/mcp')"
+            )
+        convertors = getattr(decision.route, "param_convertors", None) or {}
+        one_value = [
+            name
+            for name, value in decision.path_params.items()
+            if decision.route is not None
+            and not _placeholder(name, value)
+            and not isinstance(convertors.get(name), PathConvertor)
+        ]
+        if one_value:
+            # The route's endpoint serves every value of these parameters (every tenant): a policy on one of
+            # them would leave the others' calls with the route's policy alone.
+            raise ConfigurationError(
+                f"mcp: MCPPolicy path {mcp.path!r} names one value of the route {decision.template!r}, whose "
+                f"endpoint serves them all; give {decision.template!r} so that every one gets the per-tool policy"
             )
         endpoint = AUTHENTICATED if decision.requirement.public else decision.requirement
         problem = mcp.problem_with(endpoint)

@@ -342,9 +342,11 @@ class RouteResolver:
     def has_sensitive_rules(self) -> bool:
         return any(rule.requirement.sensitive for rule in self._rules)
 
-    def route_at(self, path: str, scope: Mapping[str, Any], fallback_app: Any = None, host: bytes = b"") -> Any:
-        """The route whose endpoint the router would run for a ``POST`` to ``path`` (as the app's routes see
-        it) on this request's app, root and host; ``None`` when none would.
+    def decide_path(
+        self, path: str, scope: Mapping[str, Any], fallback_app: Any = None, host: bytes = b""
+    ) -> RouteDecision:
+        """The decision for a ``POST`` to ``path`` (as the app's routes see it) on this request's app, root
+        and host: the route whose endpoint the router would run (``None``: none) and its path parameters.
 
         Decided, and memoised, as a request to that path is: a route reached through the app's own
         ``root_path``, a template's parameters or a mount's prefix is found the same way for both.
@@ -362,7 +364,7 @@ class RouteResolver:
         }
         if "app" in scope:
             probe["app"] = scope["app"]
-        return self.decide(probe, fallback_app, host).route
+        return self.decide(probe, fallback_app, host)
 
     @property
     def cache_entries(self) -> int:
