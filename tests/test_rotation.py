@@ -9,7 +9,10 @@ which asks the issuer, refuses it at once.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -346,3 +349,34 @@ async def test_a_chain_rotated_past_the_ledger_still_has_its_replay_detected(dev
     assert isinstance(idp.clock, ManualClock)
     idp.clock.advance(86_400 + 1)  # every refresh token expired: the ledger takes new ones
     assert (await refresh(idp, (await login(idp))["refresh_token"])).status_code == 200
+
+
+async def test_a_full_ledger_answers_503_without_spending_the_authorization_code(dev_idp_keys: Any) -> None:
+    """ "Try again later" must leave the code usable: a spent one would make the retry read as a stolen code's
+    reuse (``code_reuse_detected``) and revoke the grant (found by review of the ledger's 503)."""
+    idp = DevIdP(keys=dev_idp_keys, clock=ManualClock(), max_entries=2, refresh_token_ttl=30)
+    for _ in range(2):
+        await login(idp)  # two live refresh tokens: the ledger holds no more
+    verifier = "v" * 43
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    location = idp.authorize(
+        {
+            "response_type": "code",
+            "client_id": DEFAULT_CLIENT_ID,
+            "redirect_uri": "http://127.0.0.1:8765/callback",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "login_hint": "alice",
+            "scope": "read",
+        }
+    )
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
+    form["redirect_uri"] = "http://127.0.0.1:8765/callback"
+    full = await call(idp, "/token", form)
+    assert (full.status_code, full.json()["error"]) == (503, "temporarily_unavailable")
+    assert isinstance(idp.clock, ManualClock)
+    idp.clock.advance(31)  # the two refresh tokens expire; the code (60 s) does not
+    retried = await call(idp, "/token", form)
+    assert retried.status_code == 200, retried.text
+    assert "code_reuse_detected" not in kinds(idp)

@@ -1033,3 +1033,28 @@ async def test_a_poll_lock_that_never_ends_stops_polling_for_three_rounds_at_mos
     finally:
         await api.guard._shutdown()  # the lifespan's shutdown: the poller, the feed listener, the store
         await raw.aclose()
+
+
+async def test_a_poll_that_fails_still_marks_the_fleet_as_polling(
+    clock: ManualClock, respx_mock: respx.MockRouter, redis_server: str
+) -> None:
+    """The "polled" mark is left before the transmitter is asked: while it is down, the process holding the lock
+    still polls, and the others must not take that lock for a stuck one and poll all at once when it is back
+    (found by review of the stuck-lock rule)."""
+    from tokenguard.redis_store import RedisStore
+
+    redis_asyncio = pytest.importorskip("redis.asyncio", reason="the redis package is not installed (the redis extra)")
+    respx_mock.route(host="127.0.0.1").pass_through()
+    respx_mock.post(POLL_URL).mock(return_value=httpx.Response(503))
+    prefix = f"t{uuid.uuid4().hex}:"
+    api = polling(clock, {"shared_store": RedisStore(redis_server, prefix=prefix)}, poll_interval=5, timeout=1)
+    raw = redis_asyncio.Redis.from_url(redis_server)
+    name = hashlib.sha256(POLL_URL.encode()).hexdigest()[:16]
+    try:
+        with pytest.raises(FetchError, match="answered 503"):
+            await api.receiver.poll_once()
+        assert float(await raw.get(f"{prefix}ssf-polled:{name}")) == clock()
+        assert await raw.get(f"{prefix}ssf-poll:{name}") is None  # the lock was given back
+    finally:
+        await api.guard._shutdown()
+        await raw.aclose()

@@ -492,6 +492,11 @@ class SignalReceiver:
             self._lock_refused_since = None
         elif isinstance(store, FleetStore) and not await self._lock_is_stuck(store, polled_mark):
             return False  # another process of the fleet polls this round
+        if isinstance(store, FleetStore):
+            # Marked before the transmitter is asked: a process whose polls fail (the transmitter is down)
+            # still polls, and the others must not take the lock it holds for a stuck one.
+            with contextlib.suppress(StoreUnavailable):
+                await store.put(polled_mark, repr(float(self.clock())).encode(), 4 * self._lock_patience())
         try:
             request: dict[str, Any] = {"maxEvents": _MAX_POLL_EVENTS, "returnImmediately": True}
             acks, errors = self._acks, self._errors
@@ -507,9 +512,6 @@ class SignalReceiver:
                 raise FetchError(f"POST {safe_url(signals.poll_url)} answered {result.status}", result.status)
             self._acks, self._errors = [], {}  # delivered with this poll (§2.4)
             self.counts["polls"] += 1
-            if isinstance(store, FleetStore):
-                with contextlib.suppress(StoreUnavailable):
-                    await store.put(polled_mark, repr(float(self.clock())).encode(), 4 * self._lock_patience())
             document = result.json_object(signals.poll_url)
             sets = document.get("sets")
             if not isinstance(sets, dict):
@@ -541,7 +543,7 @@ class SignalReceiver:
         return 3 * (self.signals.poll_interval + self.signals.timeout)
 
     async def _lock_is_stuck(self, store: FleetStore, polled_mark: str) -> bool:
-        """The poll lock was refused: whether nobody has polled for ``_lock_patience`` all the same.
+        """The poll lock was refused: whether no process has tried a poll for ``_lock_patience`` all the same.
 
         A holder that dies loses the lock with its TTL; a lock that never ends (set without one by
         something that is not a guard) would stop every process from polling, silently, and the
