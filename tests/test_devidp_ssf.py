@@ -14,6 +14,8 @@ import io
 import socket
 import threading
 import time
+import tracemalloc
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -736,6 +738,38 @@ async def test_a_400_without_an_error_body_is_retried(idp: DevIdP) -> None:
     idp.signal(ACCOUNT_PURGED, {"format": "opaque", "id": "u"})
     assert await idp.deliver() == 1
     assert len(receiver.received) == 2
+
+
+async def test_a_compressed_answer_of_a_receiver_is_never_inflated(idp: DevIdP) -> None:
+    """A receiver answering 400 with 256 MiB of zeros gzipped (≈ 250 KB): the transmitter asks for the identity
+    coding, reads at most its cap of the bytes as sent, and retries the SET (an answer it cannot read is no
+    refusal); httpx would have inflated the whole body first (found by review of the issuer-side fix)."""
+    zeros = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join(zeros.compress(bytes(1 << 20)) for _ in range(256)) + zeros.flush()
+    seen: list[str | None] = []
+
+    async def bomber(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(dict(scope["headers"]).get(b"accept-encoding", b"").decode() or None)
+        headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+        await send({"type": "http.response.start", "status": 400 if len(seen) == 1 else 202, "headers": headers})
+        await send({"type": "http.response.body", "body": bomb if len(seen) == 1 else _gzipped(b"{}")})
+
+    idp.ssf_http_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=bomber))
+    push_stream(idp)
+    idp.signal(ACCOUNT_PURGED, {"format": "opaque", "id": "u"})
+    tracemalloc.start()
+    try:
+        assert await idp.deliver() == 1  # the 400 read as unreadable: retried, then delivered
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen == ["identity", "identity"]
+    assert peak < 32 << 20  # never the 256 MiB the answer stands for
+
+
+def _gzipped(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
 
 
 async def test_a_receiver_that_keeps_failing_is_given_up_on_after_max_attempts(dev_idp_keys: KeyRing) -> None:

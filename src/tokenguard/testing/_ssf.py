@@ -671,7 +671,8 @@ class Transmitter:
 
     async def _push(self, client: httpx.AsyncClient, stream: Stream, item: _Outgoing) -> tuple[Outcome, dict[str, Any]]:
         """One RFC 8935 §2.1 transmission, and what the answer means."""
-        headers = {"Content-Type": SET_MEDIA_TYPE, "Accept": "application/json"}
+        # Identity only, and the answer read as sent (``_read_capped``): a compressed answer is never inflated.
+        headers = {"Content-Type": SET_MEDIA_TYPE, "Accept": "application/json", "Accept-Encoding": "identity"}
         if stream.authorization is not None:
             # SSF §6.1.1: "the Transmitter MUST provide this value with every HTTP request to the endpoint_url".
             headers["Authorization"] = stream.authorization
@@ -775,9 +776,13 @@ class Transmitter:
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
-    """The first ``_MAX_ANSWER`` bytes of a receiver's answer: a receiver cannot make the transmitter read more."""
+    """The first ``_MAX_ANSWER`` bytes of a receiver's answer: a receiver cannot make the transmitter read more.
+
+    Read as sent (``aiter_raw``): httpx would inflate a compressed answer before this count, so a small
+    gzip bomb would become gigabytes first; one sent compressed despite ``Accept-Encoding: identity`` is
+    no RFC 8935 error object, so its attempt is retried like any other unreadable answer."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) >= _MAX_ANSWER:
             break
