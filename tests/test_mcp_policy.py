@@ -872,25 +872,11 @@ def test_a_dispatch_to_the_mcp_endpoint_the_guard_did_not_predict_gets_the_tool_
         assert guard.resolver.mismatches == 2  # both were dispatches the guard did not predict
 
 
-def test_a_policy_naming_one_value_of_a_templated_route_stops_the_startup(clock: ManualClock) -> None:
-    """``/t/acme/mcp`` on the route ``/t/{tenant}/mcp``: the endpoint serves every tenant, and a policy on one
-    of them would leave the others' calls with the route's policy alone. Named at startup, with the fix."""
-    policy = MCPPolicy(path="/t/acme/mcp", tools={"transfer": ToolPolicy(scopes="payments:write")})
-    with (
-        pytest.raises(
-            ConfigurationError, match=r"names one value of the route '/t/\{tenant\}/mcp'.*give '/t/\{tenant\}/mcp'"
-        ),
-        TestClient(_template(clock, policy), base_url=BASE),
-    ):
-        pass
-
-
-def test_a_catch_all_route_serving_the_mcp_path_is_the_mcp_endpoint_for_that_path_only(
-    clock: ManualClock, idp: Issuer
-) -> None:
-    """Found by review of the route-based rule: a gateway whose catch-all route (``/{path:path}``) also serves
-    the MCP endpoint made every path an MCP request (public health checks answered 401). The catch-all is
-    the MCP endpoint for the path ``MCPPolicy.path`` names, and only there."""
+def test_a_catch_all_route_serving_the_mcp_path_stops_the_startup(clock: ManualClock) -> None:
+    """Found by review: a gateway's catch-all route (``/{path:path}``) serving the MCP path made every path an
+    MCP request (public pages 401), and matching its parameter exactly let ``/mcp//`` (which the gateway
+    took for ``/mcp``) past every tool's policy: the endpoint decides itself which of its paths are MCP.
+    Such a policy stops the startup, naming the fix: a route of its own for the MCP endpoint."""
     sdk = _sdk_app()
     mcp_endpoint = sdk.routes[0].endpoint
 
@@ -904,12 +890,37 @@ def test_a_catch_all_route_serving_the_mcp_path_is_the_mcp_endpoint_for_that_pat
     app = Starlette(routes=[Route("/{path:path}", Gateway())], lifespan=_lifespan_of(sdk))
     policy = MCPPolicy(tools={"transfer": ToolPolicy(scopes="payments:write")})
     app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy, default="public")
+    with (
+        pytest.raises(ConfigurationError, match=r"catch-all route '/\{path:path\}'.*a route of its own"),
+        TestClient(app, base_url=BASE),
+    ):
+        pass
+
+
+def test_a_typed_or_host_routed_mcp_endpoint_gets_the_tool_policy_for_every_value(
+    clock: ManualClock, idp: Issuer
+) -> None:
+    """Found by review: a typed parameter (``{tenant:int}``) could not be named at all, and behind a ``Host``
+    route the MCP path was probed without the request's Host, so with a catch-all after it the MCP endpoint
+    was never taken for one. One tenant's path names the route; the request's Host goes with the probe."""
+    from starlette.routing import Host, Router
+
+    sdk = _sdk_app()
+    frontend = PlainTextResponse("frontend")
+    tenants = Router(routes=[Route("/t/{tenant:int}/mcp", sdk.routes[0].endpoint)])
+    app = Starlette(
+        routes=[Host("127.0.0.1", tenants), Route("/{path:path}", lambda request: frontend)],
+        lifespan=_lifespan_of(sdk),
+    )
+    policy = MCPPolicy(path="/t/1/mcp", tools={"transfer": ToolPolicy(scopes="payments:write")})
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy)
     body = json.dumps({**_transfer_call(), "params": {"name": "transfer", "arguments": {"to": "b", "amount": 1}}})
     weak = {**HEADERS, "authorization": f"Bearer {token(idp, 'accounts:read')}"}
+    strong = {**HEADERS, "authorization": f"Bearer {token(idp, 'payments:write')}"}
     CALLS.clear()
     with TestClient(app, base_url=BASE) as client:
-        assert client.get("/health").text == "served /health"  # public, no token: not an MCP request
-        assert client.post("/webhook", content=b"not json").status_code == 200
-        assert client.post("/mcp", content=body.encode(), headers=HEADERS).status_code == 401
-        refused = client.post("/mcp", content=body.encode(), headers=weak)
-        assert (refused.status_code, CALLS) == (403, [])
+        for path in ("/t/1/mcp", "/t/2/mcp", "/t/99/mcp/"):
+            assert client.post(path, content=body.encode(), headers=HEADERS).status_code == 401, path
+            assert (client.post(path, content=body.encode(), headers=weak).status_code, CALLS) == (403, []), path
+        assert client.post("/t/2/mcp", content=body.encode(), headers=strong).status_code == 200
+        assert CALLS == ["transfer"]

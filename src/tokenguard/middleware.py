@@ -70,14 +70,6 @@ from tokenguard.store import FleetStore, MemoryStore, SharedStore
 
 __all__ = ["TokenCredentials", "TokenGuard", "TokenUser"]
 
-
-def _placeholder(name: str, value: object) -> bool:
-    """A path parameter given as its own template placeholder (``{tenant}``, ``{tenant:str}``): any value."""
-    return isinstance(value, str) and (
-        value == "{" + name + "}" or (value.startswith("{" + name + ":") and value[-1:] == "}")
-    )
-
-
 logger = logging.getLogger("tokenguard")
 
 #: Where ``_enforce_call`` leaves the ``tools/list`` filter for ``__call__`` to wrap ``send`` with.
@@ -607,28 +599,20 @@ class TokenGuard:
         decision = scope.get(DECISION_KEY)
         if not isinstance(decision, RouteDecision) or decision.route is None:
             return False
-        return self._is_mcp_endpoint(decision.route, decision.path_params, scope)
+        return self._is_mcp_endpoint(decision.route, scope)
 
-    def _is_mcp_endpoint(self, route: Any, params: Mapping[str, Any], scope: Mapping[str, Any]) -> bool:
-        """Whether ``route`` with these path parameters is the endpoint ``MCPPolicy.path`` names, on this
-        request's app, root and host: the same route, and every parameter the path gives a value equal
-        (a parameter it gives as its placeholder, ``{tenant}``, takes any value). A catch-all route that
-        also serves the MCP path is the MCP endpoint only for that path."""
+    def _is_mcp_endpoint(self, route: Any, scope: Mapping[str, Any]) -> bool:
+        """Whether ``route`` is the one ``MCPPolicy.path`` leads to on this request's app, root and host: its
+        endpoint serves every value of its path parameters (every tenant of ``/t/{tenant}/mcp``), so each of
+        them is an MCP request. (A catch-all route, whose endpoint decides itself which paths are MCP, is
+        refused at startup: ``_check_mcp_path``.)"""
         assert self.mcp is not None
-        named = self.resolver.decide_path(self.mcp.path, scope, self.app, host_of(scope))
-        if route is not named.route:
-            return False
-        return all(_placeholder(name, value) or params.get(name) == value for name, value in named.path_params.items())
+        return route is self.resolver.decide_path(self.mcp.path, scope, self.app, host_of(scope)).route
 
     def _checks_beyond_policy(self, route: Any, scope: Mapping[str, Any]) -> bool:
         """At a dispatch the guard did not predict: the MCP endpoint needs its per-call policy checked,
         whatever the route's own requirement (``RouteResolver.confirm``)."""
-        params = scope.get("path_params")
-        return (
-            self.mcp is not None
-            and scope.get("type") == "http"
-            and self._is_mcp_endpoint(route, params if isinstance(params, Mapping) else {}, scope)
-        )
+        return self.mcp is not None and scope.get("type") == "http" and self._is_mcp_endpoint(route, scope)
 
     def _mcp_call(self, scope: Scope) -> bool:
         """A request to the MCP endpoint that is never public: any method but a CORS preflight's OPTIONS."""
@@ -843,19 +827,14 @@ class TokenGuard:
                 "per-tool policy; give the MCP endpoint's path as the app's routes see it (e.g. '/mcp')"
             )
         convertors = getattr(decision.route, "param_convertors", None) or {}
-        one_value = [
-            name
-            for name, value in decision.path_params.items()
-            if decision.route is not None
-            and not _placeholder(name, value)
-            and not isinstance(convertors.get(name), PathConvertor)
-        ]
-        if one_value:
-            # The route's endpoint serves every value of these parameters (every tenant): a policy on one of
-            # them would leave the others' calls with the route's policy alone.
+        if any(isinstance(convertor, PathConvertor) for convertor in convertors.values()):
+            # Every request the route takes would be an MCP request, public pages and webhooks included,
+            # while the endpoint itself decides which of its paths are MCP (by rules the guard cannot see:
+            # "/mcp//" may be "/mcp" to it). Only a route of its own says which requests reach MCP.
             raise ConfigurationError(
-                f"mcp: MCPPolicy path {mcp.path!r} names one value of the route {decision.template!r}, whose "
-                f"endpoint serves them all; give {decision.template!r} so that every one gets the per-tool policy"
+                f"mcp: MCPPolicy path {mcp.path!r} leads to the catch-all route {decision.template!r}, whose "
+                "endpoint decides itself which paths are MCP; give the MCP endpoint a route of its own "
+                f"(e.g. Route({mcp.path!r}, ...) before the catch-all)"
             )
         endpoint = AUTHENTICATED if decision.requirement.public else decision.requirement
         problem = mcp.problem_with(endpoint)

@@ -360,7 +360,8 @@ class RouteResolver:
             "raw_path": full.encode("utf-8", "surrogateescape"),
             "root_path": root_path,
             "query_string": b"",
-            "headers": [],
+            # The request's Host, so that ``Host`` routes send the probe where they send the request.
+            "headers": [(b"host", host)] if host else [],
         }
         if "app" in scope:
             probe["app"] = scope["app"]
