@@ -45,9 +45,10 @@ Fleet mode (``shared_store=``, a ``FleetStore``) uses more keys under the same p
   production, two tenants) never hear each other's revocations; and every entry carries a MAC under
   ``revocations:key``, a random key kept in the database itself (``SET NX``), so a message published
   from another database, which cannot read that key, is never applied. (The key is read again for each
-  revocation and whenever a message fails its MAC, so a key made anew after a restart or an eviction is
-  adopted; the sorted set, which only the database's own clients write, is read whatever its entries'
-  MACs, so entries written before seals or under a lost key are never dropped.) Scores are on the guard's
+  revocation, every ``KEY_CHECK`` seconds and a second after a message failed its MAC; a key made anew
+  after a restart or an eviction makes the feed read the whole list again. The sorted set, which only
+  the database's own clients write, is read whatever its entries' MACs, so entries written before seals
+  or under a lost key are never dropped.) Scores are on the guard's
   clock, as is the ``now`` each call passes; the key's lifetime is set relative to that ``now``
   (``PEXPIRE``), never as an instant on Redis's own clock, so a guard whose clock differs from the
   Redis host's keeps its entries their full life.
@@ -60,7 +61,6 @@ it every ``FEED_PING`` seconds: a subscription whose Redis died or went silent r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import importlib
@@ -213,7 +213,8 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = _check_options(prefix, timeout)
         self._seal_key: bytes | None = None
-        self._key_reread_at = -math.inf
+        #: A published message failed its MAC since the key was last read (``_Subscription.next``).
+        self._mac_failed = False
         self._unsealed_warned_at: float | None = None
         if client is not None:
             if url != DEFAULT_URL:
@@ -289,6 +290,8 @@ class RedisStore:
 
     #: Seconds between two PINGs on a quiet subscription.
     FEED_PING = 1.0
+    #: Seconds between two reads of the revocation list's key by a subscription (sooner after a failed MAC).
+    KEY_CHECK = 10.0
 
     async def get(self, key: str) -> bytes | None:
         name = self.prefix + key
@@ -344,20 +347,14 @@ class RedisStore:
             self._seal_key = stored
         return self._seal_key
 
-    async def _opened(self, data: bytes) -> bytes | None:
+    def _opened(self, data: bytes) -> bytes | None:
         """The entry of a published message when its MAC is right under the fleet's key; ``None`` (reported
-        once a minute) if not. A MAC that fails under the key held here is checked once more under the key
-        the database holds now (at most once a second): a key made anew (a Redis restart, an eviction) is
-        adopted as soon as a message sealed with it arrives."""
+        once a minute) if not. A failed MAC also has the subscription read the key again soon
+        (``_Subscription.next``): it may be a key made anew, not a message from outside."""
         if self._sealed_by(data, self._seal_key):
             return data[_SEAL_CHARS:]
+        self._mac_failed = True
         now = time.monotonic()
-        if now - self._key_reread_at >= 1.0:
-            self._key_reread_at = now
-            held = self._seal_key
-            with contextlib.suppress(StoreUnavailable):
-                if await self._key(fresh=True) != held and self._sealed_by(data, self._seal_key):
-                    return data[_SEAL_CHARS:]
         if self._unsealed_warned_at is None or now - self._unsealed_warned_at >= 60.0:
             self._unsealed_warned_at = now
             logger.warning(
@@ -365,6 +362,11 @@ class RedisStore:
                 "or written by something that is not a guard)"
             )
         return None
+
+    async def _key_changed(self) -> bool:
+        """Read the key again; whether it is another one than the one held (which it then replaces)."""
+        held = self._seal_key
+        return await self._key(fresh=True) != held
 
     @staticmethod
     def _sealed_by(data: bytes, key: bytes | None) -> bool:
@@ -489,6 +491,7 @@ class _Subscription:
         self._pubsub = pubsub
         self._heard = time.monotonic()  # the last message or pong
         self._pinged: float | None = None
+        self._key_checked_at = time.monotonic()  # ``subscribe`` read it just now
         #: Connects seen (redis-py's reconnects included); any after ``baseline`` means messages may be lost.
         self.connects = 0
         self.baseline = 0
@@ -499,6 +502,15 @@ class _Subscription:
         if self.connects > self.baseline:
             raise StoreUnavailable(f"the subscription to Redis at {store._shown} was reconnected")
         now = time.monotonic()
+        # The key is read again every KEY_CHECK seconds, and a second after a message failed its MAC: a key
+        # made anew (a Redis restart, an eviction) means entries sealed with it may have been dropped here,
+        # so the feed reads the whole list again (``StoreUnavailable`` makes it resubscribe and resync).
+        # At most one GET a second, however many messages from outside fail.
+        since = now - self._key_checked_at
+        if since >= store.KEY_CHECK or (store._mac_failed and since >= 1.0):
+            self._key_checked_at, store._mac_failed = now, False
+            if await store._key_changed():
+                raise StoreUnavailable(f"the revocation list's key at {store._shown} was made anew; reading it again")
         if self._pinged is not None and now - self._pinged > store.FEED_PING + store.timeout:
             raise StoreUnavailable(f"Redis at {store._shown} stopped answering the revocation subscription")
         if self._pinged is None and now - self._heard >= store.FEED_PING:
@@ -521,7 +533,7 @@ class _Subscription:
         self._heard, self._pinged = time.monotonic(), None
         if message.get("type") == "message":
             data = _bytes(message.get("data"))
-            return await store._opened(data) if data is not None else None
+            return store._opened(data) if data is not None else None
         return None  # a pong, or a subscription notice
 
     async def aclose(self) -> None:
