@@ -592,24 +592,30 @@ def cluster_node(tmp_path: Path) -> Iterator[int]:
     binary = RedisServer().binary
     if binary is None:
         pytest.skip("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = 65535
+    while port > 55535:  # a cluster node also listens on port + 10000 (its bus): it refuses ports above this
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        client = redis.Redis(port=port)
-        for _ in range(200):
+        client = redis.Redis(port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        deadline = time.monotonic() + 10.0
+        while True:
+            assert process.poll() is None, "the cluster node exited"
+            assert time.monotonic() < deadline, "the cluster node did not come up within 10 s"
             try:
+                if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
+                    break
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        while client.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") < 0:
-            time.sleep(0.02)
+            except redis.RedisError:
+                time.sleep(0.05)
         client.close()
         yield port
     finally:
