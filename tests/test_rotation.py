@@ -359,17 +359,16 @@ async def test_a_full_ledger_answers_503_without_spending_the_authorization_code
         await login(idp)  # two live refresh tokens: the ledger holds no more
     verifier = "v" * 43
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    location = idp.authorize(
-        {
-            "response_type": "code",
-            "client_id": DEFAULT_CLIENT_ID,
-            "redirect_uri": "http://127.0.0.1:8765/callback",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-            "login_hint": "alice",
-            "scope": "read",
-        }
-    )
+    authorization = {
+        "response_type": "code",
+        "client_id": DEFAULT_CLIENT_ID,
+        "redirect_uri": "http://127.0.0.1:8765/callback",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "login_hint": "alice",
+        "scope": "read",
+    }
+    location = idp.authorize(authorization)
     code = parse_qs(urlsplit(location).query)["code"][0]
     form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
     form["redirect_uri"] = "http://127.0.0.1:8765/callback"
@@ -380,3 +379,15 @@ async def test_a_full_ledger_answers_503_without_spending_the_authorization_code
     retried = await call(idp, "/token", form)
     assert retried.status_code == 200, retried.text
     assert "code_reuse_detected" not in kinds(idp)
+    # A client that gets no refresh token needs no room: a full ledger does not refuse it (found by review).
+    await login(idp)  # with the retried exchange's, two live refresh tokens again: full
+    refused = await call(idp, "/token", {"grant_type": DEV_USER_GRANT, "username": "bob", "scope": "read"})
+    assert refused.status_code == 503
+    idp.register_client(
+        "no-refresh", "s", redirect_uris=["http://127.0.0.1:8765/callback"], grant_types=["authorization_code"]
+    )
+    location = idp.authorize({**authorization, "client_id": "no-refresh"})
+    form["code"] = parse_qs(urlsplit(location).query)["code"][0]
+    plain = await call(idp, "/token", form, auth=("no-refresh", "s"))
+    assert plain.status_code == 200, plain.text
+    assert "refresh_token" not in plain.json()

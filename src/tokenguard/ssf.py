@@ -235,6 +235,9 @@ class SignalReceiver:
         #: When this process was first refused the fleet's poll lock in a row (``None``: it polls, or got it).
         self._lock_refused_since: float | None = None
         self._stuck_warned_at = -math.inf
+        #: The "polled" mark this process left last (``poll_once``), and what in it names this process.
+        self._own_mark: bytes | None = None
+        self._process_id = secrets.token_hex(8)
         self.last_verification_state: str | None = None
 
     # -- one SET ------------------------------------------------------------------------------
@@ -494,9 +497,11 @@ class SignalReceiver:
             return False  # another process of the fleet polls this round
         if isinstance(store, FleetStore):
             # Marked before the transmitter is asked: a process whose polls fail (the transmitter is down)
-            # still polls, and the others must not take the lock it holds for a stuck one.
+            # still polls, and the others must not take the lock it holds for a stuck one. The mark names
+            # this process, so that polling past a stuck lock it does not take its own mark for another's.
+            self._own_mark = f"{float(self.clock())!r} {self._process_id}".encode()
             with contextlib.suppress(StoreUnavailable):
-                await store.put(polled_mark, repr(float(self.clock())).encode(), 4 * self._lock_patience())
+                await store.put(polled_mark, self._own_mark, 4 * self._lock_patience())
         try:
             request: dict[str, Any] = {"maxEvents": _MAX_POLL_EVENTS, "returnImmediately": True}
             acks, errors = self._acks, self._errors
@@ -556,7 +561,7 @@ class SignalReceiver:
             return False
         mark = await store.get(polled_mark)
         try:
-            polled_at = float(mark) if mark is not None else -math.inf
+            polled_at = float(mark.split(b" ")[0]) if mark is not None and mark != self._own_mark else -math.inf
         except ValueError:
             polled_at = -math.inf
         if now - polled_at < self._lock_patience():

@@ -1423,8 +1423,9 @@ class DevIdP:
         if targets and state.resources and targets[0] not in state.resources:
             raise OAuthError("invalid_target", "The resource was not named in the authorization request.")
         # A full ledger answers 503 before the code is spent: "try again later" must not burn it, or the
-        # retry would read as a stolen code's reuse and revoke the grant.
-        self._ledger.refresh.room()
+        # retry would read as a stolen code's reuse and revoke the grant. Only a refresh token needs room.
+        if "refresh_token" in client.grant_types:
+            self._ledger.refresh.room()
         state.used = True  # one attempt per code: a wrong verifier burns it (a code injection attempt)
         # RFC 7636 §4.6: BASE64URL-ENCODE(SHA256(ASCII(code_verifier))) == code_challenge.
         computed = _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
