@@ -19,11 +19,13 @@ Nothing sleeps to decide a verdict: waits are polls with a deadline, on the feed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import re
 import secrets
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -39,7 +41,7 @@ from conftest import RedisServer
 from test_revocation import AUDIENCE, REVOKED, T0, World, assert_revoked, bearer, guard_of, guarded_app, jti_of
 from tokenguard import TokenGuard
 from tokenguard.dpop import DPoPKey
-from tokenguard.fleet import SharedAnswers
+from tokenguard.fleet import SharedAnswers, stop_if_cancelled
 from tokenguard.redis_store import RedisStore
 from tokenguard.revocation import Revocation
 from tokenguard.store import FleetStore, RevocationFeed, StoreFull, StoreUnavailable
@@ -966,3 +968,27 @@ async def test_a_key_made_anew_is_adopted_by_the_processes_that_held_the_old_one
                 await eventually(refused_on_old, 3.0, "the old process reads the new key and then the list")
     finally:
         await neighbour.aclose()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is new in Python 3.11")
+async def test_a_background_loop_whose_cancellation_was_swallowed_still_stops() -> None:
+    """On Python 3.10 and 3.11, ``asyncio.wait_for`` can swallow a cancellation that arrives as the awaited
+    call finishes: the feed's listener then ran on, and the loop closing after it (an app's shutdown, a test's
+    end) waited for it forever (seen as a hang at the end of a fleet test). The background loops check the
+    task's pending cancellations each round (``fleet.stop_if_cancelled``)."""
+    rounds = 0
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            stop_if_cancelled()
+            rounds += 1
+            with contextlib.suppress(asyncio.CancelledError):  # as wait_for may, when the cancellation
+                await asyncio.sleep(0.005)  # meets the end of the awaited call
+
+    task = asyncio.ensure_future(loop())
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1.0)
+    assert rounds >= 2

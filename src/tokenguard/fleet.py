@@ -355,6 +355,7 @@ class Fleet:
         assert store is not None
         delay = 0.1
         while True:
+            stop_if_cancelled()
             try:
                 feed = await store.subscribe()
                 try:
@@ -362,6 +363,7 @@ class Fleet:
                     delay = 0.1
                     purged_at = retried_at = time.monotonic()
                     while True:
+                        stop_if_cancelled()
                         data = await feed.next(1.0)
                         if data is not None:
                             self._apply(data)
@@ -485,6 +487,20 @@ class Fleet:
             "overflow": self.overflow,
             "fail_closed": self.fail_closed,
         }
+
+
+def stop_if_cancelled() -> None:
+    """Raise ``CancelledError`` when the running task was asked to stop, even if that request was lost.
+
+    On Python 3.10 and 3.11, ``asyncio.wait_for`` can swallow a cancellation that arrives as the awaited
+    call finishes (fixed in 3.12): a background loop that only relied on the exception would then run on,
+    and a loop closing after it (an app's shutdown, a test's end) would wait for it forever. The task's
+    own count of pending cancellations (``Task.cancelling``, 3.11) still says so; loops check it each round.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 def _decoded(data: bytes) -> Revocation | None:

@@ -62,7 +62,7 @@ from tokenguard._lru import LRU
 from tokenguard._signatures import verifier
 from tokenguard.config import DEFAULT_ALGORITHMS, check_url
 from tokenguard.errors import ConfigurationError, InvalidRequest, InvalidToken, UnavailableError
-from tokenguard.fleet import Fleet
+from tokenguard.fleet import Fleet, stop_if_cancelled
 from tokenguard.jwks import KeySet, parse_jwks
 from tokenguard.revocation import Revocation, RevocationAction, entry_text, finite_number
 from tokenguard.store import FleetStore, SharedStore, StoreUnavailable
@@ -468,6 +468,7 @@ class SignalReceiver:
 
     async def _poll_forever(self) -> None:
         while True:
+            stop_if_cancelled()
             more = False
             try:
                 more = await self.poll_once()
