@@ -992,3 +992,23 @@ async def test_a_background_loop_whose_cancellation_was_swallowed_still_stops() 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1.0)
     assert rounds >= 2
+
+
+async def test_a_new_key_a_process_meets_by_revoking_first_still_makes_it_read_the_list(
+    world: World, redis_server: str, prefix: str, raw: Any
+) -> None:
+    """Found by review of the key check: a process that revoked something itself read the new key for that,
+    so its subscription, comparing the key with the one now held, saw no change and never read the list
+    again: the revocation sealed under the new key that it had dropped stayed missing."""
+    theirs, mine = world.idp.issue_token("read"), world.idp.issue_token("read")
+    async with fleet(world, redis_server, prefix, count=1) as (old,):
+        assert (await old.get(theirs)).status_code == 200
+        await raw.delete(f"{prefix}revocations:key")
+        async with fleet(world, redis_server, prefix, count=1) as (new,):
+            await new.guard.revoke(jti=jti_of(theirs))  # sealed under the new key: dropped by the old process
+            await old.guard.revoke(jti=jti_of(mine))  # which reads the new key for its own revocation
+
+            async def refused_on_old() -> bool:
+                return (await old.get(theirs)).status_code == 401
+
+            await eventually(refused_on_old, 3.0, "the old process reads the list again")

@@ -924,3 +924,19 @@ def test_a_typed_or_host_routed_mcp_endpoint_gets_the_tool_policy_for_every_valu
             assert (client.post(path, content=body.encode(), headers=weak).status_code, CALLS) == (403, []), path
         assert client.post("/t/2/mcp", content=body.encode(), headers=strong).status_code == 200
         assert CALLS == ["transfer"]
+
+
+def test_an_mcp_path_into_a_mounted_app_without_readable_routes_stops_the_startup(clock: ManualClock) -> None:
+    """Found by review: ``Mount("/api", app=raw_asgi)`` takes every path under ``/api``; only the exact MCP path
+    counted as MCP, and ``/api/mcp//`` (which the app may serve as MCP) passed with the route's policy."""
+    from starlette.routing import Mount
+
+    sdk = _sdk_app()
+    app = Starlette(routes=[Mount("/api", app=sdk.routes[0].endpoint)], lifespan=_lifespan_of(sdk))
+    policy = MCPPolicy(path="/api/mcp", tools={"transfer": ToolPolicy(scopes="payments:write")})
+    app.add_middleware(TokenGuard, issuer=ISSUER, audience=RESOURCE, clock=clock, mcp=policy)
+    with (
+        pytest.raises(ConfigurationError, match=r"leads into the mounted app '/api/\{path\}'.*a route of its own"),
+        TestClient(app, base_url=BASE),
+    ):
+        pass

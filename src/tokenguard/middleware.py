@@ -826,6 +826,13 @@ class TokenGuard:
                 f"mcp: MCPPolicy path {mcp.path!r} is not a route of this app, so no call would get its "
                 "per-tool policy; give the MCP endpoint's path as the app's routes see it (e.g. '/mcp')"
             )
+        if decision.route is None and decision.template is not None and decision.template.endswith("/{path}"):
+            # A mounted app whose routes cannot be read (a raw ASGI app) takes every path under its mount:
+            # as with a catch-all, which of them it serves as MCP is its own affair.
+            raise ConfigurationError(
+                f"mcp: MCPPolicy path {mcp.path!r} leads into the mounted app {decision.template!r}, whose routes "
+                "the guard cannot read; give the MCP endpoint a route of its own (and let no other route reach it)"
+            )
         convertors = getattr(decision.route, "param_convertors", None) or {}
         if any(isinstance(convertor, PathConvertor) for convertor in convertors.values()):
             # Every request the route takes would be an MCP request, public pages and webhooks included,
@@ -834,7 +841,7 @@ class TokenGuard:
             raise ConfigurationError(
                 f"mcp: MCPPolicy path {mcp.path!r} leads to the catch-all route {decision.template!r}, whose "
                 "endpoint decides itself which paths are MCP; give the MCP endpoint a route of its own "
-                f"(e.g. Route({mcp.path!r}, ...) before the catch-all)"
+                f"(e.g. Route({mcp.path!r}, ...) before the catch-all), and let the catch-all pass nothing to it"
             )
         endpoint = AUTHENTICATED if decision.requirement.public else decision.requirement
         problem = mcp.problem_with(endpoint)

@@ -215,6 +215,8 @@ class RedisStore:
         self._seal_key: bytes | None = None
         #: A published message failed its MAC since the key was last read (``_Subscription.next``).
         self._mac_failed = False
+        #: The key was found made anew since the subscription last read the list (``_key``).
+        self._key_swapped = False
         self._unsealed_warned_at: float | None = None
         if client is not None:
             if url != DEFAULT_URL:
@@ -344,6 +346,10 @@ class RedisStore:
             stored = _bytes(await self._run("GET", lambda: self.client.get(name)))
             if not stored:
                 raise StoreUnavailable(f"Redis at {self._shown} lost the revocation list's key")
+            if self._seal_key is not None and stored != self._seal_key:
+                # Whoever read it (a revocation, the subscription), messages sealed with the new key may have
+                # been dropped under the old one: the subscription reads the whole list again.
+                self._key_swapped = True
             self._seal_key = stored
         return self._seal_key
 
@@ -364,9 +370,10 @@ class RedisStore:
         return None
 
     async def _key_changed(self) -> bool:
-        """Read the key again; whether it is another one than the one held (which it then replaces)."""
-        held = self._seal_key
-        return await self._key(fresh=True) != held
+        """Whether the key was made anew since the subscription read the list (read again now, too)."""
+        await self._key(fresh=True)
+        swapped, self._key_swapped = self._key_swapped, False
+        return swapped
 
     @staticmethod
     def _sealed_by(data: bytes, key: bytes | None) -> bool:
@@ -379,6 +386,7 @@ class RedisStore:
     async def subscribe(self) -> _Subscription:
         self._follow_loop()
         await self._key(fresh=True)
+        self._key_swapped = False  # the feed reads the whole list right after subscribing
         pubsub = self.client.pubsub()
         subscription = _Subscription(self, pubsub)
         # redis-py reconnects a subscription by itself and resubscribes: what was published meanwhile is
@@ -507,7 +515,7 @@ class _Subscription:
         # so the feed reads the whole list again (``StoreUnavailable`` makes it resubscribe and resync).
         # At most one GET a second, however many messages from outside fail.
         since = now - self._key_checked_at
-        if since >= store.KEY_CHECK or (store._mac_failed and since >= 1.0):
+        if store._key_swapped or since >= store.KEY_CHECK or (store._mac_failed and since >= 1.0):
             self._key_checked_at, store._mac_failed = now, False
             if await store._key_changed():
                 raise StoreUnavailable(f"the revocation list's key at {store._shown} was made anew; reading it again")
