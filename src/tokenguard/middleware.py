@@ -811,22 +811,13 @@ class TokenGuard:
         if routed_app(app) is None:
             logger.warning("tokenguard: cannot read the app's routes to check MCPPolicy path %r", mcp.path)
             return
-        probe: dict[str, Any] = {
-            "type": "http",
-            "method": "POST",
-            "path": mcp.path,
-            "raw_path": mcp.path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [],
-        }
-        decision = self.resolver.decide(probe, app)
+        decision = self.resolver.decide_path(mcp.path, {}, app)  # a POST to it, no root, no Host
         if decision.template is None:
             raise ConfigurationError(
                 f"mcp: MCPPolicy path {mcp.path!r} is not a route of this app, so no call would get its "
                 "per-tool policy; give the MCP endpoint's path as the app's routes see it (e.g. '/mcp')"
             )
-        if decision.route is None and decision.template is not None and decision.template.endswith("/{path}"):
+        if decision.route is None and decision.template.endswith("/{path}"):
             # A mounted app whose routes cannot be read (a raw ASGI app) takes every path under its mount:
             # as with a catch-all, which of them it serves as MCP is its own affair.
             raise ConfigurationError(

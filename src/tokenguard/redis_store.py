@@ -217,7 +217,7 @@ class RedisStore:
         self._mac_failed = False
         #: The key was found made anew since the subscription last read the list (``_key``).
         self._key_swapped = False
-        self._unsealed_warned_at: float | None = None
+        self._unsealed_warned_at = -math.inf
         if client is not None:
             if url != DEFAULT_URL:
                 raise ConfigurationError("replay_store: give RedisStore a url or a client, not both")
@@ -323,7 +323,6 @@ class RedisStore:
     async def revocations(self, now: float) -> list[bytes]:
         name = self.prefix + "revocations"
         found = await self._run("ZRANGEBYSCORE", lambda: self.client.zrangebyscore(name, f"({float(now)!r}", "+inf"))
-        await self._key(fresh=True)  # a subscription follows: the channel's messages are checked with it
         # The sorted set is in the fleet's own database, which only its own clients can write: its entries
         # are read as they are, sealed (the MAC is the channel's concern) or not (written before seals, or
         # sealed under a key since lost), so no revocation is dropped by an upgrade or a lost key.
@@ -361,7 +360,7 @@ class RedisStore:
             return data[_SEAL_CHARS:]
         self._mac_failed = True
         now = time.monotonic()
-        if self._unsealed_warned_at is None or now - self._unsealed_warned_at >= 60.0:
+        if now - self._unsealed_warned_at >= 60.0:
             self._unsealed_warned_at = now
             logger.warning(
                 "tokenguard: a revocation entry without this fleet's MAC was ignored (from another database, "

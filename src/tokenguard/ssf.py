@@ -569,7 +569,7 @@ class SignalReceiver:
             self._lock_refused_since = now  # another process polls: the lock works
             return False
         self.counts["polls_past_a_stuck_lock"] += 1
-        if self.counts["polls_past_a_stuck_lock"] == 1 or now - self._stuck_warned_at >= 60.0:
+        if now - self._stuck_warned_at >= 60.0:
             self._stuck_warned_at = now
             logger.warning(
                 "tokenguard: the fleet's Shared Signals poll lock has been held for %.0f s with no poll made; "
