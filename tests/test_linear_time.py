@@ -421,6 +421,52 @@ def test_the_route_decision_is_linear_in_the_request_shape(part: str) -> None:
     assert_linear(decide, shape, 16 * 1024, f"RouteResolver.decide(long {part})")
 
 
+def test_the_mcp_endpoint_probe_is_linear_in_the_host() -> None:
+    """``RouteResolver.decide_path`` (is this request an MCP one?) probes with the request's Host: a long one is
+    past the memo's key bound, so it is resolved afresh each time, in time linear in its length."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Host, Route
+
+    from tokenguard.routing import RouteResolver
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[
+            Host("{sub}.example.com", app=Starlette(routes=[Route("/t/{tenant}/mcp", endpoint, methods=["POST"])])),
+            Route("/mcp", endpoint, methods=["POST"]),
+        ]
+    )
+    resolver = RouteResolver((), AUTHENTICATED)
+
+    def probe(host: bytes) -> None:
+        resolver.decide_path("/t/acme/mcp", {"root_path": ""}, app, host)
+
+    assert resolver.decide_path("/t/acme/mcp", {}, app, b"a.example.com").template == "/t/{tenant}/mcp"
+    assert resolver.decide_path("/mcp", {}, app, b"a" * 4096 + b".example.org").route is not None
+    assert_linear(probe, lambda size: b"a" * size + b".example.com", 16 * 1024, "decide_path(long Host)")
+
+
+@pytest.mark.parametrize("shape", ["deep", "wide"])
+def test_an_introspection_answers_depth_is_measured_in_linear_time(shape: str) -> None:
+    """``nested_deeper_than`` walks a decoded introspection answer (bounded by the response cap, not by a depth
+    limit of the decoder): each container once, no recursion, deep or wide."""
+    from tokenguard._strictjson import MAX_DEPTH, nested_deeper_than
+
+    def answer(size: int) -> dict[str, Any]:
+        if shape == "wide":
+            return {"active": True, "claims": [[{"a": [1]}] for _ in range(size)]}
+        value: Any = "bottom"
+        for _ in range(size):
+            value = [value]
+        return {"active": True, "deep": value}
+
+    assert nested_deeper_than(answer(40), MAX_DEPTH) is (shape == "deep")
+    assert_linear(lambda value: nested_deeper_than(value, 10**9), answer, 16 * 1024, f"nested_deeper_than({shape})")
+
+
 # -- the strict JSON decoder (request bodies for authorization_details checks; token segments) -----------
 
 
